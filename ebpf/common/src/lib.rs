@@ -1,0 +1,93 @@
+//! Types and constants shared by the eBPF programs and the node daemon.
+//!
+//! Everything here is `#[repr(C)]` plain data: the same bytes are map keys and values on
+//! both sides. Addresses are stored as four `u32` words in network byte order (IPv4 in the
+//! first word), ports in host byte order.
+#![no_std]
+
+/// Outbound capture listener, bound to loopback inside every enrolled pod.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Inbound plaintext listener: connections arriving from the network are steered here.
+pub const INBOUND_PORT: u16 = 15006;
+/// Inbound tunnel (mTLS) listener.
+pub const TUNNEL_PORT: u16 = 15008;
+
+/// Socket mark on every socket the daemon opens inside a pod. The connect hooks leave
+/// marked sockets alone (so the daemon never captures itself), and the pod's policy route
+/// sends marked replies back over loopback to the daemon's transparent sockets.
+pub const DAEMON_MARK: u32 = 0x4857;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// An IPv4 or IPv6 address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockAddr {
+    /// Network byte order; IPv4 uses `addr[0]` only.
+    pub addr: [u32; 4],
+    /// Host byte order.
+    pub port: u16,
+    pub family: u16,
+}
+
+/// Key of a captured connection as the daemon sees it on accept: the client socket's own
+/// address inside its network namespace. The netns cookie is part of the key because every
+/// pod has its own 127.0.0.1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ConnKey {
+    pub netns_cookie: u64,
+    pub client: SockAddr,
+    pub _pad: u32,
+}
+
+/// Which of the daemon's per-pod listeners an arriving connection goes to.
+pub const LISTENER_INBOUND: u32 = 0;
+pub const LISTENER_TUNNEL: u32 = 1;
+
+/// An enrolled pod's address: key of the address enrollment map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PodAddr {
+    /// Network byte order; IPv4 uses `addr[0]` only.
+    pub addr: [u32; 4],
+    pub family: u32,
+}
+
+/// Key of the listener socket map: the pod's address and the listener kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ListenerKey {
+    pub pod: PodAddr,
+    pub kind: u32,
+}
+
+/// Value of the enrollment maps (keyed by netns cookie and by pod address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Enrollment {
+    /// Reserved for per-pod flags; non-zero means enrolled.
+    pub flags: u32,
+}
+
+pub const ENROLLED: u32 = 1;
+
+/// Names of the maps, shared so that pin paths and lookups cannot drift apart.
+pub mod maps {
+    pub const ENROLLED_NETNS: &str = "ENROLLED_NETNS";
+    pub const ENROLLED_ADDRS: &str = "ENROLLED_ADDRS";
+    pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
+    pub const ORIG_BY_CLIENT: &str = "ORIG_BY_CLIENT";
+    pub const LISTENERS: &str = "LISTENERS";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data, `#[repr(C)]`, no pointers; padding is explicit.
+    unsafe impl aya::Pod for super::SockAddr {}
+    unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::PodAddr {}
+    unsafe impl aya::Pod for super::Enrollment {}
+}
