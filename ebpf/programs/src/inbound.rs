@@ -54,7 +54,10 @@ pub fn hawser_sk_lookup(ctx: SkLookupContext) -> u32 {
         Err(_) => {
             // Enrolled but no listener: the daemon is down. Refuse rather than let the
             // connection reach the app around it.
-            warn!(&ctx, "hawser: no listener for enrolled pod, port {}", lookup.local_port);
+            warn!(
+                &ctx,
+                "hawser: no listener for enrolled pod, port {}", lookup.local_port
+            );
             SK_DROP
         }
     }

@@ -1,5 +1,6 @@
 //! Outbound capture: connect hooks and the original-destination hand-off.
 
+use crate::ctx::{ctx_read, ctx_read_ip6};
 use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr},
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
@@ -7,10 +8,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
     programs::{SockAddrContext, SockOpsContext},
 };
-use crate::ctx::{ctx_read, ctx_read_ip6};
-use hawser_common::{
-    AF_INET, AF_INET6, ConnKey, DAEMON_MARK, Enrollment, OUTBOUND_PORT, SockAddr,
-};
+use hawser_common::{AF_INET, AF_INET6, ConnKey, DAEMON_MARK, Enrollment, OUTBOUND_PORT, SockAddr};
 
 const IPPROTO_TCP: u32 = 6;
 const SOCK_STREAM: u32 = 1;

@@ -1,0 +1,14 @@
+//! hawser: a node-level, sidecar-less service-mesh dataplane.
+//!
+//! - `workload`: what runs on the node (local YAML source, hot reload);
+//! - `redirect`: the eBPF programs that steer pods' TCP traffic, and per-pod routing;
+//! - `netns`: doing things inside a pod's network namespace;
+//! - `proxy`: the daemon's listeners and the byte relay;
+//! - `node`: the daemon that ties them together.
+
+pub mod logging;
+pub mod netns;
+pub mod node;
+pub mod proxy;
+pub mod redirect;
+pub mod workload;

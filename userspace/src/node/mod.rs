@@ -1,0 +1,111 @@
+//! The node daemon: follows the workload source and keeps the node's pods enrolled.
+
+pub mod pod;
+
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    redirect::Dataplane,
+    workload::{Registry, Workload, watch},
+};
+use pod::EnrolledPod;
+
+pub struct NodeConfig {
+    pub node_name: String,
+    pub config_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub cgroup: PathBuf,
+    pub reload_interval: Duration,
+}
+
+/// Pods this daemon has enrolled, by `namespace/name`.
+type Pods = BTreeMap<String, EnrolledPod>;
+
+pub async fn run(config: NodeConfig) -> Result<()> {
+    let dataplane = Arc::new(Dataplane::load(&config.pin_dir, &config.cgroup)?);
+    let mut registry = watch::follow(config.config_dir.clone(), config.reload_interval)
+        .with_context(|| format!("reading workloads from {}", config.config_dir.display()))?;
+    let mut pods = Pods::new();
+    let snapshot = registry.borrow_and_update().clone();
+    let mut pending = reconcile(&config.node_name, &snapshot, &mut pods, &dataplane).await;
+    prune_earlier_runs(&dataplane, &pods, &snapshot, &config.node_name)?;
+    tracing::info!(node = %config.node_name, pods = pods.len(), "node ready");
+
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut retry = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            changed = registry.changed() => {
+                if changed.is_err() { break; }
+                let snapshot = registry.borrow_and_update().clone();
+                pending = reconcile(&config.node_name, &snapshot, &mut pods, &dataplane).await;
+            }
+            _ = retry.tick(), if pending => {
+                let snapshot = registry.borrow().clone();
+                pending = reconcile(&config.node_name, &snapshot, &mut pods, &dataplane).await;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    // Pins stay: enrolled pods keep being steered to listeners that are now gone, so their
+    // connections fail until a daemon is back.
+    tracing::info!(
+        "shutting down; enrolled pods stay captured (fail closed) until the daemon returns"
+    );
+    Ok(())
+}
+
+/// Brings the enrolled set in line with the workloads on this node. Returns whether some
+/// enrollment failed and should be retried.
+async fn reconcile(
+    node: &str,
+    registry: &Registry,
+    pods: &mut Pods,
+    dataplane: &Arc<Dataplane>,
+) -> bool {
+    let desired: BTreeMap<String, &Workload> =
+        registry.on_node(node).map(|w| (w.key(), w)).collect();
+    let stale: Vec<String> = pods
+        .iter()
+        .filter(|(key, pod)| desired.get(*key) != Some(&&pod.ctx.workload))
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in stale {
+        if let Some(pod) = pods.remove(&key) {
+            pod.unenroll().await;
+        }
+    }
+    let mut failed = false;
+    for (key, workload) in desired {
+        if pods.contains_key(&key) {
+            continue;
+        }
+        match EnrolledPod::enroll(workload.clone(), dataplane.clone()).await {
+            Ok(pod) => {
+                pods.insert(key, pod);
+            }
+            Err(e) => {
+                tracing::error!(pod = %key, "enrollment failed, will retry: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    failed
+}
+
+/// Drops eBPF state left by an earlier run for pods that are gone. Addresses of pods that
+/// are still configured stay enrolled even if enrolling them failed, so they stay closed.
+fn prune_earlier_runs(
+    dataplane: &Dataplane,
+    pods: &Pods,
+    registry: &Registry,
+    node: &str,
+) -> Result<()> {
+    let cookies: Vec<u64> = pods.values().map(|p| p.ctx.netns_cookie).collect();
+    let addrs: Vec<_> = registry.on_node(node).map(|w| w.pod_ip).collect();
+    dataplane.prune(&cookies, &addrs)
+}

@@ -1,0 +1,145 @@
+//! Enrolling one pod: its namespace set-up, its listeners and its eBPF state.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
+
+use anyhow::{Context, Result};
+use hawser_common::{INBOUND_PORT, LISTENER_INBOUND, LISTENER_TUNNEL, OUTBOUND_PORT, TUNNEL_PORT};
+use tokio::{net::TcpListener, task::JoinHandle};
+
+use crate::{
+    netns::Netns,
+    proxy::{inbound, outbound, sockets},
+    redirect::{Dataplane, pod_routing},
+    workload::Workload,
+};
+
+/// What a connection handler needs to know about the pod it serves.
+pub struct PodContext {
+    /// `namespace/name`.
+    pub key: String,
+    pub workload: Workload,
+    pub netns: Netns,
+    pub netns_cookie: u64,
+    pub dataplane: Arc<Dataplane>,
+}
+
+/// An enrolled pod: while this exists, the pod's TCP traffic flows through the daemon.
+pub struct EnrolledPod {
+    pub ctx: Arc<PodContext>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+/// The daemon's listeners in one pod, created inside its namespace.
+struct Listeners {
+    outbound: Vec<std::net::TcpListener>,
+    inbound: std::net::TcpListener,
+    tunnel: std::net::TcpListener,
+}
+
+impl EnrolledPod {
+    pub async fn enroll(workload: Workload, dataplane: Arc<Dataplane>) -> Result<Self> {
+        let netns = Netns::open(&workload.netns)?;
+        let netns_cookie = netns.cookie().await.context("read the netns cookie")?;
+        netns.run(pod_routing::install).await?;
+        let pod_ip = workload.pod_ip;
+        let listeners = netns.run(move || open_listeners(pod_ip)).await?;
+        let ctx = Arc::new(PodContext {
+            key: workload.key(),
+            workload,
+            netns,
+            netns_cookie,
+            dataplane,
+        });
+        let pod = EnrolledPod {
+            ctx: ctx.clone(),
+            servers: Vec::new(),
+        };
+        // From here on, a failure leaves nothing behind: `unenroll` undoes every step.
+        match pod.activate(listeners).await {
+            Ok(pod) => Ok(pod),
+            Err((pod, e)) => {
+                pod.unenroll().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Serves the listeners, then turns steering on (listeners first: a connection that is
+    /// steered must find a listener).
+    async fn activate(mut self, l: Listeners) -> Result<Self, (Self, anyhow::Error)> {
+        match self.try_activate(l) {
+            Ok(()) => {
+                tracing::info!(pod = %self.ctx.key, ip = %self.ctx.workload.pod_ip, netns = %self.ctx.netns.path().display(), "pod enrolled");
+                Ok(self)
+            }
+            Err(e) => Err((self, e)),
+        }
+    }
+
+    fn try_activate(&mut self, l: Listeners) -> Result<()> {
+        let ctx = &self.ctx;
+        let ip = ctx.workload.pod_ip;
+        ctx.dataplane
+            .set_listener(ip, LISTENER_INBOUND, &l.inbound)?;
+        ctx.dataplane.set_listener(ip, LISTENER_TUNNEL, &l.tunnel)?;
+        for listener in l.outbound {
+            self.servers.push(tokio::spawn(outbound::serve(
+                TcpListener::from_std(listener)?,
+                ctx.clone(),
+            )));
+        }
+        self.servers.push(tokio::spawn(inbound::serve(
+            TcpListener::from_std(l.inbound)?,
+            ctx.clone(),
+        )));
+        self.servers.push(tokio::spawn(inbound::serve_tunnel(
+            TcpListener::from_std(l.tunnel)?,
+            ctx.clone(),
+        )));
+        ctx.dataplane
+            .attach_sk_lookup(&ctx.netns, ctx.netns_cookie)?;
+        ctx.dataplane.enroll(ctx.netns_cookie, ip)?;
+        Ok(())
+    }
+
+    /// Stops steering the pod and closes its listeners. Connections already relayed run to
+    /// their end.
+    pub async fn unenroll(self) {
+        let ctx = &self.ctx;
+        ctx.dataplane
+            .unenroll(ctx.netns_cookie, ctx.workload.pod_ip);
+        ctx.dataplane.detach_sk_lookup(ctx.netns_cookie);
+        for server in &self.servers {
+            server.abort();
+        }
+        if let Err(e) = ctx.netns.run(pod_routing::remove).await {
+            tracing::debug!(pod = %ctx.key, "remove pod routing: {e}");
+        }
+        tracing::info!(pod = %ctx.key, "pod unenrolled");
+    }
+}
+
+fn open_listeners(pod_ip: IpAddr) -> std::io::Result<Listeners> {
+    let mut outbound = vec![sockets::listener(SocketAddr::new(
+        Ipv4Addr::LOCALHOST.into(),
+        OUTBOUND_PORT,
+    ))?];
+    // connect6 sends native IPv6 connects to [::1]; a pod without IPv6 has none to send.
+    match sockets::listener(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), OUTBOUND_PORT)) {
+        Ok(l) => outbound.push(l),
+        Err(e) => tracing::debug!("no IPv6 outbound listener: {e}"),
+    }
+    let loopback: IpAddr = match pod_ip {
+        IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+        IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+    };
+    Ok(Listeners {
+        outbound,
+        // sk_lookup hands it connections for any port, whatever address it is bound to.
+        inbound: sockets::listener(SocketAddr::new(loopback, INBOUND_PORT))?,
+        tunnel: sockets::listener(SocketAddr::new(pod_ip, TUNNEL_PORT))?,
+    })
+}

@@ -1,0 +1,55 @@
+//! Inbound: connections sk_lookup steered to a pod's inbound listener, delivered to the
+//! app inside the pod with the client's own address as the source.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::{Result, bail};
+use hawser_common::{INBOUND_PORT, OUTBOUND_PORT, TUNNEL_PORT};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{
+    accept_loop,
+    relay::{Connection, Direction},
+    sockets,
+};
+use crate::node::pod::PodContext;
+
+pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
+    accept_loop(listener, pod, |conn, peer, pod| async move {
+        handle(conn, peer, &pod).await;
+    })
+    .await
+}
+
+/// Tunnel connections need mutual TLS, which arrives with the tunnel issue; until then the
+/// listener exists (sk_lookup steers port 15008 to it) and refuses every connection.
+pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
+    accept_loop(listener, pod, |conn, peer, pod| async move {
+        let dst = conn.local_addr().unwrap_or(peer);
+        Connection::new(Direction::Tunnel, &pod.key, peer, dst)
+            .refuse("the mTLS tunnel is not supported by this build");
+    })
+    .await
+}
+
+async fn handle(conn: TcpStream, peer: SocketAddr, pod: &PodContext) {
+    // sk_lookup keeps the address the client dialed as the socket's local address.
+    let dst = match conn.local_addr() {
+        Ok(dst) => dst,
+        Err(e) => return tracing::warn!(pod = %pod.key, "inbound local_addr: {e}"),
+    };
+    let record = Connection::new(Direction::Inbound, &pod.key, peer, dst);
+    match deliver(pod, peer, dst).await {
+        Ok(app) => record.relay(conn, app).await,
+        Err(e) => record.refuse(&format!("{e:#}")),
+    }
+}
+
+/// Connects to the app at `dst` from inside the pod, as `client`.
+async fn deliver(pod: &PodContext, client: SocketAddr, dst: SocketAddr) -> Result<TcpStream> {
+    if [OUTBOUND_PORT, INBOUND_PORT, TUNNEL_PORT].contains(&dst.port()) {
+        bail!("port {} is the daemon's own", dst.port());
+    }
+    let socket = pod.netns.run(move || sockets::transparent(client)).await?;
+    sockets::connect(socket, dst).await
+}

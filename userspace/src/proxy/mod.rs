@@ -1,0 +1,35 @@
+//! The daemon's per-pod listeners and the byte relay behind them.
+//!
+//! `outbound` serves connections the connect hooks captured in a pod, `inbound` serves
+//! connections sk_lookup steered to a pod from the network, `relay` moves the bytes.
+
+pub mod inbound;
+pub mod outbound;
+pub mod relay;
+pub mod sockets;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::node::pod::PodContext;
+
+/// Accepts forever, one task per connection. Accept errors (e.g. EMFILE) are logged and
+/// retried after a pause rather than ending the listener.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, pod: Arc<PodContext>, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr, Arc<PodContext>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((conn, peer)) => {
+                tokio::spawn(handle(conn, peer, pod.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(pod = %pod.key, "accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

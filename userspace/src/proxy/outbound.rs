@@ -1,0 +1,41 @@
+//! Outbound: connections the connect hooks captured in a pod, relayed to where the app
+//! meant to go, from inside the pod's namespace so the pod's own address is the source.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Result;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{
+    accept_loop,
+    relay::{Connection, Direction},
+    sockets,
+};
+use crate::node::pod::PodContext;
+
+pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
+    accept_loop(listener, pod, |client, peer, pod| async move {
+        handle(client, peer, &pod).await;
+    })
+    .await
+}
+
+async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext) {
+    let Some(dst) = pod.dataplane.take_original_dst(pod.netns_cookie, peer) else {
+        let local = client.local_addr().unwrap_or(peer);
+        Connection::new(Direction::Outbound, &pod.key, peer, local)
+            .refuse("no original destination recorded for this connection");
+        return;
+    };
+    let conn = Connection::new(Direction::Outbound, &pod.key, peer, dst);
+    match connect(pod, dst).await {
+        Ok(upstream) => conn.relay(client, upstream).await,
+        Err(e) => conn.refuse(&format!("{e:#}")),
+    }
+}
+
+/// Connects to `dst` with a socket made inside the pod's namespace.
+async fn connect(pod: &PodContext, dst: SocketAddr) -> Result<TcpStream> {
+    let socket = pod.netns.run(move || sockets::outbound(dst)).await?;
+    sockets::connect(socket, dst).await
+}

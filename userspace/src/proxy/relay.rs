@@ -1,0 +1,79 @@
+//! Moving bytes between the two halves of a proxied connection, and the access log line
+//! that closes every connection.
+
+use std::{net::SocketAddr, time::Instant};
+
+use tokio::net::TcpStream;
+
+/// Which listener a connection came through.
+#[derive(Clone, Copy, Debug)]
+pub enum Direction {
+    Outbound,
+    Inbound,
+    Tunnel,
+}
+
+impl Direction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+            Direction::Tunnel => "tunnel",
+        }
+    }
+}
+
+/// What the access log says about one connection.
+pub struct Connection {
+    pub direction: Direction,
+    /// `namespace/name` of the enrolled pod whose listener took the connection.
+    pub pod: String,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub started: Instant,
+}
+
+impl Connection {
+    pub fn new(direction: Direction, pod: &str, src: SocketAddr, dst: SocketAddr) -> Self {
+        Self {
+            direction,
+            pod: pod.to_string(),
+            src,
+            dst,
+            started: Instant::now(),
+        }
+    }
+
+    /// Copies both ways until both sides are done (a half-close is passed on), then logs.
+    pub async fn relay(self, mut downstream: TcpStream, mut upstream: TcpStream) {
+        let result = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+        match result {
+            Ok((sent, received)) => self.log(sent, received, None),
+            Err(e) => self.log(0, 0, Some(&format!("relay: {e}"))),
+        }
+    }
+
+    /// Logs a connection that was refused before any byte moved.
+    pub fn refuse(self, reason: &str) {
+        self.log(0, 0, Some(reason));
+    }
+
+    fn log(&self, sent: u64, received: u64, error: Option<&str>) {
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        let direction = self.direction.as_str();
+        match error {
+            None => tracing::info!(
+                target: "hawser::access",
+                direction, pod = %self.pod, src = %self.src, dst = %self.dst,
+                bytes_sent = sent, bytes_received = received, duration_ms,
+                "connection closed"
+            ),
+            Some(reason) => tracing::warn!(
+                target: "hawser::access",
+                direction, pod = %self.pod, src = %self.src, dst = %self.dst,
+                bytes_sent = sent, bytes_received = received, duration_ms, reason,
+                "connection refused"
+            ),
+        }
+    }
+}

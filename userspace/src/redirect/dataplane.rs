@@ -1,0 +1,388 @@
+//! Loading, pinning and attaching the eBPF programs; the maps the daemon fills.
+//!
+//! Fail closed: the cgroup links, every pod's sk_lookup link and the maps are pinned in
+//! bpffs. When the daemon stops, the programs stay attached and keep steering enrolled pods
+//! to listeners that no longer exist, so their connections fail instead of bypassing the
+//! mesh. A restarted daemon reuses the pinned maps, attaches fresh links, then swaps the
+//! pins, so there is no moment without a program attached.
+//!
+//! The original destination of a captured connection reaches the daemon through a map
+//! keyed by (netns cookie, client address), written by `sockops` when the client's port is
+//! bound and before its SYN is sent. We chose this over answering `SO_ORIGINAL_DST` from a
+//! `cgroup/getsockopt` program: the daemon is the only reader, the lookup is one map read
+//! with no ordering race against accept, and it works the same for IPv4 and IPv6.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, SockHash},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SkLookup, SockOps,
+        links::{FdLink, PinnedLink},
+    },
+};
+use hawser_common::{
+    AF_INET, AF_INET6, ConnKey, ENROLLED, Enrollment, ListenerKey, PodAddr, SockAddr, maps,
+};
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hawser"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
+const CGROUP_PROGRAMS: [&str; 3] = ["hawser_connect4", "hawser_connect6", "hawser_sockops"];
+const SK_LOOKUP: &str = "hawser_sk_lookup";
+
+/// The loaded programs and the maps the daemon writes.
+pub struct Dataplane {
+    pin_dir: PathBuf,
+    ebpf: Mutex<Ebpf>,
+    enrolled_netns: Mutex<HashMap<MapData, u64, Enrollment>>,
+    enrolled_addrs: Mutex<HashMap<MapData, PodAddr, Enrollment>>,
+    listeners: Mutex<SockHash<MapData, ListenerKey>>,
+    orig_by_client: Mutex<HashMap<MapData, ConnKey, SockAddr>>,
+}
+
+impl Dataplane {
+    /// Loads the programs (reusing pinned maps under `pin_dir`) and attaches the connect and
+    /// sockops programs to the cgroup v2 directory `cgroup`, under which the pods live.
+    pub fn load(pin_dir: &Path, cgroup: &Path) -> Result<Self> {
+        check_fs(
+            existing_ancestor(pin_dir),
+            BPF_FS_MAGIC,
+            "bpffs",
+            "mount -t bpf bpf /sys/fs/bpf",
+        )?;
+        check_fs(
+            cgroup,
+            CGROUP2_SUPER_MAGIC,
+            "a cgroup v2 directory",
+            "mount -t cgroup2 none /sys/fs/cgroup",
+        )?;
+        for dir in [pin_dir.join("maps"), pin_dir.join("links")] {
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir.join("maps"))
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF programs (needs CAP_BPF and CAP_NET_ADMIN, or root)")?;
+        start_ebpf_logger(&mut ebpf);
+
+        let cgroup_fd = std::fs::File::open(cgroup)
+            .with_context(|| format!("open cgroup {}", cgroup.display()))?;
+        for name in CGROUP_PROGRAMS {
+            let link = attach_to_cgroup(&mut ebpf, name, &cgroup_fd)?;
+            replace_pin(link, &pin_dir.join("links").join(name))?;
+        }
+        let sk_lookup: &mut SkLookup = program(&mut ebpf, SK_LOOKUP)?.try_into()?;
+        sk_lookup.load().context("load sk_lookup")?;
+
+        let enrolled_netns = HashMap::try_from(take_map(&mut ebpf, maps::ENROLLED_NETNS)?)?;
+        let enrolled_addrs = HashMap::try_from(take_map(&mut ebpf, maps::ENROLLED_ADDRS)?)?;
+        let listeners = SockHash::try_from(take_map(&mut ebpf, maps::LISTENERS)?)?;
+        let orig_by_client = HashMap::try_from(take_map(&mut ebpf, maps::ORIG_BY_CLIENT)?)?;
+        tracing::info!(pin_dir = %pin_dir.display(), cgroup = %cgroup.display(), "eBPF programs attached");
+        Ok(Self {
+            pin_dir: pin_dir.to_path_buf(),
+            ebpf: Mutex::new(ebpf),
+            enrolled_netns: Mutex::new(enrolled_netns),
+            enrolled_addrs: Mutex::new(enrolled_addrs),
+            listeners: Mutex::new(listeners),
+            orig_by_client: Mutex::new(orig_by_client),
+        })
+    }
+
+    /// Steers the pod's outbound connects (by netns) and inbound connections (by address).
+    pub fn enroll(&self, netns_cookie: u64, pod_ip: IpAddr) -> Result<()> {
+        let value = Enrollment { flags: ENROLLED };
+        self.enrolled_netns
+            .lock()
+            .unwrap()
+            .insert(netns_cookie, value, 0)?;
+        self.enrolled_addrs
+            .lock()
+            .unwrap()
+            .insert(pod_addr(pod_ip), value, 0)?;
+        Ok(())
+    }
+
+    /// Stops steering the pod. Missing entries are fine: un-enrollment is idempotent.
+    pub fn unenroll(&self, netns_cookie: u64, pod_ip: IpAddr) {
+        let _ = self.enrolled_netns.lock().unwrap().remove(&netns_cookie);
+        let _ = self
+            .enrolled_addrs
+            .lock()
+            .unwrap()
+            .remove(&pod_addr(pod_ip));
+        let mut listeners = self.listeners.lock().unwrap();
+        for kind in [
+            hawser_common::LISTENER_INBOUND,
+            hawser_common::LISTENER_TUNNEL,
+        ] {
+            let _ = listeners.remove(&ListenerKey {
+                pod: pod_addr(pod_ip),
+                kind,
+            });
+        }
+    }
+
+    /// Registers one of the pod's listeners for sk_lookup. The kernel drops the entry by
+    /// itself when the socket closes.
+    pub fn set_listener(&self, pod_ip: IpAddr, kind: u32, socket: &impl AsRawFd) -> Result<()> {
+        let key = ListenerKey {
+            pod: pod_addr(pod_ip),
+            kind,
+        };
+        self.listeners
+            .lock()
+            .unwrap()
+            .insert(key, socket.as_raw_fd(), 0)?;
+        Ok(())
+    }
+
+    /// Attaches inbound steering to a pod's namespace, pinned per netns cookie.
+    pub fn attach_sk_lookup(&self, netns: &impl AsFd, netns_cookie: u64) -> Result<()> {
+        let mut ebpf = self.ebpf.lock().unwrap();
+        let prog: &mut SkLookup = program(&mut ebpf, SK_LOOKUP)?.try_into()?;
+        let id = prog.attach(netns).context("attach sk_lookup")?;
+        let link: FdLink = prog.take_link(id)?.into();
+        replace_pin(link, &self.sk_lookup_pin(netns_cookie))
+    }
+
+    /// Removes inbound steering from a pod's namespace.
+    pub fn detach_sk_lookup(&self, netns_cookie: u64) {
+        let _ = std::fs::remove_file(self.sk_lookup_pin(netns_cookie));
+    }
+
+    /// Reads (and forgets) where a captured connection was going.
+    pub fn take_original_dst(&self, netns_cookie: u64, client: SocketAddr) -> Option<SocketAddr> {
+        let key = ConnKey {
+            netns_cookie,
+            client: sock_addr(client),
+            _pad: 0,
+        };
+        let mut map = self.orig_by_client.lock().unwrap();
+        let orig = map.get(&key, 0).ok()?;
+        let _ = map.remove(&key);
+        Some(socket_addr(orig))
+    }
+
+    /// Forgets pods enrolled by an earlier run that are not enrolled any more.
+    pub fn prune(&self, keep_netns: &[u64], keep_addrs: &[IpAddr]) -> Result<()> {
+        let mut netns = self.enrolled_netns.lock().unwrap();
+        let stale: Vec<u64> = netns
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !keep_netns.contains(k))
+            .collect();
+        for cookie in stale {
+            tracing::info!(
+                netns_cookie = cookie,
+                "pruning a pod enrolled by an earlier run"
+            );
+            let _ = netns.remove(&cookie);
+            self.detach_sk_lookup(cookie);
+        }
+        let keep: Vec<PodAddr> = keep_addrs.iter().map(|ip| pod_addr(*ip)).collect();
+        let mut addrs = self.enrolled_addrs.lock().unwrap();
+        let stale: Vec<PodAddr> = addrs
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !keep.contains(k))
+            .collect();
+        for addr in stale {
+            let _ = addrs.remove(&addr);
+        }
+        Ok(())
+    }
+
+    fn sk_lookup_pin(&self, netns_cookie: u64) -> PathBuf {
+        self.pin_dir
+            .join("links")
+            .join(format!("sk_lookup-{netns_cookie}"))
+    }
+}
+
+/// Removes every pin under `pin_dir`: programs detach, maps are freed. Pods stop being
+/// steered, so this is for decommissioning a node (and for tests), not for restarts.
+pub fn uninstall(pin_dir: &Path) -> Result<()> {
+    if pin_dir.exists() {
+        std::fs::remove_dir_all(pin_dir)
+            .with_context(|| format!("remove {}", pin_dir.display()))?;
+    }
+    Ok(())
+}
+
+fn existing_ancestor(path: &Path) -> &Path {
+    path.ancestors().find(|p| p.exists()).unwrap_or(path)
+}
+
+fn check_fs(path: &Path, magic: i64, what: &str, fix: &str) -> Result<()> {
+    let stat = nix::sys::statfs::statfs(path).with_context(|| {
+        format!(
+            "{} does not exist; it must be {what} (try: {fix})",
+            path.display()
+        )
+    })?;
+    if stat.filesystem_type().0 as i64 != magic {
+        bail!("{} is not {what} (try: {fix})", path.display());
+    }
+    Ok(())
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("eBPF object has no program {name}"))
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .with_context(|| format!("eBPF object has no map {name}"))
+}
+
+fn attach_to_cgroup(ebpf: &mut Ebpf, name: &str, cgroup: &std::fs::File) -> Result<FdLink> {
+    let prog = program(ebpf, name)?;
+    // `Single` still stacks links; aya's AllowMultiple makes link_create fail (EINVAL).
+    let mode = CgroupAttachMode::Single;
+    let link = match prog {
+        aya::programs::Program::CgroupSockAddr(p) => attach_sock_addr(p, cgroup, mode)?,
+        aya::programs::Program::SockOps(p) => attach_sock_ops(p, cgroup, mode)?,
+        _ => bail!("{name} is not a cgroup program"),
+    };
+    Ok(link)
+}
+
+fn attach_sock_addr(
+    p: &mut CgroupSockAddr,
+    cgroup: &std::fs::File,
+    mode: CgroupAttachMode,
+) -> Result<FdLink> {
+    p.load()?;
+    let id = p.attach(cgroup, mode)?;
+    Ok(p.take_link(id)?.try_into()?)
+}
+
+fn attach_sock_ops(
+    p: &mut SockOps,
+    cgroup: &std::fs::File,
+    mode: CgroupAttachMode,
+) -> Result<FdLink> {
+    p.load()?;
+    let id = p.attach(cgroup, mode)?;
+    Ok(p.take_link(id)?.try_into()?)
+}
+
+/// Pins `link` at `path`, replacing (and so detaching) a link pinned there before. The new
+/// link is attached before the old one goes, so steering never lapses.
+fn replace_pin(link: FdLink, path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            tracing::debug!(pin = %path.display(), "replaced a link pinned by an earlier run")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("remove {}", path.display())),
+    }
+    let _: PinnedLink = link
+        .pin(path)
+        .with_context(|| format!("pin {}", path.display()))?;
+    Ok(())
+}
+
+/// Forwards the programs' aya-log records into our tracing output.
+fn start_ebpf_logger(ebpf: &mut Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(e) => {
+            tracing::warn!("eBPF log forwarding unavailable: {e}");
+            return;
+        }
+    };
+    let readable = tokio::io::Interest::READABLE;
+    // SAFETY: the logger owns its fd and moves into the AsyncFd, so the fd stays open for
+    // as long as it is registered.
+    let Ok(mut fd) =
+        (unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, readable) })
+    else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+fn pod_addr(ip: IpAddr) -> PodAddr {
+    let s = sock_addr(SocketAddr::new(ip, 0));
+    PodAddr {
+        addr: s.addr,
+        family: u32::from(s.family),
+    }
+}
+
+fn sock_addr(addr: SocketAddr) -> SockAddr {
+    match addr {
+        SocketAddr::V4(v4) => SockAddr {
+            addr: [u32::from_ne_bytes(v4.ip().octets()), 0, 0, 0],
+            port: v4.port(),
+            family: AF_INET,
+        },
+        SocketAddr::V6(v6) => {
+            let o = v6.ip().octets();
+            let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            SockAddr {
+                addr: [word(0), word(4), word(8), word(12)],
+                port: v6.port(),
+                family: AF_INET6,
+            }
+        }
+    }
+}
+
+fn socket_addr(s: SockAddr) -> SocketAddr {
+    let ip = if s.family == AF_INET {
+        IpAddr::V4(Ipv4Addr::from(s.addr[0].to_ne_bytes()))
+    } else {
+        let mut o = [0u8; 16];
+        for (i, word) in s.addr.iter().enumerate() {
+            o[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+        IpAddr::V6(Ipv6Addr::from(o)).to_canonical()
+    };
+    SocketAddr::new(ip, s.port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip_through_map_layout() {
+        for text in ["10.1.2.3:80", "[fd00::1]:443", "[::1]:15001"] {
+            let addr: SocketAddr = text.parse().unwrap();
+            assert_eq!(socket_addr(sock_addr(addr)), addr);
+        }
+        // The kernel's view: IPv4 in network byte order in the first word.
+        let s = sock_addr("1.2.3.4:5".parse().unwrap());
+        assert_eq!(s.addr[0].to_ne_bytes(), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn v4_mapped_destinations_come_back_as_ipv4() {
+        let mapped: SocketAddr = "[::ffff:10.0.0.7]:8080".parse().unwrap();
+        assert_eq!(
+            socket_addr(sock_addr(mapped)),
+            "10.0.0.7:8080".parse::<SocketAddr>().unwrap()
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! Pod-namespace routing for transparent inbound delivery.
+//!
+//! The daemon hands an inbound connection to the app from inside the pod, bound to the
+//! remote client's address (IP_TRANSPARENT) and marked with `DAEMON_MARK`. The app's
+//! replies are addressed to that remote client, so without help they would leave through
+//! the pod's interface. Two settings, made by the daemon inside the pod's namespace, bring
+//! them back over loopback to the daemon:
+//! - `net.ipv4.tcp_fwmark_accept=1`: the app's accepted socket inherits the mark of the
+//!   SYN that opened it (the daemon's mark);
+//! - `ip rule fwmark DAEMON_MARK lookup DAEMON_MARK` with `local 0.0.0.0/0 dev lo` in that
+//!   table: marked packets are delivered locally.
+//!
+//! Everything here runs on the pod's netns worker thread (see `netns`).
+
+use std::io;
+
+use hawser_common::DAEMON_MARK;
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
+};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+        RouteType,
+    },
+    rule::{RuleAction, RuleAttribute, RuleHeader, RuleMessage},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+/// Routing table holding the local route for marked replies.
+const TABLE: u32 = DAEMON_MARK;
+const RULE_PRIORITY: u32 = 100;
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Prepares the current thread's network namespace (idempotent).
+pub fn install() -> io::Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1")
+        .map_err(|e| io::Error::new(e.kind(), format!("set net.ipv4.tcp_fwmark_accept: {e}")))?;
+    let mut nl = Netlink::connect()?;
+    ignore_exists(nl.request(
+        RouteNetlinkMessage::NewRule(rule()),
+        NLM_F_CREATE | NLM_F_EXCL,
+    ))?;
+    ignore_exists(nl.request(
+        RouteNetlinkMessage::NewRoute(local_route()),
+        NLM_F_CREATE | NLM_F_EXCL,
+    ))?;
+    Ok(())
+}
+
+/// Undoes `install` where the namespace still exists; missing pieces are fine.
+pub fn remove() -> io::Result<()> {
+    let mut nl = Netlink::connect()?;
+    ignore_missing(nl.request(RouteNetlinkMessage::DelRule(rule()), 0))?;
+    ignore_missing(nl.request(RouteNetlinkMessage::DelRoute(local_route()), 0))?;
+    Ok(())
+}
+
+fn rule() -> RuleMessage {
+    let mut msg = RuleMessage::default();
+    msg.header = RuleHeader {
+        family: AddressFamily::Inet,
+        action: RuleAction::ToTable,
+        ..Default::default()
+    };
+    msg.attributes = vec![
+        RuleAttribute::FwMark(DAEMON_MARK),
+        RuleAttribute::FwMask(u32::MAX),
+        RuleAttribute::Table(TABLE),
+        RuleAttribute::Priority(RULE_PRIORITY),
+    ];
+    msg
+}
+
+fn local_route() -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header = RouteHeader {
+        address_family: AddressFamily::Inet,
+        destination_prefix_length: 0,
+        protocol: RouteProtocol::Static,
+        scope: RouteScope::Host,
+        kind: RouteType::Local,
+        ..Default::default()
+    };
+    msg.attributes = vec![
+        RouteAttribute::Table(TABLE),
+        RouteAttribute::Destination(RouteAddress::Inet(std::net::Ipv4Addr::UNSPECIFIED)),
+        RouteAttribute::Oif(LOOPBACK_IFINDEX),
+    ];
+    msg
+}
+
+fn ignore_exists(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+fn ignore_missing(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => Ok(()),
+        other => other,
+    }
+}
+
+/// A synchronous rtnetlink socket for a handful of requests.
+struct Netlink {
+    socket: Socket,
+    seq: u32,
+}
+
+impl Netlink {
+    fn connect() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Self { socket, seq: 0 })
+    }
+
+    /// Sends one request and waits for its acknowledgement.
+    fn request(&mut self, payload: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+        self.seq += 1;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        header.sequence_number = self.seq;
+        let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(payload));
+        msg.finalize();
+        let mut buf = vec![0; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+        let mut reply = Vec::with_capacity(8192);
+        loop {
+            reply.clear();
+            self.socket.recv(&mut reply, 0)?;
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply)
+                .map_err(|e| io::Error::other(format!("netlink reply: {e}")))?;
+            if msg.header.sequence_number != self.seq {
+                continue;
+            }
+            return match msg.payload {
+                NetlinkPayload::Error(e) => match e.code {
+                    None => Ok(()),
+                    Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                },
+                _ => Ok(()),
+            };
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The node's view of workloads, independent of where it was read from.
+
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
+
+/// One pod: where it runs, its address, and the identity it runs as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub pod_ip: IpAddr,
+    pub node_name: String,
+    /// The pod's network namespace (e.g. `/run/netns/<name>` or `/proc/<pid>/ns/net`).
+    pub netns: PathBuf,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Workload {
+    /// `namespace/name`, unique within a registry.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The SPIFFE ID this workload runs as.
+    pub fn spiffe_id(&self, trust_domain: &str) -> String {
+        format!(
+            "spiffe://{trust_domain}/ns/{}/sa/{}",
+            self.namespace, self.service_account
+        )
+    }
+}
+
+/// A consistent snapshot of everything the workload source knows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Registry {
+    /// By `namespace/name`.
+    pub workloads: BTreeMap<String, Workload>,
+}
+
+impl Registry {
+    /// Workloads scheduled on `node`.
+    pub fn on_node<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Workload> + 'a {
+        self.workloads.values().filter(move |w| w.node_name == node)
+    }
+
+    /// The workload that owns `ip`, if any.
+    pub fn by_ip(&self, ip: IpAddr) -> Option<&Workload> {
+        self.workloads.values().find(|w| w.pod_ip == ip)
+    }
+}
