@@ -3,6 +3,11 @@
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
+    // aya-build watches the program crate; the map types it shares live next to it.
+    println!(
+        "cargo:rerun-if-changed={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf/common")
+    );
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf/programs");
     aya_build::build_ebpf(
         [Package {

@@ -1,1 +1,284 @@
+//! A test bed of real network namespaces for hawser's end-to-end tests and demo.
+//!
+//! A `Node` is a network namespace holding a bridge; each `Pod` is a namespace joined to
+//! its node's bridge by a veth pair, with its own IP and its own cgroup v2 directory under
+//! the node's. Processes started in a pod run in its namespace and cgroup, exactly where
+//! the daemon's eBPF hooks see a pod's processes. Everything a `Testbed` made is removed
+//! when it is dropped, also when a test panics.
 
+mod daemon;
+mod host;
+pub mod peers;
+mod process;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+};
+
+use anyhow::{Context, Result};
+
+pub use daemon::Daemon;
+pub use process::{Proc, sh};
+
+/// True when the test can run; prints a loud reason when it cannot (not root).
+pub fn can_run() -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED: this end-to-end test needs root (network namespaces, eBPF, cgroups)");
+    false
+}
+
+/// The `hawser` binary under test: `$HAWSER_BIN`, or the workspace's debug build.
+pub fn hawser_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("HAWSER_BIN") {
+        return bin.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/hawser");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo xtask build` first",
+        bin.display()
+    );
+    bin
+}
+
+/// One test's namespaces, cgroups and files.
+pub struct Testbed {
+    /// Short and unique on the host: prefixes namespace names.
+    id: String,
+    dir: tempfile::TempDir,
+    cgroup: PathBuf,
+    pin_dir: PathBuf,
+    netns: Mutex<Vec<String>>,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl Testbed {
+    pub fn new() -> Result<Self> {
+        let id = format!(
+            "hw{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let cgroup = host::cgroup2_root()?.join(&id);
+        std::fs::create_dir_all(&cgroup).with_context(|| format!("create {}", cgroup.display()))?;
+        let pin_dir = host::bpffs()?.join(&id);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{id}-"))
+            .tempdir()?;
+        std::fs::create_dir(dir.path().join("config"))?;
+        Ok(Self {
+            id,
+            dir,
+            cgroup,
+            pin_dir,
+            netns: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A scratch directory removed with the test bed.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The daemon's workload configuration directory.
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    /// bpffs directory for the daemon's pins.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// A node: a namespace with a bridge at `10.<index>.0.1/24`.
+    pub fn node(&self, name: &str, index: u8) -> Result<Node> {
+        let netns = self.add_netns(name)?;
+        let node = Node {
+            name: name.to_string(),
+            netns,
+            subnet: index,
+            cgroup: self.cgroup.join(name),
+            pods: Mutex::new(0),
+        };
+        std::fs::create_dir_all(&node.cgroup)?;
+        host::ip(&["-n", &node.netns, "link", "set", "lo", "up"])?;
+        host::ip(&["-n", &node.netns, "link", "add", "br0", "type", "bridge"])?;
+        host::ip(&[
+            "-n",
+            &node.netns,
+            "addr",
+            "add",
+            &format!("{}/24", node.gateway()),
+            "dev",
+            "br0",
+        ])?;
+        host::ip(&["-n", &node.netns, "link", "set", "br0", "up"])?;
+        Ok(node)
+    }
+
+    /// A pod on `node` with the next free address of the node's subnet.
+    pub fn pod(&self, node: &Node, name: &str) -> Result<Pod> {
+        let index = {
+            let mut pods = node.pods.lock().unwrap();
+            *pods += 1;
+            *pods
+        };
+        let netns = self.add_netns(name)?;
+        let pod = Pod {
+            name: name.to_string(),
+            node: node.name.clone(),
+            ip: format!("10.{}.0.{}", node.subnet, index + 1),
+            netns_path: PathBuf::from("/run/netns").join(&netns),
+            netns,
+            cgroup: node.cgroup.join(name),
+        };
+        std::fs::create_dir_all(&pod.cgroup)?;
+        let host_side = format!("v{index}");
+        host::ip(&[
+            "-n",
+            &node.netns,
+            "link",
+            "add",
+            &host_side,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &pod.netns,
+        ])?;
+        host::ip(&[
+            "-n",
+            &node.netns,
+            "link",
+            "set",
+            &host_side,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        host::ip(&["-n", &pod.netns, "link", "set", "lo", "up"])?;
+        host::ip(&[
+            "-n",
+            &pod.netns,
+            "addr",
+            "add",
+            &format!("{}/24", pod.ip),
+            "dev",
+            "eth0",
+        ])?;
+        host::ip(&["-n", &pod.netns, "link", "set", "eth0", "up"])?;
+        host::ip(&[
+            "-n",
+            &pod.netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &node.gateway(),
+        ])?;
+        Ok(pod)
+    }
+
+    /// Writes the workload declarations of `pods` as the daemon's configuration.
+    pub fn enroll(&self, pods: &[&Pod]) -> Result<()> {
+        let yaml: Vec<String> = pods.iter().map(|p| p.workload_yaml()).collect();
+        write_atomically(
+            &self.config_dir().join("workloads.yaml"),
+            &yaml.join("---\n"),
+        )
+    }
+
+    /// Starts `hawser node` for `node` inside the node's namespace and cgroup.
+    pub fn start_daemon(&self, node: &Node) -> Result<Daemon> {
+        Daemon::start(self, node)
+    }
+
+    fn add_netns(&self, name: &str) -> Result<String> {
+        let netns = format!("{}-{name}", self.id);
+        host::ip(&["netns", "add", &netns])?;
+        self.netns.lock().unwrap().push(netns.clone());
+        Ok(netns)
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        host::kill_cgroup_tree(&self.cgroup);
+        let _ = std::process::Command::new(hawser_bin())
+            .args(["uninstall", "--pin-dir"])
+            .arg(&self.pin_dir)
+            .output();
+        for netns in self.netns.lock().unwrap().drain(..) {
+            let _ = host::ip(&["netns", "del", &netns]);
+        }
+        host::remove_cgroup_tree(&self.cgroup);
+    }
+}
+
+/// Replaces `path` in one step, as a ConfigMap update does: readers never see half a file.
+pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+pub struct Node {
+    pub name: String,
+    pub netns: String,
+    subnet: u8,
+    pub cgroup: PathBuf,
+    pods: Mutex<u8>,
+}
+
+impl Node {
+    pub fn gateway(&self) -> String {
+        format!("10.{}.0.1", self.subnet)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub name: String,
+    pub node: String,
+    pub ip: String,
+    pub netns: String,
+    pub netns_path: PathBuf,
+    pub cgroup: PathBuf,
+}
+
+impl Pod {
+    /// Starts a long-running process in the pod; it is killed when the guard drops.
+    pub fn spawn(&self, argv: &[&str]) -> Result<Proc> {
+        Proc::spawn(argv, &self.netns_path, &self.cgroup)
+    }
+
+    /// Runs a command in the pod to completion.
+    pub fn run(&self, argv: &[&str]) -> Result<std::process::Output> {
+        process::run(argv, &self.netns_path, &self.cgroup)
+    }
+
+    /// The pod as a hawser `Workload` document (service account = pod name).
+    pub fn workload_yaml(&self) -> String {
+        format!(
+            "apiVersion: hawser.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: {name}\n  namespace: default\n\
+             spec:\n  serviceAccount: {name}\n  podIP: {ip}\n  nodeName: {node}\n  netns: {netns}\n",
+            name = self.name,
+            ip = self.ip,
+            node = self.node,
+            netns = self.netns_path.display()
+        )
+    }
+}

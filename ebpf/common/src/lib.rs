@@ -12,10 +12,17 @@ pub const INBOUND_PORT: u16 = 15006;
 /// Inbound tunnel (mTLS) listener.
 pub const TUNNEL_PORT: u16 = 15008;
 
-/// Socket mark on every socket the daemon opens inside a pod. The connect hooks leave
-/// marked sockets alone (so the daemon never captures itself), and the pod's policy route
-/// sends marked replies back over loopback to the daemon's transparent sockets.
-pub const DAEMON_MARK: u32 = 0x4857;
+/// Socket mark of the daemon's listeners and onward connections inside pods.
+pub const MARK_UPSTREAM: u32 = 0x4856;
+/// Socket mark of the daemon's transparent sockets that deliver inbound connections to the
+/// app as the remote client. The pod's policy route sends packets with this mark (the
+/// app's replies inherit it) back over loopback to the daemon.
+pub const MARK_DELIVER: u32 = 0x4857;
+
+/// The connect hooks leave the daemon's own sockets alone: it never captures itself.
+pub const fn is_daemon_mark(mark: u32) -> bool {
+    mark == MARK_UPSTREAM || mark == MARK_DELIVER
+}
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -40,6 +47,18 @@ pub struct ConnKey {
     pub netns_cookie: u64,
     pub client: SockAddr,
     pub _pad: u32,
+}
+
+/// A connection the daemon is opening to an app inside a pod, as the remote client
+/// (transparent delivery). sk_lookup must let exactly these through to the app: they look
+/// like any connection from the network, and steering them back to the daemon would loop.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DeliveryKey {
+    /// The remote client's address and port, as the daemon bound them.
+    pub client: SockAddr,
+    /// The app's address and port.
+    pub app: SockAddr,
 }
 
 /// Which of the daemon's per-pod listeners an arriving connection goes to.
@@ -80,6 +99,7 @@ pub mod maps {
     pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
     pub const ORIG_BY_CLIENT: &str = "ORIG_BY_CLIENT";
     pub const LISTENERS: &str = "LISTENERS";
+    pub const DELIVERIES: &str = "DELIVERIES";
 }
 
 #[cfg(feature = "user")]
@@ -89,5 +109,6 @@ mod pod {
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::PodAddr {}
+    unsafe impl aya::Pod for super::DeliveryKey {}
     unsafe impl aya::Pod for super::Enrollment {}
 }

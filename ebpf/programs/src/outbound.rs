@@ -8,7 +8,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
     programs::{SockAddrContext, SockOpsContext},
 };
-use hawser_common::{AF_INET, AF_INET6, ConnKey, DAEMON_MARK, Enrollment, OUTBOUND_PORT, SockAddr};
+use hawser_common::{
+    AF_INET, AF_INET6, ConnKey, Enrollment, OUTBOUND_PORT, SockAddr, is_daemon_mark,
+};
 
 const IPPROTO_TCP: u32 = 6;
 const SOCK_STREAM: u32 = 1;
@@ -56,7 +58,7 @@ pub fn hawser_connect6(ctx: SockAddrContext) -> i32 {
         return ALLOW;
     }
     let ip6 = ctx_read_ip6(&sa.user_ip6);
-    let v4_mapped = ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0xffffu32.to_be();
+    let v4_mapped = is_v4_mapped(&ip6);
     let loopback6 = ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0 && ip6[3] == 1u32.to_be();
     if loopback6 || (v4_mapped && u32::from_be(ip6[3]) >> 24 == 127) {
         return ALLOW;
@@ -83,7 +85,7 @@ fn should_capture(ctx: &SockAddrContext, sa: &bpf_sock_addr) -> bool {
         return false;
     }
     let sk = unsafe { sa.__bindgen_anon_1.sk };
-    if sk.is_null() || unsafe { (*sk).mark } == DAEMON_MARK {
+    if sk.is_null() || is_daemon_mark(unsafe { (*sk).mark }) {
         return false;
     }
     let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
@@ -117,12 +119,18 @@ pub fn hawser_sockops(ctx: SockOpsContext) -> u32 {
         return 0;
     };
     let _ = ORIG_BY_COOKIE.remove(&cookie);
-    let family = ctx.family() as u16;
     let ops = unsafe { &*ctx.ops };
-    let addr = if family == AF_INET {
-        [ctx_read(&ops.local_ip4), 0, 0, 0]
+    let (family, addr) = if ctx.family() as u16 == AF_INET {
+        (AF_INET, [ctx_read(&ops.local_ip4), 0, 0, 0])
     } else {
-        ctx_read_ip6(&ops.local_ip6)
+        let ip6 = ctx_read_ip6(&ops.local_ip6);
+        if is_v4_mapped(&ip6) {
+            // A dual-stack client captured to ::ffff:127.0.0.1 reaches the daemon's IPv4
+            // listener, which sees it as a plain IPv4 peer: key it that way.
+            (AF_INET, [ip6[3], 0, 0, 0])
+        } else {
+            (AF_INET6, ip6)
+        }
     };
     let key = ConnKey {
         netns_cookie: unsafe { bpf_get_netns_cookie(ctx.ops.cast()) },
@@ -135,4 +143,8 @@ pub fn hawser_sockops(ctx: SockOpsContext) -> u32 {
     };
     let _ = ORIG_BY_CLIENT.insert(&key, &orig, 0);
     0
+}
+
+fn is_v4_mapped(ip6: &[u32; 4]) -> bool {
+    ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0xffffu32.to_be()
 }

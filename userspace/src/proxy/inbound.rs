@@ -51,5 +51,11 @@ async fn deliver(pod: &PodContext, client: SocketAddr, dst: SocketAddr) -> Resul
         bail!("port {} is the daemon's own", dst.port());
     }
     let socket = pod.netns.run(move || sockets::transparent(client)).await?;
-    sockets::connect(socket, dst).await
+    let bound = socket.local_addr()?;
+    // Announced, sk_lookup lets this connection through to the app instead of steering it
+    // back to us.
+    pod.dataplane.announce_delivery(bound, dst)?;
+    let connected = sockets::connect(socket, dst).await;
+    pod.dataplane.forget_delivery(bound, dst);
+    connected
 }

@@ -29,7 +29,8 @@ use aya::{
     },
 };
 use hawser_common::{
-    AF_INET, AF_INET6, ConnKey, ENROLLED, Enrollment, ListenerKey, PodAddr, SockAddr, maps,
+    AF_INET, AF_INET6, ConnKey, DeliveryKey, ENROLLED, Enrollment, ListenerKey, PodAddr, SockAddr,
+    maps,
 };
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hawser"));
@@ -47,6 +48,7 @@ pub struct Dataplane {
     enrolled_addrs: Mutex<HashMap<MapData, PodAddr, Enrollment>>,
     listeners: Mutex<SockHash<MapData, ListenerKey>>,
     orig_by_client: Mutex<HashMap<MapData, ConnKey, SockAddr>>,
+    deliveries: Mutex<HashMap<MapData, DeliveryKey, u8>>,
 }
 
 impl Dataplane {
@@ -87,6 +89,7 @@ impl Dataplane {
         let enrolled_addrs = HashMap::try_from(take_map(&mut ebpf, maps::ENROLLED_ADDRS)?)?;
         let listeners = SockHash::try_from(take_map(&mut ebpf, maps::LISTENERS)?)?;
         let orig_by_client = HashMap::try_from(take_map(&mut ebpf, maps::ORIG_BY_CLIENT)?)?;
+        let deliveries = HashMap::try_from(take_map(&mut ebpf, maps::DELIVERIES)?)?;
         tracing::info!(pin_dir = %pin_dir.display(), cgroup = %cgroup.display(), "eBPF programs attached");
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
@@ -95,6 +98,7 @@ impl Dataplane {
             enrolled_addrs: Mutex::new(enrolled_addrs),
             listeners: Mutex::new(listeners),
             orig_by_client: Mutex::new(orig_by_client),
+            deliveries: Mutex::new(deliveries),
         })
     }
 
@@ -171,6 +175,23 @@ impl Dataplane {
         let orig = map.get(&key, 0).ok()?;
         let _ = map.remove(&key);
         Some(socket_addr(orig))
+    }
+
+    /// Tells sk_lookup that the connection `client` -> `app` about to be opened is the
+    /// daemon delivering to the app, to be let through.
+    pub fn announce_delivery(&self, client: SocketAddr, app: SocketAddr) -> Result<()> {
+        let key = delivery_key(client, app);
+        self.deliveries.lock().unwrap().insert(key, 1, 0)?;
+        Ok(())
+    }
+
+    /// Once connected (or failed), the delivery needs no pass any more.
+    pub fn forget_delivery(&self, client: SocketAddr, app: SocketAddr) {
+        let _ = self
+            .deliveries
+            .lock()
+            .unwrap()
+            .remove(&delivery_key(client, app));
     }
 
     /// Forgets pods enrolled by an earlier run that are not enrolled any more.
@@ -320,6 +341,15 @@ fn start_ebpf_logger(ebpf: &mut Ebpf) {
             guard.clear_ready();
         }
     });
+}
+
+fn delivery_key(client: SocketAddr, app: SocketAddr) -> DeliveryKey {
+    // sk_lookup sees the plain IPv4 form of v4-mapped addresses.
+    let plain = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    DeliveryKey {
+        client: sock_addr(plain(client)),
+        app: sock_addr(plain(app)),
+    }
 }
 
 fn pod_addr(ip: IpAddr) -> PodAddr {

@@ -1,20 +1,20 @@
 //! Pod-namespace routing for transparent inbound delivery.
 //!
 //! The daemon hands an inbound connection to the app from inside the pod, bound to the
-//! remote client's address (IP_TRANSPARENT) and marked with `DAEMON_MARK`. The app's
+//! remote client's address (IP_TRANSPARENT) and marked with `MARK_DELIVER`. The app's
 //! replies are addressed to that remote client, so without help they would leave through
 //! the pod's interface. Two settings, made by the daemon inside the pod's namespace, bring
 //! them back over loopback to the daemon:
 //! - `net.ipv4.tcp_fwmark_accept=1`: the app's accepted socket inherits the mark of the
 //!   SYN that opened it (the daemon's mark);
-//! - `ip rule fwmark DAEMON_MARK lookup DAEMON_MARK` with `local 0.0.0.0/0 dev lo` in that
+//! - `ip rule fwmark MARK_DELIVER lookup MARK_DELIVER` with `local 0.0.0.0/0 dev lo` in that
 //!   table: marked packets are delivered locally.
 //!
 //! Everything here runs on the pod's netns worker thread (see `netns`).
 
 use std::io;
 
-use hawser_common::DAEMON_MARK;
+use hawser_common::MARK_DELIVER;
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
@@ -30,7 +30,7 @@ use netlink_packet_route::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// Routing table holding the local route for marked replies.
-const TABLE: u32 = DAEMON_MARK;
+const TABLE: u32 = MARK_DELIVER;
 const RULE_PRIORITY: u32 = 100;
 const LOOPBACK_IFINDEX: u32 = 1;
 
@@ -66,7 +66,7 @@ fn rule() -> RuleMessage {
         ..Default::default()
     };
     msg.attributes = vec![
-        RuleAttribute::FwMark(DAEMON_MARK),
+        RuleAttribute::FwMark(MARK_DELIVER),
         RuleAttribute::FwMask(u32::MAX),
         RuleAttribute::Table(TABLE),
         RuleAttribute::Priority(RULE_PRIORITY),
@@ -148,5 +148,59 @@ impl Netlink {
                 _ => Ok(()),
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on a thread inside a fresh network namespace (root only).
+    fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED: needs root to create a network namespace");
+            return None;
+        }
+        let worker = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            f()
+        });
+        Some(worker.join().unwrap())
+    }
+
+    fn ip(args: &[&str]) -> String {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn install_is_idempotent_and_remove_undoes_it() {
+        let Some((rules, routes, after)) = in_new_netns(|| {
+            install().unwrap();
+            install().unwrap();
+            let state = (
+                ip(&["rule"]),
+                ip(&["route", "show", "table", &TABLE.to_string()]),
+            );
+            remove().unwrap();
+            remove().unwrap();
+            (
+                state.0,
+                state.1,
+                ip(&["rule"]) + &ip(&["route", "show", "table", &TABLE.to_string()]),
+            )
+        }) else {
+            return;
+        };
+        assert_eq!(
+            rules.matches("fwmark 0x4857 lookup 18519").count(),
+            1,
+            "{rules}"
+        );
+        assert!(routes.contains("local default dev lo"), "{routes}");
+        assert!(!after.contains("18519"), "{after}");
     }
 }

@@ -1,0 +1,93 @@
+//! Real peers in pods: nginx as a web server, socat as an echo server, curl as a client.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+
+use crate::{Pod, Proc, Testbed};
+
+/// nginx serving `/hello.txt` on port 80, logging `$remote_addr` per request.
+pub struct Nginx {
+    _proc: Proc,
+    access_log: PathBuf,
+    pub body: String,
+}
+
+impl Nginx {
+    pub fn start(bed: &Testbed, pod: &Pod) -> Result<Self> {
+        let dir = bed.dir().join(format!("nginx-{}", pod.name));
+        std::fs::create_dir_all(dir.join("html"))?;
+        let body = format!("hello from {}\n", pod.name);
+        std::fs::write(dir.join("html/hello.txt"), &body)?;
+        let access_log = dir.join("access.log");
+        let conf = format!(
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  log_format peer '$remote_addr $request $status';\n  access_log {log} peer;\n\
+               client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
+               uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+               server {{ listen 80; root {d}/html; }}\n}}\n",
+            d = dir.display(),
+            log = access_log.display()
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let proc = pod.spawn(&["nginx", "-c", &conf_path.display().to_string()])?;
+        // Loopback inside the pod is never captured, so this probe is direct.
+        wait_until(Duration::from_secs(10), "nginx to listen", || {
+            curl(pod, "http://127.0.0.1/hello.txt").is_ok_and(|b| b == body)
+        })?;
+        std::fs::write(&access_log, "")?;
+        Ok(Self {
+            _proc: proc,
+            access_log,
+            body,
+        })
+    }
+
+    /// Client addresses of the requests served so far.
+    pub fn clients(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+}
+
+/// socat echoing every connection on `port` back to its sender.
+pub fn echo_server(pod: &Pod, port: u16) -> Result<Proc> {
+    let listen = format!("TCP-LISTEN:{port},fork,reuseaddr,backlog=1024");
+    let proc = pod.spawn(&["socat", &listen, "EXEC:cat"])?;
+    wait_until(Duration::from_secs(10), "socat to listen", || {
+        pod.run(&["socat", "-u", "/dev/null", &format!("TCP:127.0.0.1:{port}")])
+            .is_ok_and(|o| o.status.success())
+    })?;
+    Ok(proc)
+}
+
+/// `curl` from `pod`; the body on success, curl's error otherwise.
+pub fn curl(pod: &Pod, url: &str) -> Result<String> {
+    let out = pod.run(&["curl", "-sS", "--max-time", "10", url])?;
+    if !out.status.success() {
+        bail!(
+            "curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}

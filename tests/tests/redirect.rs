@@ -1,0 +1,338 @@
+//! End-to-end: eBPF redirection of enrolled pods' TCP traffic through the node daemon,
+//! with real curl, nginx and socat in real network namespaces.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use hawser_testbed::{
+    Testbed, can_run,
+    peers::{Nginx, curl, echo_server, wait_until},
+};
+
+/// Access-log lines of the daemon for one direction, pod and destination.
+fn access(daemon: &hawser_testbed::Daemon, direction: &str, pod: &str, dst: &str) -> Vec<String> {
+    daemon.lines_with(&[
+        "connection closed",
+        &format!("direction=\"{direction}\""),
+        &format!("pod={pod}"),
+        &format!("dst={dst}"),
+    ])
+}
+
+#[test]
+fn traffic_between_pods_flows_through_the_daemon_with_source_ips_kept() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let bed = Testbed::new()?;
+    let node = bed.node("node1", 1)?;
+    let a = bed.pod(&node, "a")?;
+    let b = bed.pod(&node, "b")?;
+    let c = bed.pod(&node, "c")?; // not enrolled
+    let nginx_b = Nginx::start(&bed, &b)?;
+    let nginx_c = Nginx::start(&bed, &c)?;
+    bed.enroll(&[&a, &b])?;
+    let daemon = bed.start_daemon(&node)?;
+
+    // a -> b: captured on the way out of a and on the way into b.
+    assert_eq!(
+        curl(&a, &format!("http://{}/hello.txt", b.ip))?,
+        nginx_b.body
+    );
+    let b80 = format!("{}:80", b.ip);
+    daemon.wait_for("access log", Duration::from_secs(5), |log| {
+        log.matches("connection closed").count() >= 2
+    })?;
+    let out = access(&daemon, "outbound", "default/a", &b80);
+    let inb = access(&daemon, "inbound", "default/b", &b80);
+    assert_eq!(
+        out.len(),
+        1,
+        "one outbound record, the daemon's own connection not recaptured:\n{}",
+        daemon.log()
+    );
+    assert_eq!(inb.len(), 1, "one inbound record:\n{}", daemon.log());
+    assert!(
+        inb[0].contains(&format!("src={}:", a.ip)),
+        "inbound source is pod a: {}",
+        inb[0]
+    );
+    let body_len = nginx_b.body.len();
+    assert!(out[0].contains("bytes_received="), "{}", out[0]);
+    let received: usize = field(&out[0], "bytes_received").parse()?;
+    assert!(
+        received > body_len,
+        "the daemon relayed the response ({received} bytes): {}",
+        out[0]
+    );
+    assert_eq!(
+        nginx_b.clients(),
+        vec![a.ip.clone()],
+        "nginx in b saw pod a's address"
+    );
+
+    // a -> c (not enrolled): captured outbound only; c sees a's own address on the wire.
+    assert_eq!(
+        curl(&a, &format!("http://{}/hello.txt", c.ip))?,
+        nginx_c.body
+    );
+    let c80 = format!("{}:80", c.ip);
+    daemon.wait_for("outbound record", Duration::from_secs(5), |_| {
+        !access(&daemon, "outbound", "default/a", &c80).is_empty()
+    })?;
+    assert_eq!(nginx_c.clients(), vec![a.ip.clone()]);
+
+    // c -> b: an outside client is captured inbound; nginx sees c's address.
+    assert_eq!(
+        curl(&c, &format!("http://{}/hello.txt", b.ip))?,
+        nginx_b.body
+    );
+    daemon.wait_for("inbound record", Duration::from_secs(5), |_| {
+        access(&daemon, "inbound", "default/b", &b80).len() == 2
+    })?;
+    assert_eq!(nginx_b.clients(), vec![a.ip.clone(), c.ip.clone()]);
+    assert!(
+        daemon
+            .lines_with(&["direction=\"outbound\"", "pod=default/c"])
+            .is_empty()
+    );
+
+    // A dual-stack client dialing a v4-mapped address goes through connect6.
+    assert_eq!(
+        curl(&a, &format!("http://[::ffff:{}]/hello.txt", c.ip))?,
+        nginx_c.body
+    );
+    daemon.wait_for("connect6 record", Duration::from_secs(5), |_| {
+        access(&daemon, "outbound", "default/a", &c80).len() == 2
+    })?;
+
+    // b calling its own pod IP: out through the daemon and back in exactly once, no loop.
+    assert_eq!(
+        curl(&b, &format!("http://{}/hello.txt", b.ip))?,
+        nginx_b.body
+    );
+    daemon.wait_for("hairpin records", Duration::from_secs(5), |_| {
+        !access(&daemon, "outbound", "default/b", &b80).is_empty()
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
+    let hairpin_in = daemon.lines_with(&["direction=\"inbound\"", &format!("src={}:", b.ip)]);
+    assert_eq!(hairpin_in.len(), 1, "{}", daemon.log());
+    assert_eq!(nginx_b.clients().last(), Some(&b.ip));
+    Ok(())
+}
+
+#[test]
+fn unenrolled_pods_are_untouched_and_unenrolling_detaches() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let bed = Testbed::new()?;
+    let node = bed.node("node1", 1)?;
+    let a = bed.pod(&node, "a")?;
+    let c = bed.pod(&node, "c")?;
+    let d = bed.pod(&node, "d")?;
+    let nginx_d = Nginx::start(&bed, &d)?;
+    bed.enroll(&[&a])?;
+    let mut daemon = bed.start_daemon(&node)?;
+
+    // Neither c nor d is enrolled: nothing of theirs reaches the daemon.
+    assert_eq!(
+        curl(&c, &format!("http://{}/hello.txt", d.ip))?,
+        nginx_d.body
+    );
+    // a is enrolled: its request is relayed (the record proves the daemon carried it).
+    assert_eq!(
+        curl(&a, &format!("http://{}/hello.txt", d.ip))?,
+        nginx_d.body
+    );
+    let d80 = format!("{}:80", d.ip);
+    daemon.wait_for("a's record", Duration::from_secs(5), |_| {
+        !access(&daemon, "outbound", "default/a", &d80).is_empty()
+    })?;
+    assert_eq!(
+        daemon.count("connection closed"),
+        1,
+        "only a's connection:\n{}",
+        daemon.log()
+    );
+
+    // Remove a from the configuration: the daemon un-enrolls it, its traffic goes direct.
+    bed.enroll(&[])?;
+    daemon.wait_for("un-enrollment", Duration::from_secs(10), |log| {
+        log.contains("pod unenrolled")
+    })?;
+    assert_eq!(
+        curl(&a, &format!("http://{}/hello.txt", d.ip))?,
+        nginx_d.body
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        daemon.count("connection closed"),
+        1,
+        "a is no longer captured:\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        nginx_d.clients(),
+        vec![c.ip.clone(), a.ip.clone(), a.ip.clone()]
+    );
+
+    // And back: enrolling again captures again, and a restart keeps it so.
+    bed.enroll(&[&a])?;
+    daemon.wait_for("re-enrollment", Duration::from_secs(10), |log| {
+        log.matches("pod enrolled").count() == 2
+    })?;
+    assert_eq!(
+        curl(&a, &format!("http://{}/hello.txt", d.ip))?,
+        nginx_d.body
+    );
+    daemon.stop()?;
+    daemon.restart()?;
+    assert_eq!(
+        curl(&a, &format!("http://{}/hello.txt", d.ip))?,
+        nginx_d.body
+    );
+    daemon.wait_for("records", Duration::from_secs(5), |_| {
+        access(&daemon, "outbound", "default/a", &d80).len() == 3
+    })?;
+    Ok(())
+}
+
+#[test]
+fn enrolled_pods_fail_closed_while_the_daemon_is_down() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let bed = Testbed::new()?;
+    let node = bed.node("node1", 1)?;
+    let a = bed.pod(&node, "a")?;
+    let b = bed.pod(&node, "b")?;
+    let c = bed.pod(&node, "c")?;
+    let d = bed.pod(&node, "d")?;
+    let nginx_b = Nginx::start(&bed, &b)?;
+    let nginx_d = Nginx::start(&bed, &d)?;
+    bed.enroll(&[&a, &b])?;
+    let mut daemon = bed.start_daemon(&node)?;
+    assert_eq!(
+        curl(&a, &format!("http://{}/hello.txt", d.ip))?,
+        nginx_d.body
+    );
+
+    daemon.stop()?;
+    // Outbound from enrolled a: refused, nothing reaches d.
+    let err =
+        curl(&a, &format!("http://{}/hello.txt", d.ip)).expect_err("a must not bypass the daemon");
+    assert!(
+        err.to_string().contains("refused") || err.to_string().contains("Couldn't connect"),
+        "{err}"
+    );
+    // Inbound to enrolled b: refused before the app, nothing reaches nginx in b.
+    assert!(
+        curl(&c, &format!("http://{}/hello.txt", b.ip)).is_err(),
+        "c must not reach b around the daemon"
+    );
+    assert_eq!(
+        nginx_d.clients(),
+        vec![a.ip.clone()],
+        "d saw only the request made while the daemon ran"
+    );
+    assert!(nginx_b.clients().is_empty(), "b's app saw nothing");
+    // Pods that are not enrolled are unaffected.
+    assert_eq!(
+        curl(&c, &format!("http://{}/hello.txt", d.ip))?,
+        nginx_d.body
+    );
+
+    // The restarted daemon picks the pinned state back up and serves again.
+    daemon.restart()?;
+    assert_eq!(
+        curl(&a, &format!("http://{}/hello.txt", d.ip))?,
+        nginx_d.body
+    );
+    assert_eq!(
+        curl(&c, &format!("http://{}/hello.txt", b.ip))?,
+        nginx_b.body
+    );
+    assert_eq!(nginx_b.clients(), vec![c.ip.clone()]);
+    Ok(())
+}
+
+#[test]
+fn two_hundred_concurrent_connections_keep_every_byte() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let bed = Testbed::new()?;
+    let node = bed.node("node1", 1)?;
+    let a = bed.pod(&node, "a")?;
+    let b = bed.pod(&node, "b")?;
+    let _echo = echo_server(&b, 7000)?;
+    bed.enroll(&[&a, &b])?;
+    let daemon = bed.start_daemon(&node)?;
+
+    let load = env!("CARGO_BIN_EXE_hawser-echo-load");
+    let out = a.run(&[load, &format!("{}:7000", b.ip), "200", "262144"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("echo ok: 200/200"), "{stdout}");
+    // Every connection went through both sides of the daemon.
+    let b7000 = format!("{}:7000", b.ip);
+    daemon.wait_for("400 records", Duration::from_secs(10), |_| {
+        access(&daemon, "outbound", "default/a", &b7000).len() == 200
+            && access(&daemon, "inbound", "default/b", &b7000).len() == 200
+    })?;
+    let full = daemon.lines_with(&[
+        "direction=\"outbound\"",
+        "bytes_sent=262144 bytes_received=262144",
+    ]);
+    assert_eq!(full.len(), 200, "each outbound record counts every byte");
+    Ok(())
+}
+
+#[test]
+fn a_broken_config_edit_keeps_the_last_good_one() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let bed = Testbed::new()?;
+    let node = bed.node("node1", 1)?;
+    let a = bed.pod(&node, "a")?;
+    let d = bed.pod(&node, "d")?;
+    let nginx_d = Nginx::start(&bed, &d)?;
+    bed.enroll(&[&a])?;
+    let daemon = bed.start_daemon(&node)?;
+
+    let broken = a.workload_yaml().replace("podIP:", "podIP: [");
+    hawser_testbed::write_atomically(&bed.config_dir().join("workloads.yaml"), &broken)?;
+    daemon.wait_for("the rejection", Duration::from_secs(10), |log| {
+        log.contains("configuration rejected")
+    })?;
+    let rejection = daemon.lines_with(&["configuration rejected"]).remove(0);
+    assert!(
+        rejection.contains("workloads.yaml:9:"),
+        "names file and line: {rejection}"
+    );
+    assert!(!daemon.log().contains("pod unenrolled"));
+    assert_eq!(
+        curl(&a, &format!("http://{}/hello.txt", d.ip))?,
+        nginx_d.body
+    );
+    let d80 = format!("{}:80", d.ip);
+    wait_until(Duration::from_secs(5), "a still captured", || {
+        !access(&daemon, "outbound", "default/a", &d80).is_empty()
+    })?;
+    Ok(())
+}
+
+/// The value of `name=value` in a log line.
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let start = line
+        .find(&format!("{name}="))
+        .map(|i| i + name.len() + 1)
+        .unwrap_or(line.len());
+    line[start..].split_whitespace().next().unwrap_or("")
+}
