@@ -15,6 +15,7 @@ pub struct Daemon {
     netns: PathBuf,
     cgroup: PathBuf,
     pub log: PathBuf,
+    echo_log_on_drop: bool,
 }
 
 impl Daemon {
@@ -43,6 +44,7 @@ impl Daemon {
             // cluster: its own connections must still never be captured.
             cgroup: node.cgroup.clone(),
             log: bed.dir().join(format!("hawser-{}.log", node.name)),
+            echo_log_on_drop: true,
         };
         daemon.restart()?;
         Ok(daemon)
@@ -63,6 +65,11 @@ impl Daemon {
         self.wait_for("daemon ready", Duration::from_secs(20), |log| {
             log.matches("node ready").count() > readies
         })
+    }
+
+    /// Whether dropping prints the whole log (the default, for failing tests).
+    pub fn echo_log_on_drop(&mut self, echo: bool) {
+        self.echo_log_on_drop = echo;
     }
 
     /// SIGTERM, as a node drain or a DaemonSet rollout does.
@@ -116,6 +123,9 @@ impl Daemon {
 impl Drop for Daemon {
     /// The harness shows a test's output only when it fails: then the log is right there.
     fn drop(&mut self) {
+        if !self.echo_log_on_drop {
+            return;
+        }
         eprintln!(
             "--- hawser daemon log ({}) ---\n{}",
             self.log.display(),

@@ -1,1 +1,75 @@
-fn main() {}
+//! `cargo xtask`: everything from a fresh Debian machine to a tested hawser.
+//!
+//! - `bootstrap`: installs what is missing (rust-src for nightly, llvm-22-dev, bpf-linker,
+//!   the Debian packages the tests use), and only that;
+//! - `build`: bootstrap, then the eBPF object, the daemon and the test tools;
+//! - `test`: build, then formatting, lints, unit and end-to-end tests;
+//! - `demo`: build, then a local mesh on network namespaces with real curl and nginx.
+
+mod bootstrap;
+mod cmd;
+mod demo;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "hawser's build, test and demo driver")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the toolchain pieces and Debian packages that are missing.
+    Bootstrap,
+    /// Bootstrap, then build the eBPF programs, the daemon and the test tools.
+    Build,
+    /// Build, then run formatting and lint checks, unit and end-to-end tests.
+    Test {
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Build, then run the local mesh demo (needs root).
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Bootstrap => bootstrap::run(),
+        Command::Build => build(),
+        Command::Test { filter } => test(filter),
+        Command::Demo => {
+            build()?;
+            demo::run()
+        }
+    }
+}
+
+fn build() -> Result<()> {
+    bootstrap::run()?;
+    cmd::step("building the eBPF programs, the daemon and the test tools");
+    cmd::cargo(&[
+        "build",
+        "--package",
+        "hawser",
+        "--package",
+        "hawser-testbed",
+        "--bins",
+    ])
+}
+
+fn test(filter: Option<String>) -> Result<()> {
+    build()?;
+    cmd::step("checking formatting");
+    cmd::cargo(&["fmt", "--all", "--", "--check"])?;
+    cmd::step("running clippy");
+    cmd::cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    cmd::step("running unit and end-to-end tests");
+    let mut args = vec!["test", "--no-fail-fast"];
+    if let Some(filter) = filter.as_deref() {
+        args.push(filter);
+    }
+    cmd::cargo(&args)
+}

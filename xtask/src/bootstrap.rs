@@ -1,0 +1,96 @@
+//! Installs what a fresh Debian machine lacks, idempotently: each piece is checked first
+//! and installed only when missing.
+
+use anyhow::{Result, bail};
+
+use crate::cmd::{self, output, step, succeeds};
+
+/// Debian packages: LLVM for bpf-linker, and the real peers and tools the tests use.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "iproute2",
+    "curl",
+    "nginx-light",
+    "socat",
+    "openssl",
+];
+
+pub fn run() -> Result<()> {
+    debian_packages()?;
+    rust_src()?;
+    bpf_linker()
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| {
+            !output("dpkg-query", &["-W", "-f=${Status}", pkg])
+                .is_ok_and(|s| s == "install ok installed")
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {missing:?}: run as root, or `apt-get install {}`",
+            missing.join(" ")
+        );
+    }
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
+    cmd::run("apt-get", &["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    cmd::run("apt-get", &args)
+}
+
+fn rust_src() -> Result<()> {
+    if !succeeds("rustup", &["run", "nightly", "rustc", "--version"]) {
+        bail!(
+            "the nightly Rust toolchain is missing (needed to build eBPF): rustup toolchain install nightly"
+        );
+    }
+    let installed = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    step("adding rust-src to the nightly toolchain");
+    cmd::run(
+        "rustup",
+        &["component", "add", "rust-src", "--toolchain", "nightly"],
+    )
+}
+
+fn bpf_linker() -> Result<()> {
+    if succeeds("bpf-linker", &["--version"]) {
+        return Ok(());
+    }
+    step("building bpf-linker against LLVM 22 (about 4 minutes on 2 cores)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args([
+            "install",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+        .status()?;
+    if !status.success() {
+        bail!("cargo install bpf-linker failed ({status})");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    output("id", &["-u"]).is_ok_and(|uid| uid.trim() == "0")
+}
