@@ -1,8 +1,9 @@
 //! Builds the eBPF object (nightly + bpf-linker, see `cargo xtask bootstrap`) into OUT_DIR,
-//! where `redirect::ebpf` embeds it.
+//! where `redirect::dataplane` embeds it, and generates the gRPC code from `proto/`.
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
+    grpc()?;
     // aya-build watches the program crate; the map types it shares live next to it.
     println!(
         "cargo:rerun-if-changed={}",
@@ -17,4 +18,15 @@ fn main() -> anyhow::Result<()> {
         }],
         Toolchain::default(),
     )
+}
+
+/// protox parses the protos in Rust, so no protoc is needed.
+fn grpc() -> anyhow::Result<()> {
+    let protos = ["proto/istio_ca.proto", "proto/hawser_trust.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let fds = protox::compile(protos, ["proto"])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
 }

@@ -6,9 +6,14 @@
 //! - `proxy`: the daemon's listeners and the byte relay;
 //! - `node`: the daemon that ties them together.
 
+pub mod ca;
+pub mod grpc;
+pub mod identity;
 pub mod logging;
 pub mod netns;
 pub mod node;
 pub mod proxy;
 pub mod redirect;
+pub mod reload;
+pub mod svid;
 pub mod workload;

@@ -1,11 +1,14 @@
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hawser::{
+    ca::{self, CaConfig},
+    identity::pki::{self, CaSpec, KeyType},
     logging::{self, LogFormat},
-    node::{self, NodeConfig},
+    node::{self, CaSettings, NodeConfig},
     redirect::dataplane,
+    svid::SvidConfig,
 };
 
 /// hawser: sidecar-less mTLS for every pod on the node.
@@ -27,28 +30,142 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node daemon: capture enrolled pods' TCP traffic and relay it.
-    Node {
-        /// This node's name; only workloads with this `spec.nodeName` are enrolled.
-        #[arg(long, env = "HAWSER_NODE_NAME")]
-        node_name: String,
-        /// Directory of workload YAML, reloaded when it changes.
-        #[arg(long, env = "HAWSER_CONFIG_DIR")]
-        config_dir: PathBuf,
-        #[command(flatten)]
-        bpf: BpfArgs,
-        /// cgroup v2 directory under which the pods' cgroups live.
-        #[arg(long, default_value = "/sys/fs/cgroup", env = "HAWSER_CGROUP")]
-        cgroup: PathBuf,
-        /// How often to look for configuration changes, in milliseconds.
-        #[arg(long, default_value_t = 1000)]
-        reload_interval_ms: u64,
-    },
+    Node(NodeArgs),
+    /// Run the built-in CA (Istio's certificate API over gRPC/TLS).
+    Ca(CaArgs),
+    /// Create CA certificates (replaces Istio's openssl Makefiles).
+    #[command(subcommand)]
+    Pki(PkiCommand),
     /// Detach every program and remove every map pinned by `hawser node`. Enrolled pods
     /// are no longer captured afterwards: use it to decommission a node.
     Uninstall {
         #[command(flatten)]
         bpf: BpfArgs,
     },
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// This node's name; only workloads with this `spec.nodeName` are enrolled.
+    #[arg(long, env = "HAWSER_NODE_NAME")]
+    node_name: String,
+    /// Directory of workload YAML, reloaded when it changes.
+    #[arg(long, env = "HAWSER_CONFIG_DIR")]
+    config_dir: PathBuf,
+    #[command(flatten)]
+    bpf: BpfArgs,
+    /// cgroup v2 directory under which the pods' cgroups live.
+    #[arg(long, default_value = "/sys/fs/cgroup", env = "HAWSER_CGROUP")]
+    cgroup: PathBuf,
+    /// How often to look for configuration changes, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    reload_interval_ms: u64,
+    #[command(flatten)]
+    ca: CaClientArgs,
+}
+
+#[derive(clap::Args)]
+struct CaClientArgs {
+    /// The CA, `https://host:port`. Without it the daemon holds no identities.
+    #[arg(long, env = "HAWSER_CA_ADDRESS", requires_all = ["ca_root", "node_token_file"])]
+    ca_address: Option<String>,
+    /// PEM root(s) the CA's serving certificate chains to.
+    #[arg(long, env = "HAWSER_CA_ROOT")]
+    ca_root: Option<PathBuf>,
+    /// Name checked in the CA's serving certificate.
+    #[arg(long, default_value = "hawser-ca", env = "HAWSER_CA_SERVER_NAME")]
+    ca_server_name: String,
+    /// File holding this node's credential for the CA.
+    #[arg(long, env = "HAWSER_NODE_TOKEN_FILE")]
+    node_token_file: Option<PathBuf>,
+    #[arg(long, default_value = "cluster.local", env = "HAWSER_TRUST_DOMAIN")]
+    trust_domain: String,
+    /// Lifetime asked for each SVID, in seconds (Istio's SECRET_TTL).
+    #[arg(long, default_value_t = 24 * 3600, env = "SECRET_TTL_SECONDS")]
+    svid_ttl_secs: u64,
+    /// How often to poll the trust bundle and revocation list, in seconds.
+    #[arg(long, default_value_t = 30)]
+    bundle_interval_secs: u64,
+}
+
+#[derive(clap::Args)]
+struct CaArgs {
+    #[arg(long, default_value = "0.0.0.0:15012", env = "HAWSER_CA_LISTEN")]
+    listen: SocketAddr,
+    #[arg(long, default_value = "cluster.local", env = "HAWSER_TRUST_DOMAIN")]
+    trust_domain: String,
+    /// Plug-in CA directory (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem).
+    #[arg(long, env = "HAWSER_CACERTS")]
+    cacerts: Option<PathBuf>,
+    /// Where the self-signed root lives when no plug-in CA is given.
+    #[arg(
+        long,
+        default_value = "/var/lib/hawser/ca",
+        env = "HAWSER_CA_STATE_DIR"
+    )]
+    state_dir: PathBuf,
+    /// Directory of workload YAML: which identities run on which node.
+    #[arg(long, env = "HAWSER_CONFIG_DIR")]
+    config_dir: PathBuf,
+    /// YAML map of node name to node credential.
+    #[arg(long, env = "HAWSER_NODE_TOKENS")]
+    node_tokens: PathBuf,
+    /// Revocation list YAML (`serials: [...]`, `identities: [...]`), followed.
+    #[arg(long, env = "HAWSER_REVOCATIONS")]
+    revocations: Option<PathBuf>,
+    /// Longest SVID lifetime the CA grants, in seconds.
+    #[arg(long, default_value_t = 24 * 3600)]
+    max_ttl_secs: u64,
+    /// Names (DNS or IP) in the CA's serving certificate.
+    #[arg(long = "server-name", default_values = ["hawser-ca", "localhost", "127.0.0.1"])]
+    server_names: Vec<String>,
+    #[arg(long, default_value_t = 1000)]
+    reload_interval_ms: u64,
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// A self-signed root CA: DIR/root-cert.pem and DIR/root-key.pem (0600).
+    RootCa {
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
+    /// An intermediate CA signed by DIR's root, in Istio's cacerts layout in DIR/NAME.
+    Intermediate {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct SpecArgs {
+    /// Subject common name (default: "Root CA", or "Intermediate CA <name>").
+    #[arg(long)]
+    common_name: Option<String>,
+    #[arg(long, default_value = "hawser")]
+    organization: String,
+    /// Validity in days (default: 3650 for a root, 730 for an intermediate).
+    #[arg(long)]
+    days: Option<u64>,
+    #[arg(long, value_enum, default_value = "ecdsa-p256")]
+    key_type: KeyType,
+}
+
+impl SpecArgs {
+    fn spec(self, default_name: String, default_days: u64) -> CaSpec {
+        CaSpec {
+            common_name: self.common_name.unwrap_or(default_name),
+            organization: self.organization,
+            validity: Duration::from_secs(self.days.unwrap_or(default_days) * 24 * 3600),
+            key_type: self.key_type,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -63,22 +180,62 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     match cli.command {
-        Command::Node {
-            node_name,
-            config_dir,
-            bpf,
-            cgroup,
-            reload_interval_ms,
-        } => {
-            node::run(NodeConfig {
-                node_name,
-                config_dir,
-                pin_dir: bpf.pin_dir,
-                cgroup,
-                reload_interval: Duration::from_millis(reload_interval_ms),
-            })
-            .await
+        Command::Node(args) => node::run(node_config(args)?).await,
+        Command::Ca(args) => ca::run(ca_config(args)).await,
+        Command::Pki(PkiCommand::RootCa { dir, spec }) => {
+            pki::write_root_ca(&dir, &spec.spec("Root CA".into(), 3650))
+        }
+        Command::Pki(PkiCommand::Intermediate { dir, name, spec }) => {
+            let spec = spec.spec(format!("Intermediate CA {name}"), 730);
+            pki::write_intermediate(&dir, &name, &spec)
         }
         Command::Uninstall { bpf } => dataplane::uninstall(&bpf.pin_dir),
+    }
+}
+
+fn node_config(args: NodeArgs) -> Result<NodeConfig> {
+    let ca = match (
+        &args.ca.ca_address,
+        &args.ca.ca_root,
+        &args.ca.node_token_file,
+    ) {
+        (Some(address), Some(root), Some(token)) => Some(CaSettings {
+            address: address.clone(),
+            root_pem: std::fs::read_to_string(root)
+                .with_context(|| format!("read {}", root.display()))?,
+            server_name: args.ca.ca_server_name.clone(),
+            token: std::fs::read_to_string(token)
+                .with_context(|| format!("read {}", token.display()))?,
+            trust_domain: args.ca.trust_domain.clone(),
+            svid: SvidConfig {
+                ttl: Duration::from_secs(args.ca.svid_ttl_secs),
+                bundle_interval: Duration::from_secs(args.ca.bundle_interval_secs),
+                ..SvidConfig::default()
+            },
+        }),
+        _ => None,
+    };
+    Ok(NodeConfig {
+        node_name: args.node_name,
+        config_dir: args.config_dir,
+        pin_dir: args.bpf.pin_dir,
+        cgroup: args.cgroup,
+        reload_interval: Duration::from_millis(args.reload_interval_ms),
+        ca,
+    })
+}
+
+fn ca_config(args: CaArgs) -> CaConfig {
+    CaConfig {
+        listen: args.listen,
+        trust_domain: args.trust_domain,
+        cacerts: args.cacerts,
+        state_dir: args.state_dir,
+        config_dir: args.config_dir,
+        node_tokens: args.node_tokens,
+        revocations: args.revocations,
+        max_ttl: Duration::from_secs(args.max_ttl_secs),
+        server_names: args.server_names,
+        reload_interval: Duration::from_millis(args.reload_interval_ms),
     }
 }

@@ -9,7 +9,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     redirect::Dataplane,
-    workload::{Registry, Workload, watch},
+    svid::{CaClient, CaClientConfig, SvidConfig, SvidManager},
+    workload::{self, Registry, Workload},
 };
 use pod::EnrolledPod;
 
@@ -19,6 +20,24 @@ pub struct NodeConfig {
     pub pin_dir: PathBuf,
     pub cgroup: PathBuf,
     pub reload_interval: Duration,
+    /// Where identities come from; without it the daemon relays without identities.
+    pub ca: Option<CaSettings>,
+}
+
+pub struct CaSettings {
+    pub address: String,
+    pub root_pem: String,
+    pub server_name: String,
+    pub token: String,
+    pub trust_domain: String,
+    pub svid: SvidConfig,
+}
+
+/// What every pod's enrollment shares.
+pub struct Shared {
+    pub dataplane: Arc<Dataplane>,
+    pub svids: Option<Arc<SvidManager>>,
+    pub trust_domain: String,
 }
 
 /// Pods this daemon has enrolled, by `namespace/name`.
@@ -26,12 +45,20 @@ type Pods = BTreeMap<String, EnrolledPod>;
 
 pub async fn run(config: NodeConfig) -> Result<()> {
     let dataplane = Arc::new(Dataplane::load(&config.pin_dir, &config.cgroup)?);
-    let mut registry = watch::follow(config.config_dir.clone(), config.reload_interval)
+    let shared = Arc::new(Shared {
+        dataplane,
+        svids: config.ca.as_ref().map(start_svid_manager).transpose()?,
+        trust_domain: config
+            .ca
+            .as_ref()
+            .map_or("cluster.local".into(), |ca| ca.trust_domain.clone()),
+    });
+    let mut registry = workload::follow(config.config_dir.clone(), config.reload_interval)
         .with_context(|| format!("reading workloads from {}", config.config_dir.display()))?;
     let mut pods = Pods::new();
     let snapshot = registry.borrow_and_update().clone();
-    let mut pending = reconcile(&config.node_name, &snapshot, &mut pods, &dataplane).await;
-    prune_earlier_runs(&dataplane, &pods, &snapshot, &config.node_name)?;
+    let mut pending = reconcile(&config.node_name, &snapshot, &mut pods, &shared).await;
+    prune_earlier_runs(&shared.dataplane, &pods, &snapshot, &config.node_name)?;
     tracing::info!(node = %config.node_name, pods = pods.len(), "node ready");
 
     let mut terminate = signal(SignalKind::terminate())?;
@@ -41,11 +68,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             changed = registry.changed() => {
                 if changed.is_err() { break; }
                 let snapshot = registry.borrow_and_update().clone();
-                pending = reconcile(&config.node_name, &snapshot, &mut pods, &dataplane).await;
+                pending = reconcile(&config.node_name, &snapshot, &mut pods, &shared).await;
             }
             _ = retry.tick(), if pending => {
                 let snapshot = registry.borrow().clone();
-                pending = reconcile(&config.node_name, &snapshot, &mut pods, &dataplane).await;
+                pending = reconcile(&config.node_name, &snapshot, &mut pods, &shared).await;
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
@@ -61,12 +88,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 
 /// Brings the enrolled set in line with the workloads on this node. Returns whether some
 /// enrollment failed and should be retried.
-async fn reconcile(
-    node: &str,
-    registry: &Registry,
-    pods: &mut Pods,
-    dataplane: &Arc<Dataplane>,
-) -> bool {
+async fn reconcile(node: &str, registry: &Registry, pods: &mut Pods, shared: &Arc<Shared>) -> bool {
     let desired: BTreeMap<String, &Workload> =
         registry.on_node(node).map(|w| (w.key(), w)).collect();
     let stale: Vec<String> = pods
@@ -84,7 +106,7 @@ async fn reconcile(
         if pods.contains_key(&key) {
             continue;
         }
-        match EnrolledPod::enroll(workload.clone(), dataplane.clone()).await {
+        match EnrolledPod::enroll(workload.clone(), shared.clone()).await {
             Ok(pod) => {
                 pods.insert(key, pod);
             }
@@ -108,4 +130,14 @@ fn prune_earlier_runs(
     let cookies: Vec<u64> = pods.values().map(|p| p.ctx.netns_cookie).collect();
     let addrs: Vec<_> = registry.on_node(node).map(|w| w.pod_ip).collect();
     dataplane.prune(&cookies, &addrs)
+}
+
+fn start_svid_manager(ca: &CaSettings) -> Result<Arc<SvidManager>> {
+    let client = CaClient::new(&CaClientConfig {
+        address: ca.address.clone(),
+        root_pem: ca.root_pem.clone(),
+        server_name: ca.server_name.clone(),
+        token: ca.token.clone(),
+    })?;
+    Ok(SvidManager::new(client, ca.svid.clone()))
 }

@@ -7,12 +7,15 @@ use std::{
 
 use anyhow::{Context, Result};
 use hawser_common::{INBOUND_PORT, LISTENER_INBOUND, LISTENER_TUNNEL, OUTBOUND_PORT, TUNNEL_PORT};
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
+use super::Shared;
 use crate::{
+    identity::SpiffeId,
     netns::Netns,
     proxy::{inbound, outbound, sockets},
     redirect::{Dataplane, pod_routing},
+    svid::Svid,
     workload::Workload,
 };
 
@@ -21,9 +24,13 @@ pub struct PodContext {
     /// `namespace/name`.
     pub key: String,
     pub workload: Workload,
+    pub identity: SpiffeId,
     pub netns: Netns,
     pub netns_cookie: u64,
     pub dataplane: Arc<Dataplane>,
+    /// The pod's SVID (None while it is fetched, or when the daemon runs without a CA).
+    pub svid: Option<watch::Receiver<Option<Arc<Svid>>>>,
+    shared: Arc<Shared>,
 }
 
 /// An enrolled pod: while this exists, the pod's TCP traffic flows through the daemon.
@@ -40,18 +47,27 @@ struct Listeners {
 }
 
 impl EnrolledPod {
-    pub async fn enroll(workload: Workload, dataplane: Arc<Dataplane>) -> Result<Self> {
+    pub async fn enroll(workload: Workload, shared: Arc<Shared>) -> Result<Self> {
         let netns = Netns::open(&workload.netns)?;
         let netns_cookie = netns.cookie().await.context("read the netns cookie")?;
         netns.run(pod_routing::install).await?;
         let pod_ip = workload.pod_ip;
         let listeners = netns.run(move || open_listeners(pod_ip)).await?;
+        let identity = SpiffeId::new(
+            &shared.trust_domain,
+            &workload.namespace,
+            &workload.service_account,
+        );
+        let svid = shared.svids.as_ref().map(|svids| svids.acquire(&identity));
         let ctx = Arc::new(PodContext {
             key: workload.key(),
             workload,
+            identity,
             netns,
             netns_cookie,
-            dataplane,
+            dataplane: shared.dataplane.clone(),
+            svid,
+            shared,
         });
         let pod = EnrolledPod {
             ctx: ctx.clone(),
@@ -114,6 +130,9 @@ impl EnrolledPod {
         ctx.dataplane.detach_sk_lookup(ctx.netns_cookie);
         for server in &self.servers {
             server.abort();
+        }
+        if let Some(svids) = &ctx.shared.svids {
+            svids.release(&ctx.identity);
         }
         if let Err(e) = ctx.netns.run(pod_routing::remove).await {
             tracing::debug!(pod = %ctx.key, "remove pod routing: {e}");

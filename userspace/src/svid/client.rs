@@ -1,0 +1,122 @@
+//! The CA client: Istio's `CreateCertificate` (so it also works against istiod) and
+//! hawser's trust bundle, over TLS, authenticated by the node's credential.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
+use tonic::{
+    Request,
+    metadata::MetadataValue,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+};
+
+use super::manager::Svid;
+use crate::{
+    grpc::{
+        hawser::{TrustBundleRequest, trust_service_client::TrustServiceClient},
+        istio::{
+            IstioCertificateRequest,
+            istio_certificate_service_client::IstioCertificateServiceClient,
+        },
+    },
+    identity::{SpiffeId, certs},
+};
+
+pub struct CaClientConfig {
+    /// `https://host:port`.
+    pub address: String,
+    /// PEM roots that the CA's serving certificate chains to.
+    pub root_pem: String,
+    /// The name to check in the CA's certificate.
+    pub server_name: String,
+    /// This node's credential.
+    pub token: String,
+}
+
+#[derive(Clone)]
+pub struct CaClient {
+    channel: Channel,
+    authorization: MetadataValue<tonic::metadata::Ascii>,
+}
+
+/// The roots and revocations the CA publishes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustBundle {
+    pub trust_domain: String,
+    pub roots: Vec<String>,
+    pub revoked_serials: Vec<String>,
+    pub revoked_identities: Vec<String>,
+}
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl CaClient {
+    /// Connects lazily: a CA that is down now is retried by each call.
+    pub fn new(config: &CaClientConfig) -> Result<Self> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&config.root_pem))
+            .domain_name(&config.server_name);
+        let channel = Endpoint::from_shared(config.address.clone())
+            .with_context(|| format!("CA address {:?}", config.address))?
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(REQUEST_TIMEOUT)
+            .connect_lazy();
+        let authorization = format!("Bearer {}", config.token.trim())
+            .parse()
+            .context("the node token is not a valid header value")?;
+        Ok(Self {
+            channel,
+            authorization,
+        })
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", self.authorization.clone());
+        request
+    }
+
+    /// Makes a key and a CSR for `id`, and has the CA sign it.
+    pub async fn fetch_svid(&self, id: &SpiffeId, ttl: Duration) -> Result<Arc<Svid>> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
+        let csr = params.serialize_request(&key)?.pem()?;
+        let request = self.request(IstioCertificateRequest {
+            csr,
+            validity_duration: ttl.as_secs() as i64,
+            metadata: None,
+        });
+        let response = IstioCertificateServiceClient::new(self.channel.clone())
+            .create_certificate(request)
+            .await
+            .map_err(|s| anyhow::anyhow!("CA refused ({:?}): {}", s.code(), s.message()))?
+            .into_inner();
+        Svid::new(id.clone(), response.cert_chain, key.serialize_pem()).map(Arc::new)
+    }
+
+    pub async fn trust_bundle(&self) -> Result<TrustBundle> {
+        let bundle = TrustServiceClient::new(self.channel.clone())
+            .get_trust_bundle(self.request(TrustBundleRequest {}))
+            .await
+            .map_err(|s| anyhow::anyhow!("CA refused ({:?}): {}", s.code(), s.message()))?
+            .into_inner();
+        if bundle.roots.is_empty() {
+            bail!("the CA sent a trust bundle without roots");
+        }
+        for root in &bundle.roots {
+            certs::info(root).context("a root in the trust bundle")?;
+        }
+        Ok(TrustBundle {
+            trust_domain: bundle.trust_domain,
+            roots: bundle.roots,
+            revoked_serials: bundle.revoked_serials,
+            revoked_identities: bundle.revoked_identities,
+        })
+    }
+}

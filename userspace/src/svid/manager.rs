@@ -1,0 +1,288 @@
+//! SVID lifecycle: fetch on first use, refresh at half-life (with jitter), retry with
+//! capped exponential backoff, serve the cached SVID through a CA outage until it expires,
+//! drop it when the last pod of the identity leaves. The trust bundle and revocation list
+//! are polled; an SVID whose serial is revoked is replaced at once.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Result, bail};
+use time::OffsetDateTime;
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
+
+use super::client::{CaClient, TrustBundle};
+use crate::identity::{SpiffeId, certs};
+
+/// An X.509 SVID with its private key (in memory only, never written to disk).
+pub struct Svid {
+    pub id: SpiffeId,
+    /// Leaf first, root last; PEM each.
+    pub chain: Vec<String>,
+    pub key_pem: String,
+    pub serial: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    /// When this daemon received it: renewal is timed from here, so the CA's back-dating of
+    /// `not_before` (for clock skew) does not bring renewals forward.
+    received: OffsetDateTime,
+}
+
+impl Svid {
+    /// Checks that the chain's leaf is for `id` before accepting it.
+    pub fn new(id: SpiffeId, chain: Vec<String>, key_pem: String) -> Result<Self> {
+        let Some(leaf) = chain.first() else {
+            bail!("the CA sent an empty chain")
+        };
+        let leaf = certs::info(leaf)?;
+        if leaf.uri_sans != [id.to_string()] {
+            bail!(
+                "the CA sent a certificate for {:?}, not {id}",
+                leaf.uri_sans
+            );
+        }
+        Ok(Self {
+            id,
+            chain,
+            key_pem,
+            serial: leaf.serial,
+            not_before: leaf.not_before,
+            not_after: leaf.not_after,
+            received: OffsetDateTime::now_utc(),
+        })
+    }
+
+    pub fn expired(&self) -> bool {
+        OffsetDateTime::now_utc() >= self.not_after
+    }
+
+    /// When to renew: half-way through the remaining lifetime, jittered by ±10% of it so
+    /// that a node's identities (and a cluster's nodes) do not all renew at once.
+    fn refresh_in(&self) -> Duration {
+        let lifetime = (self.not_after - self.received).as_seconds_f64().max(0.0);
+        let jitter = (rand::random::<f64>() - 0.5) * 0.2 * lifetime;
+        let at = self.received + time::Duration::seconds_f64(lifetime / 2.0 + jitter);
+        Duration::try_from(at - OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO)
+    }
+
+    fn until_expiry(&self) -> Duration {
+        Duration::try_from(self.not_after - OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SvidConfig {
+    /// Lifetime asked of the CA (the CA may cap it); Istio's SECRET_TTL.
+    pub ttl: Duration,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    pub bundle_interval: Duration,
+}
+
+impl Default for SvidConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(24 * 3600),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            bundle_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Entry {
+    pods: usize,
+    current: watch::Receiver<Option<Arc<Svid>>>,
+    refresh_now: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+pub struct SvidManager {
+    client: CaClient,
+    config: SvidConfig,
+    entries: Mutex<HashMap<SpiffeId, Entry>>,
+    bundle: watch::Receiver<Arc<TrustBundle>>,
+    bundle_task: JoinHandle<()>,
+}
+
+impl SvidManager {
+    pub fn new(client: CaClient, config: SvidConfig) -> Arc<Self> {
+        let (tx, bundle) = watch::channel(Arc::new(TrustBundle::default()));
+        Arc::new_cyclic(|manager: &std::sync::Weak<SvidManager>| {
+            let bundle_task = tokio::spawn(poll_bundle(
+                client.clone(),
+                config.bundle_interval,
+                tx,
+                manager.clone(),
+            ));
+            Self {
+                client,
+                config,
+                entries: Mutex::new(HashMap::new()),
+                bundle,
+                bundle_task,
+            }
+        })
+    }
+
+    /// One more pod runs as `id`; the first one starts fetching its SVID.
+    pub fn acquire(&self, id: &SpiffeId) -> watch::Receiver<Option<Arc<Svid>>> {
+        let mut entries = self.entries.lock().unwrap();
+        let entry = entries.entry(id.clone()).or_insert_with(|| {
+            let (tx, current) = watch::channel(None);
+            let refresh_now = Arc::new(Notify::new());
+            let task = tokio::spawn(lifecycle(
+                self.client.clone(),
+                id.clone(),
+                self.config.clone(),
+                tx,
+                refresh_now.clone(),
+            ));
+            Entry {
+                pods: 0,
+                current,
+                refresh_now,
+                task,
+            }
+        });
+        entry.pods += 1;
+        entry.current.clone()
+    }
+
+    /// One pod running as `id` left; the last one drops the SVID and its key.
+    pub fn release(&self, id: &SpiffeId) {
+        let mut entries = self.entries.lock().unwrap();
+        if let Some(entry) = entries.get_mut(id) {
+            entry.pods -= 1;
+            if entry.pods == 0 {
+                entry.task.abort();
+                entries.remove(id);
+                tracing::info!(identity = %id, "SVID dropped: no pod of this identity is left on the node");
+            }
+        }
+    }
+
+    /// The SVID currently held for `id`, if any.
+    pub fn svid(&self, id: &SpiffeId) -> Option<Arc<Svid>> {
+        self.entries
+            .lock()
+            .unwrap()
+            .get(id)
+            .and_then(|e| e.current.borrow().clone())
+    }
+
+    /// Identities held, with the SVID of each (None while fetching or after expiry).
+    pub fn held(&self) -> Vec<(SpiffeId, Option<Arc<Svid>>)> {
+        let entries = self.entries.lock().unwrap();
+        let mut held: Vec<_> = entries
+            .iter()
+            .map(|(id, e)| (id.clone(), e.current.borrow().clone()))
+            .collect();
+        held.sort_by(|a, b| a.0.cmp(&b.0));
+        held
+    }
+
+    pub fn trust_bundle(&self) -> watch::Receiver<Arc<TrustBundle>> {
+        self.bundle.clone()
+    }
+
+    /// Replaces every held SVID whose serial the bundle revokes.
+    fn refresh_revoked(&self, bundle: &TrustBundle) {
+        for entry in self.entries.lock().unwrap().values() {
+            let revoked = entry
+                .current
+                .borrow()
+                .as_ref()
+                .is_some_and(|s| bundle.revoked_serials.contains(&s.serial));
+            if revoked {
+                entry.refresh_now.notify_one();
+            }
+        }
+    }
+}
+
+impl Drop for SvidManager {
+    fn drop(&mut self) {
+        self.bundle_task.abort();
+        for entry in self.entries.lock().unwrap().values() {
+            entry.task.abort();
+        }
+    }
+}
+
+/// Keeps one identity's SVID fresh for as long as the task lives.
+async fn lifecycle(
+    client: CaClient,
+    id: SpiffeId,
+    config: SvidConfig,
+    tx: watch::Sender<Option<Arc<Svid>>>,
+    refresh_now: Arc<Notify>,
+) {
+    let mut backoff = config.retry_min;
+    loop {
+        let wait = match client.fetch_svid(&id, config.ttl).await {
+            Ok(svid) => {
+                tracing::info!(identity = %id, serial = svid.serial, not_after = %svid.not_after, "SVID issued");
+                backoff = config.retry_min;
+                let wait = svid.refresh_in();
+                tx.send_replace(Some(svid));
+                wait
+            }
+            Err(e) => {
+                let cached = tx.borrow().clone();
+                let wait = match &cached {
+                    Some(svid) if svid.expired() => {
+                        tracing::error!(identity = %id, serial = svid.serial, "SVID expired and the CA is unreachable: {e:#}");
+                        tx.send_replace(None);
+                        backoff
+                    }
+                    // Retry, but wake up in time to drop the cached SVID at its expiry.
+                    Some(svid) => backoff.min(svid.until_expiry() + Duration::from_millis(1)),
+                    None => backoff,
+                };
+                tracing::warn!(identity = %id, retry_in_ms = wait.as_millis() as u64, serving_cached = cached.is_some_and(|s| !s.expired()), "SVID request failed: {e:#}");
+                backoff = (backoff * 2).min(config.retry_max);
+                wait
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = refresh_now.notified() => {
+                tracing::warn!(identity = %id, "the held SVID is revoked; replacing it");
+            }
+        }
+    }
+}
+
+async fn poll_bundle(
+    client: CaClient,
+    interval: Duration,
+    tx: watch::Sender<Arc<TrustBundle>>,
+    manager: std::sync::Weak<SvidManager>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        match client.trust_bundle().await {
+            Ok(bundle) if **tx.borrow() != bundle => {
+                tracing::info!(
+                    roots = bundle.roots.len(),
+                    revoked_serials = ?bundle.revoked_serials,
+                    revoked_identities = ?bundle.revoked_identities,
+                    "trust bundle updated"
+                );
+                if let Some(manager) = manager.upgrade() {
+                    manager.refresh_revoked(&bundle);
+                }
+                tx.send_replace(Arc::new(bundle));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("trust bundle poll failed, keeping the last one: {e:#}"),
+        }
+    }
+}

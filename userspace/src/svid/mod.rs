@@ -1,0 +1,9 @@
+//! The node daemon's identities: one SVID per identity present on the node, from a key
+//! made here and kept in memory only, signed by the CA (`client`), kept fresh and shared
+//! among the pods of that identity (`manager`).
+
+pub mod client;
+pub mod manager;
+
+pub use client::{CaClient, CaClientConfig, TrustBundle};
+pub use manager::{Svid, SvidConfig, SvidManager};
