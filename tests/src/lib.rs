@@ -6,10 +6,10 @@
 //! the daemon's eBPF hooks see a pod's processes. Everything a `Testbed` made is removed
 //! when it is dropped, also when a test panics.
 
-mod daemon;
 mod host;
 pub mod peers;
 mod process;
+mod service;
 
 use std::{
     path::{Path, PathBuf},
@@ -21,8 +21,8 @@ use std::{
 
 use anyhow::{Context, Result};
 
-pub use daemon::Daemon;
 pub use process::{Proc, sh};
+pub use service::{CaInfo, Service};
 
 /// True when the test can run; prints a loud reason when it cannot (not root).
 pub fn can_run() -> bool {
@@ -200,9 +200,17 @@ impl Testbed {
         )
     }
 
-    /// Starts `hawser node` for `node` inside the node's namespace and cgroup.
-    pub fn start_daemon(&self, node: &Node) -> Result<Daemon> {
-        Daemon::start(self, node)
+    /// Starts `hawser node` for `node` inside the node's namespace and cgroup, without a CA.
+    pub fn start_daemon(&self, node: &Node) -> Result<Service> {
+        Service::node(self, node, None)
+    }
+
+    /// Starts `hawser ca` in `node`'s namespace (127.0.0.1:15012), then `hawser node`
+    /// getting its identities from it.
+    pub fn start_daemon_with_ca(&self, node: &Node) -> Result<(Service, Service, CaInfo)> {
+        let (ca, info) = Service::ca(self, node)?;
+        let daemon = Service::node(self, node, Some(&info))?;
+        Ok((ca, daemon, info))
     }
 
     fn add_netns(&self, name: &str) -> Result<String> {

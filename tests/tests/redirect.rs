@@ -10,7 +10,7 @@ use hawser_testbed::{
 };
 
 /// Access-log lines of the daemon for one direction, pod and destination.
-fn access(daemon: &hawser_testbed::Daemon, direction: &str, pod: &str, dst: &str) -> Vec<String> {
+fn access(daemon: &hawser_testbed::Service, direction: &str, pod: &str, dst: &str) -> Vec<String> {
     daemon.lines_with(&[
         "connection closed",
         &format!("direction=\"{direction}\""),

@@ -1,5 +1,6 @@
-//! The demo: a node with two pods on network namespaces, real nginx in pod b, real curl in
-//! pod a, and the daemon's own record of the connection it carried.
+//! The demo: a node with two pods on network namespaces, the built-in CA, real nginx in
+//! pod b, real curl in pod a; the SVIDs the daemon holds and its own record of the
+//! connection it carried.
 
 use std::time::Duration;
 
@@ -25,10 +26,23 @@ pub fn run() -> Result<()> {
     let nginx = Nginx::start(&bed, &b)?;
     bed.enroll(&[&a, &b])?;
 
-    crate::cmd::step("starting `hawser node`; it enrolls both pods");
-    let mut daemon = bed.start_daemon(&node)?;
+    crate::cmd::step(
+        "starting `hawser ca` (self-signed root) and `hawser node`; it enrolls both pods",
+    );
+    let (mut ca, mut daemon, info) = bed.start_daemon_with_ca(&node)?;
+    ca.echo_log_on_drop(false);
     daemon.echo_log_on_drop(false);
     for line in daemon.lines_with(&["pod enrolled"]) {
+        println!("    {line}");
+    }
+    daemon.wait_for("the SVIDs", Duration::from_secs(10), |log| {
+        log.matches("SVID issued").count() >= 2
+    })?;
+    crate::cmd::step(&format!(
+        "the daemon holds one SVID per identity, signed by the CA at {}",
+        info.address
+    ));
+    for line in daemon.lines_with(&["SVID issued"]) {
         println!("    {line}");
     }
 

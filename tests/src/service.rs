@@ -1,0 +1,219 @@
+//! hawser processes under test (`hawser node`, `hawser ca`), started in a node's namespace
+//! and cgroup, logging to a file the tests read.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+
+use crate::{Node, Proc, Testbed, hawser_bin};
+
+pub struct Service {
+    proc: Option<Proc>,
+    argv: Vec<String>,
+    netns: PathBuf,
+    cgroup: PathBuf,
+    /// A log line that says the process is ready.
+    ready: &'static str,
+    pub log: PathBuf,
+    echo_log_on_drop: bool,
+}
+
+/// The built-in CA of a test bed: where it listens and what a node needs to reach it.
+pub struct CaInfo {
+    pub address: String,
+    pub root: PathBuf,
+    pub token_file: PathBuf,
+    pub revocations: PathBuf,
+}
+
+const CA_ADDRESS: &str = "127.0.0.1:15012";
+
+impl Service {
+    /// `hawser node` for `node`, with identities from `ca` when given.
+    pub(crate) fn node(bed: &Testbed, node: &Node, ca: Option<&CaInfo>) -> Result<Self> {
+        let mut args = vec![
+            "node".to_string(),
+            "--node-name".into(),
+            node.name.clone(),
+            "--config-dir".into(),
+            path(&bed.config_dir()),
+            "--pin-dir".into(),
+            path(bed.pin_dir()),
+            "--cgroup".into(),
+            path(&node.cgroup),
+            "--reload-interval-ms".into(),
+            "200".into(),
+        ];
+        if let Some(ca) = ca {
+            args.extend([
+                "--ca-address".into(),
+                format!("https://{}", ca.address),
+                "--ca-root".into(),
+                path(&ca.root),
+                "--ca-server-name".into(),
+                "localhost".into(),
+                "--node-token-file".into(),
+                path(&ca.token_file),
+                "--bundle-interval-secs".into(),
+                "1".into(),
+            ]);
+        }
+        // The daemon runs inside the cgroup its programs watch, as it does in a cluster:
+        // its own connections must still never be captured.
+        Self::start(
+            bed,
+            node,
+            args,
+            &format!("hawser-{}.log", node.name),
+            "node ready",
+        )
+    }
+
+    /// `hawser ca` in `node`'s namespace on 127.0.0.1:15012, with a self-signed root and
+    /// the test bed's workload directory as its registry.
+    pub(crate) fn ca(bed: &Testbed, node: &Node) -> Result<(Self, CaInfo)> {
+        let dir = bed.dir().join("ca");
+        std::fs::create_dir_all(&dir)?;
+        let token = format!("{}-token-{}", node.name, std::process::id());
+        std::fs::write(dir.join("tokens.yaml"), format!("{}: {token}\n", node.name))?;
+        let info = CaInfo {
+            address: CA_ADDRESS.into(),
+            root: dir.join("state/root-cert.pem"),
+            token_file: dir.join(format!("{}.token", node.name)),
+            revocations: dir.join("revoked.yaml"),
+        };
+        std::fs::write(&info.token_file, token)?;
+        let args = vec![
+            "ca".to_string(),
+            "--listen".into(),
+            CA_ADDRESS.into(),
+            "--state-dir".into(),
+            path(&dir.join("state")),
+            "--config-dir".into(),
+            path(&bed.config_dir()),
+            "--node-tokens".into(),
+            path(&dir.join("tokens.yaml")),
+            "--revocations".into(),
+            path(&info.revocations),
+            "--reload-interval-ms".into(),
+            "200".into(),
+        ];
+        Ok((
+            Self::start(bed, node, args, "hawser-ca.log", "CA serving")?,
+            info,
+        ))
+    }
+
+    fn start(
+        bed: &Testbed,
+        node: &Node,
+        args: Vec<String>,
+        log: &str,
+        ready: &'static str,
+    ) -> Result<Self> {
+        let mut argv = vec![
+            "env".to_string(),
+            "HAWSER_LOG=info,hawser=debug".into(),
+            path(&hawser_bin()),
+        ];
+        argv.extend(args);
+        let mut service = Service {
+            proc: None,
+            argv,
+            netns: PathBuf::from("/run/netns").join(&node.netns),
+            cgroup: node.cgroup.clone(),
+            ready,
+            log: bed.dir().join(log),
+            echo_log_on_drop: true,
+        };
+        service.restart()?;
+        Ok(service)
+    }
+
+    /// (Re)starts the process and waits for it to be ready.
+    pub fn restart(&mut self) -> Result<()> {
+        let readies = self.count(self.ready);
+        let argv: Vec<&str> = self.argv.iter().map(String::as_str).collect();
+        self.proc = Some(Proc::spawn_logged(
+            &argv,
+            &self.netns,
+            &self.cgroup,
+            &self.log,
+        )?);
+        let ready = self.ready;
+        self.wait_for(ready, Duration::from_secs(20), |log| {
+            log.matches(ready).count() > readies
+        })
+    }
+
+    /// Whether dropping prints the whole log (the default, for failing tests).
+    pub fn echo_log_on_drop(&mut self, echo: bool) {
+        self.echo_log_on_drop = echo;
+    }
+
+    /// SIGTERM, as a node drain or a DaemonSet rollout does.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut proc) = self.proc.take() {
+            proc.terminate()?;
+        }
+        Ok(())
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Log lines containing every one of `needles`.
+    pub fn lines_with(&self, needles: &[&str]) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits until `done(log)` holds, failing with the log after `timeout`.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if done(&log) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "timed out waiting for {what}; log of {}:\n{log}",
+                    self.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    /// The harness shows a test's output only when it fails: then the log is right there.
+    fn drop(&mut self) {
+        if self.echo_log_on_drop {
+            eprintln!("--- {} ---\n{}", self.log.display(), self.log());
+        }
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
