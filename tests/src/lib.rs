@@ -205,12 +205,68 @@ impl Testbed {
         Service::node(self, node, None)
     }
 
-    /// Starts `hawser ca` in `node`'s namespace (127.0.0.1:15012), then `hawser node`
-    /// getting its identities from it.
+    /// Starts `hawser ca` in `node`'s namespace, then `hawser node` getting its
+    /// identities from it.
     pub fn start_daemon_with_ca(&self, node: &Node) -> Result<(Service, Service, CaInfo)> {
-        let (ca, info) = Service::ca(self, node)?;
-        let daemon = Service::node(self, node, Some(&info))?;
+        let (ca, info) = self.start_ca(node, &[node])?;
+        let daemon = self.start_node(node, Some(&info))?;
         Ok((ca, daemon, info))
+    }
+
+    /// Starts `hawser ca` on `on`, with credentials for `nodes`.
+    pub fn start_ca(&self, on: &Node, nodes: &[&Node]) -> Result<(Service, CaInfo)> {
+        Service::ca(self, on, nodes)
+    }
+
+    /// Starts `hawser node` for `node`, with identities from `ca` when given.
+    pub fn start_node(&self, node: &Node, ca: Option<&CaInfo>) -> Result<Service> {
+        Service::node(self, node, ca)
+    }
+
+    /// Joins two nodes with a veth link and routes each node's pod subnet over it: the
+    /// "network" between nodes. Returns the name of `a`'s end of the link.
+    pub fn connect_nodes(&self, a: &Node, b: &Node) -> Result<String> {
+        let link = 200 + a.subnet.min(b.subnet) * 10 + a.subnet.max(b.subnet);
+        let (a_ip, b_ip) = (format!("10.254.{link}.1"), format!("10.254.{link}.2"));
+        let (a_end, b_end) = (format!("to-{}", b.name), format!("to-{}", a.name));
+        host::ip(&[
+            "-n", &a.netns, "link", "add", &a_end, "type", "veth", "peer", "name", &b_end, "netns",
+            &b.netns,
+        ])?;
+        for (node, end, ip, other, via) in
+            [(a, &a_end, &a_ip, b, &b_ip), (b, &b_end, &b_ip, a, &a_ip)]
+        {
+            host::ip(&[
+                "-n",
+                &node.netns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                end,
+            ])?;
+            host::ip(&["-n", &node.netns, "link", "set", end, "up"])?;
+            host::ip(&[
+                "-n",
+                &node.netns,
+                "route",
+                "add",
+                &format!("10.{}.0.0/24", other.subnet),
+                "via",
+                via,
+            ])?;
+            let forward = process::run(
+                &["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+                &node.netns_path(),
+                &node.cgroup,
+            )?;
+            anyhow::ensure!(
+                forward.status.success(),
+                "enable forwarding on {}",
+                node.name
+            );
+        }
+        Ok(a_end)
     }
 
     fn add_netns(&self, name: &str) -> Result<String> {
@@ -254,6 +310,15 @@ pub struct Node {
 impl Node {
     pub fn gateway(&self) -> String {
         format!("10.{}.0.1", self.subnet)
+    }
+
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.netns)
+    }
+
+    /// Starts a process in the node's namespace (not in a pod); killed when dropped.
+    pub fn spawn(&self, argv: &[&str]) -> Result<Proc> {
+        Proc::spawn(argv, &self.netns_path(), &self.cgroup)
     }
 }
 

@@ -91,3 +91,47 @@ pub fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool)
     }
     Ok(())
 }
+
+/// tcpdump writing what crosses an interface of a node's namespace to a file.
+pub struct Capture {
+    proc: Proc,
+    file: PathBuf,
+}
+
+impl Capture {
+    pub fn start(bed: &Testbed, node: &crate::Node, iface: &str) -> Result<Self> {
+        let file = bed.dir().join(format!("{}-{iface}.pcap", node.name));
+        let f = file.display().to_string();
+        let proc = node.spawn(&[
+            "tcpdump", "-i", iface, "-U", "-n", "-s", "0", "-w", &f, "tcp",
+        ])?;
+        // tcpdump creates the file once it is capturing.
+        wait_until(Duration::from_secs(10), "tcpdump to start", || {
+            file.exists()
+        })?;
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(Self { proc, file })
+    }
+
+    /// Stops capturing and returns every captured packet, headers and payload as text.
+    pub fn stop(mut self) -> Result<String> {
+        // tcpdump may lag behind on a busy machine: wait until the file stops growing.
+        let size = || std::fs::metadata(&self.file).map(|m| m.len()).unwrap_or(0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut last = size();
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = size();
+            if (now == last && now > 24) || std::time::Instant::now() > deadline {
+                break;
+            }
+            last = now;
+        }
+        self.proc.terminate()?;
+        let out = std::process::Command::new("tcpdump")
+            .args(["-n", "-A", "-r"])
+            .arg(&self.file)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}

@@ -25,11 +25,18 @@ pub struct Service {
 pub struct CaInfo {
     pub address: String,
     pub root: PathBuf,
-    pub token_file: PathBuf,
     pub revocations: PathBuf,
+    dir: PathBuf,
 }
 
-const CA_ADDRESS: &str = "127.0.0.1:15012";
+impl CaInfo {
+    /// The file holding `node`'s credential.
+    pub fn token_file(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("{node}.token"))
+    }
+}
+
+const CA_PORT: u16 = 15012;
 
 impl Service {
     /// `hawser node` for `node`, with identities from `ca` when given.
@@ -41,7 +48,8 @@ impl Service {
             "--config-dir".into(),
             path(&bed.config_dir()),
             "--pin-dir".into(),
-            path(bed.pin_dir()),
+            // One daemon per node, as on real hosts: each has its own pins.
+            path(&bed.pin_dir().join(&node.name)),
             "--cgroup".into(),
             path(&node.cgroup),
             "--reload-interval-ms".into(),
@@ -53,10 +61,8 @@ impl Service {
                 format!("https://{}", ca.address),
                 "--ca-root".into(),
                 path(&ca.root),
-                "--ca-server-name".into(),
-                "localhost".into(),
                 "--node-token-file".into(),
-                path(&ca.token_file),
+                path(&ca.token_file(&node.name)),
                 "--bundle-interval-secs".into(),
                 "1".into(),
             ]);
@@ -72,24 +78,29 @@ impl Service {
         )
     }
 
-    /// `hawser ca` in `node`'s namespace on 127.0.0.1:15012, with a self-signed root and
-    /// the test bed's workload directory as its registry.
-    pub(crate) fn ca(bed: &Testbed, node: &Node) -> Result<(Self, CaInfo)> {
+    /// `hawser ca` in `on`'s namespace, listening on port 15012 of its bridge address
+    /// (reachable from every connected node), with a self-signed root, the test bed's
+    /// workload directory as its registry, and a credential for each of `nodes`.
+    pub(crate) fn ca(bed: &Testbed, on: &Node, nodes: &[&Node]) -> Result<(Self, CaInfo)> {
         let dir = bed.dir().join("ca");
         std::fs::create_dir_all(&dir)?;
-        let token = format!("{}-token-{}", node.name, std::process::id());
-        std::fs::write(dir.join("tokens.yaml"), format!("{}: {token}\n", node.name))?;
         let info = CaInfo {
-            address: CA_ADDRESS.into(),
+            address: format!("{}:{CA_PORT}", on.gateway()),
             root: dir.join("state/root-cert.pem"),
-            token_file: dir.join(format!("{}.token", node.name)),
             revocations: dir.join("revoked.yaml"),
+            dir: dir.clone(),
         };
-        std::fs::write(&info.token_file, token)?;
+        let mut tokens = String::new();
+        for node in nodes {
+            let token = format!("{}-token-{}", node.name, std::process::id());
+            tokens += &format!("{}: {token}\n", node.name);
+            std::fs::write(info.token_file(&node.name), token)?;
+        }
+        std::fs::write(dir.join("tokens.yaml"), tokens)?;
         let args = vec![
             "ca".to_string(),
             "--listen".into(),
-            CA_ADDRESS.into(),
+            format!("0.0.0.0:{CA_PORT}"),
             "--state-dir".into(),
             path(&dir.join("state")),
             "--config-dir".into(),
@@ -102,7 +113,7 @@ impl Service {
             "200".into(),
         ];
         Ok((
-            Self::start(bed, node, args, "hawser-ca.log", "CA serving")?,
+            Self::start(bed, on, args, "hawser-ca.log", "CA serving")?,
             info,
         ))
     }

@@ -186,6 +186,9 @@ fn unenrolled_pods_are_untouched_and_unenrolling_detaches() -> Result<()> {
         curl(&a, &format!("http://{}/hello.txt", d.ip))?,
         nginx_d.body
     );
+    daemon.wait_for("the record", Duration::from_secs(5), |_| {
+        access(&daemon, "outbound", "default/a", &d80).len() == 2
+    })?;
     daemon.stop()?;
     daemon.restart()?;
     assert_eq!(

@@ -16,4 +16,5 @@ pub mod proxy;
 pub mod redirect;
 pub mod reload;
 pub mod svid;
+pub mod tunnel;
 pub mod workload;

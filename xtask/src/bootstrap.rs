@@ -13,6 +13,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "nginx-light",
     "socat",
     "openssl",
+    "tcpdump",
 ];
 
 pub fn run() -> Result<()> {

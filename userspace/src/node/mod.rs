@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    identity::SpiffeId,
     redirect::Dataplane,
     svid::{CaClient, CaClientConfig, SvidConfig, SvidManager},
     workload::{self, Registry, Workload},
@@ -35,9 +36,32 @@ pub struct CaSettings {
 
 /// What every pod's enrollment shares.
 pub struct Shared {
+    pub node_name: String,
     pub dataplane: Arc<Dataplane>,
     pub svids: Option<Arc<SvidManager>>,
     pub trust_domain: String,
+    pub registry: tokio::sync::watch::Receiver<Arc<Registry>>,
+}
+
+/// How a captured outbound connection leaves the node.
+pub enum Route {
+    /// Straight to the destination: it is not a mesh workload, it runs on this node (no
+    /// wire to protect; inbound capture still applies), or the daemon has no CA.
+    Direct,
+    /// Through the mTLS tunnel to a workload on another node, which must prove `peer`.
+    Tunnel { peer: SpiffeId },
+}
+
+impl Shared {
+    pub fn route(&self, dst: std::net::SocketAddr) -> Route {
+        let registry = self.registry.borrow();
+        match registry.by_ip(dst.ip()) {
+            Some(w) if w.node_name != self.node_name && self.svids.is_some() => Route::Tunnel {
+                peer: SpiffeId::new(&self.trust_domain, &w.namespace, &w.service_account),
+            },
+            _ => Route::Direct,
+        }
+    }
 }
 
 /// Pods this daemon has enrolled, by `namespace/name`.
@@ -45,16 +69,23 @@ type Pods = BTreeMap<String, EnrolledPod>;
 
 pub async fn run(config: NodeConfig) -> Result<()> {
     let dataplane = Arc::new(Dataplane::load(&config.pin_dir, &config.cgroup)?);
+    let mut registry = workload::follow(config.config_dir.clone(), config.reload_interval)
+        .with_context(|| format!("reading workloads from {}", config.config_dir.display()))?;
+    if config.ca.is_none() {
+        tracing::warn!(
+            "no CA configured: pods have no identities and traffic is relayed without mTLS"
+        );
+    }
     let shared = Arc::new(Shared {
+        node_name: config.node_name.clone(),
         dataplane,
         svids: config.ca.as_ref().map(start_svid_manager).transpose()?,
         trust_domain: config
             .ca
             .as_ref()
             .map_or("cluster.local".into(), |ca| ca.trust_domain.clone()),
+        registry: registry.clone(),
     });
-    let mut registry = workload::follow(config.config_dir.clone(), config.reload_interval)
-        .with_context(|| format!("reading workloads from {}", config.config_dir.display()))?;
     let mut pods = Pods::new();
     let snapshot = registry.borrow_and_update().clone();
     let mut pending = reconcile(&config.node_name, &snapshot, &mut pods, &shared).await;

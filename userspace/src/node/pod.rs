@@ -15,7 +15,7 @@ use crate::{
     netns::Netns,
     proxy::{inbound, outbound, sockets},
     redirect::{Dataplane, pod_routing},
-    svid::Svid,
+    svid::{Svid, TrustBundle},
     workload::Workload,
 };
 
@@ -29,8 +29,22 @@ pub struct PodContext {
     pub netns_cookie: u64,
     pub dataplane: Arc<Dataplane>,
     /// The pod's SVID (None while it is fetched, or when the daemon runs without a CA).
-    pub svid: Option<watch::Receiver<Option<Arc<Svid>>>>,
-    shared: Arc<Shared>,
+    svid: Option<watch::Receiver<Option<Arc<Svid>>>>,
+    pub shared: Arc<Shared>,
+}
+
+impl PodContext {
+    /// The pod's SVID and the trust bundle to check peers with, or why there are none.
+    pub fn credentials(&self) -> Result<(Arc<Svid>, Arc<TrustBundle>)> {
+        let (Some(svid), Some(svids)) = (&self.svid, &self.shared.svids) else {
+            anyhow::bail!("the daemon runs without a CA");
+        };
+        let svid = svid
+            .borrow()
+            .clone()
+            .with_context(|| format!("no SVID for {} yet", self.identity))?;
+        Ok((svid, svids.trust_bundle().borrow().clone()))
+    }
 }
 
 /// An enrolled pod: while this exists, the pod's TCP traffic flows through the daemon.

@@ -12,7 +12,7 @@ use super::{
     relay::{Connection, Direction},
     sockets,
 };
-use crate::node::pod::PodContext;
+use crate::{node::pod::PodContext, tunnel};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
     accept_loop(listener, pod, |conn, peer, pod| async move {
@@ -21,13 +21,22 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
     .await
 }
 
-/// Tunnel connections need mutual TLS, which arrives with the tunnel issue; until then the
-/// listener exists (sk_lookup steers port 15008 to it) and refuses every connection.
+/// Tunnel connections: mutual TLS with the pod's SVID, then delivery to the app port the
+/// preamble names, as the client pod's own address.
 pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
     accept_loop(listener, pod, |conn, peer, pod| async move {
         let dst = conn.local_addr().unwrap_or(peer);
-        Connection::new(Direction::Tunnel, &pod.key, peer, dst)
-            .refuse("the mTLS tunnel is not supported by this build");
+        let record = Connection::new(Direction::Tunnel, &pod.key, peer, dst);
+        let accepted = match tunnel::server::accept(&pod, conn).await {
+            Ok(accepted) => accepted,
+            Err(e) => return record.refuse(&format!("{e:#}")),
+        };
+        let record =
+            Connection::new(Direction::Tunnel, &pod.key, peer, accepted.dst).mtls(&accepted.client);
+        match deliver(&pod, peer, accepted.dst).await {
+            Ok(app) => record.relay(accepted.stream, app).await,
+            Err(e) => record.refuse(&format!("{e:#}")),
+        }
     })
     .await
 }

@@ -11,7 +11,10 @@ use super::{
     relay::{Connection, Direction},
     sockets,
 };
-use crate::node::pod::PodContext;
+use crate::{
+    node::{Route, pod::PodContext},
+    tunnel,
+};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
     accept_loop(listener, pod, |client, peer, pod| async move {
@@ -28,9 +31,19 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext) {
         return;
     };
     let conn = Connection::new(Direction::Outbound, &pod.key, peer, dst);
-    match connect(pod, dst).await {
-        Ok(upstream) => conn.relay(client, upstream).await,
-        Err(e) => conn.refuse(&format!("{e:#}")),
+    match pod.shared.route(dst) {
+        Route::Direct => match connect(pod, dst).await {
+            Ok(upstream) => conn.relay(client, upstream).await,
+            Err(e) => conn.refuse(&format!("{e:#}")),
+        },
+        // Never falls back to plaintext: a mesh peer is reached through the tunnel or not.
+        Route::Tunnel { peer } => {
+            let conn = conn.mtls(&peer);
+            match tunnel::client::connect(pod, dst, &peer).await {
+                Ok(upstream) => conn.relay(client, upstream).await,
+                Err(e) => conn.refuse(&format!("{e:#}")),
+            }
+        }
     }
 }
 

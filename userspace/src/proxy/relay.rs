@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, time::Instant};
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Which listener a connection came through.
 #[derive(Clone, Copy, Debug)]
@@ -30,6 +30,10 @@ pub struct Connection {
     pub pod: String,
     pub src: SocketAddr,
     pub dst: SocketAddr,
+    /// `mtls` when the bytes crossed the wire inside the tunnel, else `plaintext`.
+    pub security: &'static str,
+    /// The peer's SPIFFE ID, when mTLS proved it.
+    pub peer_identity: Option<String>,
     pub started: Instant,
 }
 
@@ -40,12 +44,25 @@ impl Connection {
             pod: pod.to_string(),
             src,
             dst,
+            security: "plaintext",
+            peer_identity: None,
             started: Instant::now(),
         }
     }
 
+    /// Marks the connection as carried by the mTLS tunnel with a proven peer.
+    pub fn mtls(mut self, peer: &impl ToString) -> Self {
+        self.security = "mtls";
+        self.peer_identity = Some(peer.to_string());
+        self
+    }
+
     /// Copies both ways until both sides are done (a half-close is passed on), then logs.
-    pub async fn relay(self, mut downstream: TcpStream, mut upstream: TcpStream) {
+    pub async fn relay(
+        self,
+        mut downstream: impl AsyncRead + AsyncWrite + Unpin,
+        mut upstream: impl AsyncRead + AsyncWrite + Unpin,
+    ) {
         let result = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
         match result {
             Ok((sent, received)) => self.log(sent, received, None),
@@ -61,17 +78,18 @@ impl Connection {
     fn log(&self, sent: u64, received: u64, error: Option<&str>) {
         let duration_ms = self.started.elapsed().as_millis() as u64;
         let direction = self.direction.as_str();
+        let peer = self.peer_identity.as_deref().unwrap_or("-");
         match error {
             None => tracing::info!(
                 target: "hawser::access",
-                direction, pod = %self.pod, src = %self.src, dst = %self.dst,
-                bytes_sent = sent, bytes_received = received, duration_ms,
+                direction, pod = %self.pod, src = %self.src, dst = %self.dst, security = self.security,
+                peer, bytes_sent = sent, bytes_received = received, duration_ms,
                 "connection closed"
             ),
             Some(reason) => tracing::warn!(
                 target: "hawser::access",
-                direction, pod = %self.pod, src = %self.src, dst = %self.dst,
-                bytes_sent = sent, bytes_received = received, duration_ms, reason,
+                direction, pod = %self.pod, src = %self.src, dst = %self.dst, security = self.security,
+                peer, bytes_sent = sent, bytes_received = received, duration_ms, reason,
                 "connection refused"
             ),
         }

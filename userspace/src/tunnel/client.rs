@@ -1,0 +1,35 @@
+//! The client end: from the source pod to the destination pod's daemon on 15008.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::{Context, Result};
+use rustls::pki_types::ServerName;
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio_rustls::{TlsConnector, client::TlsStream};
+
+use super::{HANDSHAKE_TIMEOUT, preamble::Preamble, tls};
+use crate::{identity::SpiffeId, node::pod::PodContext, proxy::sockets};
+
+/// Opens the tunnel to `dst`'s pod, proves `peer` is there, and names the port.
+pub async fn connect(
+    pod: &PodContext,
+    dst: SocketAddr,
+    peer: &SpiffeId,
+) -> Result<TlsStream<TcpStream>> {
+    let (svid, bundle) = pod.credentials()?;
+    let config = tls::client_config(&svid, &bundle, peer.clone())?;
+    let tunnel = SocketAddr::new(dst.ip(), hawser_common::TUNNEL_PORT);
+    let socket = pod.netns.run(move || sockets::outbound(tunnel)).await?;
+    let tcp = sockets::connect(socket, tunnel).await?;
+    // Names play no part in the check (see `tls::SecureNaming`); an IP sends no SNI.
+    let name = ServerName::IpAddress(dst.ip().into());
+    let handshake = TlsConnector::from(Arc::new(config)).connect(name, tcp);
+    let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .with_context(|| format!("TLS handshake with {tunnel}: timed out"))?
+        .with_context(|| format!("TLS handshake with {tunnel}"))?;
+    stream
+        .write_all(&Preamble { port: dst.port() }.encode())
+        .await?;
+    Ok(stream)
+}

@@ -1,0 +1,17 @@
+//! The mTLS tunnel between node daemons (port 15008).
+//!
+//! The client side connects from the source pod's namespace to the destination pod's IP
+//! on 15008 with the source identity's SVID and checks that the server is the destination
+//! workload's identity (secure naming); the server side presents the destination pod's
+//! SVID, requires a client SVID chaining to the trust bundle and not revoked, reads the
+//! preamble naming the destination port, and delivers to the app.
+
+pub mod client;
+pub mod preamble;
+pub mod server;
+pub mod tls;
+
+use std::time::Duration;
+
+/// Handshake and preamble must complete within this, or the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

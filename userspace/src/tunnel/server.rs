@@ -1,0 +1,49 @@
+//! The server end: a pod's 15008 listener, in front of the pod's apps.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::{Context, Result, bail};
+use hawser_common::{INBOUND_PORT, OUTBOUND_PORT, TUNNEL_PORT};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+
+use super::{HANDSHAKE_TIMEOUT, preamble::Preamble, tls};
+use crate::{identity::SpiffeId, node::pod::PodContext};
+
+/// An accepted, authenticated tunnel: the client's identity and where it wants to go.
+pub struct Accepted {
+    pub stream: TlsStream<TcpStream>,
+    pub client: SpiffeId,
+    pub dst: SocketAddr,
+}
+
+/// Handshake (client certificate required), identity and revocation checks, preamble.
+pub async fn accept(pod: &PodContext, conn: TcpStream) -> Result<Accepted> {
+    let (svid, bundle) = pod.credentials()?;
+    let config = tls::server_config(&svid, &bundle)?;
+    let handshake = TlsAcceptor::from(Arc::new(config)).accept(conn);
+    let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .context("TLS handshake: timed out")?
+        .context("TLS handshake")?;
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .context("no client certificate")?
+        .clone();
+    let client = tls::peer_identity(&leaf, &bundle)?;
+    let preamble = tokio::time::timeout(HANDSHAKE_TIMEOUT, Preamble::read(&mut stream))
+        .await
+        .context("preamble: timed out")?
+        .context("preamble")?;
+    if [OUTBOUND_PORT, INBOUND_PORT, TUNNEL_PORT].contains(&preamble.port) {
+        bail!("port {} is the daemon's own", preamble.port);
+    }
+    Ok(Accepted {
+        stream,
+        client,
+        dst: SocketAddr::new(pod.workload.pod_ip, preamble.port),
+    })
+}

@@ -1,0 +1,183 @@
+//! TLS 1.3 configurations for the tunnel, from an SVID and the trust bundle.
+//!
+//! The client checks the server's chain against the bundle and then its SPIFFE ID against
+//! the identity expected at the destination (secure naming). The server requires a client
+//! chain to the bundle (client-auth EKU); the caller then reads the client's identity from
+//! its certificate. Both ends refuse revoked serials and identities.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+
+use super::preamble::ALPN;
+use crate::{
+    identity::{SpiffeId, certs},
+    svid::{Svid, TrustBundle},
+};
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn chain(svid: &Svid) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let certs = svid
+        .chain
+        .iter()
+        .map(|pem| Ok(CertificateDer::from(certs::der(pem)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let key = PrivateKeyDer::from_pem_slice(svid.key_pem.as_bytes()).context("the SVID's key")?;
+    Ok((certs, key))
+}
+
+fn roots(bundle: &TrustBundle) -> Result<RootCertStore> {
+    let mut store = RootCertStore::empty();
+    for pem in &bundle.roots {
+        store
+            .add(CertificateDer::from(certs::der(pem)?))
+            .context("a root of the trust bundle")?;
+    }
+    if store.is_empty() {
+        bail!("the trust bundle has no roots yet");
+    }
+    Ok(store)
+}
+
+/// The identity in a peer's leaf certificate, refused if revoked.
+pub fn peer_identity(leaf: &CertificateDer<'_>, bundle: &TrustBundle) -> Result<SpiffeId> {
+    let pem = pem::encode(&pem::Pem::new("CERTIFICATE", leaf.as_ref().to_vec()));
+    let info = certs::info(&pem)?;
+    let [uri] = &info.uri_sans[..] else {
+        bail!(
+            "the peer certificate carries {} URI SANs, not one SPIFFE ID",
+            info.uri_sans.len()
+        );
+    };
+    if bundle.revoked_serials.contains(&info.serial) {
+        bail!("the peer certificate (serial {}) is revoked", info.serial);
+    }
+    if bundle.revoked_identities.contains(uri) {
+        bail!("the peer identity {uri} is revoked");
+    }
+    uri.parse().map_err(|e: String| anyhow!(e))
+}
+
+/// Client side: present `svid`, accept only a server that is `expected`.
+pub fn client_config(
+    svid: &Svid,
+    bundle: &TrustBundle,
+    expected: SpiffeId,
+) -> Result<ClientConfig> {
+    let (certs, key) = chain(svid)?;
+    let verifier = Arc::new(SecureNaming {
+        roots: Arc::new(roots(bundle)?),
+        bundle: bundle.clone(),
+        expected,
+        provider: provider(),
+    });
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(certs, key)?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    config.enable_secret_extraction = true;
+    Ok(config)
+}
+
+/// Server side: present `svid`, require a client chaining to the bundle.
+pub fn server_config(svid: &Svid, bundle: &TrustBundle) -> Result<ServerConfig> {
+    let (certs, key) = chain(svid)?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(bundle)?), provider())
+            .build()?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    // No resumption: kernel TLS takes over the session, and tickets would be records it
+    // has to carry.
+    config.send_tls13_tickets = 0;
+    config.enable_secret_extraction = true;
+    Ok(config)
+}
+
+/// Chain validation against the bundle, then the server's SPIFFE ID against the one the
+/// destination must have. Host names play no part.
+#[derive(Debug)]
+struct SecureNaming {
+    roots: Arc<RootCertStore>,
+    bundle: TrustBundle,
+    expected: SpiffeId,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for SecureNaming {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        cert.verify_for_usage(
+            self.provider.signature_verification_algorithms.all,
+            &self.roots.roots,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| rustls::Error::General(format!("server chain: {e}")))?;
+        let id = peer_identity(end_entity, &self.bundle)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        if id != self.expected {
+            return Err(rustls::Error::General(format!(
+                "server identity {id} is not {}",
+                self.expected
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
