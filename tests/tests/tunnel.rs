@@ -103,7 +103,42 @@ fn traffic_between_nodes_is_mtls_on_the_wire() -> Result<()> {
         })
     })?;
     assert_eq!(nginx.clients(), vec![m.a.ip.clone()]);
+
+    // Where the kernel has TLS, it encrypted; elsewhere rustls did. Both ends say which.
+    let path = format!("tls=\"{}\"", expected_tls_path());
+    for d in [&m.d1, &m.d2] {
+        assert!(
+            d.lines_with(&["connection closed", "security=\"mtls\"", &path])
+                .len()
+                == 1,
+            "{}",
+            d.log()
+        );
+    }
+    if expected_tls_path() == "ktls" {
+        let stat = std::fs::read_to_string("/proc/net/tls_stat")?;
+        assert!(
+            tls_stat(&stat, "TlsTxSw") >= 2 && tls_stat(&stat, "TlsRxSw") >= 2,
+            "{stat}"
+        );
+    }
     Ok(())
+}
+
+/// `ktls` where the kernel has the `tls` module loaded (the VM tests load it), else
+/// `userspace`.
+fn expected_tls_path() -> &'static str {
+    if std::path::Path::new("/proc/net/tls_stat").exists() {
+        "ktls"
+    } else {
+        "userspace"
+    }
+}
+
+fn tls_stat(stat: &str, name: &str) -> u64 {
+    stat.lines()
+        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0)))
+        .unwrap_or(0)
 }
 
 #[test]

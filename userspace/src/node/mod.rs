@@ -11,6 +11,7 @@ use crate::{
     identity::SpiffeId,
     redirect::Dataplane,
     svid::{CaClient, CaClientConfig, SvidConfig, SvidManager},
+    tunnel::offload::Offload,
     workload::{self, Registry, Workload},
 };
 use pod::EnrolledPod;
@@ -41,6 +42,7 @@ pub struct Shared {
     pub svids: Option<Arc<SvidManager>>,
     pub trust_domain: String,
     pub registry: tokio::sync::watch::Receiver<Arc<Registry>>,
+    pub offload: Offload,
 }
 
 /// How a captured outbound connection leaves the node.
@@ -85,6 +87,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             .as_ref()
             .map_or("cluster.local".into(), |ca| ca.trust_domain.clone()),
         registry: registry.clone(),
+        offload: match config.ca {
+            Some(_) => Offload::probe().await,
+            None => Offload::userspace(),
+        },
     });
     let mut pods = Pods::new();
     let snapshot = registry.borrow_and_update().clone();

@@ -31,8 +31,8 @@ pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
             Ok(accepted) => accepted,
             Err(e) => return record.refuse(&format!("{e:#}")),
         };
-        let record =
-            Connection::new(Direction::Tunnel, &pod.key, peer, accepted.dst).mtls(&accepted.client);
+        let record = Connection::new(Direction::Tunnel, &pod.key, peer, accepted.dst)
+            .mtls(&accepted.client, pod.shared.offload.path());
         match deliver(&pod, peer, accepted.dst).await {
             Ok(app) => record.relay(accepted.stream, app).await,
             Err(e) => record.refuse(&format!("{e:#}")),

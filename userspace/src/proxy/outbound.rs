@@ -38,7 +38,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext) {
         },
         // Never falls back to plaintext: a mesh peer is reached through the tunnel or not.
         Route::Tunnel { peer } => {
-            let conn = conn.mtls(&peer);
+            let conn = conn.mtls(&peer, pod.shared.offload.path());
             match tunnel::client::connect(pod, dst, &peer).await {
                 Ok(upstream) => conn.relay(client, upstream).await,
                 Err(e) => conn.refuse(&format!("{e:#}")),

@@ -5,6 +5,8 @@ use std::{net::SocketAddr, time::Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::tunnel::offload::TlsPath;
+
 /// Which listener a connection came through.
 #[derive(Clone, Copy, Debug)]
 pub enum Direction {
@@ -32,6 +34,8 @@ pub struct Connection {
     pub dst: SocketAddr,
     /// `mtls` when the bytes crossed the wire inside the tunnel, else `plaintext`.
     pub security: &'static str,
+    /// Who encrypted: `ktls` (the kernel), `userspace` (rustls) or `none`.
+    pub tls: &'static str,
     /// The peer's SPIFFE ID, when mTLS proved it.
     pub peer_identity: Option<String>,
     pub started: Instant,
@@ -45,14 +49,16 @@ impl Connection {
             src,
             dst,
             security: "plaintext",
+            tls: "none",
             peer_identity: None,
             started: Instant::now(),
         }
     }
 
     /// Marks the connection as carried by the mTLS tunnel with a proven peer.
-    pub fn mtls(mut self, peer: &impl ToString) -> Self {
+    pub fn mtls(mut self, peer: &impl ToString, path: TlsPath) -> Self {
         self.security = "mtls";
+        self.tls = path.as_str();
         self.peer_identity = Some(peer.to_string());
         self
     }
@@ -82,13 +88,13 @@ impl Connection {
         match error {
             None => tracing::info!(
                 target: "hawser::access",
-                direction, pod = %self.pod, src = %self.src, dst = %self.dst, security = self.security,
+                direction, pod = %self.pod, src = %self.src, dst = %self.dst, security = self.security, tls = self.tls,
                 peer, bytes_sent = sent, bytes_received = received, duration_ms,
                 "connection closed"
             ),
             Some(reason) => tracing::warn!(
                 target: "hawser::access",
-                direction, pod = %self.pod, src = %self.src, dst = %self.dst, security = self.security,
+                direction, pod = %self.pod, src = %self.src, dst = %self.dst, security = self.security, tls = self.tls,
                 peer, bytes_sent = sent, bytes_received = received, duration_ms, reason,
                 "connection refused"
             ),

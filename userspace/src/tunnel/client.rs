@@ -3,27 +3,30 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{Context, Result};
+use ktls::CorkStream;
 use rustls::pki_types::ServerName;
-use tokio::{io::AsyncWriteExt, net::TcpStream};
-use tokio_rustls::{TlsConnector, client::TlsStream};
+use tokio::io::AsyncWriteExt;
+use tokio_rustls::TlsConnector;
 
-use super::{HANDSHAKE_TIMEOUT, preamble::Preamble, tls};
+use super::{HANDSHAKE_TIMEOUT, offload::Stream, preamble::Preamble, tls};
 use crate::{identity::SpiffeId, node::pod::PodContext, proxy::sockets};
 
-/// Opens the tunnel to `dst`'s pod, proves `peer` is there, and names the port.
+/// Opens the tunnel to `dst`'s pod, proves `peer` is there, names the port, and hands the
+/// session to the kernel where it can take it.
 pub async fn connect(
     pod: &PodContext,
     dst: SocketAddr,
     peer: &SpiffeId,
-) -> Result<TlsStream<TcpStream>> {
+) -> Result<Box<dyn Stream>> {
     let (svid, bundle) = pod.credentials()?;
-    let config = tls::client_config(&svid, &bundle, peer.clone())?;
+    let offload = &pod.shared.offload;
+    let config = tls::client_config(&svid, &bundle, peer.clone(), offload.provider())?;
     let tunnel = SocketAddr::new(dst.ip(), hawser_common::TUNNEL_PORT);
     let socket = pod.netns.run(move || sockets::outbound(tunnel)).await?;
     let tcp = sockets::connect(socket, tunnel).await?;
     // Names play no part in the check (see `tls::SecureNaming`); an IP sends no SNI.
     let name = ServerName::IpAddress(dst.ip().into());
-    let handshake = TlsConnector::from(Arc::new(config)).connect(name, tcp);
+    let handshake = TlsConnector::from(Arc::new(config)).connect(name, CorkStream::new(tcp));
     let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .with_context(|| format!("TLS handshake with {tunnel}: timed out"))?
@@ -31,5 +34,6 @@ pub async fn connect(
     stream
         .write_all(&Preamble { port: dst.port() }.encode())
         .await?;
-    Ok(stream)
+    stream.flush().await?;
+    offload.client(stream).await
 }

@@ -4,24 +4,27 @@ use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{Context, Result, bail};
 use hawser_common::{INBOUND_PORT, OUTBOUND_PORT, TUNNEL_PORT};
+use ktls::CorkStream;
 use tokio::net::TcpStream;
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_rustls::TlsAcceptor;
 
-use super::{HANDSHAKE_TIMEOUT, preamble::Preamble, tls};
+use super::{HANDSHAKE_TIMEOUT, offload::Stream, preamble::Preamble, tls};
 use crate::{identity::SpiffeId, node::pod::PodContext};
 
 /// An accepted, authenticated tunnel: the client's identity and where it wants to go.
 pub struct Accepted {
-    pub stream: TlsStream<TcpStream>,
+    pub stream: Box<dyn Stream>,
     pub client: SpiffeId,
     pub dst: SocketAddr,
 }
 
-/// Handshake (client certificate required), identity and revocation checks, preamble.
+/// Handshake (client certificate required), identity and revocation checks, preamble,
+/// then the session goes to the kernel where it can.
 pub async fn accept(pod: &PodContext, conn: TcpStream) -> Result<Accepted> {
     let (svid, bundle) = pod.credentials()?;
-    let config = tls::server_config(&svid, &bundle)?;
-    let handshake = TlsAcceptor::from(Arc::new(config)).accept(conn);
+    let offload = &pod.shared.offload;
+    let config = tls::server_config(&svid, &bundle, offload.provider())?;
+    let handshake = TlsAcceptor::from(Arc::new(config)).accept(CorkStream::new(conn));
     let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .context("TLS handshake: timed out")?
@@ -41,6 +44,9 @@ pub async fn accept(pod: &PodContext, conn: TcpStream) -> Result<Accepted> {
     if [OUTBOUND_PORT, INBOUND_PORT, TUNNEL_PORT].contains(&preamble.port) {
         bail!("port {} is the daemon's own", preamble.port);
     }
+    // Bytes the client sent after the preamble may still sit in rustls: the offload
+    // drains them into the stream it returns.
+    let stream = offload.server(stream).await?;
     Ok(Accepted {
         stream,
         client,

@@ -22,10 +22,6 @@ use crate::{
     svid::{Svid, TrustBundle},
 };
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
 fn chain(svid: &Svid) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let certs = svid
         .chain
@@ -73,15 +69,16 @@ pub fn client_config(
     svid: &Svid,
     bundle: &TrustBundle,
     expected: SpiffeId,
+    provider: Arc<CryptoProvider>,
 ) -> Result<ClientConfig> {
     let (certs, key) = chain(svid)?;
     let verifier = Arc::new(SecureNaming {
         roots: Arc::new(roots(bundle)?),
         bundle: bundle.clone(),
         expected,
-        provider: provider(),
+        provider: provider.clone(),
     });
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
@@ -93,12 +90,16 @@ pub fn client_config(
 }
 
 /// Server side: present `svid`, require a client chaining to the bundle.
-pub fn server_config(svid: &Svid, bundle: &TrustBundle) -> Result<ServerConfig> {
+pub fn server_config(
+    svid: &Svid,
+    bundle: &TrustBundle,
+    provider: Arc<CryptoProvider>,
+) -> Result<ServerConfig> {
     let (certs, key) = chain(svid)?;
     let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(bundle)?), provider())
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(bundle)?), provider.clone())
             .build()?;
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)?;

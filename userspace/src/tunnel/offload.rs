@@ -1,0 +1,124 @@
+//! Kernel TLS: after the handshake in rustls, the session's keys go to the kernel
+//! (`TCP_ULP "tls"`, `TLS_TX`/`TLS_RX`) and the kernel encrypts and decrypts. Where the
+//! kernel has no `tls` module, the same wire protocol runs with rustls in userspace.
+//!
+//! Which path a daemon takes is probed once at start-up (the `ktls` crate sets up each
+//! cipher on a loopback socket): a failed offload consumes the TLS session, so it cannot
+//! fall back per connection. Only cipher suites the kernel accepted are offered, so the
+//! negotiated one can always be offloaded.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ktls::{CompatibleCiphers, CorkStream};
+use rustls::{SupportedCipherSuite, crypto::CryptoProvider};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+use tokio_rustls::{client, server};
+
+/// A tunnel stream after the handshake, whichever end encrypts.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Which path a connection's bytes took, for the access log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsPath {
+    Kernel,
+    Userspace,
+}
+
+impl TlsPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsPath::Kernel => "ktls",
+            TlsPath::Userspace => "userspace",
+        }
+    }
+}
+
+pub struct Offload {
+    /// Cipher suites the kernel can take over; None when it has no kTLS.
+    kernel: Option<Vec<SupportedCipherSuite>>,
+}
+
+impl Offload {
+    /// Probes the kernel (needs a tokio runtime).
+    pub async fn probe() -> Self {
+        let ciphers = match CompatibleCiphers::new().await {
+            Ok(ciphers) => ciphers,
+            Err(e) => {
+                tracing::warn!("kernel TLS probe failed ({e}); tunnels use userspace TLS");
+                return Self::userspace();
+            }
+        };
+        let suites: Vec<SupportedCipherSuite> = rustls::crypto::aws_lc_rs::default_provider()
+            .cipher_suites
+            .into_iter()
+            .filter(|s| s.version() == &rustls::version::TLS13 && ciphers.is_compatible(*s))
+            .collect();
+        if suites.is_empty() {
+            tracing::warn!(
+                "the kernel has no TLS offload (no `tls` module?); tunnels use userspace TLS"
+            );
+            return Self::userspace();
+        }
+        let names: Vec<String> = suites.iter().map(|s| format!("{:?}", s.suite())).collect();
+        tracing::info!(suites = ?names, "kernel TLS available; tunnels offload to the kernel");
+        Self {
+            kernel: Some(suites),
+        }
+    }
+
+    pub fn userspace() -> Self {
+        Self { kernel: None }
+    }
+
+    pub fn path(&self) -> TlsPath {
+        if self.kernel.is_some() {
+            TlsPath::Kernel
+        } else {
+            TlsPath::Userspace
+        }
+    }
+
+    /// The crypto provider for tunnel handshakes: only offloadable suites when offloading.
+    pub fn provider(&self) -> Arc<CryptoProvider> {
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        if let Some(suites) = &self.kernel {
+            provider.cipher_suites = suites.clone();
+        }
+        Arc::new(provider)
+    }
+
+    /// Hands a client session to the kernel, or keeps it in rustls.
+    pub async fn client(
+        &self,
+        stream: client::TlsStream<CorkStream<TcpStream>>,
+    ) -> Result<Box<dyn Stream>> {
+        match self.kernel {
+            Some(_) => Ok(Box::new(
+                ktls::config_ktls_client(stream)
+                    .await
+                    .context("kernel TLS offload")?,
+            )),
+            None => Ok(Box::new(stream)),
+        }
+    }
+
+    /// Hands a server session to the kernel, or keeps it in rustls.
+    pub async fn server(
+        &self,
+        stream: server::TlsStream<CorkStream<TcpStream>>,
+    ) -> Result<Box<dyn Stream>> {
+        match self.kernel {
+            Some(_) => Ok(Box::new(
+                ktls::config_ktls_server(stream)
+                    .await
+                    .context("kernel TLS offload")?,
+            )),
+            None => Ok(Box::new(stream)),
+        }
+    }
+}
