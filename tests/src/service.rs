@@ -92,7 +92,10 @@ impl Service {
         };
         let mut tokens = String::new();
         for node in nodes {
-            let token = format!("{}-token-{}", node.name, std::process::id());
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos();
+            let token = format!("{}-credential-{nanos:x}", node.name);
             tokens += &format!("{}: {token}\n", node.name);
             std::fs::write(info.token_file(&node.name), token)?;
         }

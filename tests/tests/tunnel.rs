@@ -116,11 +116,15 @@ fn traffic_between_nodes_is_mtls_on_the_wire() -> Result<()> {
         );
     }
     if expected_tls_path() == "ktls" {
-        let stat = std::fs::read_to_string("/proc/net/tls_stat")?;
-        assert!(
-            tls_stat(&stat, "TlsTxSw") >= 2 && tls_stat(&stat, "TlsRxSw") >= 2,
-            "{stat}"
-        );
+        // Counters are per network namespace: read them where the sockets live.
+        for pod in [&m.a, &m.b] {
+            let stat = String::from_utf8(pod.run(&["cat", "/proc/net/tls_stat"])?.stdout)?;
+            assert!(
+                tls_stat(&stat, "TlsTxSw") >= 1 && tls_stat(&stat, "TlsRxSw") >= 1,
+                "{}: {stat}",
+                pod.name
+            );
+        }
     }
     Ok(())
 }
@@ -172,12 +176,16 @@ fn a_server_with_the_wrong_identity_is_refused() -> Result<()> {
         "-key",
         &impostor.1,
     ])?;
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait for the impostor to listen (loopback inside c is not captured).
+    hawser_testbed::peers::wait_until(Duration::from_secs(30), "openssl s_server", || {
+        c.run(&["socat", "-u", "/dev/null", "TCP:127.0.0.1:15008"])
+            .is_ok_and(|o| o.status.success())
+    })?;
     assert!(
         curl(&m.a, &format!("http://{}/", c.ip)).is_err(),
         "the request must not go through"
     );
-    m.d1.wait_for("the refusal", Duration::from_secs(5), |log| {
+    m.d1.wait_for("the refusal", Duration::from_secs(15), |log| {
         log.lines().any(|l| {
             l.contains("connection refused")
                 && l.contains("server identity spiffe://cluster.local/ns/default/sa/evil is not spiffe://cluster.local/ns/default/sa/c")
@@ -224,20 +232,26 @@ fn a_gibibyte_crosses_the_tunnel_intact() -> Result<()> {
     }
     let m = mesh()?;
     let _echo = echo_server(&m.b, 7000)?;
-    // 8 connections x 128 MiB = 1 GiB each way.
+    // 8 connections x 128 MiB = 1 GiB each way (the emulated VM moves less: it is slow).
+    let total: u64 = std::env::var("HAWSER_BULK_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 30);
+    let each = (total / 8).to_string();
     let load = env!("CARGO_BIN_EXE_hawser-echo-load");
-    let out =
-        m.a.run(&[load, &format!("{}:7000", m.b.ip), "8", "134217728"])?;
+    let out = m.a.run(&[load, &format!("{}:7000", m.b.ip), "8", &each])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("echo ok: 8/8"),
         "{stdout}"
     );
-    let full = m.d1.lines_with(&[
-        "security=\"mtls\"",
-        "bytes_sent=134217728 bytes_received=134217728",
-    ]);
-    assert_eq!(full.len(), 8, "{}", m.d1.log());
+    let full = format!("bytes_sent={each} bytes_received={each}");
+    m.d1.wait_for("8 complete records", Duration::from_secs(10), |log| {
+        log.lines()
+            .filter(|l| l.contains("security=\"mtls\"") && l.contains(&full))
+            .count()
+            == 8
+    })?;
     Ok(())
 }
 

@@ -14,6 +14,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "socat",
     "openssl",
     "tcpdump",
+    // The kernel-TLS VM (cargo xtask vm-test).
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",
 ];
 
 pub fn run() -> Result<()> {

@@ -3,12 +3,14 @@
 //! - `bootstrap`: installs what is missing (rust-src for nightly, llvm-22-dev, bpf-linker,
 //!   the Debian packages the tests use), and only that;
 //! - `build`: bootstrap, then the eBPF object, the daemon and the test tools;
-//! - `test`: build, then formatting, lints, unit and end-to-end tests;
-//! - `demo`: build, then a local mesh on network namespaces with real curl and nginx.
+//! - `test`: build, then formatting, lints, unit and end-to-end tests, and `vm-test`;
+//! - `demo`: build, then a local mesh on network namespaces with real curl and nginx;
+//! - `vm-test`: the tunnel suite in a QEMU VM on Debian's stock kernel, with kernel TLS.
 
 mod bootstrap;
 mod cmd;
 mod demo;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -33,6 +35,8 @@ enum Command {
     },
     /// Build, then run the local mesh demo (needs root).
     Demo,
+    /// Build, then run the tunnel tests in a VM on Debian's stock kernel (kernel TLS).
+    VmTest,
 }
 
 fn main() -> Result<()> {
@@ -43,6 +47,10 @@ fn main() -> Result<()> {
         Command::Demo => {
             build()?;
             demo::run()
+        }
+        Command::VmTest => {
+            build()?;
+            vm::run()
         }
     }
 }
@@ -71,5 +79,7 @@ fn test(filter: Option<String>) -> Result<()> {
     if let Some(filter) = filter.as_deref() {
         args.push(filter);
     }
-    cmd::cargo(&args)
+    cmd::cargo(&args)?;
+    cmd::step("running the tunnel tests in a VM with kernel TLS");
+    vm::run()
 }

@@ -18,6 +18,8 @@ use tokio::{
 };
 use tokio_rustls::{client, server};
 
+use super::kernel_stream::KernelTlsStream;
+
 /// A tunnel stream after the handshake, whichever end encrypts.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -97,14 +99,13 @@ impl Offload {
         &self,
         stream: client::TlsStream<CorkStream<TcpStream>>,
     ) -> Result<Box<dyn Stream>> {
-        match self.kernel {
-            Some(_) => Ok(Box::new(
-                ktls::config_ktls_client(stream)
-                    .await
-                    .context("kernel TLS offload")?,
-            )),
-            None => Ok(Box::new(stream)),
+        if self.kernel.is_none() {
+            return Ok(Box::new(stream));
         }
+        let offloaded = ktls::config_ktls_client(stream)
+            .await
+            .context("kernel TLS offload")?;
+        Ok(Box::new(half_closable(offloaded)))
     }
 
     /// Hands a server session to the kernel, or keeps it in rustls.
@@ -112,13 +113,18 @@ impl Offload {
         &self,
         stream: server::TlsStream<CorkStream<TcpStream>>,
     ) -> Result<Box<dyn Stream>> {
-        match self.kernel {
-            Some(_) => Ok(Box::new(
-                ktls::config_ktls_server(stream)
-                    .await
-                    .context("kernel TLS offload")?,
-            )),
-            None => Ok(Box::new(stream)),
+        if self.kernel.is_none() {
+            return Ok(Box::new(stream));
         }
+        let offloaded = ktls::config_ktls_server(stream)
+            .await
+            .context("kernel TLS offload")?;
+        Ok(Box::new(half_closable(offloaded)))
     }
+}
+
+/// The `ktls` crate did the key hand-off; our stream carries the bytes.
+fn half_closable(offloaded: ktls::KtlsStream<TcpStream>) -> KernelTlsStream {
+    let (drained, io) = offloaded.into_raw();
+    KernelTlsStream::new(io, drained)
 }
