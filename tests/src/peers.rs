@@ -40,6 +40,11 @@ impl Nginx {
         wait_until(Duration::from_secs(10), "nginx to listen", || {
             curl(pod, "http://127.0.0.1/hello.txt").is_ok_and(|b| b == body)
         })?;
+        // nginx logs a request just after answering it: wait for the probe's line before
+        // starting from an empty log.
+        wait_until(Duration::from_secs(10), "nginx's access log", || {
+            std::fs::metadata(&access_log).is_ok_and(|m| m.len() > 0)
+        })?;
         std::fs::write(&access_log, "")?;
         Ok(Self {
             _proc: proc,
@@ -48,11 +53,20 @@ impl Nginx {
         })
     }
 
-    /// Client addresses of the requests served so far.
+    /// Client addresses of the requests served so far. nginx logs a request just after
+    /// answering it, so this waits until the log has been still for a moment.
     pub fn clients(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.access_log)
-            .unwrap_or_default()
-            .lines()
+        let read = || std::fs::read_to_string(&self.access_log).unwrap_or_default();
+        let mut log = read();
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = read();
+            if now == log {
+                break;
+            }
+            log = now;
+        }
+        log.lines()
             .filter_map(|l| l.split_whitespace().next().map(str::to_string))
             .collect()
     }
