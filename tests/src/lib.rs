@@ -343,11 +343,11 @@ impl Pod {
         process::run(argv, &self.netns_path, &self.cgroup)
     }
 
-    /// The pod as a hawser `Workload` document (service account = pod name).
+    /// The pod as a hawser `Workload` document (service account = label app = pod name).
     pub fn workload_yaml(&self) -> String {
         format!(
             "apiVersion: hawser.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: {name}\n  namespace: default\n\
-             spec:\n  serviceAccount: {name}\n  podIP: {ip}\n  nodeName: {node}\n  netns: {netns}\n",
+             \x20 labels: {{app: {name}}}\nspec:\n  serviceAccount: {name}\n  podIP: {ip}\n  nodeName: {node}\n  netns: {netns}\n",
             name = self.name,
             ip = self.ip,
             node = self.node,

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod logging;
 pub mod netns;
 pub mod node;
+pub mod policy;
 pub mod proxy;
 pub mod redirect;
 pub mod reload;

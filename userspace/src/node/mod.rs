@@ -55,6 +55,21 @@ pub enum Route {
 }
 
 impl Shared {
+    /// The identity of an enrolled pod of this node at `ip`. Its traffic reaches other
+    /// pods only through this daemon, which connects from inside its namespace, so on the
+    /// node its address identifies it without a tunnel.
+    pub fn local_identity(&self, ip: std::net::IpAddr) -> Option<SpiffeId> {
+        let registry = self.registry.borrow();
+        let w = registry
+            .by_ip(ip)
+            .filter(|w| w.node_name == self.node_name)?;
+        Some(SpiffeId::new(
+            &self.trust_domain,
+            &w.namespace,
+            &w.service_account,
+        ))
+    }
+
     pub fn route(&self, dst: std::net::SocketAddr) -> Route {
         let registry = self.registry.borrow();
         match registry.by_ip(dst.ip()) {

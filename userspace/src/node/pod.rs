@@ -13,6 +13,7 @@ use super::Shared;
 use crate::{
     identity::SpiffeId,
     netns::Netns,
+    policy::{self, MtlsMode, evaluate::Verdict},
     proxy::{inbound, outbound, sockets},
     redirect::{Dataplane, pod_routing},
     svid::{Svid, TrustBundle},
@@ -34,6 +35,25 @@ pub struct PodContext {
 }
 
 impl PodContext {
+    /// Whether a connection to this pod's `port` from `principal` may go on: plaintext
+    /// without a proven identity must pass PeerAuthentication, then every connection
+    /// passes AuthorizationPolicy. Ok and Err both carry the reason.
+    pub fn admit(&self, port: u16, principal: Option<&SpiffeId>) -> Result<String, String> {
+        let registry = self.shared.registry.borrow();
+        let policies = &registry.policies;
+        if principal.is_none()
+            && policy::evaluate::mtls_mode(policies, &self.workload, port) == MtlsMode::Strict
+        {
+            return Err(
+                "PeerAuthentication STRICT: plaintext from a peer without a mesh identity".into(),
+            );
+        }
+        match policy::evaluate::authorize(policies, &self.workload, port, principal) {
+            Verdict::Allow(why) => Ok(why),
+            Verdict::Deny(why) => Err(why),
+        }
+    }
+
     /// The pod's SVID and the trust bundle to check peers with, or why there are none.
     pub fn credentials(&self) -> Result<(Arc<Svid>, Arc<TrustBundle>)> {
         let (Some(svid), Some(svids)) = (&self.svid, &self.shared.svids) else {

@@ -33,6 +33,9 @@ pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
         };
         let record = Connection::new(Direction::Tunnel, &pod.key, peer, accepted.dst)
             .mtls(&accepted.client, pod.shared.offload.path());
+        if let Err(why) = pod.admit(accepted.dst.port(), Some(&accepted.client)) {
+            return record.refuse(&format!("policy: {why}"));
+        }
         match deliver(&pod, peer, accepted.dst).await {
             Ok(app) => record.relay(accepted.stream, app).await,
             Err(e) => record.refuse(&format!("{e:#}")),
@@ -48,6 +51,10 @@ async fn handle(conn: TcpStream, peer: SocketAddr, pod: &PodContext) {
         Err(e) => return tracing::warn!(pod = %pod.key, "inbound local_addr: {e}"),
     };
     let record = Connection::new(Direction::Inbound, &pod.key, peer, dst);
+    // Plaintext: only a pod of this node has an identity here (see Shared::local_identity).
+    if let Err(why) = pod.admit(dst.port(), pod.shared.local_identity(peer.ip()).as_ref()) {
+        return record.refuse(&format!("policy: {why}"));
+    }
     match deliver(pod, peer, dst).await {
         Ok(app) => record.relay(conn, app).await,
         Err(e) => record.refuse(&format!("{e:#}")),

@@ -21,6 +21,18 @@ use std::{
 use serde::Deserialize;
 
 use super::model::{Registry, Workload};
+use crate::policy::{
+    AuthorizationPolicy, PeerAuthentication,
+    istio::{API_VERSIONS, AuthorizationPolicyDoc, PeerAuthenticationDoc},
+};
+
+/// One YAML document of the configuration directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Document {
+    Workload(Workload),
+    PeerAuthentication(PeerAuthentication),
+    AuthorizationPolicy(AuthorizationPolicy),
+}
 
 /// One problem in one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,13 +85,11 @@ pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigErrors> {
 /// Reads every YAML file of `dir` into a registry.
 pub fn load_dir(dir: &Path) -> Result<Registry, ConfigErrors> {
     let mut errors = Vec::new();
-    let mut found: Vec<(Workload, PathBuf, usize)> = Vec::new();
+    let mut found: Vec<(Document, PathBuf, usize)> = Vec::new();
     for file in config_files(dir)? {
         match std::fs::read_to_string(&file) {
             Ok(text) => match parse_file(&file, &text) {
-                Ok(workloads) => {
-                    found.extend(workloads.into_iter().map(|(w, l)| (w, file.clone(), l)))
-                }
+                Ok(docs) => found.extend(docs.into_iter().map(|(d, l)| (d, file.clone(), l))),
                 Err(mut e) => errors.append(&mut e.0),
             },
             Err(e) => errors.push(whole_file(&file, e).0.remove(0)),
@@ -94,31 +104,42 @@ pub fn load_dir(dir: &Path) -> Result<Registry, ConfigErrors> {
 }
 
 /// Builds the registry, refusing duplicate names and addresses.
-fn assemble(found: Vec<(Workload, PathBuf, usize)>, errors: &mut Vec<ConfigError>) -> Registry {
+fn assemble(found: Vec<(Document, PathBuf, usize)>, errors: &mut Vec<ConfigError>) -> Registry {
     let mut registry = Registry::default();
     let mut first_seen: BTreeMap<String, String> = BTreeMap::new();
-    for (workload, file, line) in found {
-        let here = format!("{}:{line}", file.display());
-        let mut duplicate = |what: String| {
+    for (doc, file, line) in found {
+        let keys = match &doc {
+            Document::Workload(w) => vec![
+                format!("workload {}", w.key()),
+                format!("pod IP {}", w.pod_ip),
+            ],
+            Document::PeerAuthentication(p) => vec![format!(
+                "PeerAuthentication {}/{}",
+                p.scope.namespace, p.name
+            )],
+            Document::AuthorizationPolicy(p) => vec![format!(
+                "AuthorizationPolicy {}/{}",
+                p.scope.namespace, p.name
+            )],
+        };
+        if let Some(taken) = keys.iter().find(|k| first_seen.contains_key(*k)) {
             errors.push(ConfigError {
                 file: file.clone(),
                 line: Some(line),
-                message: format!("{what} already declared at {}", first_seen[&what]),
-            })
-        };
-        let name_key = format!("workload {}", workload.key());
-        let ip_key = format!("pod IP {}", workload.pod_ip);
-        if first_seen.contains_key(&name_key) {
-            duplicate(name_key);
+                message: format!("{taken} already declared at {}", first_seen[taken]),
+            });
             continue;
         }
-        if first_seen.contains_key(&ip_key) {
-            duplicate(ip_key);
-            continue;
+        for key in keys {
+            first_seen.insert(key, format!("{}:{line}", file.display()));
         }
-        first_seen.insert(name_key, here.clone());
-        first_seen.insert(ip_key, here);
-        registry.workloads.insert(workload.key(), workload);
+        match doc {
+            Document::Workload(w) => {
+                registry.workloads.insert(w.key(), w);
+            }
+            Document::PeerAuthentication(p) => registry.policies.peer_authentications.push(p),
+            Document::AuthorizationPolicy(p) => registry.policies.authorization_policies.push(p),
+        }
     }
     registry
 }
@@ -132,7 +153,7 @@ fn whole_file(path: &Path, e: std::io::Error) -> ConfigErrors {
 }
 
 /// Parses one file; returns each workload with the line its document starts on.
-pub fn parse_file(file: &Path, text: &str) -> Result<Vec<(Workload, usize)>, ConfigErrors> {
+pub fn parse_file(file: &Path, text: &str) -> Result<Vec<(Document, usize)>, ConfigErrors> {
     let mut workloads = Vec::new();
     let mut errors = Vec::new();
     for (first_line, doc) in documents(text) {
@@ -142,7 +163,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<(Workload, usize)>, Con
             message,
         };
         match parse_document(doc) {
-            Ok(Some(w)) => workloads.push((w, first_line)),
+            Ok(Some(d)) => workloads.push((d, first_line)),
             Ok(None) => {}
             Err(DocError { line, message }) => {
                 errors.push(error_at(line.map(|l| l + first_line - 1), message))
@@ -206,7 +227,7 @@ struct Header {
 const API_VERSION: &str = "hawser.dev/v1alpha1";
 
 /// One document: `Ok(None)` for an empty one.
-fn parse_document(doc: &str) -> Result<Option<Workload>, DocError> {
+fn parse_document(doc: &str) -> Result<Option<Document>, DocError> {
     if doc
         .lines()
         .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
@@ -218,21 +239,44 @@ fn parse_document(doc: &str) -> Result<Option<Workload>, DocError> {
         line: Some(1),
         message,
     };
-    match header.kind.as_deref() {
-        Some("Workload") => {
-            if header.api_version.as_deref() != Some(API_VERSION) {
-                return Err(doc_error(format!(
-                    "kind Workload needs apiVersion: {API_VERSION}"
-                )));
-            }
-            let raw: WorkloadDoc = serde_yaml::from_str(doc)?;
-            raw.into_workload().map(Some).map_err(doc_error)
+    let kind = header
+        .kind
+        .as_deref()
+        .ok_or_else(|| doc_error("document has no `kind`".into()))?;
+    let version = header.api_version.as_deref().unwrap_or("");
+    let check_version = |allowed: &[&str]| {
+        if allowed.contains(&version) {
+            Ok(())
+        } else {
+            Err(doc_error(format!(
+                "kind {kind} needs apiVersion: {}",
+                allowed.join(" or ")
+            )))
         }
-        Some(other) => Err(doc_error(format!(
-            "unsupported kind {other:?} (supported: Workload)"
-        ))),
-        None => Err(doc_error("document has no `kind`".into())),
-    }
+    };
+    let document = match kind {
+        "Workload" => {
+            check_version(&[API_VERSION])?;
+            let raw: WorkloadDoc = serde_yaml::from_str(doc)?;
+            Document::Workload(raw.into_workload().map_err(doc_error)?)
+        }
+        "PeerAuthentication" => {
+            check_version(API_VERSIONS)?;
+            let raw: PeerAuthenticationDoc = serde_yaml::from_str(doc)?;
+            Document::PeerAuthentication(raw.into_policy().map_err(doc_error)?)
+        }
+        "AuthorizationPolicy" => {
+            check_version(API_VERSIONS)?;
+            let raw: AuthorizationPolicyDoc = serde_yaml::from_str(doc)?;
+            Document::AuthorizationPolicy(raw.into_policy().map_err(doc_error)?)
+        }
+        other => {
+            return Err(doc_error(format!(
+                "unsupported kind {other:?} (supported: Workload, PeerAuthentication, AuthorizationPolicy)"
+            )));
+        }
+    };
+    Ok(Some(document))
 }
 
 #[derive(Deserialize)]

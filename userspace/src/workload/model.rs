@@ -35,6 +35,7 @@ impl Workload {
 pub struct Registry {
     /// By `namespace/name`.
     pub workloads: BTreeMap<String, Workload>,
+    pub policies: crate::policy::Policies,
 }
 
 impl Registry {

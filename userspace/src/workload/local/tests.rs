@@ -16,7 +16,14 @@ spec:
 ";
 
 fn parse(text: &str) -> Result<Vec<(Workload, usize)>, ConfigErrors> {
-    parse_file(Path::new("w.yaml"), text)
+    let docs = parse_file(Path::new("w.yaml"), text)?;
+    Ok(docs
+        .into_iter()
+        .filter_map(|(d, line)| match d {
+            Document::Workload(w) => Some((w, line)),
+            _ => None,
+        })
+        .collect())
 }
 
 fn only_error(text: &str) -> String {

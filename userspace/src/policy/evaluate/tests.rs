@@ -1,0 +1,183 @@
+use std::path::Path;
+
+use super::*;
+use crate::workload::local::{Document, parse_file};
+
+fn policies(yaml: &str) -> Policies {
+    let mut p = Policies::default();
+    for (doc, _) in parse_file(Path::new("p.yaml"), yaml).unwrap() {
+        match doc {
+            Document::PeerAuthentication(x) => p.peer_authentications.push(x),
+            Document::AuthorizationPolicy(x) => p.authorization_policies.push(x),
+            Document::Workload(_) => {}
+        }
+    }
+    p
+}
+
+fn workload(namespace: &str, app: &str) -> Workload {
+    Workload {
+        name: format!("{app}-1"),
+        namespace: namespace.into(),
+        service_account: app.into(),
+        pod_ip: "10.0.0.2".parse().unwrap(),
+        node_name: "n".into(),
+        netns: "/x".into(),
+        labels: [("app".to_string(), app.to_string())].into(),
+    }
+}
+
+fn id(ns: &str, sa: &str) -> SpiffeId {
+    SpiffeId::new("cluster.local", ns, sa)
+}
+
+#[test]
+fn mtls_mode_prefers_workload_then_namespace_then_mesh() {
+    let p = policies(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: mesh, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n---\n\
+         apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: ns, namespace: legacy}\nspec: {mtls: {mode: PERMISSIVE}}\n---\n\
+         apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: web, namespace: legacy}\n\
+         spec: {selector: {matchLabels: {app: web}}, mtls: {mode: STRICT}, portLevelMtls: {8080: {mode: DISABLE}}}\n",
+    );
+    assert_eq!(
+        mtls_mode(&p, &workload("shop", "cart"), 80),
+        MtlsMode::Strict
+    );
+    assert_eq!(
+        mtls_mode(&p, &workload("legacy", "db"), 80),
+        MtlsMode::Permissive
+    );
+    assert_eq!(
+        mtls_mode(&p, &workload("legacy", "web"), 80),
+        MtlsMode::Strict
+    );
+    assert_eq!(
+        mtls_mode(&p, &workload("legacy", "web"), 8080),
+        MtlsMode::Disable
+    );
+    assert_eq!(
+        mtls_mode(&Policies::default(), &workload("x", "y"), 1),
+        MtlsMode::Permissive
+    );
+}
+
+const ALLOW_FRONTEND: &str = r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-frontend, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/shop/sa/frontend]}}]
+    to: [{operation: {ports: ["8080"]}}]
+"#;
+
+#[test]
+fn allow_policies_admit_only_matching_principals_and_ports() {
+    let p = policies(ALLOW_FRONTEND);
+    let cart = workload("shop", "cart");
+    assert!(matches!(
+        authorize(&p, &cart, 8080, Some(&id("shop", "frontend"))),
+        Verdict::Allow(_)
+    ));
+    assert!(matches!(
+        authorize(&p, &cart, 9090, Some(&id("shop", "frontend"))),
+        Verdict::Deny(_)
+    ));
+    let denied = authorize(&p, &cart, 8080, Some(&id("shop", "other")));
+    assert_eq!(
+        denied,
+        Verdict::Deny("no rule of ALLOW policies shop/allow-frontend matches".into())
+    );
+    assert!(
+        matches!(authorize(&p, &cart, 8080, None), Verdict::Deny(_)),
+        "plaintext has no principal"
+    );
+    // Another workload in the namespace is not selected.
+    assert!(matches!(
+        authorize(&p, &workload("shop", "web"), 8080, None),
+        Verdict::Allow(_)
+    ));
+}
+
+#[test]
+fn deny_wins_and_wildcards_match() {
+    let p = policies(&format!(
+        "{ALLOW_FRONTEND}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+         metadata: {{name: deny-test-ns, namespace: istio-system}}\n\
+         spec: {{action: DENY, rules: [{{from: [{{source: {{namespaces: [\"test-*\"]}}}}]}}]}}\n"
+    ));
+    let cart = workload("shop", "cart");
+    let verdict = authorize(&p, &cart, 8080, Some(&id("test-1", "frontend")));
+    assert_eq!(
+        verdict,
+        Verdict::Deny("DENY policy istio-system/deny-test-ns matches".into())
+    );
+    assert!(matches!(
+        authorize(&p, &cart, 8080, Some(&id("shop", "frontend"))),
+        Verdict::Allow(_)
+    ));
+}
+
+#[test]
+fn l7_attributes_never_open_access() {
+    let p = policies(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: get-only, namespace: shop}\n\
+         spec: {rules: [{to: [{operation: {methods: [GET]}}]}]}\n---\n\
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-post, namespace: other}\n\
+         spec: {action: DENY, rules: [{to: [{operation: {methods: [POST], ports: [\"80\"]}}]}]}\n",
+    );
+    // The ALLOW rule needs L7: it matches nothing, so everything is denied.
+    assert!(matches!(
+        authorize(&p, &workload("shop", "cart"), 80, Some(&id("shop", "a"))),
+        Verdict::Deny(_)
+    ));
+    // The DENY rule's L4 part (port 80) denies all of port 80.
+    assert!(matches!(
+        authorize(&p, &workload("other", "x"), 80, Some(&id("shop", "a"))),
+        Verdict::Deny(_)
+    ));
+    assert!(matches!(
+        authorize(&p, &workload("other", "x"), 81, Some(&id("shop", "a"))),
+        Verdict::Allow(_)
+    ));
+}
+
+#[test]
+fn allow_without_rules_allows_nothing_and_empty_rule_allows_all() {
+    let nothing = policies(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: shop}\nspec: {}\n",
+    );
+    assert!(matches!(
+        authorize(
+            &nothing,
+            &workload("shop", "cart"),
+            80,
+            Some(&id("shop", "a"))
+        ),
+        Verdict::Deny(_)
+    ));
+    let all = policies(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-all, namespace: shop}\nspec: {rules: [{}]}\n",
+    );
+    assert!(matches!(
+        authorize(&all, &workload("shop", "cart"), 80, None),
+        Verdict::Allow(_)
+    ));
+}
+
+#[test]
+fn unsupported_istio_fields_are_clear_errors() {
+    let parse = |spec: &str| {
+        let yaml = format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec: {spec}\n"
+        );
+        parse_file(Path::new("p.yaml"), &yaml)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(parse("{action: CUSTOM}").contains("only ALLOW and DENY"));
+    assert!(parse("{targetRefs: [{kind: Gateway, name: w}]}").contains("waypoints"));
+    assert!(parse("{rules: [{to: [{operation: {ports: [\"http\"]}}]}]}").contains("not a number"));
+    assert!(parse("{rules: [{form: []}]}").contains("unknown field `form`"));
+}

@@ -1,0 +1,279 @@
+//! Istio's `PeerAuthentication` and `AuthorizationPolicy` YAML (`security.istio.io/v1` and
+//! `v1beta1`) into hawser's policy model. Fields outside L4 are recognised (so a user's
+//! YAML loads unchanged) and handled as `Rule::l7` says.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{
+    Action, AuthorizationPolicy, MtlsMode, Operation, PeerAuthentication, Rule, Scope, Source,
+};
+
+pub const API_VERSIONS: &[&str] = &["security.istio.io/v1", "security.istio.io/v1beta1"];
+
+/// Kubernetes metadata: only name and namespace matter; the rest (labels, annotations,
+/// what `kubectl get -o yaml` adds) is accepted and ignored.
+#[derive(Deserialize)]
+pub struct Metadata {
+    name: String,
+    #[serde(default = "default_namespace")]
+    namespace: String,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Selector {
+    #[serde(default)]
+    match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerAuthenticationDoc {
+    #[serde(rename = "apiVersion")]
+    _api_version: String,
+    #[serde(rename = "kind")]
+    _kind: String,
+    metadata: Metadata,
+    #[serde(default)]
+    spec: PeerAuthenticationSpec,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PeerAuthenticationSpec {
+    selector: Option<Selector>,
+    mtls: Option<MtlsDoc>,
+    #[serde(default)]
+    port_level_mtls: BTreeMap<u16, MtlsDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MtlsDoc {
+    #[serde(default)]
+    mode: ModeDoc,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum ModeDoc {
+    #[default]
+    Unset,
+    Strict,
+    Permissive,
+    Disable,
+}
+
+impl From<ModeDoc> for MtlsMode {
+    fn from(m: ModeDoc) -> Self {
+        match m {
+            ModeDoc::Unset => MtlsMode::Unset,
+            ModeDoc::Strict => MtlsMode::Strict,
+            ModeDoc::Permissive => MtlsMode::Permissive,
+            ModeDoc::Disable => MtlsMode::Disable,
+        }
+    }
+}
+
+fn scope(metadata: &Metadata, selector: Option<Selector>) -> Scope {
+    Scope {
+        namespace: metadata.namespace.clone(),
+        selector: selector.map(|s| s.match_labels),
+    }
+}
+
+impl PeerAuthenticationDoc {
+    pub fn into_policy(self) -> Result<PeerAuthentication, String> {
+        let spec = self.spec;
+        if !spec.port_level_mtls.is_empty() && spec.selector.is_none() {
+            return Err("portLevelMtls needs a workload selector (as in Istio)".into());
+        }
+        Ok(PeerAuthentication {
+            scope: scope(&self.metadata, spec.selector),
+            name: self.metadata.name,
+            mode: spec.mtls.map_or(MtlsMode::Unset, |m| m.mode.into()),
+            port_level: spec
+                .port_level_mtls
+                .into_iter()
+                .map(|(port, m)| (port, m.mode.into()))
+                .collect(),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationPolicyDoc {
+    #[serde(rename = "apiVersion")]
+    _api_version: String,
+    #[serde(rename = "kind")]
+    _kind: String,
+    metadata: Metadata,
+    #[serde(default)]
+    spec: AuthorizationPolicySpec,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AuthorizationPolicySpec {
+    selector: Option<Selector>,
+    #[serde(rename = "targetRef")]
+    target_ref: Option<serde_yaml::Value>,
+    #[serde(rename = "targetRefs")]
+    target_refs: Option<serde_yaml::Value>,
+    #[serde(default)]
+    action: ActionDoc,
+    provider: Option<serde_yaml::Value>,
+    rules: Option<Vec<RuleDoc>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum ActionDoc {
+    #[default]
+    Allow,
+    Deny,
+    Audit,
+    Custom,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RuleDoc {
+    #[serde(default)]
+    from: Vec<FromDoc>,
+    #[serde(default)]
+    to: Vec<ToDoc>,
+    /// `when` conditions are request attributes (L7).
+    when: Option<serde_yaml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FromDoc {
+    source: SourceDoc,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToDoc {
+    operation: OperationDoc,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SourceDoc {
+    #[serde(default)]
+    principals: Vec<String>,
+    #[serde(default)]
+    not_principals: Vec<String>,
+    #[serde(default)]
+    namespaces: Vec<String>,
+    #[serde(default)]
+    not_namespaces: Vec<String>,
+    // L7 or unsupported here:
+    request_principals: Option<Vec<String>>,
+    not_request_principals: Option<Vec<String>>,
+    ip_blocks: Option<Vec<String>>,
+    not_ip_blocks: Option<Vec<String>>,
+    remote_ip_blocks: Option<Vec<String>>,
+    not_remote_ip_blocks: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct OperationDoc {
+    #[serde(default)]
+    ports: Vec<String>,
+    #[serde(default)]
+    not_ports: Vec<String>,
+    // L7:
+    hosts: Option<Vec<String>>,
+    not_hosts: Option<Vec<String>>,
+    methods: Option<Vec<String>>,
+    not_methods: Option<Vec<String>>,
+    paths: Option<Vec<String>>,
+    not_paths: Option<Vec<String>>,
+}
+
+impl AuthorizationPolicyDoc {
+    pub fn into_policy(self) -> Result<AuthorizationPolicy, String> {
+        let spec = self.spec;
+        if spec.target_ref.is_some() || spec.target_refs.is_some() {
+            return Err(
+                "targetRef(s) address waypoints, which hawser does not run; use a selector".into(),
+            );
+        }
+        let action = match spec.action {
+            ActionDoc::Allow => Action::Allow,
+            ActionDoc::Deny => Action::Deny,
+            ActionDoc::Audit | ActionDoc::Custom => {
+                return Err("only ALLOW and DENY actions are supported".into());
+            }
+        };
+        if spec.provider.is_some() {
+            return Err("provider goes with CUSTOM, which is not supported".into());
+        }
+        let rules = spec
+            .rules
+            .unwrap_or_default()
+            .into_iter()
+            .map(rule)
+            .collect::<Result<_, _>>()?;
+        Ok(AuthorizationPolicy {
+            scope: scope(&self.metadata, spec.selector),
+            name: self.metadata.name,
+            action,
+            rules,
+        })
+    }
+}
+
+fn rule(doc: RuleDoc) -> Result<Rule, String> {
+    let mut l7 = doc.when.is_some();
+    let from = doc
+        .from
+        .into_iter()
+        .map(|f| {
+            let s = f.source;
+            l7 |= s.request_principals.is_some() || s.not_request_principals.is_some();
+            l7 |= s.ip_blocks.is_some() || s.not_ip_blocks.is_some();
+            l7 |= s.remote_ip_blocks.is_some() || s.not_remote_ip_blocks.is_some();
+            Source {
+                principals: s.principals,
+                not_principals: s.not_principals,
+                namespaces: s.namespaces,
+                not_namespaces: s.not_namespaces,
+            }
+        })
+        .collect();
+    let to = doc
+        .to
+        .into_iter()
+        .map(|t| {
+            let o = t.operation;
+            l7 |= o.hosts.is_some() || o.not_hosts.is_some() || o.methods.is_some();
+            l7 |= o.not_methods.is_some() || o.paths.is_some() || o.not_paths.is_some();
+            Ok(Operation {
+                ports: ports(&o.ports)?,
+                not_ports: ports(&o.not_ports)?,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(Rule { from, to, l7 })
+}
+
+fn ports(list: &[String]) -> Result<Vec<u16>, String> {
+    list.iter()
+        .map(|p| {
+            p.parse::<u16>()
+                .map_err(|_| format!("port {p:?} is not a number from 0 to 65535"))
+        })
+        .collect()
+}

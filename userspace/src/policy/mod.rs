@@ -1,0 +1,91 @@
+//! Istio's L4 security policy: `PeerAuthentication` (may a workload be reached without
+//! mTLS?) and `AuthorizationPolicy` (who may reach it, on which ports).
+//!
+//! `istio` reads the resources from the same YAML directory as the workloads, unchanged
+//! from what an Istio user already has; `evaluate` decides one inbound connection.
+
+pub mod evaluate;
+pub mod istio;
+
+use std::collections::BTreeMap;
+
+/// The mesh-wide policy namespace (Istio's default root namespace).
+pub const ROOT_NAMESPACE: &str = "istio-system";
+
+/// Which workloads a policy covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub namespace: String,
+    /// `spec.selector.matchLabels`; None covers the whole namespace (or the mesh, in the
+    /// root namespace).
+    pub selector: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MtlsMode {
+    /// Inherit from the enclosing scope.
+    Unset,
+    /// Only mTLS (tunnel, or a same-node enrolled pod).
+    Strict,
+    /// mTLS and plaintext.
+    Permissive,
+    /// Plaintext accepted; hawser still terminates the tunnel when a peer uses it.
+    Disable,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAuthentication {
+    pub name: String,
+    pub scope: Scope,
+    pub mode: MtlsMode,
+    pub port_level: BTreeMap<u16, MtlsMode>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorizationPolicy {
+    pub name: String,
+    pub scope: Scope,
+    pub action: Action,
+    /// Empty with ALLOW: allows nothing. (An ALLOW policy with no `rules` field at all
+    /// allows nothing either, as in Istio; `rules: [{}]` allows everything.)
+    pub rules: Vec<Rule>,
+}
+
+/// A rule matches when every listed `from` (any of them) and `to` (any of them) does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub from: Vec<Source>,
+    pub to: Vec<Operation>,
+    /// The rule has attributes this L4 dataplane does not evaluate (L7 ones such as
+    /// methods, paths, request principals, `when`; and IP blocks for now): such an ALLOW
+    /// rule never matches and such a DENY rule matches on the rest alone, so that an
+    /// attribute left unseen never opens access.
+    pub l7: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Source {
+    pub principals: Vec<String>,
+    pub not_principals: Vec<String>,
+    pub namespaces: Vec<String>,
+    pub not_namespaces: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Operation {
+    pub ports: Vec<u16>,
+    pub not_ports: Vec<u16>,
+}
+
+/// All policies in force.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policies {
+    pub peer_authentications: Vec<PeerAuthentication>,
+    pub authorization_policies: Vec<AuthorizationPolicy>,
+}
