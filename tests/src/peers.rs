@@ -127,25 +127,25 @@ impl Capture {
         Ok(Self { proc, file })
     }
 
-    /// Stops capturing and returns every captured packet, headers and payload as text.
-    pub fn stop(mut self) -> Result<String> {
-        // tcpdump may lag behind on a busy machine: wait until the file stops growing.
-        let size = || std::fs::metadata(&self.file).map(|m| m.len()).unwrap_or(0);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut last = size();
-        loop {
-            std::thread::sleep(Duration::from_millis(500));
-            let now = size();
-            if (now == last && now > 24) || std::time::Instant::now() > deadline {
-                break;
-            }
-            last = now;
-        }
-        self.proc.terminate()?;
+    /// Everything captured so far, headers and payload as text.
+    pub fn read(&self) -> String {
         let out = std::process::Command::new("tcpdump")
             .args(["-n", "-A", "-r"])
             .arg(&self.file)
-            .output()?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the capture shows what `done` looks for (tcpdump can lag behind on a
+    /// busy or emulated machine), then stops it and returns the whole capture.
+    pub fn stop_once(mut self, what: &str, done: impl Fn(&str) -> bool) -> Result<String> {
+        let mut wire = String::new();
+        wait_until(Duration::from_secs(30), what, || {
+            wire = self.read();
+            done(&wire)
+        })?;
+        self.proc.terminate()?;
+        Ok(self.read())
     }
 }

@@ -71,13 +71,13 @@ fn traffic_between_nodes_is_mtls_on_the_wire() -> Result<()> {
         curl(&m.a, &format!("http://{}/hello.txt", m.b.ip))?,
         nginx.body
     );
-    let wire = capture.stop()?;
-
-    // On the link: the tunnel port, and neither the request nor the response in clear.
-    assert!(
-        wire.contains(&format!("{}.15008", m.b.ip)),
-        "the tunnel carried it:\n{wire}"
-    );
+    // On the link: the tunnel port (up to its close), and neither the request nor the
+    // response in clear.
+    let tunnel = format!("{}.15008 > {}", m.b.ip, m.a.ip);
+    let wire = capture.stop_once("the tunnel on the wire", |wire| {
+        wire.lines()
+            .any(|l| l.contains(&tunnel) && l.contains("[F"))
+    })?;
     assert!(
         !wire.contains("GET /hello.txt") && !wire.contains("hello from b"),
         "plaintext on the wire:\n{wire}"

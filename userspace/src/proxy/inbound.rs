@@ -37,7 +37,7 @@ pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
             return record.refuse(&format!("policy: {why}"));
         }
         match deliver(&pod, peer, accepted.dst).await {
-            Ok(app) => record.relay(accepted.stream, app).await,
+            Ok(app) => record.relay_tunnel(app, accepted.stream).await,
             Err(e) => record.refuse(&format!("{e:#}")),
         }
     })

@@ -40,7 +40,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext) {
         Route::Tunnel { peer } => {
             let conn = conn.mtls(&peer, pod.shared.offload.path());
             match tunnel::client::connect(pod, dst, &peer).await {
-                Ok(upstream) => conn.relay(client, upstream).await,
+                Ok(upstream) => conn.relay_tunnel(client, upstream).await,
                 Err(e) => conn.refuse(&format!("{e:#}")),
             }
         }

@@ -5,7 +5,12 @@ use std::{net::SocketAddr, time::Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::tunnel::offload::TlsPath;
+use tokio::net::TcpStream;
+
+use crate::tunnel::{
+    offload::{TlsPath, TunnelStream},
+    splice,
+};
 
 /// Which listener a connection came through.
 #[derive(Clone, Copy, Debug)]
@@ -73,6 +78,25 @@ impl Connection {
         match result {
             Ok((sent, received)) => self.log(sent, received, None),
             Err(e) => self.log(0, 0, Some(&format!("relay: {e}"))),
+        }
+    }
+
+    /// Relays between the app-side socket and a tunnel: spliced when the kernel does the
+    /// TLS, copied through rustls otherwise.
+    pub async fn relay_tunnel(self, app: TcpStream, tunnel: TunnelStream) {
+        match tunnel {
+            TunnelStream::Userspace(stream) => match self.direction {
+                Direction::Tunnel => self.relay(stream, app).await,
+                _ => self.relay(app, stream).await,
+            },
+            TunnelStream::Kernel(stream) => match splice::relay(app, stream).await {
+                // (app→peer, peer→app); a tunnel-side record counts from the peer.
+                Ok((to_peer, to_app)) => match self.direction {
+                    Direction::Tunnel => self.log(to_app, to_peer, None),
+                    _ => self.log(to_peer, to_app, None),
+                },
+                Err(e) => self.log(0, 0, Some(&format!("relay: {e}"))),
+            },
         }
     }
 

@@ -8,16 +8,12 @@ use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio_rustls::TlsConnector;
 
-use super::{HANDSHAKE_TIMEOUT, offload::Stream, preamble::Preamble, tls};
+use super::{HANDSHAKE_TIMEOUT, offload::TunnelStream, preamble::Preamble, tls};
 use crate::{identity::SpiffeId, node::pod::PodContext, proxy::sockets};
 
 /// Opens the tunnel to `dst`'s pod, proves `peer` is there, names the port, and hands the
 /// session to the kernel where it can take it.
-pub async fn connect(
-    pod: &PodContext,
-    dst: SocketAddr,
-    peer: &SpiffeId,
-) -> Result<Box<dyn Stream>> {
+pub async fn connect(pod: &PodContext, dst: SocketAddr, peer: &SpiffeId) -> Result<TunnelStream> {
     let (svid, bundle) = pod.credentials()?;
     let offload = &pod.shared.offload;
     let config = tls::client_config(&svid, &bundle, peer.clone(), offload.provider())?;

@@ -7,10 +7,11 @@
 //! preamble naming the destination port, and delivers to the app.
 
 pub mod client;
-pub mod kernel_stream;
+pub mod kernel_tls;
 pub mod offload;
 pub mod preamble;
 pub mod server;
+pub mod splice;
 pub mod tls;
 
 use std::time::Duration;

@@ -18,11 +18,17 @@ use tokio::{
 };
 use tokio_rustls::{client, server};
 
-use super::kernel_stream::KernelTlsStream;
+use super::kernel_tls::KernelTls;
 
-/// A tunnel stream after the handshake, whichever end encrypts.
+/// A tunnel stream after the handshake in rustls.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// An established tunnel: the kernel encrypts (bytes are spliced), or rustls does.
+pub enum TunnelStream {
+    Kernel(KernelTls),
+    Userspace(Box<dyn Stream>),
+}
 
 /// Which path a connection's bytes took, for the access log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,33 +104,33 @@ impl Offload {
     pub async fn client(
         &self,
         stream: client::TlsStream<CorkStream<TcpStream>>,
-    ) -> Result<Box<dyn Stream>> {
+    ) -> Result<TunnelStream> {
         if self.kernel.is_none() {
-            return Ok(Box::new(stream));
+            return Ok(TunnelStream::Userspace(Box::new(stream)));
         }
         let offloaded = ktls::config_ktls_client(stream)
             .await
             .context("kernel TLS offload")?;
-        Ok(Box::new(half_closable(offloaded)))
+        Ok(TunnelStream::Kernel(half_closable(offloaded)))
     }
 
     /// Hands a server session to the kernel, or keeps it in rustls.
     pub async fn server(
         &self,
         stream: server::TlsStream<CorkStream<TcpStream>>,
-    ) -> Result<Box<dyn Stream>> {
+    ) -> Result<TunnelStream> {
         if self.kernel.is_none() {
-            return Ok(Box::new(stream));
+            return Ok(TunnelStream::Userspace(Box::new(stream)));
         }
         let offloaded = ktls::config_ktls_server(stream)
             .await
             .context("kernel TLS offload")?;
-        Ok(Box::new(half_closable(offloaded)))
+        Ok(TunnelStream::Kernel(half_closable(offloaded)))
     }
 }
 
 /// The `ktls` crate did the key hand-off; our stream carries the bytes.
-fn half_closable(offloaded: ktls::KtlsStream<TcpStream>) -> KernelTlsStream {
+fn half_closable(offloaded: ktls::KtlsStream<TcpStream>) -> KernelTls {
     let (drained, io) = offloaded.into_raw();
-    KernelTlsStream::new(io, drained)
+    KernelTls::new(io, drained)
 }

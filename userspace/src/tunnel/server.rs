@@ -8,12 +8,12 @@ use ktls::CorkStream;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::{HANDSHAKE_TIMEOUT, offload::Stream, preamble::Preamble, tls};
+use super::{HANDSHAKE_TIMEOUT, offload::TunnelStream, preamble::Preamble, tls};
 use crate::{identity::SpiffeId, node::pod::PodContext};
 
 /// An accepted, authenticated tunnel: the client's identity and where it wants to go.
 pub struct Accepted {
-    pub stream: Box<dyn Stream>,
+    pub stream: TunnelStream,
     pub client: SpiffeId,
     pub dst: SocketAddr,
 }
