@@ -339,3 +339,44 @@ fn field<'a>(line: &'a str, name: &str) -> &'a str {
         .unwrap_or(line.len());
     line[start..].split_whitespace().next().unwrap_or("")
 }
+
+#[test]
+fn same_node_pods_are_identified_and_policed_without_a_tunnel() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let bed = Testbed::new()?;
+    let node = bed.node("node1", 1)?;
+    let a = bed.pod(&node, "a")?;
+    let b = bed.pod(&node, "b")?;
+    let nginx_b = Nginx::start(&bed, &b)?;
+    bed.enroll(&[&a, &b])?;
+    let daemon = bed.start_daemon(&node)?;
+    let url = format!("http://{}/hello.txt", b.ip);
+    let policy = |principal: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: b, namespace: default}}\n\
+             spec:\n  selector: {{matchLabels: {{app: b}}}}\n  rules:\n  - from: [{{source: {{principals: [\"{principal}\"]}}}}]\n"
+        )
+    };
+    let apply = |yaml: String, reloads: usize| -> Result<()> {
+        hawser_testbed::write_atomically(&bed.config_dir().join("policy.yaml"), &yaml)?;
+        daemon.wait_for("the policy", Duration::from_secs(10), |log| {
+            log.matches("workload configuration reloaded").count() >= reloads
+        })
+    };
+    // a's identity is known from its address on this node: an ALLOW naming it admits it.
+    apply(policy("cluster.local/ns/default/sa/a"), 1)?;
+    assert_eq!(curl(&a, &url)?, nginx_b.body);
+    // Naming someone else refuses a, before the app.
+    apply(policy("cluster.local/ns/default/sa/c"), 2)?;
+    assert!(curl(&a, &url).is_err());
+    daemon.wait_for("the refusal", Duration::from_secs(5), |log| {
+        log.lines().any(|l| {
+            l.contains("connection refused")
+                && l.contains("policy: no rule of ALLOW policies default/b")
+        })
+    })?;
+    assert_eq!(nginx_b.clients(), vec![a.ip.clone()]);
+    Ok(())
+}
