@@ -309,7 +309,9 @@ fn a_broken_config_edit_keeps_the_last_good_one() -> Result<()> {
     bed.enroll(&[&a])?;
     let daemon = bed.start_daemon(&node)?;
 
-    let broken = a.workload_yaml().replace("podIP:", "podIP: [");
+    // A semantic error pins the line exactly; syntax errors are reported where the
+    // YAML parser gives up, which can be a later line.
+    let broken = a.workload_yaml().replace("podIP: ", "podIP: 999.");
     hawser_testbed::write_atomically(&bed.config_dir().join("workloads.yaml"), &broken)?;
     daemon.wait_for("the rejection", Duration::from_secs(10), |log| {
         log.contains("configuration rejected")
