@@ -7,6 +7,7 @@
 //! when it is dropped, also when a test panics.
 
 mod host;
+pub mod mesh;
 pub mod peers;
 mod process;
 mod service;
@@ -202,7 +203,7 @@ impl Testbed {
 
     /// Starts `hawser node` for `node` inside the node's namespace and cgroup, without a CA.
     pub fn start_daemon(&self, node: &Node) -> Result<Service> {
-        Service::node(self, node, None)
+        Service::node(self, node, None, &[])
     }
 
     /// Starts `hawser ca` in `node`'s namespace, then `hawser node` getting its
@@ -220,7 +221,17 @@ impl Testbed {
 
     /// Starts `hawser node` for `node`, with identities from `ca` when given.
     pub fn start_node(&self, node: &Node, ca: Option<&CaInfo>) -> Result<Service> {
-        Service::node(self, node, ca)
+        Service::node(self, node, ca, &[])
+    }
+
+    /// Starts `hawser node` for `node` with extra command-line arguments.
+    pub fn start_node_with(
+        &self,
+        node: &Node,
+        ca: Option<&CaInfo>,
+        extra: &[&str],
+    ) -> Result<Service> {
+        Service::node(self, node, ca, extra)
     }
 
     /// Joins two nodes with a veth link and routes each node's pod subnet over it: the
@@ -319,6 +330,40 @@ impl Node {
     /// Starts a process in the node's namespace (not in a pod); killed when dropped.
     pub fn spawn(&self, argv: &[&str]) -> Result<Proc> {
         Proc::spawn(argv, &self.netns_path(), &self.cgroup)
+    }
+
+    /// Runs a command in the node's namespace to completion.
+    pub fn run(&self, argv: &[&str]) -> Result<std::process::Output> {
+        process::run(argv, &self.netns_path(), &self.cgroup)
+    }
+
+    /// Runs `hawser <args>` on the node (e.g. a CLI command against its daemon) and
+    /// returns its standard output; fails with its standard error.
+    pub fn hawser(&self, args: &[&str]) -> Result<String> {
+        let bin = hawser_bin();
+        let mut argv = vec![bin.to_str().context("binary path")?];
+        argv.extend(args);
+        let out = self.run(&argv)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "hawser {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// GETs `url` from the node's namespace (e.g. the daemon's admin API): status, body.
+    pub fn http_get(&self, url: &str) -> Result<(u16, String)> {
+        let out = self.run(&["curl", "-sS", "-m", "10", "-w", "\n%{http_code}", url])?;
+        anyhow::ensure!(
+            out.status.success(),
+            "curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout)?;
+        let (body, code) = text.rsplit_once('\n').context("curl wrote no status")?;
+        Ok((code.trim().parse()?, body.to_string()))
     }
 }
 

@@ -40,7 +40,12 @@ const CA_PORT: u16 = 15012;
 
 impl Service {
     /// `hawser node` for `node`, with identities from `ca` when given.
-    pub(crate) fn node(bed: &Testbed, node: &Node, ca: Option<&CaInfo>) -> Result<Self> {
+    pub(crate) fn node(
+        bed: &Testbed,
+        node: &Node,
+        ca: Option<&CaInfo>,
+        extra: &[&str],
+    ) -> Result<Self> {
         let mut args = vec![
             "node".to_string(),
             "--node-name".into(),
@@ -67,6 +72,7 @@ impl Service {
                 "1".into(),
             ]);
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         // The daemon runs inside the cgroup its programs watch, as it does in a cluster:
         // its own connections must still never be captured.
         Self::start(

@@ -5,56 +5,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use hawser_testbed::{
-    Node, Pod, Service, Testbed, can_run,
+    can_run,
+    mesh::Mesh,
     peers::{Capture, Nginx, curl, echo_server},
 };
-
-/// Two nodes joined by a link; pod a on node1, pod b on node2; the CA on node1; a daemon
-/// on each node holding its pod's SVID.
-struct Mesh {
-    bed: Testbed,
-    node1: Node,
-    node2: Node,
-    link: String,
-    a: Pod,
-    b: Pod,
-    _ca: Service,
-    ca: hawser_testbed::CaInfo,
-    d1: Service,
-    d2: Service,
-}
-
-fn mesh() -> Result<Mesh> {
-    let bed = Testbed::new()?;
-    let node1 = bed.node("node1", 1)?;
-    let node2 = bed.node("node2", 2)?;
-    let link = bed.connect_nodes(&node1, &node2)?;
-    let a = bed.pod(&node1, "a")?;
-    let b = bed.pod(&node2, "b")?;
-    bed.enroll(&[&a, &b])?;
-    let (ca_service, ca) = bed.start_ca(&node1, &[&node1, &node2])?;
-    let d1 = bed.start_node(&node1, Some(&ca))?;
-    let d2 = bed.start_node(&node2, Some(&ca))?;
-    for d in [&d1, &d2] {
-        d.wait_for(
-            "the pod's SVID and the bundle",
-            Duration::from_secs(15),
-            |log| log.contains("SVID issued") && log.contains("trust bundle updated"),
-        )?;
-    }
-    Ok(Mesh {
-        bed,
-        node1,
-        node2,
-        link,
-        a,
-        b,
-        _ca: ca_service,
-        ca,
-        d1,
-        d2,
-    })
-}
 
 const A: &str = "spiffe://cluster.local/ns/default/sa/a";
 const B: &str = "spiffe://cluster.local/ns/default/sa/b";
@@ -64,7 +18,7 @@ fn traffic_between_nodes_is_mtls_on_the_wire() -> Result<()> {
     if !can_run() {
         return Ok(());
     }
-    let m = mesh()?;
+    let m = Mesh::new()?;
     let nginx = Nginx::start(&m.bed, &m.b)?;
     let capture = Capture::start(&m.bed, &m.node1, &m.link)?;
     assert_eq!(
@@ -88,7 +42,7 @@ fn traffic_between_nodes_is_mtls_on_the_wire() -> Result<()> {
     );
     // Each side proved the other's identity; the app saw the client pod's own address.
     m.d1.wait_for("the outbound record", Duration::from_secs(5), |log| {
-        let peer = format!("peer=\"{B}\"");
+        let peer = format!("dst_identity=\"{B}\"");
         log.lines().any(|l| {
             l.contains("direction=\"outbound\"")
                 && l.contains("security=\"mtls\"")
@@ -99,7 +53,7 @@ fn traffic_between_nodes_is_mtls_on_the_wire() -> Result<()> {
         log.lines().any(|l| {
             l.contains("direction=\"tunnel\"")
                 && l.contains("connection closed")
-                && l.contains(&format!("peer=\"{A}\""))
+                && l.contains(&format!("src_identity=\"{A}\""))
         })
     })?;
     assert_eq!(nginx.clients(), vec![m.a.ip.clone()]);
@@ -150,7 +104,7 @@ fn a_server_with_the_wrong_identity_is_refused() -> Result<()> {
     if !can_run() {
         return Ok(());
     }
-    let m = mesh()?;
+    let m = Mesh::new()?;
     // Pod c sits on node2's network but is registered on node3, which has no daemon: an
     // impostor (a real openssl server) answers on its 15008 with a valid mesh certificate
     // for another identity.
@@ -199,7 +153,7 @@ fn a_revoked_client_is_refused() -> Result<()> {
     if !can_run() {
         return Ok(());
     }
-    let m = mesh()?;
+    let m = Mesh::new()?;
     let nginx = Nginx::start(&m.bed, &m.b)?;
     assert_eq!(
         curl(&m.a, &format!("http://{}/hello.txt", m.b.ip))?,
@@ -230,7 +184,7 @@ fn a_gibibyte_crosses_the_tunnel_intact() -> Result<()> {
     if !can_run() {
         return Ok(());
     }
-    let m = mesh()?;
+    let m = Mesh::new()?;
     let _echo = echo_server(&m.b, 7000)?;
     // 8 connections x 128 MiB = 1 GiB each way (the emulated VM moves less: it is slow).
     let total: u64 = std::env::var("HAWSER_BULK_BYTES")
@@ -326,7 +280,7 @@ fn authorization_and_peer_authentication_are_enforced() -> Result<()> {
     if !can_run() {
         return Ok(());
     }
-    let m = mesh()?;
+    let m = Mesh::new()?;
     let nginx = Nginx::start(&m.bed, &m.b)?;
     // c: a pod on node2 outside the mesh (not enrolled), a plaintext client of b.
     let c = m.bed.pod(&m.node2, "c")?;

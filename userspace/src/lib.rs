@@ -6,10 +6,12 @@
 //! - `proxy`: the daemon's listeners and the byte relay;
 //! - `node`: the daemon that ties them together.
 
+pub mod admin;
 pub mod ca;
 pub mod grpc;
 pub mod identity;
 pub mod logging;
+pub mod metrics;
 pub mod netns;
 pub mod node;
 pub mod policy;

@@ -3,6 +3,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hawser::{
+    admin::cli::{self, AdminClient},
     ca::{self, CaConfig},
     identity::pki::{self, CaSpec, KeyType},
     logging::{self, LogFormat},
@@ -42,6 +43,41 @@ enum Command {
         #[command(flatten)]
         bpf: BpfArgs,
     },
+    /// Is the daemon ready; its pods and their SVIDs.
+    Status(AdminArgs),
+    /// The certificates the daemon holds, per identity, and the trust roots.
+    Certs(AdminArgs),
+    /// The workloads the daemon knows, and which are enrolled on this node.
+    Workloads(AdminArgs),
+    /// Policy questions to the daemon.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The daemon's admin API.
+    #[arg(long, default_value = "http://127.0.0.1:15000", env = "HAWSER_ADMIN")]
+    admin: String,
+    /// JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Would a connection be admitted, and which rule decides.
+    Check {
+        /// The caller: a SPIFFE ID, a workload (`namespace/name`, or `name` in `default`),
+        /// or `none` for a caller without a mesh identity.
+        #[arg(long)]
+        from: String,
+        /// The destination: `workload:port`.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -62,6 +98,15 @@ struct NodeArgs {
     reload_interval_ms: u64,
     #[command(flatten)]
     ca: CaClientArgs,
+    /// The admin API; keep it on localhost.
+    #[arg(long, default_value = "127.0.0.1:15000", env = "HAWSER_ADMIN_ADDR")]
+    admin_addr: SocketAddr,
+    /// Where Prometheus scrapes `/metrics` (and kubelet probes `/healthz/ready`).
+    #[arg(long, default_value = "0.0.0.0:15020", env = "HAWSER_METRICS_ADDR")]
+    metrics_addr: SocketAddr,
+    /// Seconds the metric series of a workload that left stay before they are dropped.
+    #[arg(long, default_value_t = 300)]
+    metrics_grace_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -178,9 +223,9 @@ struct BpfArgs {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    let log_level = logging::init(cli.log_format);
     match cli.command {
-        Command::Node(args) => node::run(node_config(args)?).await,
+        Command::Node(args) => node::run(node_config(args, log_level)?).await,
         Command::Ca(args) => ca::run(ca_config(args)).await,
         Command::Pki(PkiCommand::RootCa { dir, spec }) => {
             pki::write_root_ca(&dir, &spec.spec("Root CA".into(), 3650))
@@ -190,10 +235,17 @@ async fn main() -> Result<()> {
             pki::write_intermediate(&dir, &name, &spec)
         }
         Command::Uninstall { bpf } => dataplane::uninstall(&bpf.pin_dir),
+        Command::Status(a) => cli::status(&AdminClient::new(&a.admin), a.json).await,
+        Command::Certs(a) => cli::certs(&AdminClient::new(&a.admin), a.json).await,
+        Command::Workloads(a) => cli::workloads(&AdminClient::new(&a.admin), a.json).await,
+        Command::Policy(PolicyCommand::Check { from, to, admin }) => {
+            let client = AdminClient::new(&admin.admin);
+            cli::policy_check(&client, &from, &to, admin.json).await
+        }
     }
 }
 
-fn node_config(args: NodeArgs) -> Result<NodeConfig> {
+fn node_config(args: NodeArgs, log_level: logging::LogLevel) -> Result<NodeConfig> {
     let ca = match (
         &args.ca.ca_address,
         &args.ca.ca_root,
@@ -217,6 +269,10 @@ fn node_config(args: NodeArgs) -> Result<NodeConfig> {
     };
     Ok(NodeConfig {
         node_name: args.node_name,
+        admin_addr: args.admin_addr,
+        metrics_addr: args.metrics_addr,
+        series_grace: Duration::from_secs(args.metrics_grace_secs),
+        log_level,
         config_dir: args.config_dir,
         pin_dir: args.bpf.pin_dir,
         cgroup: args.cgroup,

@@ -1,6 +1,6 @@
 //! The demo: a node with two pods on network namespaces, the built-in CA, real nginx in
 //! pod b, real curl in pod a; the SVIDs the daemon holds and its own record of the
-//! connection it carried.
+//! connection it carried; then the operator's view: the CLI and the metrics.
 
 use std::time::Duration;
 
@@ -9,6 +9,12 @@ use hawser_testbed::{
     Testbed,
     peers::{Nginx, curl},
 };
+
+fn print_indented(text: &str) {
+    for line in text.lines() {
+        println!("    {line}");
+    }
+}
 
 pub fn run() -> Result<()> {
     if !hawser_testbed::can_run() {
@@ -62,6 +68,20 @@ pub fn run() -> Result<()> {
         "    nginx in pod b saw the client address: {}",
         nginx.clients().join(", ")
     );
+    for args in [
+        &["status"][..],
+        &["certs"],
+        &["workloads"],
+        &["policy", "check", "--from", "default/a", "--to", "b:80"],
+    ] {
+        crate::cmd::step(&format!("hawser {}", args.join(" ")));
+        print_indented(&node.hawser(args)?);
+    }
+    crate::cmd::step("curl http://127.0.0.1:15020/metrics | grep istio_tcp_sent");
+    let (_, metrics) = node.http_get("http://127.0.0.1:15020/metrics")?;
+    for line in metrics.lines().filter(|l| l.starts_with("istio_tcp_sent")) {
+        println!("    {line}");
+    }
     crate::cmd::step("cleaning up");
     Ok(())
 }

@@ -2,22 +2,40 @@
 
 pub mod pod;
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
 
 use crate::{
+    admin::{self, server::Admin},
     identity::SpiffeId,
+    logging::LogLevel,
+    metrics::METRICS,
     redirect::Dataplane,
     svid::{CaClient, CaClientConfig, SvidConfig, SvidManager},
     tunnel::offload::Offload,
     workload::{self, Registry, Workload},
 };
-use pod::EnrolledPod;
+use pod::{EnrolledPod, PodContext};
 
 pub struct NodeConfig {
     pub node_name: String,
+    /// The admin API (keep it on localhost: it changes the log level).
+    pub admin_addr: std::net::SocketAddr,
+    /// Where Prometheus scrapes `/metrics`.
+    pub metrics_addr: std::net::SocketAddr,
+    /// How long the metric series of a workload that left stay.
+    pub series_grace: Duration,
+    pub log_level: LogLevel,
     pub config_dir: PathBuf,
     pub pin_dir: PathBuf,
     pub cgroup: PathBuf,
@@ -84,6 +102,16 @@ impl Shared {
 /// Pods this daemon has enrolled, by `namespace/name`.
 type Pods = BTreeMap<String, EnrolledPod>;
 
+/// What the admin API shows of the enrolled set.
+#[derive(Clone, Default)]
+pub struct NodeStatus {
+    pub pods: Vec<Arc<PodContext>>,
+    /// The first reconciliation is done.
+    pub reconciled: bool,
+    /// Pods whose enrollment failed and is being retried.
+    pub failing: Vec<String>,
+}
+
 pub async fn run(config: NodeConfig) -> Result<()> {
     let dataplane = Arc::new(Dataplane::load(&config.pin_dir, &config.cgroup)?);
     let mut registry = workload::follow(config.config_dir.clone(), config.reload_interval)
@@ -107,9 +135,22 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             None => Offload::userspace(),
         },
     });
+    let (status_tx, status) = watch::channel(NodeStatus::default());
+    admin::server::serve(
+        config.admin_addr,
+        config.metrics_addr,
+        Admin {
+            shared: shared.clone(),
+            status,
+            log_level: config.log_level.clone(),
+            started: Instant::now(),
+            series_grace: config.series_grace,
+        },
+    )
+    .await?;
     let mut pods = Pods::new();
     let snapshot = registry.borrow_and_update().clone();
-    let mut pending = reconcile(&config.node_name, &snapshot, &mut pods, &shared).await;
+    let mut pending = reconcile(&config.node_name, &snapshot, &mut pods, &shared, &status_tx).await;
     prune_earlier_runs(&shared.dataplane, &pods, &snapshot, &config.node_name)?;
     tracing::info!(node = %config.node_name, pods = pods.len(), "node ready");
 
@@ -120,11 +161,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             changed = registry.changed() => {
                 if changed.is_err() { break; }
                 let snapshot = registry.borrow_and_update().clone();
-                pending = reconcile(&config.node_name, &snapshot, &mut pods, &shared).await;
+                pending = reconcile(&config.node_name, &snapshot, &mut pods, &shared, &status_tx).await;
             }
             _ = retry.tick(), if pending => {
                 let snapshot = registry.borrow().clone();
-                pending = reconcile(&config.node_name, &snapshot, &mut pods, &shared).await;
+                pending = reconcile(&config.node_name, &snapshot, &mut pods, &shared, &status_tx).await;
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
@@ -138,9 +179,15 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     Ok(())
 }
 
-/// Brings the enrolled set in line with the workloads on this node. Returns whether some
-/// enrollment failed and should be retried.
-async fn reconcile(node: &str, registry: &Registry, pods: &mut Pods, shared: &Arc<Shared>) -> bool {
+/// Brings the enrolled set in line with the workloads on this node, and publishes it.
+/// Returns whether some enrollment failed and should be retried.
+async fn reconcile(
+    node: &str,
+    registry: &Registry,
+    pods: &mut Pods,
+    shared: &Arc<Shared>,
+    status: &watch::Sender<NodeStatus>,
+) -> bool {
     let desired: BTreeMap<String, &Workload> =
         registry.on_node(node).map(|w| (w.key(), w)).collect();
     let stale: Vec<String> = pods
@@ -153,7 +200,7 @@ async fn reconcile(node: &str, registry: &Registry, pods: &mut Pods, shared: &Ar
             pod.unenroll().await;
         }
     }
-    let mut failed = false;
+    let mut failing = Vec::new();
     for (key, workload) in desired {
         if pods.contains_key(&key) {
             continue;
@@ -164,11 +211,30 @@ async fn reconcile(node: &str, registry: &Registry, pods: &mut Pods, shared: &Ar
             }
             Err(e) => {
                 tracing::error!(pod = %key, "enrollment failed, will retry: {e:#}");
-                failed = true;
+                failing.push(key);
             }
         }
     }
-    failed
+    // Metric series may name this node's enrolled pods and the mesh's other workloads.
+    let present = pods
+        .keys()
+        .cloned()
+        .chain(
+            registry
+                .workloads
+                .values()
+                .filter(|w| w.node_name != node)
+                .map(Workload::key),
+        )
+        .collect();
+    METRICS.workloads_present(&present);
+    let pending = !failing.is_empty();
+    status.send_replace(NodeStatus {
+        pods: pods.values().map(|p| p.ctx.clone()).collect(),
+        reconciled: true,
+        failing,
+    });
+    pending
 }
 
 /// Drops eBPF state left by an earlier run for pods that are gone. Addresses of pods that

@@ -12,8 +12,9 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use super::Shared;
 use crate::{
     identity::SpiffeId,
+    metrics::METRICS,
     netns::Netns,
-    policy::{self, MtlsMode, evaluate::Verdict},
+    policy,
     proxy::{inbound, outbound, sockets},
     redirect::{Dataplane, pod_routing},
     svid::{Svid, TrustBundle},
@@ -40,18 +41,20 @@ impl PodContext {
     /// passes AuthorizationPolicy. Ok and Err both carry the reason.
     pub fn admit(&self, port: u16, principal: Option<&SpiffeId>) -> Result<String, String> {
         let registry = self.shared.registry.borrow();
-        let policies = &registry.policies;
-        if principal.is_none()
-            && policy::evaluate::mtls_mode(policies, &self.workload, port) == MtlsMode::Strict
-        {
-            return Err(
-                "PeerAuthentication STRICT: plaintext from a peer without a mesh identity".into(),
-            );
+        let decision = policy::evaluate::admit(&registry.policies, &self.workload, port, principal);
+        if let Err(denial) = &decision {
+            let w = &self.workload;
+            METRICS
+                .policy_denials
+                .with_label_values(&[&w.name, &w.namespace, denial.by])
+                .inc();
         }
-        match policy::evaluate::authorize(policies, &self.workload, port, principal) {
-            Verdict::Allow(why) => Ok(why),
-            Verdict::Deny(why) => Err(why),
-        }
+        decision.map_err(|denial| denial.to_string())
+    }
+
+    /// The pod's SVID, when one is held.
+    pub fn svid(&self) -> Option<Arc<Svid>> {
+        self.svid.as_ref().and_then(|svid| svid.borrow().clone())
     }
 
     /// The pod's SVID and the trust bundle to check peers with, or why there are none.

@@ -23,6 +23,45 @@ impl fmt::Display for Verdict {
     }
 }
 
+/// Why a connection was refused, and which kind of policy refused it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    /// `PeerAuthentication` or `AuthorizationPolicy`.
+    pub by: &'static str,
+    pub reason: String,
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// Whether a connection to `port` of `workload` from `principal` may go on: plaintext
+/// without a proven identity must pass PeerAuthentication, then every connection passes
+/// AuthorizationPolicy. Ok carries the reason it was allowed.
+pub fn admit(
+    policies: &Policies,
+    workload: &Workload,
+    port: u16,
+    principal: Option<&SpiffeId>,
+) -> Result<String, Denial> {
+    if principal.is_none() && mtls_mode(policies, workload, port) == MtlsMode::Strict {
+        return Err(Denial {
+            by: "PeerAuthentication",
+            reason: "PeerAuthentication STRICT: plaintext from a peer without a mesh identity"
+                .into(),
+        });
+    }
+    match authorize(policies, workload, port, principal) {
+        Verdict::Allow(why) => Ok(why),
+        Verdict::Deny(reason) => Err(Denial {
+            by: "AuthorizationPolicy",
+            reason,
+        }),
+    }
+}
+
 fn covers(scope: &Scope, workload: &Workload) -> bool {
     let namespace_ok = scope.namespace == workload.namespace || scope.namespace == ROOT_NAMESPACE;
     let labels_ok = scope
@@ -79,13 +118,14 @@ pub fn authorize(
         .filter(|p| covers(&p.scope, workload))
         .collect();
     let name = |p: &AuthorizationPolicy| format!("{}/{}", p.scope.namespace, p.name);
-    for policy in applicable.iter().filter(|p| p.action == Action::Deny) {
-        if policy
-            .rules
+    let matching_rule = |p: &AuthorizationPolicy| {
+        p.rules
             .iter()
-            .any(|r| rule_matches(r, port, principal, Action::Deny))
-        {
-            return Verdict::Deny(format!("DENY policy {} matches", name(policy)));
+            .position(|r| rule_matches(r, port, principal, p.action))
+    };
+    for policy in applicable.iter().filter(|p| p.action == Action::Deny) {
+        if let Some(i) = matching_rule(policy) {
+            return Verdict::Deny(format!("DENY policy {} rules[{i}] matches", name(policy)));
         }
     }
     let allows: Vec<&&AuthorizationPolicy> = applicable
@@ -95,12 +135,10 @@ pub fn authorize(
     if allows.is_empty() {
         return Verdict::Allow("no ALLOW policy applies".into());
     }
-    match allows.iter().find(|p| {
-        p.rules
-            .iter()
-            .any(|r| rule_matches(r, port, principal, Action::Allow))
-    }) {
-        Some(policy) => Verdict::Allow(format!("ALLOW policy {} matches", name(policy))),
+    match allows.iter().find_map(|p| matching_rule(p).map(|i| (p, i))) {
+        Some((policy, i)) => {
+            Verdict::Allow(format!("ALLOW policy {} rules[{i}] matches", name(policy)))
+        }
         None => {
             let names: Vec<String> = allows.iter().map(|p| name(p)).collect();
             Verdict::Deny(format!(

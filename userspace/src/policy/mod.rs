@@ -9,11 +9,13 @@ pub mod istio;
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 /// The mesh-wide policy namespace (Istio's default root namespace).
 pub const ROOT_NAMESPACE: &str = "istio-system";
 
 /// Which workloads a policy covers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scope {
     pub namespace: String,
     /// `spec.selector.matchLabels`; None covers the whole namespace (or the mesh, in the
@@ -21,7 +23,8 @@ pub struct Scope {
     pub selector: Option<BTreeMap<String, String>>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum MtlsMode {
     /// Inherit from the enclosing scope.
     Unset,
@@ -33,7 +36,7 @@ pub enum MtlsMode {
     Disable,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerAuthentication {
     pub name: String,
     pub scope: Scope,
@@ -41,13 +44,14 @@ pub struct PeerAuthentication {
     pub port_level: BTreeMap<u16, MtlsMode>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Action {
     Allow,
     Deny,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthorizationPolicy {
     pub name: String,
     pub scope: Scope,
@@ -58,7 +62,7 @@ pub struct AuthorizationPolicy {
 }
 
 /// A rule matches when every listed `from` (any of them) and `to` (any of them) does.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {
     pub from: Vec<Source>,
     pub to: Vec<Operation>,
@@ -69,7 +73,7 @@ pub struct Rule {
     pub l7: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Source {
     pub principals: Vec<String>,
     pub not_principals: Vec<String>,
@@ -77,14 +81,14 @@ pub struct Source {
     pub not_namespaces: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operation {
     pub ports: Vec<u16>,
     pub not_ports: Vec<u16>,
 }
 
 /// All policies in force.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policies {
     pub peer_authentications: Vec<PeerAuthentication>,
     pub authorization_policies: Vec<AuthorizationPolicy>,

@@ -26,12 +26,12 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
 pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
     accept_loop(listener, pod, |conn, peer, pod| async move {
         let dst = conn.local_addr().unwrap_or(peer);
-        let record = Connection::new(Direction::Tunnel, &pod.key, peer, dst);
+        let record = Connection::new(Direction::Tunnel, &pod, peer, dst);
         let accepted = match tunnel::server::accept(&pod, conn).await {
             Ok(accepted) => accepted,
             Err(e) => return record.refuse(&format!("{e:#}")),
         };
-        let record = Connection::new(Direction::Tunnel, &pod.key, peer, accepted.dst)
+        let record = Connection::new(Direction::Tunnel, &pod, peer, accepted.dst)
             .mtls(&accepted.client, pod.shared.offload.path());
         if let Err(why) = pod.admit(accepted.dst.port(), Some(&accepted.client)) {
             return record.refuse(&format!("policy: {why}"));
@@ -50,7 +50,7 @@ async fn handle(conn: TcpStream, peer: SocketAddr, pod: &PodContext) {
         Ok(dst) => dst,
         Err(e) => return tracing::warn!(pod = %pod.key, "inbound local_addr: {e}"),
     };
-    let record = Connection::new(Direction::Inbound, &pod.key, peer, dst);
+    let record = Connection::new(Direction::Inbound, pod, peer, dst);
     // Plaintext: only a pod of this node has an identity here (see Shared::local_identity).
     if let Err(why) = pod.admit(dst.port(), pod.shared.local_identity(peer.ip()).as_ref()) {
         return record.refuse(&format!("policy: {why}"));

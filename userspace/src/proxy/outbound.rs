@@ -26,11 +26,11 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
 async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext) {
     let Some(dst) = pod.dataplane.take_original_dst(pod.netns_cookie, peer) else {
         let local = client.local_addr().unwrap_or(peer);
-        Connection::new(Direction::Outbound, &pod.key, peer, local)
+        Connection::new(Direction::Outbound, pod, peer, local)
             .refuse("no original destination recorded for this connection");
         return;
     };
-    let conn = Connection::new(Direction::Outbound, &pod.key, peer, dst);
+    let conn = Connection::new(Direction::Outbound, pod, peer, dst);
     match pod.shared.route(dst) {
         Route::Direct => match connect(pod, dst).await {
             Ok(upstream) => conn.relay(client, upstream).await,

@@ -7,9 +7,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use tokio::net::TcpStream;
 
-use crate::tunnel::{
-    offload::{TlsPath, TunnelStream},
-    splice,
+use crate::{
+    metrics::{self, ConnectionLabels, METRICS, Peer},
+    node::pod::PodContext,
+    tunnel::{
+        offload::{TlsPath, TunnelStream},
+        splice,
+    },
 };
 
 /// Which listener a connection came through.
@@ -30,41 +34,55 @@ impl Direction {
     }
 }
 
-/// What the access log says about one connection.
+/// One proxied connection: what the access log says about it, and its metric series.
 pub struct Connection {
     pub direction: Direction,
     /// `namespace/name` of the enrolled pod whose listener took the connection.
     pub pod: String,
     pub src: SocketAddr,
     pub dst: SocketAddr,
-    /// `mtls` when the bytes crossed the wire inside the tunnel, else `plaintext`.
-    pub security: &'static str,
     /// Who encrypted: `ktls` (the kernel), `userspace` (rustls) or `none`.
     pub tls: &'static str,
-    /// The peer's SPIFFE ID, when mTLS proved it.
-    pub peer_identity: Option<String>,
+    labels: ConnectionLabels,
     pub started: Instant,
 }
 
 impl Connection {
-    pub fn new(direction: Direction, pod: &str, src: SocketAddr, dst: SocketAddr) -> Self {
+    /// A connection to or from `pod`: the pod is the source when it dials out, the
+    /// destination otherwise; the other side is named from the registry by address.
+    pub fn new(direction: Direction, pod: &PodContext, src: SocketAddr, dst: SocketAddr) -> Self {
+        let local = local_peer(pod);
+        let (reporter, source, destination) = match direction {
+            Direction::Outbound => ("source", local, remote_peer(pod, dst)),
+            Direction::Inbound | Direction::Tunnel => ("destination", remote_peer(pod, src), local),
+        };
         Self {
             direction,
-            pod: pod.to_string(),
+            pod: pod.key.clone(),
             src,
             dst,
-            security: "plaintext",
             tls: "none",
-            peer_identity: None,
+            labels: ConnectionLabels {
+                reporter,
+                source,
+                destination,
+                destination_service: metrics::UNKNOWN.into(),
+                security: "none",
+            },
             started: Instant::now(),
         }
     }
 
-    /// Marks the connection as carried by the mTLS tunnel with a proven peer.
+    /// Marks the connection as carried by the mTLS tunnel, the other side having proved
+    /// `peer`.
     pub fn mtls(mut self, peer: &impl ToString, path: TlsPath) -> Self {
-        self.security = "mtls";
+        self.labels.security = "mutual_tls";
         self.tls = path.as_str();
-        self.peer_identity = Some(peer.to_string());
+        let remote = match self.direction {
+            Direction::Outbound => &mut self.labels.destination,
+            Direction::Inbound | Direction::Tunnel => &mut self.labels.source,
+        };
+        remote.principal = peer.to_string();
         self
     }
 
@@ -74,11 +92,9 @@ impl Connection {
         mut downstream: impl AsyncRead + AsyncWrite + Unpin,
         mut upstream: impl AsyncRead + AsyncWrite + Unpin,
     ) {
+        METRICS.connection_opened(&self.labels);
         let result = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
-        match result {
-            Ok((sent, received)) => self.log(sent, received, None),
-            Err(e) => self.log(0, 0, Some(&format!("relay: {e}"))),
-        }
+        self.closed(result);
     }
 
     /// Relays between the app-side socket and a tunnel: spliced when the kernel does the
@@ -89,14 +105,32 @@ impl Connection {
                 Direction::Tunnel => self.relay(stream, app).await,
                 _ => self.relay(app, stream).await,
             },
-            TunnelStream::Kernel(stream) => match splice::relay(app, stream).await {
+            TunnelStream::Kernel(stream) => {
+                METRICS.connection_opened(&self.labels);
                 // (app→peer, peer→app); a tunnel-side record counts from the peer.
-                Ok((to_peer, to_app)) => match self.direction {
-                    Direction::Tunnel => self.log(to_app, to_peer, None),
-                    _ => self.log(to_peer, to_app, None),
-                },
-                Err(e) => self.log(0, 0, Some(&format!("relay: {e}"))),
-            },
+                let result = splice::relay(app, stream).await.map(|(to_peer, to_app)| {
+                    match self.direction {
+                        Direction::Tunnel => (to_app, to_peer),
+                        _ => (to_peer, to_app),
+                    }
+                });
+                self.closed(result)
+            }
+        }
+    }
+
+    /// Counts and logs the end of a relayed connection: bytes (client→server,
+    /// server→client), or the error that cut it.
+    fn closed(&self, result: std::io::Result<(u64, u64)>) {
+        match result {
+            Ok((request, response)) => {
+                METRICS.connection_closed(&self.labels, request, response);
+                self.log(request, response, None)
+            }
+            Err(e) => {
+                METRICS.connection_closed(&self.labels, 0, 0);
+                self.log(0, 0, Some(&format!("relay: {e}")))
+            }
         }
     }
 
@@ -108,20 +142,66 @@ impl Connection {
     fn log(&self, sent: u64, received: u64, error: Option<&str>) {
         let duration_ms = self.started.elapsed().as_millis() as u64;
         let direction = self.direction.as_str();
-        let peer = self.peer_identity.as_deref().unwrap_or("-");
+        let (l, security) = (&self.labels, self.security());
+        let (src_identity, dst_identity) = (&l.source.principal, &l.destination.principal);
         match error {
             None => tracing::info!(
                 target: "hawser::access",
-                direction, pod = %self.pod, src = %self.src, dst = %self.dst, security = self.security, tls = self.tls,
-                peer, bytes_sent = sent, bytes_received = received, duration_ms,
+                direction, pod = %self.pod, src = %self.src, src_identity, dst = %self.dst, dst_identity,
+                security, tls = self.tls, bytes_sent = sent, bytes_received = received, duration_ms,
                 "connection closed"
             ),
             Some(reason) => tracing::warn!(
                 target: "hawser::access",
-                direction, pod = %self.pod, src = %self.src, dst = %self.dst, security = self.security, tls = self.tls,
-                peer, bytes_sent = sent, bytes_received = received, duration_ms, reason,
+                direction, pod = %self.pod, src = %self.src, src_identity, dst = %self.dst, dst_identity,
+                security, tls = self.tls, bytes_sent = sent, bytes_received = received, duration_ms, reason,
                 "connection refused"
             ),
         }
+    }
+
+    /// `mtls` when the bytes crossed the wire inside the tunnel, else `plaintext`.
+    fn security(&self) -> &'static str {
+        match self.labels.security {
+            "mutual_tls" => "mtls",
+            _ => "plaintext",
+        }
+    }
+}
+
+/// The enrolled pod itself. Its principal is known when the daemon holds identities.
+fn local_peer(pod: &PodContext) -> Peer {
+    let w = &pod.workload;
+    Peer {
+        workload_key: Some(pod.key.clone()),
+        workload: w.name.clone(),
+        namespace: w.namespace.clone(),
+        principal: match pod.shared.svids {
+            Some(_) => pod.identity.to_string(),
+            None => metrics::UNKNOWN.into(),
+        },
+    }
+}
+
+/// The other side, by address: a workload of the registry (with its principal when it is
+/// an enrolled pod of this node), or unknown. The tunnel proves a remote principal later.
+fn remote_peer(pod: &PodContext, addr: SocketAddr) -> Peer {
+    let known = {
+        let registry = pod.shared.registry.borrow();
+        registry
+            .by_ip(addr.ip())
+            .map(|w| (w.key(), w.name.clone(), w.namespace.clone()))
+    };
+    let Some((key, workload, namespace)) = known else {
+        return Peer::unknown();
+    };
+    Peer {
+        workload_key: Some(key),
+        workload,
+        namespace,
+        principal: pod
+            .shared
+            .local_identity(addr.ip())
+            .map_or(metrics::UNKNOWN.into(), |id| id.to_string()),
     }
 }

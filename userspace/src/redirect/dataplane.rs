@@ -55,6 +55,7 @@ impl Dataplane {
     /// Loads the programs (reusing pinned maps under `pin_dir`) and attaches the connect and
     /// sockops programs to the cgroup v2 directory `cgroup`, under which the pods live.
     pub fn load(pin_dir: &Path, cgroup: &Path) -> Result<Self> {
+        check_capabilities()?;
         check_fs(
             existing_ancestor(pin_dir),
             BPF_FS_MAGIC,
@@ -223,6 +224,48 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Whether the cgroup programs are still attached (their link pins exist), or what is
+    /// missing.
+    pub fn attached(&self) -> Result<(), String> {
+        let links = self.pin_dir.join("links");
+        match CGROUP_PROGRAMS.iter().find(|p| !links.join(p).exists()) {
+            None => Ok(()),
+            Some(p) => Err(format!(
+                "eBPF program {p} is not attached (pin gone from {})",
+                links.display()
+            )),
+        }
+    }
+
+    /// Entries in each of the daemon's maps, by map name.
+    pub fn map_entries(&self) -> Vec<(&'static str, usize)> {
+        fn count<K>(keys: impl Iterator<Item = Result<K, aya::maps::MapError>>) -> usize {
+            keys.filter(Result::is_ok).count()
+        }
+        vec![
+            (
+                maps::ENROLLED_NETNS,
+                count(self.enrolled_netns.lock().unwrap().keys()),
+            ),
+            (
+                maps::ENROLLED_ADDRS,
+                count(self.enrolled_addrs.lock().unwrap().keys()),
+            ),
+            (
+                maps::LISTENERS,
+                count(self.listeners.lock().unwrap().keys()),
+            ),
+            (
+                maps::ORIG_BY_CLIENT,
+                count(self.orig_by_client.lock().unwrap().keys()),
+            ),
+            (
+                maps::DELIVERIES,
+                count(self.deliveries.lock().unwrap().keys()),
+            ),
+        ]
+    }
+
     fn sk_lookup_pin(&self, netns_cookie: u64) -> PathBuf {
         self.pin_dir
             .join("links")
@@ -242,6 +285,35 @@ pub fn uninstall(pin_dir: &Path) -> Result<()> {
 
 fn existing_ancestor(path: &Path) -> &Path {
     path.ancestors().find(|p| p.exists()).unwrap_or(path)
+}
+
+/// Capabilities the daemon needs, by bit number (linux/capability.h), and why.
+const CAPABILITIES: [(u32, &str, &str); 3] = [
+    (39, "CAP_BPF", "load the eBPF programs"),
+    (12, "CAP_NET_ADMIN", "attach them and set pods' routing"),
+    (21, "CAP_SYS_ADMIN", "enter pods' network namespaces"),
+];
+
+/// Says which capabilities are missing before anything fails half-way.
+fn check_capabilities() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .context("no CapEff in /proc/self/status")?;
+    let missing: Vec<String> = CAPABILITIES
+        .iter()
+        .filter(|(bit, _, _)| effective & (1 << bit) == 0)
+        .map(|(_, name, why)| format!("{name} (to {why})"))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "missing capabilities: {}; run as root or grant them (a DaemonSet's securityContext.capabilities.add)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn check_fs(path: &Path, magic: i64, what: &str, fix: &str) -> Result<()> {

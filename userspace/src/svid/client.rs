@@ -21,6 +21,7 @@ use crate::{
         },
     },
     identity::{SpiffeId, certs},
+    metrics::{METRICS, timed},
 };
 
 pub struct CaClientConfig {
@@ -92,20 +93,28 @@ impl CaClient {
             validity_duration: ttl.as_secs() as i64,
             metadata: None,
         });
-        let response = IstioCertificateServiceClient::new(self.channel.clone())
-            .create_certificate(request)
-            .await
-            .map_err(|s| anyhow::anyhow!("CA refused ({:?}): {}", s.code(), s.message()))?
-            .into_inner();
+        let mut client = IstioCertificateServiceClient::new(self.channel.clone());
+        let response = timed(
+            &METRICS.ca_request_seconds,
+            "CreateCertificate",
+            client.create_certificate(request),
+        )
+        .await
+        .map_err(refused)?
+        .into_inner();
         Svid::new(id.clone(), response.cert_chain, key.serialize_pem()).map(Arc::new)
     }
 
     pub async fn trust_bundle(&self) -> Result<TrustBundle> {
-        let bundle = TrustServiceClient::new(self.channel.clone())
-            .get_trust_bundle(self.request(TrustBundleRequest {}))
-            .await
-            .map_err(|s| anyhow::anyhow!("CA refused ({:?}): {}", s.code(), s.message()))?
-            .into_inner();
+        let mut client = TrustServiceClient::new(self.channel.clone());
+        let bundle = timed(
+            &METRICS.ca_request_seconds,
+            "GetTrustBundle",
+            client.get_trust_bundle(self.request(TrustBundleRequest {})),
+        )
+        .await
+        .map_err(refused)?
+        .into_inner();
         if bundle.roots.is_empty() {
             bail!("the CA sent a trust bundle without roots");
         }
@@ -118,5 +127,17 @@ impl CaClient {
             revoked_serials: bundle.revoked_serials,
             revoked_identities: bundle.revoked_identities,
         })
+    }
+}
+
+/// A CA error for people: an unreachable CA says so, with what to check.
+fn refused(status: tonic::Status) -> anyhow::Error {
+    if status.code() == tonic::Code::Unavailable {
+        anyhow::anyhow!(
+            "CA unreachable: {} (check --ca-address, that `hawser ca` runs there, and --ca-root)",
+            status.message()
+        )
+    } else {
+        anyhow::anyhow!("CA refused ({:?}): {}", status.code(), status.message())
     }
 }

@@ -17,7 +17,10 @@ use tokio::{
 };
 
 use super::client::{CaClient, TrustBundle};
-use crate::identity::{SpiffeId, certs};
+use crate::{
+    identity::{SpiffeId, certs},
+    metrics::METRICS,
+};
 
 /// An X.509 SVID with its private key (in memory only, never written to disk).
 pub struct Svid {
@@ -162,6 +165,7 @@ impl SvidManager {
             if entry.pods == 0 {
                 entry.task.abort();
                 entries.remove(id);
+                forget_expiry(id);
                 tracing::info!(identity = %id, "SVID dropped: no pod of this identity is left on the node");
             }
         }
@@ -229,6 +233,7 @@ async fn lifecycle(
             Ok(svid) => {
                 tracing::info!(identity = %id, serial = svid.serial, not_after = %svid.not_after, "SVID issued");
                 backoff = config.retry_min;
+                expiry_gauge(&id).set(svid.not_after.unix_timestamp());
                 let wait = svid.refresh_in();
                 tx.send_replace(Some(svid));
                 wait
@@ -239,6 +244,7 @@ async fn lifecycle(
                     Some(svid) if svid.expired() => {
                         tracing::error!(identity = %id, serial = svid.serial, "SVID expired and the CA is unreachable: {e:#}");
                         tx.send_replace(None);
+                        forget_expiry(&id);
                         backoff
                     }
                     // Retry, but wake up in time to drop the cached SVID at its expiry.
@@ -257,6 +263,14 @@ async fn lifecycle(
             }
         }
     }
+}
+
+fn expiry_gauge(id: &SpiffeId) -> prometheus::IntGauge {
+    METRICS.svid_expiry.with_label_values(&[&id.to_string()])
+}
+
+fn forget_expiry(id: &SpiffeId) {
+    let _ = METRICS.svid_expiry.remove_label_values(&[&id.to_string()]);
 }
 
 async fn poll_bundle(

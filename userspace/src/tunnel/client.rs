@@ -9,7 +9,12 @@ use tokio::io::AsyncWriteExt;
 use tokio_rustls::TlsConnector;
 
 use super::{HANDSHAKE_TIMEOUT, offload::TunnelStream, preamble::Preamble, tls};
-use crate::{identity::SpiffeId, node::pod::PodContext, proxy::sockets};
+use crate::{
+    identity::SpiffeId,
+    metrics::{METRICS, timed},
+    node::pod::PodContext,
+    proxy::sockets,
+};
 
 /// Opens the tunnel to `dst`'s pod, proves `peer` is there, names the port, and hands the
 /// session to the kernel where it can take it.
@@ -23,10 +28,13 @@ pub async fn connect(pod: &PodContext, dst: SocketAddr, peer: &SpiffeId) -> Resu
     // Names play no part in the check (see `tls::SecureNaming`); an IP sends no SNI.
     let name = ServerName::IpAddress(dst.ip().into());
     let handshake = TlsConnector::from(Arc::new(config)).connect(name, CorkStream::new(tcp));
-    let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-        .await
-        .with_context(|| format!("TLS handshake with {tunnel}: timed out"))?
-        .with_context(|| format!("TLS handshake with {tunnel}"))?;
+    let mut stream = timed(&METRICS.handshake_seconds, "client", async {
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .with_context(|| format!("TLS handshake with {tunnel}: timed out"))?
+            .with_context(|| format!("TLS handshake with {tunnel}"))
+    })
+    .await?;
     stream
         .write_all(&Preamble { port: dst.port() }.encode())
         .await?;

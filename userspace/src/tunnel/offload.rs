@@ -19,6 +19,7 @@ use tokio::{
 use tokio_rustls::{client, server};
 
 use super::kernel_tls::KernelTls;
+use crate::metrics::METRICS;
 
 /// A tunnel stream after the handshake in rustls.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -106,12 +107,9 @@ impl Offload {
         stream: client::TlsStream<CorkStream<TcpStream>>,
     ) -> Result<TunnelStream> {
         if self.kernel.is_none() {
-            return Ok(TunnelStream::Userspace(Box::new(stream)));
+            return Ok(counted(TunnelStream::Userspace(Box::new(stream))));
         }
-        let offloaded = ktls::config_ktls_client(stream)
-            .await
-            .context("kernel TLS offload")?;
-        Ok(TunnelStream::Kernel(half_closable(offloaded)))
+        offloaded(ktls::config_ktls_client(stream).await)
     }
 
     /// Hands a server session to the kernel, or keeps it in rustls.
@@ -120,12 +118,39 @@ impl Offload {
         stream: server::TlsStream<CorkStream<TcpStream>>,
     ) -> Result<TunnelStream> {
         if self.kernel.is_none() {
-            return Ok(TunnelStream::Userspace(Box::new(stream)));
+            return Ok(counted(TunnelStream::Userspace(Box::new(stream))));
         }
-        let offloaded = ktls::config_ktls_server(stream)
-            .await
-            .context("kernel TLS offload")?;
-        Ok(TunnelStream::Kernel(half_closable(offloaded)))
+        offloaded(ktls::config_ktls_server(stream).await)
+    }
+}
+
+/// Counts where an established tunnel's TLS runs.
+fn counted(stream: TunnelStream) -> TunnelStream {
+    let (result, reason) = match &stream {
+        TunnelStream::Kernel(_) => ("ktls", ""),
+        TunnelStream::Userspace(_) => ("userspace", "no_kernel_tls"),
+    };
+    METRICS
+        .tls_offload
+        .with_label_values(&[result, reason])
+        .inc();
+    stream
+}
+
+/// The outcome of a hand-off to the kernel; a failure is counted with the step that
+/// failed (a bounded set: the `ktls` crate's error kinds).
+fn offloaded(result: Result<ktls::KtlsStream<TcpStream>, ktls::Error>) -> Result<TunnelStream> {
+    match result {
+        Ok(stream) => Ok(counted(TunnelStream::Kernel(half_closable(stream)))),
+        Err(e) => {
+            let reason = format!("{e:?}");
+            let reason = reason.split(['(', ' ']).next().unwrap_or("unknown");
+            METRICS
+                .tls_offload
+                .with_label_values(&["failed", reason])
+                .inc();
+            Err(e).context("kernel TLS offload")
+        }
     }
 }
 

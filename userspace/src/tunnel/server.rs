@@ -9,7 +9,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::{HANDSHAKE_TIMEOUT, offload::TunnelStream, preamble::Preamble, tls};
-use crate::{identity::SpiffeId, node::pod::PodContext};
+use crate::{
+    identity::SpiffeId,
+    metrics::{METRICS, timed},
+    node::pod::PodContext,
+};
 
 /// An accepted, authenticated tunnel: the client's identity and where it wants to go.
 pub struct Accepted {
@@ -25,10 +29,13 @@ pub async fn accept(pod: &PodContext, conn: TcpStream) -> Result<Accepted> {
     let offload = &pod.shared.offload;
     let config = tls::server_config(&svid, &bundle, offload.provider())?;
     let handshake = TlsAcceptor::from(Arc::new(config)).accept(CorkStream::new(conn));
-    let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-        .await
-        .context("TLS handshake: timed out")?
-        .context("TLS handshake")?;
+    let mut stream = timed(&METRICS.handshake_seconds, "server", async {
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .context("TLS handshake: timed out")?
+            .context("TLS handshake")
+    })
+    .await?;
     let leaf = stream
         .get_ref()
         .1

@@ -2,8 +2,10 @@
 
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 /// One pod: where it runs, its address, and the identity it runs as.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
     pub name: String,
     pub namespace: String,

@@ -111,7 +111,7 @@ fn deny_wins_and_wildcards_match() {
     let verdict = authorize(&p, &cart, 8080, Some(&id("test-1", "frontend")));
     assert_eq!(
         verdict,
-        Verdict::Deny("DENY policy istio-system/deny-test-ns matches".into())
+        Verdict::Deny("DENY policy istio-system/deny-test-ns rules[0] matches".into())
     );
     assert!(matches!(
         authorize(&p, &cart, 8080, Some(&id("shop", "frontend"))),
