@@ -119,11 +119,29 @@ fn series_of_a_workload_that_left_are_dropped_after_the_grace_period() -> Result
     if !can_run() {
         return Ok(());
     }
-    let m = Mesh::with_node_args(&["--metrics-grace-secs", "1"])?;
+    let m = Mesh::with_node_args(&["--metrics-grace-secs", "1", "--log-format", "json"])?;
     let _echo = echo_server(&m.b, 7000)?;
     let load = env!("CARGO_BIN_EXE_hawser-echo-load");
     let out = m.a.run(&[load, &format!("{}:7000", m.b.ip), "1", "1000"])?;
     assert!(out.status.success());
+    // The access log as JSON lines, for collectors.
+    m.d2.wait_for("the JSON access record", Duration::from_secs(10), |log| {
+        log.contains("\"target\":\"hawser::access\"")
+    })?;
+    let record: serde_json::Value = serde_json::from_str(
+        &m.d2
+            .lines_with(&["\"target\":\"hawser::access\""])
+            .remove(0),
+    )?;
+    let fields = &record["fields"];
+    assert_eq!(fields["direction"], "tunnel", "{record}");
+    assert_eq!(fields["src_identity"], A);
+    assert_eq!(fields["dst_identity"], B);
+    assert_eq!(
+        (&fields["bytes_sent"], &fields["bytes_received"]),
+        (&1000.into(), &1000.into())
+    );
+    assert!(fields["duration_ms"].is_u64() && fields["tls"].is_string());
     let from_a = [("source_workload", "a")];
     wait_until(Duration::from_secs(10), "a's series on node2", || {
         scrape(&m.node2)
