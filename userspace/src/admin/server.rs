@@ -166,7 +166,9 @@ async fn certs_view(State(admin): State<Admin>) -> Result<Json<Certs>, Problem> 
         .map(|(id, svid)| IdentityCerts {
             identity: id.to_string(),
             state: if svid.is_some() { "valid" } else { "pending" }.into(),
-            chain: svid.map_or(Vec::new(), |s| s.chain.iter().filter_map(|c| cert(c)).collect()),
+            chain: svid.map_or(Vec::new(), |s| {
+                s.chain.iter().filter_map(|c| cert(c)).collect()
+            }),
         })
         .collect();
     Ok(Json(Certs {
