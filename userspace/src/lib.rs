@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod ca;
+pub mod egress;
 pub mod grpc;
 pub mod identity;
 pub mod logging;

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use hawser::{
     admin::cli::{self, AdminClient},
     ca::{self, CaConfig},
+    egress::OutboundPolicy,
     identity::pki::{self, CaSpec, KeyType},
     logging::{self, LogFormat},
     node::{self, CaSettings, NodeConfig},
@@ -104,6 +105,22 @@ struct NodeArgs {
     /// Where Prometheus scrapes `/metrics` (and kubelet probes `/healthz/ready`).
     #[arg(long, default_value = "0.0.0.0:15020", env = "HAWSER_METRICS_ADDR")]
     metrics_addr: SocketAddr,
+    /// Where `DestinationRule` `credentialName`s are: one directory per credential with
+    /// `tls.crt`, `tls.key` and `ca.crt` (a mounted Secret).
+    #[arg(
+        long,
+        default_value = "/etc/hawser/credentials",
+        env = "HAWSER_CREDENTIALS_DIR"
+    )]
+    credentials_dir: PathBuf,
+    /// Istio's outbound traffic policy for destinations no ServiceEntry declares.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "ALLOW_ANY",
+        env = "HAWSER_OUTBOUND_TRAFFIC_POLICY"
+    )]
+    outbound_traffic_policy: OutboundPolicy,
     /// Seconds the metric series of a workload that left stay before they are dropped.
     #[arg(long, default_value_t = 300)]
     metrics_grace_secs: u64,
@@ -272,6 +289,8 @@ fn node_config(args: NodeArgs, log_level: logging::LogLevel) -> Result<NodeConfi
         admin_addr: args.admin_addr,
         metrics_addr: args.metrics_addr,
         series_grace: Duration::from_secs(args.metrics_grace_secs),
+        credentials_dir: args.credentials_dir,
+        outbound_policy: args.outbound_traffic_policy,
         log_level,
         config_dir: args.config_dir,
         pin_dir: args.bpf.pin_dir,

@@ -17,6 +17,11 @@ use tokio::{
 
 use crate::{
     admin::{self, server::Admin},
+    egress::{
+        OutboundPolicy,
+        credentials::Credentials,
+        route::{EgressRoute, Origination},
+    },
     identity::SpiffeId,
     logging::LogLevel,
     metrics::METRICS,
@@ -40,6 +45,9 @@ pub struct NodeConfig {
     pub pin_dir: PathBuf,
     pub cgroup: PathBuf,
     pub reload_interval: Duration,
+    /// Where `credentialName` directories live.
+    pub credentials_dir: PathBuf,
+    pub outbound_policy: OutboundPolicy,
     /// Where identities come from; without it the daemon relays without identities.
     pub ca: Option<CaSettings>,
 }
@@ -61,6 +69,9 @@ pub struct Shared {
     pub trust_domain: String,
     pub registry: tokio::sync::watch::Receiver<Arc<Registry>>,
     pub offload: Offload,
+    /// Client certificates for originated TLS.
+    pub credentials: Credentials,
+    pub outbound_policy: OutboundPolicy,
 }
 
 /// How a captured outbound connection leaves the node.
@@ -70,6 +81,10 @@ pub enum Route {
     Direct,
     /// Through the mTLS tunnel to a workload on another node, which must prove `peer`.
     Tunnel { peer: SpiffeId },
+    /// To an external service a ServiceEntry declares, with TLS when a rule says so.
+    Egress(Box<Origination>),
+    /// Nowhere: the outbound policy refuses undeclared destinations.
+    Refused(String),
 }
 
 impl Shared {
@@ -88,13 +103,20 @@ impl Shared {
         ))
     }
 
-    pub fn route(&self, dst: std::net::SocketAddr) -> Route {
+    /// Where a connection `client` dialed to `dst` goes: mesh workloads first, then
+    /// what the egress configuration declares.
+    pub fn route(&self, client: &Workload, dst: std::net::SocketAddr) -> Route {
         let registry = self.registry.borrow();
         match registry.by_ip(dst.ip()) {
             Some(w) if w.node_name != self.node_name && self.svids.is_some() => Route::Tunnel {
                 peer: SpiffeId::new(&self.trust_domain, &w.namespace, &w.service_account),
             },
-            _ => Route::Direct,
+            Some(_) => Route::Direct,
+            None => match registry.egress.route(client, dst, self.outbound_policy) {
+                EgressRoute::Declared(o) => Route::Egress(o),
+                EgressRoute::PassThrough => Route::Direct,
+                EgressRoute::Refused(why) => Route::Refused(why),
+            },
         }
     }
 }
@@ -134,6 +156,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             Some(_) => Offload::probe().await,
             None => Offload::userspace(),
         },
+        credentials: Credentials::new(config.credentials_dir.clone()),
+        outbound_policy: config.outbound_policy,
     });
     let (status_tx, status) = watch::channel(NodeStatus::default());
     admin::server::serve(

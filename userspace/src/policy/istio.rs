@@ -16,9 +16,9 @@ pub const API_VERSIONS: &[&str] = &["security.istio.io/v1", "security.istio.io/v
 /// what `kubectl get -o yaml` adds) is accepted and ignored.
 #[derive(Deserialize)]
 pub struct Metadata {
-    name: String,
+    pub(crate) name: String,
     #[serde(default = "default_namespace")]
-    namespace: String,
+    pub(crate) namespace: String,
 }
 
 fn default_namespace() -> String {
@@ -27,9 +27,9 @@ fn default_namespace() -> String {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Selector {
+pub(crate) struct Selector {
     #[serde(default)]
-    match_labels: BTreeMap<String, String>,
+    pub(crate) match_labels: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]

@@ -12,6 +12,7 @@ use super::{
     sockets,
 };
 use crate::{
+    egress::{originate, route::Origination},
     node::{Route, pod::PodContext},
     tunnel,
 };
@@ -31,7 +32,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext) {
         return;
     };
     let conn = Connection::new(Direction::Outbound, pod, peer, dst);
-    match pod.shared.route(dst) {
+    match pod.shared.route(&pod.workload, dst) {
         Route::Direct => match connect(pod, dst).await {
             Ok(upstream) => conn.relay(client, upstream).await,
             Err(e) => conn.refuse(&format!("{e:#}")),
@@ -42,6 +43,29 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext) {
             match tunnel::client::connect(pod, dst, &peer).await {
                 Ok(upstream) => conn.relay_tunnel(client, upstream).await,
                 Err(e) => conn.refuse(&format!("{e:#}")),
+            }
+        }
+        Route::Egress(o) => egress(conn, client, pod, &o).await,
+        Route::Refused(why) => conn.refuse(&why),
+    }
+}
+
+/// To an external service: plain to its target port, or through TLS the daemon
+/// originates (never plaintext when a rule asks for TLS).
+async fn egress(conn: Connection, client: TcpStream, pod: &PodContext, o: &Origination) {
+    match &o.tls {
+        None => {
+            let conn = conn.egress(o, None);
+            match originate::dial(pod, o).await {
+                Ok(upstream) => conn.relay(client, upstream).await,
+                Err(e) => conn.refuse(&format!("{e:#}")),
+            }
+        }
+        Some((rule, settings)) => {
+            let conn = conn.egress(o, Some((settings.mode, pod.shared.offload.path())));
+            match originate::tls(pod, o, settings).await {
+                Ok(upstream) => conn.relay_tunnel(client, upstream).await,
+                Err(e) => conn.refuse(&format!("DestinationRule {rule}: {e:#}")),
             }
         }
     }

@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::{
+    egress::{TlsMode, route::Origination},
     metrics::{self, ConnectionLabels, METRICS, Peer},
     node::pod::PodContext,
     tunnel::{
@@ -43,6 +44,10 @@ pub struct Connection {
     pub dst: SocketAddr,
     /// Who encrypted: `ktls` (the kernel), `userspace` (rustls) or `none`.
     pub tls: &'static str,
+    /// What crossed the wire: `mtls`, `tls` (server authentication only) or `plaintext`.
+    wire: &'static str,
+    /// Where the daemon connected, when not `dst` (an external service's target).
+    upstream: Option<SocketAddr>,
     labels: ConnectionLabels,
     pub started: Instant,
 }
@@ -62,6 +67,8 @@ impl Connection {
             src,
             dst,
             tls: "none",
+            wire: "plaintext",
+            upstream: None,
             labels: ConnectionLabels {
                 reporter,
                 source,
@@ -77,12 +84,31 @@ impl Connection {
     /// `peer`.
     pub fn mtls(mut self, peer: &impl ToString, path: TlsPath) -> Self {
         self.labels.security = "mutual_tls";
+        self.wire = "mtls";
         self.tls = path.as_str();
         let remote = match self.direction {
             Direction::Outbound => &mut self.labels.destination,
             Direction::Inbound | Direction::Tunnel => &mut self.labels.source,
         };
         remote.principal = peer.to_string();
+        self
+    }
+
+    /// Marks the connection as going to an external service, with TLS originated by the
+    /// daemon when `mode` is set.
+    pub fn egress(mut self, o: &Origination, tls: Option<(TlsMode, TlsPath)>) -> Self {
+        self.upstream = Some(o.upstream);
+        self.labels.destination_service = o.host.clone();
+        if let Some((mode, path)) = tls {
+            self.tls = path.as_str();
+            self.wire = match mode {
+                TlsMode::Mutual | TlsMode::IstioMutual => "mtls",
+                TlsMode::Simple | TlsMode::Disable => "tls",
+            };
+            if self.wire == "mtls" {
+                self.labels.security = "mutual_tls";
+            }
+        }
         self
     }
 
@@ -142,29 +168,22 @@ impl Connection {
     fn log(&self, sent: u64, received: u64, error: Option<&str>) {
         let duration_ms = self.started.elapsed().as_millis() as u64;
         let direction = self.direction.as_str();
-        let (l, security) = (&self.labels, self.security());
+        let (l, security) = (&self.labels, self.wire);
+        let upstream = self.upstream.map_or("-".into(), |u| u.to_string());
         let (src_identity, dst_identity) = (&l.source.principal, &l.destination.principal);
         match error {
             None => tracing::info!(
                 target: "hawser::access",
                 direction, pod = %self.pod, src = %self.src, src_identity, dst = %self.dst, dst_identity,
-                security, tls = self.tls, bytes_sent = sent, bytes_received = received, duration_ms,
+                upstream, security, tls = self.tls, bytes_sent = sent, bytes_received = received, duration_ms,
                 "connection closed"
             ),
             Some(reason) => tracing::warn!(
                 target: "hawser::access",
                 direction, pod = %self.pod, src = %self.src, src_identity, dst = %self.dst, dst_identity,
-                security, tls = self.tls, bytes_sent = sent, bytes_received = received, duration_ms, reason,
+                upstream, security, tls = self.tls, bytes_sent = sent, bytes_received = received, duration_ms, reason,
                 "connection refused"
             ),
-        }
-    }
-
-    /// `mtls` when the bytes crossed the wire inside the tunnel, else `plaintext`.
-    fn security(&self) -> &'static str {
-        match self.labels.security {
-            "mutual_tls" => "mtls",
-            _ => "plaintext",
         }
     }
 }

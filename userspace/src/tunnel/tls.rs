@@ -22,7 +22,7 @@ use crate::{
     svid::{Svid, TrustBundle},
 };
 
-fn chain(svid: &Svid) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+pub(crate) fn chain(svid: &Svid) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let certs = svid
         .chain
         .iter()
@@ -32,7 +32,7 @@ fn chain(svid: &Svid) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'st
     Ok((certs, key))
 }
 
-fn roots(bundle: &TrustBundle) -> Result<RootCertStore> {
+pub(crate) fn roots(bundle: &TrustBundle) -> Result<RootCertStore> {
     let mut store = RootCertStore::empty();
     for pem in &bundle.roots {
         store
@@ -113,6 +113,30 @@ pub fn server_config(
 
 /// Chain validation against the bundle, then the server's SPIFFE ID against the one the
 /// destination must have. Host names play no part.
+/// Checks that `end_entity` chains to `roots` for server authentication; returns it
+/// parsed for name checks.
+pub(crate) fn verify_chain<'a>(
+    end_entity: &'a CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    roots: &RootCertStore,
+    provider: &CryptoProvider,
+    now: UnixTime,
+) -> Result<webpki::EndEntityCert<'a>, rustls::Error> {
+    let cert = webpki::EndEntityCert::try_from(end_entity)
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    cert.verify_for_usage(
+        provider.signature_verification_algorithms.all,
+        &roots.roots,
+        intermediates,
+        now,
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    )
+    .map_err(|e| rustls::Error::General(format!("server chain: {e}")))?;
+    Ok(cert)
+}
+
 #[derive(Debug)]
 struct SecureNaming {
     roots: Arc<RootCertStore>,
@@ -130,18 +154,7 @@ impl ServerCertVerifier for SecureNaming {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        cert.verify_for_usage(
-            self.provider.signature_verification_algorithms.all,
-            &self.roots.roots,
-            intermediates,
-            now,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| rustls::Error::General(format!("server chain: {e}")))?;
+        verify_chain(end_entity, intermediates, &self.roots, &self.provider, now)?;
         let id = peer_identity(end_entity, &self.bundle)
             .map_err(|e| rustls::Error::General(e.to_string()))?;
         if id != self.expected {

@@ -21,6 +21,10 @@ use std::{
 use serde::Deserialize;
 
 use super::model::{Registry, Workload};
+use crate::egress::{
+    self, DestinationRule, ServiceEntry,
+    istio::{DestinationRuleDoc, ServiceEntryDoc},
+};
 use crate::policy::{
     AuthorizationPolicy, PeerAuthentication,
     istio::{API_VERSIONS, AuthorizationPolicyDoc, PeerAuthenticationDoc},
@@ -32,6 +36,8 @@ pub enum Document {
     Workload(Workload),
     PeerAuthentication(PeerAuthentication),
     AuthorizationPolicy(AuthorizationPolicy),
+    ServiceEntry(ServiceEntry),
+    DestinationRule(DestinationRule),
 }
 
 /// One problem in one file.
@@ -103,6 +109,20 @@ pub fn load_dir(dir: &Path) -> Result<Registry, ConfigErrors> {
     }
 }
 
+/// The registry one file's text declares (for tests and tools).
+pub fn parse_registry(file: &Path, text: &str) -> Result<Registry, ConfigErrors> {
+    let found = parse_file(file, text)?
+        .into_iter()
+        .map(|(doc, line)| (doc, file.to_path_buf(), line))
+        .collect();
+    let mut errors = Vec::new();
+    let registry = assemble(found, &mut errors);
+    match errors.is_empty() {
+        true => Ok(registry),
+        false => Err(ConfigErrors(errors)),
+    }
+}
+
 /// Builds the registry, refusing duplicate names and addresses.
 fn assemble(found: Vec<(Document, PathBuf, usize)>, errors: &mut Vec<ConfigError>) -> Registry {
     let mut registry = Registry::default();
@@ -121,6 +141,10 @@ fn assemble(found: Vec<(Document, PathBuf, usize)>, errors: &mut Vec<ConfigError
                 "AuthorizationPolicy {}/{}",
                 p.scope.namespace, p.name
             )],
+            Document::ServiceEntry(e) => vec![format!("ServiceEntry {}/{}", e.namespace, e.name)],
+            Document::DestinationRule(r) => {
+                vec![format!("DestinationRule {}/{}", r.namespace, r.name)]
+            }
         };
         if let Some(taken) = keys.iter().find(|k| first_seen.contains_key(*k)) {
             errors.push(ConfigError {
@@ -139,6 +163,8 @@ fn assemble(found: Vec<(Document, PathBuf, usize)>, errors: &mut Vec<ConfigError
             }
             Document::PeerAuthentication(p) => registry.policies.peer_authentications.push(p),
             Document::AuthorizationPolicy(p) => registry.policies.authorization_policies.push(p),
+            Document::ServiceEntry(e) => registry.egress.service_entries.push(e),
+            Document::DestinationRule(r) => registry.egress.destination_rules.push(r),
         }
     }
     registry
@@ -270,9 +296,19 @@ fn parse_document(doc: &str) -> Result<Option<Document>, DocError> {
             let raw: AuthorizationPolicyDoc = serde_yaml::from_str(doc)?;
             Document::AuthorizationPolicy(raw.into_policy().map_err(doc_error)?)
         }
+        "ServiceEntry" => {
+            check_version(egress::istio::API_VERSIONS)?;
+            let raw: ServiceEntryDoc = serde_yaml::from_str(doc)?;
+            Document::ServiceEntry(raw.into_service_entry().map_err(doc_error)?)
+        }
+        "DestinationRule" => {
+            check_version(egress::istio::API_VERSIONS)?;
+            let raw: DestinationRuleDoc = serde_yaml::from_str(doc)?;
+            Document::DestinationRule(raw.into_destination_rule().map_err(doc_error)?)
+        }
         other => {
             return Err(doc_error(format!(
-                "unsupported kind {other:?} (supported: Workload, PeerAuthentication, AuthorizationPolicy)"
+                "unsupported kind {other:?} (supported: Workload, PeerAuthentication, AuthorizationPolicy, ServiceEntry, DestinationRule)"
             )));
         }
     };

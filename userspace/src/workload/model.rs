@@ -38,6 +38,7 @@ pub struct Registry {
     /// By `namespace/name`.
     pub workloads: BTreeMap<String, Workload>,
     pub policies: crate::policy::Policies,
+    pub egress: crate::egress::Egress,
 }
 
 impl Registry {

@@ -1,18 +1,10 @@
 use std::path::Path;
 
 use super::*;
-use crate::workload::local::{Document, parse_file};
+use crate::workload::local::parse_registry;
 
 fn policies(yaml: &str) -> Policies {
-    let mut p = Policies::default();
-    for (doc, _) in parse_file(Path::new("p.yaml"), yaml).unwrap() {
-        match doc {
-            Document::PeerAuthentication(x) => p.peer_authentications.push(x),
-            Document::AuthorizationPolicy(x) => p.authorization_policies.push(x),
-            Document::Workload(_) => {}
-        }
-    }
-    p
+    parse_registry(Path::new("p.yaml"), yaml).unwrap().policies
 }
 
 fn workload(namespace: &str, app: &str) -> Workload {
@@ -172,7 +164,7 @@ fn unsupported_istio_fields_are_clear_errors() {
         let yaml = format!(
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec: {spec}\n"
         );
-        parse_file(Path::new("p.yaml"), &yaml)
+        parse_registry(Path::new("p.yaml"), &yaml)
             .unwrap_err()
             .to_string()
     };

@@ -1,0 +1,121 @@
+//! Deciding one captured connection to an address outside the mesh: which `ServiceEntry`
+//! declares it, where the daemon connects (`targetPort`), and which `DestinationRule` TLS
+//! settings apply for this client.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::{ClientTls, DestinationRule, Egress, OutboundPolicy, ServiceEntry, TlsMode};
+use crate::{policy::ROOT_NAMESPACE, workload::Workload};
+
+pub enum EgressRoute {
+    /// Declared by a ServiceEntry: connect to the upstream, with TLS when a rule says so.
+    Declared(Box<Origination>),
+    /// Not declared, and the outbound policy is ALLOW_ANY: plain TCP as dialed.
+    PassThrough,
+    /// Not declared, and the outbound policy is REGISTRY_ONLY.
+    Refused(String),
+}
+
+/// How one connection leaves for an external service.
+#[derive(Clone, Debug)]
+pub struct Origination {
+    /// `namespace/name` of the ServiceEntry.
+    pub service_entry: String,
+    /// The service's host name: the default SNI and name to verify.
+    pub host: String,
+    pub upstream: SocketAddr,
+    /// The rule (`namespace/name`) and its TLS settings; None for plain TCP.
+    pub tls: Option<(String, ClientTls)>,
+}
+
+impl Egress {
+    pub fn route(&self, client: &Workload, dst: SocketAddr, policy: OutboundPolicy) -> EgressRoute {
+        let declared = self
+            .service_entries
+            .iter()
+            .find_map(|se| declares(se, dst).map(|upstream| (se, upstream)));
+        let Some((se, upstream)) = declared else {
+            return match policy {
+                OutboundPolicy::AllowAny => EgressRoute::PassThrough,
+                OutboundPolicy::RegistryOnly => {
+                    EgressRoute::Refused(format!("REGISTRY_ONLY: no ServiceEntry declares {dst}"))
+                }
+            };
+        };
+        let tls = self.rule_for(client, se).and_then(|rule| {
+            let settings = rule
+                .port_tls
+                .get(&dst.port())
+                .or_else(|| rule.port_tls.get(&upstream.port()))
+                .or(rule.tls.as_ref())?;
+            (settings.mode != TlsMode::Disable).then(|| {
+                (
+                    format!("{}/{}", rule.namespace, rule.name),
+                    settings.clone(),
+                )
+            })
+        });
+        EgressRoute::Declared(Box::new(Origination {
+            service_entry: format!("{}/{}", se.namespace, se.name),
+            host: se.hosts[0].clone(),
+            upstream,
+            tls,
+        }))
+    }
+
+    /// The DestinationRule for `se`'s hosts that applies to `client`: one selecting the
+    /// client's labels first, then one in the client's namespace, then one in the root
+    /// namespace, then any other.
+    fn rule_for(&self, client: &Workload, se: &ServiceEntry) -> Option<&DestinationRule> {
+        self.destination_rules
+            .iter()
+            .filter(|r| se.hosts.iter().any(|h| host_matches(&r.host, h)))
+            .filter_map(|r| {
+                let rank = match &r.workload_selector {
+                    Some(labels) if r.namespace == client.namespace && selects(labels, client) => 3,
+                    Some(_) => return None,
+                    None if r.namespace == client.namespace => 2,
+                    None if r.namespace == ROOT_NAMESPACE => 1,
+                    None => 0,
+                };
+                Some((rank, r))
+            })
+            // max_by_key keeps the last of equals: reverse so the first declared wins.
+            .rev()
+            .max_by_key(|(rank, _)| *rank)
+            .map(|(_, r)| r)
+    }
+}
+
+/// The upstream address when `se` declares `dst` (address and port), else None.
+fn declares(se: &ServiceEntry, dst: SocketAddr) -> Option<SocketAddr> {
+    let port = se.ports.iter().find(|p| p.number == dst.port())?;
+    let ip = dst.ip();
+    let upstream: IpAddr = if se.endpoints.contains(&ip) {
+        ip
+    } else if se.addresses.iter().any(|net| net.contains(&ip)) {
+        // A virtual address: the first endpoint, or the dialed address without any.
+        se.endpoints.first().copied().unwrap_or(ip)
+    } else {
+        return None;
+    };
+    Some(SocketAddr::new(
+        upstream,
+        port.target_port.unwrap_or(port.number),
+    ))
+}
+
+fn selects(labels: &std::collections::BTreeMap<String, String>, w: &Workload) -> bool {
+    labels.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+}
+
+/// Istio host matching: exact, or a `*.suffix` wildcard.
+fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some(suffix) => host.ends_with(suffix),
+        None => pattern == host,
+    }
+}
+
+#[cfg(test)]
+mod tests;
