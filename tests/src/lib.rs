@@ -9,6 +9,7 @@
 mod host;
 pub mod mesh;
 pub mod peers;
+pub mod pki;
 mod process;
 mod service;
 
@@ -32,6 +33,17 @@ pub fn can_run() -> bool {
     }
     eprintln!("SKIPPED: this end-to-end test needs root (network namespaces, eBPF, cgroups)");
     false
+}
+
+/// Where the daemon's TLS runs on this kernel, as the access log names it: `ktls` where
+/// the kernel has the `tls` module (e.g. the VM of `cargo xtask vm-test`), else
+/// `userspace`.
+pub fn expected_tls_path() -> &'static str {
+    if Path::new("/proc/net/tls_stat").exists() {
+        "ktls"
+    } else {
+        "userspace"
+    }
 }
 
 /// The `hawser` binary under test: `$HAWSER_BIN`, or the workspace's debug build.

@@ -9,15 +9,49 @@ use anyhow::{Result, bail};
 
 use crate::{Pod, Proc, Testbed};
 
-/// nginx serving `/hello.txt` on port 80, logging `$remote_addr` per request.
+/// nginx serving `/hello.txt` on port 80 (and on any TLS servers added), logging per
+/// request: client address, port, status, SNI, client certificate subject and check.
 pub struct Nginx {
     _proc: Proc,
     access_log: PathBuf,
     pub body: String,
 }
 
+/// An nginx TLS server that requires a client certificate (`ssl_verify_client on`) and
+/// answers only its `server_name`: any other SNI has its handshake rejected.
+pub struct TlsServer<'a> {
+    pub port: u16,
+    pub server_name: &'a str,
+    pub cert: &'a std::path::Path,
+    pub key: &'a std::path::Path,
+    /// The CA client certificates must chain to.
+    pub client_ca: &'a std::path::Path,
+}
+
+impl TlsServer<'_> {
+    fn config(&self, root: &std::path::Path) -> String {
+        format!(
+            "server {{ listen {port} ssl default_server; ssl_reject_handshake on; }}
+             server {{ listen {port} ssl; server_name {name}; root {root};
+               ssl_certificate {cert}; ssl_certificate_key {key};
+               ssl_client_certificate {ca}; ssl_verify_client on; ssl_verify_depth 3; }}
+",
+            port = self.port,
+            name = self.server_name,
+            root = root.display(),
+            cert = self.cert.display(),
+            key = self.key.display(),
+            ca = self.client_ca.display(),
+        )
+    }
+}
+
 impl Nginx {
     pub fn start(bed: &Testbed, pod: &Pod) -> Result<Self> {
+        Self::start_with_tls(bed, pod, &[])
+    }
+
+    pub fn start_with_tls(bed: &Testbed, pod: &Pod, tls: &[TlsServer]) -> Result<Self> {
         let dir = bed.dir().join(format!("nginx-{}", pod.name));
         std::fs::create_dir_all(dir.join("html"))?;
         let body = format!("hello from {}\n", pod.name);
@@ -26,12 +60,17 @@ impl Nginx {
         let conf = format!(
             "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
              events {{ worker_connections 1024; }}\n\
-             http {{\n  log_format peer '$remote_addr $request $status';\n  access_log {log} peer;\n\
+             http {{\n  log_format peer '$remote_addr $server_port $status \"$ssl_server_name\" \"$ssl_client_s_dn\" $ssl_client_verify';\n\
+               access_log {log} peer;\n\
                client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
                uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-               server {{ listen 80; root {d}/html; }}\n}}\n",
+               server {{ listen 80; root {d}/html; }}\n{tls}}}\n",
             d = dir.display(),
-            log = access_log.display()
+            log = access_log.display(),
+            tls = tls
+                .iter()
+                .map(|t| t.config(&dir.join("html")))
+                .collect::<String>(),
         );
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
@@ -53,9 +92,17 @@ impl Nginx {
         })
     }
 
-    /// Client addresses of the requests served so far. nginx logs a request just after
-    /// answering it, so this waits until the log has been still for a moment.
+    /// Client addresses of the requests served so far.
     pub fn clients(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    /// The access log's lines so far. nginx logs a request just after answering it, so
+    /// this waits until the log has been still for a moment.
+    pub fn requests(&self) -> Vec<String> {
         let read = || std::fs::read_to_string(&self.access_log).unwrap_or_default();
         let mut log = read();
         for _ in 0..50 {
@@ -66,9 +113,7 @@ impl Nginx {
             }
             log = now;
         }
-        log.lines()
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect()
+        log.lines().map(str::to_string).collect()
     }
 }
 

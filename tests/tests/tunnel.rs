@@ -8,6 +8,7 @@ use hawser_testbed::{
     can_run,
     mesh::Mesh,
     peers::{Capture, Nginx, curl, echo_server},
+    pki,
 };
 
 const A: &str = "spiffe://cluster.local/ns/default/sa/a";
@@ -59,7 +60,7 @@ fn traffic_between_nodes_is_mtls_on_the_wire() -> Result<()> {
     assert_eq!(nginx.clients(), vec![m.a.ip.clone()]);
 
     // Where the kernel has TLS, it encrypted; elsewhere rustls did. Both ends say which.
-    let path = format!("tls=\"{}\"", expected_tls_path());
+    let path = format!("tls=\"{}\"", hawser_testbed::expected_tls_path());
     for d in [&m.d1, &m.d2] {
         assert!(
             d.lines_with(&["connection closed", "security=\"mtls\"", &path])
@@ -69,7 +70,7 @@ fn traffic_between_nodes_is_mtls_on_the_wire() -> Result<()> {
             d.log()
         );
     }
-    if expected_tls_path() == "ktls" {
+    if hawser_testbed::expected_tls_path() == "ktls" {
         // Counters are per network namespace: read them where the sockets live.
         for pod in [&m.a, &m.b] {
             let stat = String::from_utf8(pod.run(&["cat", "/proc/net/tls_stat"])?.stdout)?;
@@ -85,14 +86,6 @@ fn traffic_between_nodes_is_mtls_on_the_wire() -> Result<()> {
 
 /// `ktls` where the kernel has the `tls` module loaded (the VM tests load it), else
 /// `userspace`.
-fn expected_tls_path() -> &'static str {
-    if std::path::Path::new("/proc/net/tls_stat").exists() {
-        "ktls"
-    } else {
-        "userspace"
-    }
-}
-
 fn tls_stat(stat: &str, name: &str) -> u64 {
     stat.lines()
         .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0)))
@@ -212,56 +205,19 @@ fn a_gibibyte_crosses_the_tunnel_intact() -> Result<()> {
 /// A certificate for `identity` signed by the mesh's root (the test can read the CA's key):
 /// valid in every way except secure naming. Returns (cert, key) paths.
 fn impostor_cert(m: &Mesh, identity: &str) -> Result<(String, String)> {
-    let dir = m.bed.dir().join("impostor");
-    std::fs::create_dir_all(&dir)?;
-    let state = m.ca.root.parent().unwrap();
-    let p = |n: &str| dir.join(n).display().to_string();
-    std::fs::write(
-        dir.join("ext.cnf"),
-        format!("subjectAltName=URI:{identity}\nextendedKeyUsage=serverAuth,clientAuth\n"),
-    )?;
-    let run = |args: &[&str]| -> Result<()> {
-        let out = std::process::Command::new("openssl").args(args).output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    };
-    run(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &p("key.pem"),
-        "-subj",
+    let mesh_ca = pki::Pair::mesh_ca(m.ca.root.parent().unwrap());
+    let ext = format!("subjectAltName=URI:{identity}");
+    let pair = pki::leaf(
+        &m.bed.dir().join("impostor"),
+        "impostor",
         "/CN=evil",
-        "-out",
-        &p("req.csr"),
-    ])?;
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        &p("req.csr"),
-        "-CA",
-        &state.join("ca-cert.pem").display().to_string(),
-        "-CAkey",
-        &state.join("ca-key.pem").display().to_string(),
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        &p("ext.cnf"),
-        "-out",
-        &p("cert.pem"),
-    ])?;
-    Ok((p("cert.pem"), p("key.pem")))
+        &ext,
+        &mesh_ca,
+    )?;
+    Ok((
+        pair.cert.display().to_string(),
+        pair.key.display().to_string(),
+    ))
 }
 
 /// Istio YAML, as a user would apply it, in the daemons' configuration directory.

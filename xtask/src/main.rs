@@ -5,7 +5,7 @@
 //! - `build`: bootstrap, then the eBPF object, the daemon and the test tools;
 //! - `test`: build, then formatting, lints, unit and end-to-end tests, and `vm-test`;
 //! - `demo`: build, then a local mesh on network namespaces with real curl and nginx;
-//! - `vm-test`: the tunnel suite in a QEMU VM on Debian's stock kernel, with kernel TLS.
+//! - `vm-test`: the tunnel and egress suites in a QEMU VM on Debian's stock kernel, with kernel TLS.
 
 mod bootstrap;
 mod cmd;

@@ -3,9 +3,13 @@
 //! authentication only (SIMPLE). The session goes to the kernel where it can, as the
 //! tunnel's does.
 
-use std::sync::Arc;
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use ktls::CorkStream;
 use rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
@@ -13,7 +17,10 @@ use rustls::{
     crypto::CryptoProvider,
     pki_types::{CertificateDer, ServerName, UnixTime},
 };
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
 use tokio_rustls::TlsConnector;
 
 use super::{ClientTls, TlsMode, route::Origination};
@@ -51,7 +58,48 @@ pub async fn tls(pod: &PodContext, o: &Origination, settings: &ClientTls) -> Res
             .with_context(|| format!("TLS handshake with {}", o.upstream))
     })
     .await?;
-    offload.client(stream).await
+    Ok(match offload.client(stream).await? {
+        TunnelStream::Userspace(s) => TunnelStream::Userspace(Box::new(EofWithoutCloseNotify(s))),
+        kernel => kernel,
+    })
+}
+
+/// Many servers (nginx among them) close without TLS `close_notify`. As Envoy does for
+/// originated TLS, that ends the stream instead of failing it: the app speaks HTTP or
+/// its own protocol over the plain side and relies on that protocol's framing.
+struct EofWithoutCloseNotify<S>(S);
+
+impl<S: AsyncRead + Unpin> AsyncRead for EofWithoutCloseNotify<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match Pin::new(&mut self.0).poll_read(cx, buf) {
+            Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for EofWithoutCloseNotify<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 fn client_config(

@@ -175,13 +175,13 @@ impl Connection {
             None => tracing::info!(
                 target: "hawser::access",
                 direction, pod = %self.pod, src = %self.src, src_identity, dst = %self.dst, dst_identity,
-                upstream, security, tls = self.tls, bytes_sent = sent, bytes_received = received, duration_ms,
+                upstream = %upstream, security, tls = self.tls, bytes_sent = sent, bytes_received = received, duration_ms,
                 "connection closed"
             ),
             Some(reason) => tracing::warn!(
                 target: "hawser::access",
                 direction, pod = %self.pod, src = %self.src, src_identity, dst = %self.dst, dst_identity,
-                upstream, security, tls = self.tls, bytes_sent = sent, bytes_received = received, duration_ms, reason,
+                upstream = %upstream, security, tls = self.tls, bytes_sent = sent, bytes_received = received, duration_ms, reason,
                 "connection refused"
             ),
         }
