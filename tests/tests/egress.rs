@@ -29,7 +29,7 @@ struct Scene {
     a: Pod,
     c: Pod,
     ext: Pod,
-    _node: Node,
+    node: Node,
     pki: PathBuf,
     company: Pair,
     credentials: PathBuf,
@@ -99,7 +99,7 @@ fn scene(node_args: &[&str]) -> Result<Scene> {
         a,
         c,
         ext,
-        _node: node,
+        node,
         pki,
         company,
         credentials,
@@ -184,6 +184,16 @@ fn istio_mutual_reaches_an_external_nginx_that_trusts_the_mesh_root() -> Result<
          \x20   - port: {{number: 80}}\n      tls: {{mode: ISTIO_MUTUAL}}\n",
         service_entry("common", COMMON, &s.ext, &[(80, 8443)])
     ))?;
+    // The daemon shows what it loaded.
+    let dump: serde_json::Value = serde_json::from_str(&s.node.hawser(&["workloads", "--json"])?)?;
+    assert_eq!(
+        dump["egress"]["service_entries"][0]["ports"][0]["target_port"],
+        8443
+    );
+    assert_eq!(
+        dump["egress"]["destination_rules"][0]["port_tls"]["80"]["mode"],
+        "ISTIO_MUTUAL"
+    );
     assert_eq!(s.get(&s.a, COMMON, 80)?, s.nginx.body);
     let request = s.last_request();
     assert!(

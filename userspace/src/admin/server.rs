@@ -211,6 +211,7 @@ async fn config_dump(State(admin): State<Admin>) -> Json<ConfigDump> {
         enrolled,
         workloads: registry.workloads.values().cloned().collect(),
         policies: registry.policies.clone(),
+        egress: registry.egress.clone(),
     })
 }
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{policy::Policies, workload::Workload};
+use crate::{egress::Egress, policy::Policies, workload::Workload};
 
 /// `/status`: is the daemon ready, and what it serves.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -62,7 +62,7 @@ pub struct Cert {
     pub pem: String,
 }
 
-/// `/config_dump`: the workloads and policies as the daemon sees them.
+/// `/config_dump`: the workloads, policies and egress rules as the daemon sees them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ConfigDump {
     pub node: String,
@@ -71,6 +71,7 @@ pub struct ConfigDump {
     pub enrolled: Vec<String>,
     pub workloads: Vec<Workload>,
     pub policies: Policies,
+    pub egress: Egress,
 }
 
 /// `/policy/check`: would a connection be admitted, and which rule decides.

@@ -62,10 +62,12 @@ impl Offload {
                 return Self::userspace();
             }
         };
+        // TLS 1.2 suites stay for originated TLS (external servers may not speak 1.3);
+        // the tunnel itself only ever negotiates 1.3.
         let suites: Vec<SupportedCipherSuite> = rustls::crypto::aws_lc_rs::default_provider()
             .cipher_suites
             .into_iter()
-            .filter(|s| s.version() == &rustls::version::TLS13 && ciphers.is_compatible(*s))
+            .filter(|s| ciphers.is_compatible(*s))
             .collect();
         if suites.is_empty() {
             tracing::warn!(
