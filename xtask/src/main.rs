@@ -80,6 +80,6 @@ fn test(filter: Option<String>) -> Result<()> {
         args.push(filter);
     }
     cmd::cargo(&args)?;
-    cmd::step("running the tunnel tests in a VM with kernel TLS");
+    cmd::step("running the tunnel and egress tests in a VM with kernel TLS");
     vm::run()
 }
