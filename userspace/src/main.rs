@@ -124,6 +124,9 @@ struct NodeArgs {
     /// Seconds the metric series of a workload that left stay before they are dropped.
     #[arg(long, default_value_t = 300)]
     metrics_grace_secs: u64,
+    /// Keep tunnel TLS in userspace even where the kernel has kTLS (to compare the two).
+    #[arg(long, env = "HAWSER_NO_KTLS")]
+    no_ktls: bool,
 }
 
 #[derive(clap::Args)]
@@ -296,6 +299,7 @@ fn node_config(args: NodeArgs, log_level: logging::LogLevel) -> Result<NodeConfi
         pin_dir: args.bpf.pin_dir,
         cgroup: args.cgroup,
         reload_interval: Duration::from_millis(args.reload_interval_ms),
+        kernel_tls: !args.no_ktls,
         ca,
     })
 }

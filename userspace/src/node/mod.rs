@@ -48,6 +48,8 @@ pub struct NodeConfig {
     /// Where `credentialName` directories live.
     pub credentials_dir: PathBuf,
     pub outbound_policy: OutboundPolicy,
+    /// Whether tunnels may offload to kernel TLS (off: always rustls in userspace).
+    pub kernel_tls: bool,
     /// Where identities come from; without it the daemon relays without identities.
     pub ca: Option<CaSettings>,
 }
@@ -153,7 +155,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             .map_or("cluster.local".into(), |ca| ca.trust_domain.clone()),
         registry: registry.clone(),
         offload: match config.ca {
-            Some(_) => Offload::probe().await,
+            Some(_) if config.kernel_tls => Offload::probe().await,
+            Some(_) => {
+                tracing::info!("kernel TLS disabled (--no-ktls); tunnels use userspace TLS");
+                Offload::userspace()
+            }
             None => Offload::userspace(),
         },
         credentials: Credentials::new(config.credentials_dir.clone()),
