@@ -106,3 +106,31 @@ pub fn remove_cgroup_tree(root: &Path) {
         let _ = std::fs::remove_dir(dir);
     }
 }
+
+/// Raises this process's open-file limit (inherited by what it starts) to the kernel's
+/// ceiling, or, without CAP_SYS_RESOURCE, to the hard limit; returns the new limit.
+pub fn raise_fd_limit() -> Result<u64> {
+    let ceiling: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")?
+        .trim()
+        .parse()?;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only access the struct passed by reference.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            bail!("getrlimit NOFILE: {}", std::io::Error::last_os_error());
+        }
+        for cap in [ceiling, limit.rlim_max] {
+            let wanted = libc::rlimit {
+                rlim_cur: cap,
+                rlim_max: cap.max(limit.rlim_max),
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                return Ok(cap);
+            }
+        }
+    }
+    bail!("setrlimit NOFILE: {}", std::io::Error::last_os_error())
+}

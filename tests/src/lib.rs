@@ -23,6 +23,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
+pub use host::raise_fd_limit;
 pub use process::{Proc, sh};
 pub use service::{CaInfo, Service};
 

@@ -128,6 +128,16 @@ pub fn echo_server(pod: &Pod, port: u16) -> Result<Proc> {
     Ok(proc)
 }
 
+/// Waits until something in `pod` accepts connections on `port` (probed over the pod's
+/// loopback, which is never captured).
+pub fn wait_listening(pod: &Pod, port: u16, what: &str) -> Result<()> {
+    let target = format!("TCP:127.0.0.1:{port}");
+    wait_until(Duration::from_secs(10), what, || {
+        pod.run(&["socat", "-u", "/dev/null", &target])
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
 /// `curl` from `pod`; the body on success, curl's error otherwise.
 pub fn curl(pod: &Pod, url: &str) -> Result<String> {
     let out = pod.run(&["curl", "-sS", "--max-time", "10", url])?;

@@ -169,6 +169,11 @@ impl Service {
         })
     }
 
+    /// The process's id while it runs (to read its counters in /proc).
+    pub fn pid(&self) -> Option<i32> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+
     /// Whether dropping prints the whole log (the default, for failing tests).
     pub fn echo_log_on_drop(&mut self, echo: bool) {
         self.echo_log_on_drop = echo;

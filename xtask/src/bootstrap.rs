@@ -14,6 +14,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "socat",
     "openssl",
     "tcpdump",
+    // Benchmarks (cargo xtask bench) and their profiles.
+    "iperf3",
+    "wrk",
+    "linux-perf",
     // The kernel-TLS VM (cargo xtask vm-test).
     "qemu-system-x86",
     "busybox-static",

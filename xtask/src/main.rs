@@ -5,8 +5,10 @@
 //! - `build`: bootstrap, then the eBPF object, the daemon and the test tools;
 //! - `test`: build, then formatting, lints, unit and end-to-end tests, and `vm-test`;
 //! - `demo`: build, then a local mesh on network namespaces with real curl and nginx;
-//! - `vm-test`: the tunnel and egress suites in a QEMU VM on Debian's stock kernel, with kernel TLS.
+//! - `vm-test`: the tunnel and egress suites in a QEMU VM on Debian's stock kernel, with kernel TLS;
+//! - `bench`: hawser against plain TCP, here and in the VM with kernel TLS (docs/BENCHMARKS.md).
 
+mod bench;
 mod bootstrap;
 mod cmd;
 mod demo;
@@ -37,6 +39,19 @@ enum Command {
     Demo,
     /// Build, then run the tunnel tests in a VM on Debian's stock kernel (kernel TLS).
     VmTest,
+    /// Benchmarks (needs root): plain TCP, userspace TLS and, in the VM, kernel TLS.
+    Bench {
+        /// Only this machine (no kernel TLS numbers).
+        #[arg(long)]
+        host_only: bool,
+    },
+    /// One machine's part of `bench`, as `BENCH` lines (run by `bench`, here and in the VM).
+    #[command(hide = true)]
+    BenchSuite {
+        /// The emulated VM's smaller sizes.
+        #[arg(long)]
+        vm: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -52,6 +67,15 @@ fn main() -> Result<()> {
             build()?;
             vm::run()
         }
+        Command::Bench { host_only } => {
+            bootstrap::run()?;
+            bench::run(host_only)
+        }
+        Command::BenchSuite { vm } => bench::suite::run(if vm {
+            &bench::suite::VM
+        } else {
+            &bench::suite::HOST
+        }),
     }
 }
 

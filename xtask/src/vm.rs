@@ -37,19 +37,56 @@ const SUITES: &[&str] = &["tunnel", "egress"];
 /// Emulation is slow: bulk tests move this much instead of their default.
 const VM_BULK_BYTES: &str = "16777216";
 
+/// The tests may take this long under emulation.
+const TEST_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
 pub fn run() -> Result<()> {
-    let dir = cmd::workspace().join("target/vm");
-    std::fs::create_dir_all(&dir)?;
-    let (kernel, version, root) = kernel(&dir)?;
     let binaries = test_binaries()?;
-    step("building the VM's initramfs");
-    let initrd = initramfs(&dir, &root, &version, &binaries)?;
-    step(&format!(
-        "booting Debian's kernel {version} in QEMU (TCG) to run {SUITES:?} with kernel TLS"
-    ));
-    let log = dir.join("serial.log");
-    boot(&kernel, &initrd, &log)?;
+    let env = format!(
+        "HAWSER_BIN={}/target/debug/hawser HAWSER_BULK_BYTES={VM_BULK_BYTES}",
+        cmd::workspace().canonicalize()?.display()
+    );
+    let script: String = binaries
+        .iter()
+        .map(|binary| {
+            let test = format!("{} --test-threads=1 --color=never", binary.display());
+            Ok(format!("{} || status=1\n", in_host_root(&env, &test)?))
+        })
+        .collect::<Result<_>>()?;
+    let log = guest(
+        "tests",
+        &format!("{SUITES:?} with kernel TLS"),
+        &script,
+        TEST_TIMEOUT,
+    )?;
     report(&log)
+}
+
+/// Boots Debian's kernel in QEMU, runs `script` (shell lines for the guest's init; a
+/// failing line sets `status=1`) and returns the serial log. `name` keeps each use's
+/// initramfs and log apart (`target/vm/<name>`), so tests and benchmarks do not collide.
+pub fn guest(name: &str, what: &str, script: &str, timeout: Duration) -> Result<PathBuf> {
+    let dir = cmd::workspace().join("target/vm");
+    let own = dir.join(name);
+    std::fs::create_dir_all(&own)?;
+    let (kernel, version, root) = kernel(&dir)?;
+    step("building the VM's initramfs");
+    let initrd = initramfs(&own, &root, &version, script)?;
+    step(&format!(
+        "booting Debian's kernel {version} in QEMU (TCG) to run {what}"
+    ));
+    let log = own.join("serial.log");
+    boot(&kernel, &initrd, &log, timeout)?;
+    Ok(log)
+}
+
+/// A guest shell line running `command` with `env` (`NAME=value ...`) in the host's root
+/// filesystem, from the workspace directory.
+pub fn in_host_root(env: &str, command: &str) -> Result<String> {
+    Ok(format!(
+        "chroot /host /usr/bin/env -C {} {env} {command}",
+        cmd::workspace().canonicalize()?.display()
+    ))
 }
 
 /// Debian's current stock kernel, downloaded and unpacked once: (vmlinuz, version, root).
@@ -128,12 +165,7 @@ fn test_binaries() -> Result<Vec<PathBuf>> {
     Ok(binaries)
 }
 
-fn initramfs(
-    dir: &Path,
-    kernel_root: &Path,
-    version: &str,
-    binaries: &[PathBuf],
-) -> Result<PathBuf> {
+fn initramfs(dir: &Path, kernel_root: &Path, version: &str, script: &str) -> Result<PathBuf> {
     let root = dir.join("initramfs");
     let _ = std::fs::remove_dir_all(&root);
     for d in ["bin", "proc", "sys", "dev", "host", "lib/modules"] {
@@ -147,16 +179,6 @@ fn initramfs(
         std::fs::copy(module, root.join("lib/modules").join(&name))?;
         inserts += &format!("insmod /lib/modules/{name} || echo \"insmod {name} failed\"\n");
     }
-    let workspace = cmd::workspace().canonicalize()?;
-    let mut tests = String::new();
-    for binary in binaries {
-        tests += &format!(
-            "chroot /host /usr/bin/env -C {ws} HAWSER_BIN={ws}/target/debug/hawser HAWSER_BULK_BYTES={VM_BULK_BYTES} \
-             {bin} --test-threads=1 --color=never || status=1\n",
-            ws = workspace.display(),
-            bin = binary.display()
-        );
-    }
     let init = format!(
         "#!/bin/busybox sh\n/bin/busybox --install -s /bin\n\
          mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n\
@@ -166,7 +188,7 @@ fn initramfs(
          mount -t tmpfs tmp /host/tmp; mount -t tmpfs run /host/run\n\
          ip link set lo up\n\
          status=0\n\
-         {tests}\
+         {script}\
          echo \"VM-TEST-EXIT=$status\"\n\
          poweroff -f\n"
     );
@@ -204,7 +226,7 @@ fn module_order(kernel_root: &Path, version: &str) -> Result<Vec<PathBuf>> {
     Ok(order)
 }
 
-fn boot(kernel: &Path, initrd: &Path, log: &Path) -> Result<()> {
+fn boot(kernel: &Path, initrd: &Path, log: &Path, timeout: Duration) -> Result<()> {
     let _ = std::fs::remove_file(log);
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args([
@@ -237,7 +259,7 @@ fn boot(kernel: &Path, initrd: &Path, log: &Path) -> Result<()> {
     .arg("-serial")
     .arg(format!("file:{}", log.display()));
     let mut child = qemu.spawn().context("start qemu-system-x86_64")?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20 * 60);
+    let deadline = std::time::Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait()? {
             if !status.success() {
@@ -248,7 +270,8 @@ fn boot(kernel: &Path, initrd: &Path, log: &Path) -> Result<()> {
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
             bail!(
-                "the VM did not finish within 20 minutes; see {}",
+                "the VM did not finish within {} minutes; see {}",
+                timeout.as_secs() / 60,
                 log.display()
             );
         }

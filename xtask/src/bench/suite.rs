@@ -1,0 +1,252 @@
+//! One machine's benchmark (the host, or the VM): every scenario this kernel can run,
+//! each measure repeated, every sample printed as a `BENCH` line on standard output.
+
+use std::{io::Write, time::Duration};
+
+use anyhow::Result;
+use hawser_testbed::{
+    Proc,
+    peers::{Nginx, wait_listening},
+};
+
+use super::{
+    tools::{self, EchoLoad},
+    topology::{Scenario, Topology},
+};
+use crate::cmd::step;
+
+/// How big and how long: the emulated VM runs everything smaller.
+pub struct Scale {
+    /// Seconds per timed load.
+    pub secs: u32,
+    pub repeats: usize,
+    /// Requests/s of the fixed-rate latency loads (well below every scenario's maximum).
+    pub rate: u32,
+    /// Connections of the as-fast-as-possible loads.
+    pub conns: u32,
+    /// Idle connection counts for the memory measure, and its repeats (each restarts the
+    /// daemons and opens every connection anew, which takes a while).
+    pub idle: &'static [usize],
+    pub idle_repeats: usize,
+    pub idle_timeout: Duration,
+}
+
+pub const HOST: Scale = Scale {
+    secs: 4,
+    repeats: 3,
+    rate: 500,
+    conns: 4,
+    idle: &[1_000, 10_000],
+    idle_repeats: 2,
+    idle_timeout: Duration::from_secs(300),
+};
+
+pub const VM: Scale = Scale {
+    secs: 3,
+    repeats: 3,
+    rate: 20,
+    conns: 4,
+    idle: &[100, 400],
+    idle_repeats: 2,
+    idle_timeout: Duration::from_secs(600),
+};
+
+const ECHO_PORT: u16 = 7000;
+const IPERF_PORT: u16 = 5201;
+
+pub fn run(scale: &Scale) -> Result<()> {
+    machine_facts();
+    let fd_limit = hawser_testbed::raise_fd_limit()?;
+    info("open files limit", &fd_limit.to_string());
+    let spare_fds = usize::try_from(fd_limit.saturating_sub(1000))?;
+    let ktls = hawser_testbed::expected_tls_path() == "ktls";
+    let mut scenarios = vec![Scenario::Plain, Scenario::Userspace];
+    if ktls {
+        scenarios.push(Scenario::Kernel);
+    }
+    for scenario in scenarios {
+        step(&format!("benchmark: {}", scenario.name()));
+        let mut topology = Topology::new(scenario)?;
+        let max_idle = spare_fds / scenario.descriptors_per_connection();
+        measure(&mut topology, scenario, scale, max_idle)?;
+    }
+    Ok(())
+}
+
+/// Facts about the machine the suite runs on, for the report.
+fn machine_facts() {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown", |(_, m)| m.trim());
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let memory = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .map(|m| m.trim().to_string())
+        .unwrap_or_default();
+    let loadavg = read("/proc/loadavg");
+    let load: Vec<&str> = loadavg.split_whitespace().take(3).collect();
+    info("kernel", read("/proc/sys/kernel/osrelease").trim());
+    info("cpu", &format!("{cpus} × {model}"));
+    info("memory", &memory);
+    info("load average at start", &load.join(" "));
+    info("tunnel TLS here", hawser_testbed::expected_tls_path());
+}
+
+/// Prints a fact about the machine for the report.
+fn info(key: &str, value: &str) {
+    println!("BENCH-INFO {key}={value}");
+}
+
+fn measure(t: &mut Topology, scenario: Scenario, scale: &Scale, max_idle: usize) -> Result<()> {
+    let out = |measure: &str, value: f64| {
+        println!("BENCH {} {measure} {value}", scenario.name());
+        let _ = std::io::stdout().flush();
+    };
+    let _echo = serve(
+        t,
+        &[&tools::bench_tool(), "echo-server", &ECHO_PORT.to_string()],
+        ECHO_PORT,
+    )?;
+    // First, while the daemons' heaps are fresh.
+    idle_memory(t, scale, max_idle, &out)?;
+    throughput(t, scale, &out)?;
+    echo(t, scale, &out)?;
+    http(t, scale, &out)?;
+    match scenario {
+        Scenario::Plain => Ok(()),
+        Scenario::Userspace => t.expect_tls_path("userspace"),
+        Scenario::Kernel => t.expect_tls_path("ktls"),
+    }
+}
+
+/// Starts a server in `pod` and waits until it listens on `port`.
+fn serve(t: &Topology, argv: &[&str], port: u16) -> Result<Proc> {
+    let pod = t.server();
+    // Their chatter goes to a file, not between the samples on standard output.
+    let log = t.bed().dir().join(format!("server-{port}.log"));
+    let proc = Proc::spawn_logged(argv, &pod.netns_path, &pod.cgroup, &log)?;
+    wait_listening(pod, port, argv[0])?;
+    Ok(proc)
+}
+
+type Out<'a> = &'a dyn Fn(&str, f64);
+
+/// iperf3, one stream and eight; CPU per GiB from the one-stream runs.
+fn throughput(t: &Topology, scale: &Scale, out: Out) -> Result<()> {
+    let _server = serve(
+        t,
+        &["iperf3", "-s", "-p", &IPERF_PORT.to_string()],
+        IPERF_PORT,
+    )?;
+    let server = &t.server().ip;
+    for _ in 0..scale.repeats {
+        let (daemons_before, busy_before) = (daemons_cpu(t)?, tools::machine_busy_secs()?);
+        let one = tools::iperf3(t.client(), server, 1, scale.secs)?;
+        let gib = one.bytes / f64::from(1u32 << 30);
+        out("throughput_1_stream_gbps", one.gbit_per_s);
+        out(
+            "cpu_machine_s_per_gib",
+            (tools::machine_busy_secs()? - busy_before) / gib,
+        );
+        if !t.daemons().is_empty() {
+            out(
+                "cpu_daemons_s_per_gib",
+                (daemons_cpu(t)? - daemons_before) / gib,
+            );
+        }
+        let eight = tools::iperf3(t.client(), server, 8, scale.secs)?;
+        out("throughput_8_streams_gbps", eight.gbit_per_s);
+    }
+    Ok(())
+}
+
+fn daemons_cpu(t: &Topology) -> Result<f64> {
+    t.daemon_pids().into_iter().map(tools::cpu_secs).sum()
+}
+
+/// Echo request/response: 1 byte and 4 KiB, one kept connection or a new one per
+/// request; latency at a fixed rate from one connection, then the maximum rate.
+fn echo(t: &Topology, scale: &Scale, out: Out) -> Result<()> {
+    let addr = format!("{}:{ECHO_PORT}", t.server().ip);
+    for _ in 0..scale.repeats {
+        for (size, size_name) in [(1, "1B"), (4096, "4KiB")] {
+            for new_connection in [false, true] {
+                let mode = if new_connection {
+                    "newconn"
+                } else {
+                    "keepalive"
+                };
+                let label = format!("echo_{size_name}_{mode}");
+                let load = |rate, conns| EchoLoad {
+                    size,
+                    new_connection,
+                    rate,
+                    conns,
+                    secs: scale.secs,
+                };
+                let fixed = tools::echo_load(t.client(), &addr, &load(scale.rate, 1))?;
+                out(&format!("{label}_fixed_p50_us"), fixed.p50);
+                out(&format!("{label}_fixed_p90_us"), fixed.p90);
+                out(&format!("{label}_fixed_p99_us"), fixed.p99);
+                let max = tools::echo_load(t.client(), &addr, &load(0, scale.conns))?;
+                out(&format!("{label}_max_rps"), max.rps);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// wrk against nginx: keep-alive, and a new connection per request.
+fn http(t: &Topology, scale: &Scale, out: Out) -> Result<()> {
+    let _nginx = Nginx::start(t.bed(), t.server())?;
+    let url = format!("http://{}/hello.txt", t.server().ip);
+    for _ in 0..scale.repeats {
+        for (close, mode) in [(false, "keepalive"), (true, "close")] {
+            let r = tools::wrk(t.client(), &url, scale.conns, scale.secs, close)?;
+            out(&format!("http_{mode}_max_rps"), r.rps);
+            out(&format!("http_{mode}_max_p50_us"), r.p50);
+            out(&format!("http_{mode}_max_p99_us"), r.p99);
+        }
+    }
+    Ok(())
+}
+
+/// Daemon RSS growth per established idle connection, on each node, at each count (at
+/// most `max_idle`, what the open-files limit allows).
+fn idle_memory(t: &mut Topology, scale: &Scale, max_idle: usize, out: Out) -> Result<()> {
+    if t.daemons().is_empty() {
+        return Ok(());
+    }
+    let addr = format!("{}:{ECHO_PORT}", t.server().ip);
+    for repeat in 0..scale.idle_repeats {
+        for n in scale.idle.iter().map(|&n| n.min(max_idle)) {
+            t.restart_daemons()?;
+            let pids = t.daemon_pids();
+            let before: Vec<f64> = pids
+                .iter()
+                .map(|&p| tools::rss_kib(p))
+                .collect::<Result<_>>()?;
+            let log = t.bed().dir().join(format!("hold-{n}-{repeat}.log"));
+            let held = tools::hold(t.client(), &addr, n, log, scale.idle_timeout)?;
+            // Let buffers of the handshakes go before reading.
+            std::thread::sleep(Duration::from_secs(2));
+            for (node, (pid, before)) in pids.iter().zip(before).enumerate() {
+                let grown = tools::rss_kib(*pid)? - before;
+                out(
+                    &format!("idle_{n}_conns_node{}_kib_per_conn", node + 1),
+                    grown / n as f64,
+                );
+            }
+            drop(held);
+        }
+    }
+    Ok(())
+}
