@@ -131,7 +131,8 @@ fn worker(load: &Load, start: Instant, index: u32) -> Tally {
     let mut reply = vec![0u8; load.size];
     let mut kept: Option<TcpStream> = None;
     let mut tally = Tally::default();
-    while due < end {
+    // A rate the path cannot keep up with ends at `end` too, with the delays it built up.
+    while due < end && Instant::now() < end {
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             thread::sleep(wait);
         }

@@ -20,8 +20,10 @@ pub struct Scale {
     /// Seconds per timed load.
     pub secs: u32,
     pub repeats: usize,
-    /// Requests/s of the fixed-rate latency loads (well below every scenario's maximum).
+    /// Requests/s of the fixed-rate latency loads on a kept connection, and with a new
+    /// connection each (well below every scenario's maximum: above it, latency is queueing).
     pub rate: u32,
+    pub new_connection_rate: u32,
     /// Connections of the as-fast-as-possible loads.
     pub conns: u32,
     /// Idle connection counts for the memory measure, and its repeats (each restarts the
@@ -35,6 +37,7 @@ pub const HOST: Scale = Scale {
     secs: 4,
     repeats: 3,
     rate: 500,
+    new_connection_rate: 10,
     conns: 4,
     idle: &[1_000, 10_000],
     idle_repeats: 2,
@@ -45,6 +48,7 @@ pub const VM: Scale = Scale {
     secs: 3,
     repeats: 3,
     rate: 20,
+    new_connection_rate: 2,
     conns: 4,
     idle: &[100, 400],
     idle_repeats: 2,
@@ -192,7 +196,12 @@ fn echo(t: &Topology, scale: &Scale, out: Out) -> Result<()> {
                     conns,
                     secs: scale.secs,
                 };
-                let fixed = tools::echo_load(t.client(), &addr, &load(scale.rate, 1))?;
+                let rate = if new_connection {
+                    scale.new_connection_rate
+                } else {
+                    scale.rate
+                };
+                let fixed = tools::echo_load(t.client(), &addr, &load(rate, 1))?;
                 out(&format!("{label}_fixed_p50_us"), fixed.p50);
                 out(&format!("{label}_fixed_p90_us"), fixed.p90);
                 out(&format!("{label}_fixed_p99_us"), fixed.p99);
@@ -235,7 +244,18 @@ fn idle_memory(t: &mut Topology, scale: &Scale, max_idle: usize, out: Out) -> Re
                 .map(|&p| tools::rss_kib(p))
                 .collect::<Result<_>>()?;
             let log = t.bed().dir().join(format!("hold-{n}-{repeat}.log"));
-            let held = tools::hold(t.client(), &addr, n, log, scale.idle_timeout)?;
+            let held = match tools::hold(t.client(), &addr, n, log, scale.idle_timeout) {
+                Ok(held) => held,
+                Err(e) => {
+                    // Recorded, not fatal: the other measures still stand.
+                    info(
+                        &format!("idle {n} (repeat {repeat}) failed"),
+                        &e.to_string(),
+                    );
+                    daemon_errors(t);
+                    continue;
+                }
+            };
             // Let buffers of the handshakes go before reading.
             std::thread::sleep(Duration::from_secs(2));
             for (node, (pid, before)) in pids.iter().zip(before).enumerate() {
@@ -249,4 +269,18 @@ fn idle_memory(t: &mut Topology, scale: &Scale, max_idle: usize, out: Out) -> Re
         }
     }
     Ok(())
+}
+
+/// The daemons' last complaints, to explain a failed measure.
+fn daemon_errors(t: &Topology) {
+    for d in t.daemons() {
+        let log = d.log();
+        let errors: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("WARN") || l.contains("refused"))
+            .collect();
+        for line in errors.iter().rev().take(5).rev() {
+            eprintln!("    daemon: {line}");
+        }
+    }
 }

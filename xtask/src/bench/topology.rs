@@ -26,12 +26,13 @@ impl Scenario {
         }
     }
 
-    /// Descriptors a relayed connection holds in the client-side daemon: the app's and
-    /// the tunnel's sockets, and with splice a pipe (two ends) per direction.
+    /// Descriptors to budget per relayed connection in a daemon: the app's and the
+    /// tunnel's sockets (and with splice a pipe, two ends, per direction), plus headroom:
+    /// near the limit connections get reset.
     pub fn descriptors_per_connection(self) -> usize {
         match self {
-            Scenario::Kernel => 6,
-            _ => 2,
+            Scenario::Kernel => 7,
+            _ => 3,
         }
     }
 }
@@ -160,11 +161,13 @@ fn mesh(node_args: &[&str]) -> Result<Topology> {
 }
 
 /// Lets a pod open connections back to back (new-connection load leaves many sockets in
-/// TIME_WAIT) — for the apps and for the daemon's sockets in the pod alike.
+/// TIME_WAIT) — for the apps and for the daemon's sockets in the pod alike. Ephemeral
+/// ports stay above the servers' ports (80, 5201, 7000), or a daemon's socket could
+/// take one before its server binds it.
 fn tune(pod: &Pod) -> Result<()> {
     for setting in [
         "net.ipv4.tcp_tw_reuse=1",
-        "net.ipv4.ip_local_port_range=1024 65000",
+        "net.ipv4.ip_local_port_range=10000 65000",
     ] {
         let out = pod.run(&["sysctl", "-qw", setting])?;
         ensure!(out.status.success(), "sysctl {setting} in {}", pod.name);
