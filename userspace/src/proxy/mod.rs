@@ -24,6 +24,7 @@ where
     loop {
         match listener.accept().await {
             Ok((conn, peer)) => {
+                sockets::no_delay(&conn);
                 tokio::spawn(handle(conn, peer, pod.clone()));
             }
             Err(e) => {

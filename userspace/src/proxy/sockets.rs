@@ -13,10 +13,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connects a socket made by one of the functions below, within a bounded time.
 pub async fn connect(socket: std::net::TcpStream, dst: SocketAddr) -> Result<TcpStream> {
     let connecting = TcpSocket::from_std_stream(socket).connect(dst);
-    tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .with_context(|| format!("connect {dst}: timed out"))?
-        .with_context(|| format!("connect {dst}"))
+        .with_context(|| format!("connect {dst}"))?;
+    no_delay(&stream);
+    Ok(stream)
+}
+
+/// The daemon relays what the app already chose to send: it must not hold a small segment
+/// back (Nagle) waiting for an ACK the peer delays, which costs 40 ms per exchange where a
+/// handshake's last flight is followed by the preamble or a request.
+pub fn no_delay(stream: &TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("TCP_NODELAY: {e}");
+    }
 }
 
 /// A listener bound to `addr`, ready for `tokio::net::TcpListener::from_std`.
