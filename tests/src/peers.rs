@@ -52,6 +52,19 @@ impl Nginx {
     }
 
     pub fn start_with_tls(bed: &Testbed, pod: &Pod, tls: &[TlsServer]) -> Result<Self> {
+        Self::start_with_servers(bed, pod, |html| {
+            tls.iter().map(|t| t.config(html)).collect()
+        })
+    }
+
+    /// nginx with extra `server` blocks, made from the document root. The log format
+    /// `proxied` logs what a PROXY protocol header said: `$proxy_protocol_addr
+    /// $remote_addr $server_port $status`.
+    pub fn start_with_servers(
+        bed: &Testbed,
+        pod: &Pod,
+        servers: impl Fn(&std::path::Path) -> String,
+    ) -> Result<Self> {
         let dir = bed.dir().join(format!("nginx-{}", pod.name));
         std::fs::create_dir_all(dir.join("html"))?;
         let body = format!("hello from {}\n", pod.name);
@@ -61,16 +74,14 @@ impl Nginx {
             "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n  log_format peer '$remote_addr $server_port $status \"$ssl_server_name\" \"$ssl_client_s_dn\" $ssl_client_verify';\n\
+               log_format proxied '$proxy_protocol_addr $remote_addr $server_port $status';\n\
                access_log {log} peer;\n\
                client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
                uwsgi_temp_path {d}; scgi_temp_path {d};\n\
                server {{ listen 80; root {d}/html; }}\n{tls}}}\n",
             d = dir.display(),
             log = access_log.display(),
-            tls = tls
-                .iter()
-                .map(|t| t.config(&dir.join("html")))
-                .collect::<String>(),
+            tls = servers(&dir.join("html")),
         );
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
@@ -170,8 +181,18 @@ pub struct Capture {
 impl Capture {
     pub fn start(bed: &Testbed, node: &crate::Node, iface: &str) -> Result<Self> {
         let file = bed.dir().join(format!("{}-{iface}.pcap", node.name));
+        Self::spawn(file, iface, |argv| node.spawn(argv))
+    }
+
+    /// A capture inside a pod's namespace (e.g. its `lo`, where the daemon delivers).
+    pub fn in_pod(bed: &Testbed, pod: &Pod, iface: &str) -> Result<Self> {
+        let file = bed.dir().join(format!("{}-{iface}.pcap", pod.name));
+        Self::spawn(file, iface, |argv| pod.spawn(argv))
+    }
+
+    fn spawn(file: PathBuf, iface: &str, spawn: impl Fn(&[&str]) -> Result<Proc>) -> Result<Self> {
         let f = file.display().to_string();
-        let proc = node.spawn(&[
+        let proc = spawn(&[
             "tcpdump", "-i", iface, "-U", "-n", "-s", "0", "-w", &f, "tcp",
         ])?;
         // tcpdump creates the file once it is capturing.
@@ -190,6 +211,24 @@ impl Capture {
             .output();
         out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
+    }
+
+    /// tshark's dissection of the capture so far: one line per packet that has `field`
+    /// (e.g. `proxy.v2.tlv.ssl.cn`), with the values of `fields`, tab-separated.
+    pub fn fields(&self, field: &str, fields: &[&str]) -> Result<Vec<String>> {
+        let mut args = vec!["-r", self.file.to_str().unwrap_or(""), "-Y", field];
+        args.extend(["-T", "fields"]);
+        for f in fields {
+            args.extend(["-e", f]);
+        }
+        let out = std::process::Command::new("tshark").args(&args).output()?;
+        if !out.status.success() {
+            bail!("tshark: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect())
     }
 
     /// Waits until the capture shows what `done` looks for (tcpdump can lag behind on a

@@ -164,7 +164,8 @@ impl Service {
             &self.log,
         )?);
         let ready = self.ready;
-        self.wait_for(ready, Duration::from_secs(20), |log| {
+        // Generous: under emulation (the kTLS VM) a cold start has taken over 20 s.
+        self.wait_for(ready, Duration::from_secs(60), |log| {
             log.matches(ready).count() > readies
         })
     }

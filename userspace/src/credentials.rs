@@ -1,5 +1,6 @@
-//! Client certificates, keys and CA bundles for originated TLS, from files named in a
-//! `DestinationRule` or from a credential directory (`tls.crt`, `tls.key`, `ca.crt`, the
+//! Certificates, keys and CA bundles from files: client material for originated TLS (named
+//! in a `DestinationRule`), server material and extra trust anchors for inbound TLS
+//! (`InboundPorts`); or from a credential directory (`tls.crt`, `tls.key`, `ca.crt`, the
 //! layout of a mounted Secret).
 //!
 //! Files are read on first use and read again when one of them changes (size or mtime,
@@ -19,17 +20,21 @@ use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
 
-use super::{ClientTls, TlsMode};
+use crate::{
+    egress::{ClientTls, TlsMode},
+    ports::ServerTls,
+};
 
 /// Loaded material for one set of files.
 pub struct Material {
-    /// Leaf first; empty when no client certificate is configured.
+    /// Leaf first; empty when no certificate is configured.
     pub chain: Vec<CertificateDer<'static>>,
     pub key: Option<PrivateKeyDer<'static>>,
-    /// From the CA file; None means the system's roots.
+    /// From the CA file; None when there is none (for originated TLS: the system's roots).
     pub roots: Option<Arc<RootCertStore>>,
 }
 
+/// Which files make up one set of material.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct Files {
     cert: Option<PathBuf>,
@@ -54,10 +59,38 @@ impl Credentials {
         }
     }
 
-    /// The material `tls` names, current as of now. ISTIO_MUTUAL needs none (the
+    /// The client material `tls` names, current as of now. ISTIO_MUTUAL needs none (the
     /// workload's SVID and the mesh's roots are used).
-    pub fn load(&self, tls: &ClientTls) -> Result<Arc<Material>> {
-        let files = self.files(tls)?;
+    pub fn client(&self, tls: &ClientTls) -> Result<Arc<Material>> {
+        let files = match &tls.credential_name {
+            Some(name) => self.credential(
+                name,
+                tls.mode == TlsMode::Mutual,
+                tls.ca_certificates.clone(),
+            )?,
+            None => Files {
+                cert: tls.client_certificate.clone(),
+                key: tls.private_key.clone(),
+                ca: tls.ca_certificates.clone(),
+            },
+        };
+        self.load(files)
+    }
+
+    /// The server certificate (if not the SVID) and extra trust anchors `tls` names.
+    pub fn server(&self, tls: &ServerTls) -> Result<Arc<Material>> {
+        let files = match &tls.credential_name {
+            Some(name) => self.credential(name, true, tls.ca_certificates.clone())?,
+            None => Files {
+                cert: tls.server_certificate.clone(),
+                key: tls.private_key.clone(),
+                ca: tls.ca_certificates.clone(),
+            },
+        };
+        self.load(files)
+    }
+
+    fn load(&self, files: Files) -> Result<Arc<Material>> {
         let stamp = stamp(&files);
         let mut cache = self.cache.lock().unwrap();
         if let Some((seen, material)) = cache.get(&files)
@@ -69,14 +102,14 @@ impl Credentials {
             Ok(material) => {
                 let material = Arc::new(material);
                 if cache.contains_key(&files) {
-                    tracing::info!(files = ?files, "client TLS files changed; reloaded");
+                    tracing::info!(files = ?files, "TLS files changed; reloaded");
                 }
                 cache.insert(files, (stamp, material.clone()));
                 Ok(material)
             }
             Err(e) => match cache.get(&files) {
                 Some((_, last_good)) => {
-                    tracing::warn!(files = ?files, "client TLS files changed but do not load; keeping the last good ones: {e:#}");
+                    tracing::warn!(files = ?files, "TLS files changed but do not load; keeping the last good ones: {e:#}");
                     Ok(last_good.clone())
                 }
                 None => Err(e),
@@ -84,14 +117,14 @@ impl Credentials {
         }
     }
 
-    fn files(&self, tls: &ClientTls) -> Result<Files> {
-        let Some(name) = &tls.credential_name else {
-            return Ok(Files {
-                cert: tls.client_certificate.clone(),
-                key: tls.private_key.clone(),
-                ca: tls.ca_certificates.clone(),
-            });
-        };
+    /// The files of credential directory `name`: the pair when `with_pair`, and the CA
+    /// (`ca_override` first, else `ca.crt` if present).
+    fn credential(
+        &self,
+        name: &str,
+        with_pair: bool,
+        ca_override: Option<PathBuf>,
+    ) -> Result<Files> {
         if name.contains('/') || name.starts_with('.') {
             bail!("credentialName {name:?} is not a plain name");
         }
@@ -100,11 +133,10 @@ impl Credentials {
             bail!("credential {name:?}: no directory {}", dir.display());
         }
         let present = |file: &str| Some(dir.join(file)).filter(|p| p.exists());
-        let mutual = tls.mode == TlsMode::Mutual;
         Ok(Files {
-            cert: mutual.then(|| dir.join("tls.crt")),
-            key: mutual.then(|| dir.join("tls.key")),
-            ca: tls.ca_certificates.clone().or_else(|| present("ca.crt")),
+            cert: with_pair.then(|| dir.join("tls.crt")),
+            key: with_pair.then(|| dir.join("tls.key")),
+            ca: ca_override.or_else(|| present("ca.crt")),
         })
     }
 }

@@ -3,11 +3,14 @@
 //! - `workload`: what runs on the node (local YAML source, hot reload);
 //! - `redirect`: the eBPF programs that steer pods' TCP traffic, and per-pod routing;
 //! - `netns`: doing things inside a pod's network namespace;
+//! - `policy`: Istio's L4 security policy; `ports`: what a workload's ports ask for
+//!   (TLS for clients outside the mesh, the caller told to the app);
 //! - `proxy`: the daemon's listeners and the byte relay;
 //! - `node`: the daemon that ties them together.
 
 pub mod admin;
 pub mod ca;
+pub mod credentials;
 pub mod egress;
 pub mod grpc;
 pub mod identity;
@@ -16,6 +19,7 @@ pub mod metrics;
 pub mod netns;
 pub mod node;
 pub mod policy;
+pub mod ports;
 pub mod proxy;
 pub mod redirect;
 pub mod reload;

@@ -14,6 +14,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "socat",
     "openssl",
     "tcpdump",
+    // Decodes PROXY protocol headers in captures (the inbound ports test).
+    "tshark",
     // Benchmarks (cargo xtask bench) and their profiles.
     "iperf3",
     "wrk",
@@ -54,9 +56,17 @@ fn debian_packages() -> Result<()> {
         missing.join(" ")
     ));
     cmd::run("apt-get", &["update", "-q"])?;
-    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    // No debconf questions (tshark's package asks one) on a machine nobody watches.
+    let mut args = vec![
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+    ];
     args.extend(&missing);
-    cmd::run("apt-get", &args)
+    cmd::run("env", &args)
 }
 
 fn rust_src() -> Result<()> {

@@ -1,4 +1,4 @@
-//! `cargo xtask vm-test`: the tunnel and egress suites on Debian's stock kernel, which has kernel TLS.
+//! `cargo xtask vm-test`: the tunnel, egress and inbound-ports suites on Debian's stock kernel, which has kernel TLS.
 //!
 //! This machine's kernel has no `tls` module, and its KVM cannot boot a stock kernel, so
 //! QEMU emulates (TCG) a VM running Debian's `linux-image-amd64` (downloaded with
@@ -32,7 +32,7 @@ const MODULES: &[&str] = &[
 ];
 
 /// Test binaries (cargo test targets of hawser-testbed) run in the VM.
-const SUITES: &[&str] = &["tunnel", "egress"];
+const SUITES: &[&str] = &["tunnel", "egress", "inbound_ports"];
 
 /// Emulation is slow: bulk tests move this much instead of their default.
 const VM_BULK_BYTES: &str = "16777216";

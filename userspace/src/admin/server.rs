@@ -212,6 +212,7 @@ async fn config_dump(State(admin): State<Admin>) -> Json<ConfigDump> {
         workloads: registry.workloads.values().cloned().collect(),
         policies: registry.policies.clone(),
         egress: registry.egress.clone(),
+        inbound_ports: registry.ports.clone(),
     })
 }
 
@@ -255,7 +256,8 @@ async fn policy_check(
         .get(&workload_key(name))
         .ok_or_else(|| bad_request(format!("no workload {name:?}")))?;
     let mode = policy::evaluate::mtls_mode(&registry.policies, to, port);
-    let decision = policy::evaluate::admit(&registry.policies, to, port, from.as_ref());
+    let principal = from.clone().map(policy::Principal::from);
+    let decision = policy::evaluate::admit(&registry.policies, to, port, principal.as_ref());
     let (allowed, decided_by, reason) = match decision {
         Ok(why) => (true, "AuthorizationPolicy", why),
         Err(denial) => (false, denial.by, denial.reason),

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{egress::Egress, policy::Policies, workload::Workload};
+use crate::{egress::Egress, policy::Policies, ports::InboundPorts, workload::Workload};
 
 /// `/status`: is the daemon ready, and what it serves.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -62,7 +62,8 @@ pub struct Cert {
     pub pem: String,
 }
 
-/// `/config_dump`: the workloads, policies and egress rules as the daemon sees them.
+/// `/config_dump`: the workloads, policies, inbound port settings and egress rules as the
+/// daemon sees them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ConfigDump {
     pub node: String,
@@ -72,6 +73,7 @@ pub struct ConfigDump {
     pub workloads: Vec<Workload>,
     pub policies: Policies,
     pub egress: Egress,
+    pub inbound_ports: Vec<InboundPorts>,
 }
 
 /// `/policy/check`: would a connection be admitted, and which rule decides.

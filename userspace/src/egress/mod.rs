@@ -2,10 +2,9 @@
 //! `ServiceEntry`, with TLS originated by the daemon as a `DestinationRule` says.
 //!
 //! `istio` reads the YAML; `route` decides, for one captured connection, whether and
-//! where it may go and with which TLS settings; `credentials` loads client certificates
-//! and CA files (reloaded when they change); `originate` dials and does the handshake.
+//! where it may go and with which TLS settings; the crate's `credentials` loads client
+//! certificates and CA files (reloaded when they change); `originate` dials and does the handshake.
 
-pub mod credentials;
 pub mod istio;
 pub mod originate;
 pub mod route;

@@ -114,7 +114,7 @@ fn client_config(
             (Arc::new(tls::roots(&bundle)?), Some(tls::chain(&svid)?))
         }
         _ => {
-            let material = pod.shared.credentials.load(settings)?;
+            let material = pod.shared.credentials.client(settings)?;
             let roots = match &material.roots {
                 Some(roots) => roots.clone(),
                 None => system_roots()?,

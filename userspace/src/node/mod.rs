@@ -17,9 +17,9 @@ use tokio::{
 
 use crate::{
     admin::{self, server::Admin},
+    credentials::Credentials,
     egress::{
         OutboundPolicy,
-        credentials::Credentials,
         route::{EgressRoute, Origination},
     },
     identity::SpiffeId,
@@ -71,7 +71,7 @@ pub struct Shared {
     pub trust_domain: String,
     pub registry: tokio::sync::watch::Receiver<Arc<Registry>>,
     pub offload: Offload,
-    /// Client certificates for originated TLS.
+    /// Certificates from files: for originated TLS, and for inbound ports' TLS.
     pub credentials: Credentials,
     pub outbound_policy: OutboundPolicy,
 }

@@ -14,7 +14,8 @@ use crate::{
     identity::SpiffeId,
     metrics::METRICS,
     netns::Netns,
-    policy,
+    policy::{self, Principal},
+    ports::{self, PortSettings},
     proxy::{inbound, outbound, sockets},
     redirect::{Dataplane, pod_routing},
     svid::{Svid, TrustBundle},
@@ -39,7 +40,7 @@ impl PodContext {
     /// Whether a connection to this pod's `port` from `principal` may go on: plaintext
     /// without a proven identity must pass PeerAuthentication, then every connection
     /// passes AuthorizationPolicy. Ok and Err both carry the reason.
-    pub fn admit(&self, port: u16, principal: Option<&SpiffeId>) -> Result<String, String> {
+    pub fn admit(&self, port: u16, principal: Option<&Principal>) -> Result<String, String> {
         let registry = self.shared.registry.borrow();
         let decision = policy::evaluate::admit(&registry.policies, &self.workload, port, principal);
         if let Err(denial) = &decision {
@@ -50,6 +51,14 @@ impl PodContext {
                 .inc();
         }
         decision.map_err(|denial| denial.to_string())
+    }
+
+    /// What `port` of this pod asks for (`InboundPorts`); the defaults when nothing does.
+    pub fn port_settings(&self, port: u16) -> PortSettings {
+        let registry = self.shared.registry.borrow();
+        ports::settings(&registry.ports, &self.workload, port)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The pod's SVID, when one is held.

@@ -3,10 +3,10 @@
 use std::fmt;
 
 use super::{
-    Action, AuthorizationPolicy, MtlsMode, Operation, PeerAuthentication, Policies, ROOT_NAMESPACE,
-    Rule, Scope, Source,
+    Action, AuthorizationPolicy, MtlsMode, Operation, PeerAuthentication, Policies, Principal,
+    ROOT_NAMESPACE, Rule, Scope, Source,
 };
-use crate::{identity::SpiffeId, workload::Workload};
+use crate::workload::Workload;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -44,7 +44,7 @@ pub fn admit(
     policies: &Policies,
     workload: &Workload,
     port: u16,
-    principal: Option<&SpiffeId>,
+    principal: Option<&Principal>,
 ) -> Result<String, Denial> {
     if principal.is_none() && mtls_mode(policies, workload, port) == MtlsMode::Strict {
         return Err(Denial {
@@ -62,7 +62,7 @@ pub fn admit(
     }
 }
 
-fn covers(scope: &Scope, workload: &Workload) -> bool {
+pub(crate) fn covers(scope: &Scope, workload: &Workload) -> bool {
     let namespace_ok = scope.namespace == workload.namespace || scope.namespace == ROOT_NAMESPACE;
     let labels_ok = scope
         .selector
@@ -110,7 +110,7 @@ pub fn authorize(
     policies: &Policies,
     workload: &Workload,
     port: u16,
-    principal: Option<&SpiffeId>,
+    principal: Option<&Principal>,
 ) -> Verdict {
     let applicable: Vec<&AuthorizationPolicy> = policies
         .authorization_policies
@@ -149,7 +149,7 @@ pub fn authorize(
     }
 }
 
-fn rule_matches(rule: &Rule, port: u16, principal: Option<&SpiffeId>, action: Action) -> bool {
+fn rule_matches(rule: &Rule, port: u16, principal: Option<&Principal>, action: Action) -> bool {
     if rule.l7 && action == Action::Allow {
         return false;
     }
@@ -160,9 +160,9 @@ fn rule_matches(rule: &Rule, port: u16, principal: Option<&SpiffeId>, action: Ac
 
 /// Principals are written as in Istio: `cluster.local/ns/default/sa/sleep`, with `*` as
 /// the whole value, a prefix or a suffix.
-fn source_matches(source: &Source, principal: Option<&SpiffeId>) -> bool {
-    let name = principal.map(|p| p.to_string().trim_start_matches("spiffe://").to_string());
-    let namespace = principal.map(|p| p.namespace.as_str());
+fn source_matches(source: &Source, principal: Option<&Principal>) -> bool {
+    let name = principal.map(Principal::name);
+    let namespace = principal.and_then(Principal::namespace);
     let any = |patterns: &[String], value: Option<&str>| {
         value.is_some_and(|v| patterns.iter().any(|p| wildcard(p, v)))
     };

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::SpiffeId;
+
 /// The mesh-wide policy namespace (Istio's default root namespace).
 pub const ROOT_NAMESPACE: &str = "istio-system";
 
@@ -85,6 +87,52 @@ pub struct Source {
 pub struct Operation {
     pub ports: Vec<u16>,
     pub not_ports: Vec<u16>,
+}
+
+/// Who a connection proved to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// A mesh workload, by its SVID (or, on this node, by the address only the daemon can
+    /// originate from).
+    Spiffe(SpiffeId),
+    /// A client certificate of an extra trust anchor (a company CA), named as Envoy names
+    /// a peer: its first URI SAN, else its first DNS SAN, else its subject. It has no mesh
+    /// namespace.
+    Certificate(String),
+}
+
+impl Principal {
+    /// The name AuthorizationPolicy `principals` match: `<td>/ns/<ns>/sa/<sa>` for a
+    /// mesh identity, as in Istio.
+    pub fn name(&self) -> String {
+        match self {
+            Principal::Spiffe(id) => id.to_string().trim_start_matches("spiffe://").into(),
+            Principal::Certificate(name) => name.clone(),
+        }
+    }
+
+    /// The mesh namespace, which only mesh identities have.
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            Principal::Spiffe(id) => Some(&id.namespace),
+            Principal::Certificate(_) => None,
+        }
+    }
+}
+
+impl From<SpiffeId> for Principal {
+    fn from(id: SpiffeId) -> Self {
+        Principal::Spiffe(id)
+    }
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Principal::Spiffe(id) => id.fmt(f),
+            Principal::Certificate(name) => f.write_str(name),
+        }
+    }
 }
 
 /// All policies in force.

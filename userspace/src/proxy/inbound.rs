@@ -3,16 +3,25 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use hawser_common::{INBOUND_PORT, OUTBOUND_PORT, TUNNEL_PORT};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpListener, TcpStream},
+};
 
 use super::{
     accept_loop,
+    caller::Caller,
     relay::{Connection, Direction},
-    sockets,
+    sockets, terminate,
 };
-use crate::{node::pod::PodContext, tunnel};
+use crate::{
+    node::pod::PodContext,
+    policy::Principal,
+    ports::{PortSettings, ServerTls},
+    tunnel,
+};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
     accept_loop(listener, pod, |conn, peer, pod| async move {
@@ -33,10 +42,17 @@ pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
         };
         let record = Connection::new(Direction::Tunnel, &pod, peer, accepted.dst)
             .mtls(&accepted.client, pod.shared.offload.path());
-        if let Err(why) = pod.admit(accepted.dst.port(), Some(&accepted.client)) {
+        let caller = Caller {
+            src: peer,
+            dst: accepted.dst,
+            principal: Some(accepted.client.into()),
+            certificate: Some(accepted.certificate),
+        };
+        if let Err(why) = pod.admit(caller.dst.port(), caller.principal.as_ref()) {
             return record.refuse(&format!("policy: {why}"));
         }
-        match deliver(&pod, peer, accepted.dst).await {
+        let settings = pod.port_settings(caller.dst.port());
+        match deliver(&pod, &caller, &settings).await {
             Ok(app) => record.relay_tunnel(app, accepted.stream).await,
             Err(e) => record.refuse(&format!("{e:#}")),
         }
@@ -51,18 +67,60 @@ async fn handle(conn: TcpStream, peer: SocketAddr, pod: &PodContext) {
         Err(e) => return tracing::warn!(pod = %pod.key, "inbound local_addr: {e}"),
     };
     let record = Connection::new(Direction::Inbound, pod, peer, dst);
+    let settings = pod.port_settings(dst.port());
+    if let Some(tls) = &settings.tls {
+        return terminated(record, conn, pod, tls, &settings).await;
+    }
     // Plaintext: only a pod of this node has an identity here (see Shared::local_identity).
-    if let Err(why) = pod.admit(dst.port(), pod.shared.local_identity(peer.ip()).as_ref()) {
+    let caller = Caller {
+        src: peer,
+        dst,
+        principal: pod.shared.local_identity(peer.ip()).map(Principal::from),
+        certificate: None,
+    };
+    if let Err(why) = pod.admit(dst.port(), caller.principal.as_ref()) {
         return record.refuse(&format!("policy: {why}"));
     }
-    match deliver(pod, peer, dst).await {
+    match deliver(pod, &caller, &settings).await {
         Ok(app) => record.relay(conn, app).await,
         Err(e) => record.refuse(&format!("{e:#}")),
     }
 }
 
-/// Connects to the app at `dst` from inside the pod, as `client`.
-async fn deliver(pod: &PodContext, client: SocketAddr, dst: SocketAddr) -> Result<TcpStream> {
+/// A port with TLS for clients outside the mesh: the daemon does the handshake, policy
+/// sees the client's certificate.
+async fn terminated(
+    record: Connection,
+    conn: TcpStream,
+    pod: &PodContext,
+    tls: &ServerTls,
+    settings: &PortSettings,
+) {
+    let (src, dst) = (record.src, record.dst);
+    let client = match terminate::accept(pod, conn, tls).await {
+        Ok(client) => client,
+        Err(e) => return record.refuse(&format!("{e:#}")),
+    };
+    let record = record.mtls(&client.principal, pod.shared.offload.path());
+    let caller = Caller {
+        src,
+        dst,
+        principal: Some(client.principal),
+        certificate: Some(client.certificate),
+    };
+    if let Err(why) = pod.admit(dst.port(), caller.principal.as_ref()) {
+        return record.refuse(&format!("policy: {why}"));
+    }
+    match deliver(pod, &caller, settings).await {
+        Ok(app) => record.relay_tunnel(app, client.stream).await,
+        Err(e) => record.refuse(&format!("{e:#}")),
+    }
+}
+
+/// Connects to the app at the caller's destination from inside the pod, as the caller,
+/// and tells it who called when the port asks for a PROXY header.
+async fn deliver(pod: &PodContext, caller: &Caller, settings: &PortSettings) -> Result<TcpStream> {
+    let (client, dst) = (caller.src, caller.dst);
     if [OUTBOUND_PORT, INBOUND_PORT, TUNNEL_PORT].contains(&dst.port()) {
         bail!("port {} is the daemon's own", dst.port());
     }
@@ -73,5 +131,12 @@ async fn deliver(pod: &PodContext, client: SocketAddr, dst: SocketAddr) -> Resul
     pod.dataplane.announce_delivery(bound, dst)?;
     let connected = sockets::connect(socket, dst).await;
     pod.dataplane.forget_delivery(bound, dst);
-    connected
+    let mut app = connected?;
+    if settings.proxy_protocol {
+        let header = caller.proxy_header()?;
+        app.write_all(&header)
+            .await
+            .context("PROXY header to the app")?;
+    }
+    Ok(app)
 }

@@ -1,12 +1,15 @@
 //! The daemon's per-pod listeners and the byte relay behind them.
 //!
 //! `outbound` serves connections the connect hooks captured in a pod, `inbound` serves
-//! connections sk_lookup steered to a pod from the network, `relay` moves the bytes.
+//! connections sk_lookup steered to a pod from the network (`terminate` does the TLS of
+//! ports that ask for it, `caller` tells the app who called), `relay` moves the bytes.
 
+pub mod caller;
 pub mod inbound;
 pub mod outbound;
 pub mod relay;
 pub mod sockets;
+pub mod terminate;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 

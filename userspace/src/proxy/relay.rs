@@ -127,17 +127,18 @@ impl Connection {
     /// TLS, copied through rustls otherwise.
     pub async fn relay_tunnel(self, app: TcpStream, tunnel: TunnelStream) {
         match tunnel {
+            // The TLS side is the client's, but for outbound connections.
             TunnelStream::Userspace(stream) => match self.direction {
-                Direction::Tunnel => self.relay(stream, app).await,
-                _ => self.relay(app, stream).await,
+                Direction::Outbound => self.relay(app, stream).await,
+                _ => self.relay(stream, app).await,
             },
             TunnelStream::Kernel(stream) => {
                 METRICS.connection_opened(&self.labels);
-                // (app→peer, peer→app); a tunnel-side record counts from the peer.
+                // (app→peer, peer→app); an inbound record counts from the peer.
                 let result = splice::relay(app, stream).await.map(|(to_peer, to_app)| {
                     match self.direction {
-                        Direction::Tunnel => (to_app, to_peer),
-                        _ => (to_peer, to_app),
+                        Direction::Outbound => (to_peer, to_app),
+                        _ => (to_app, to_peer),
                     }
                 });
                 self.closed(result)

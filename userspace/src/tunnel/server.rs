@@ -13,12 +13,14 @@ use crate::{
     identity::SpiffeId,
     metrics::{METRICS, timed},
     node::pod::PodContext,
+    proxy::caller::ClientCertificate,
 };
 
 /// An accepted, authenticated tunnel: the client's identity and where it wants to go.
 pub struct Accepted {
     pub stream: TunnelStream,
     pub client: SpiffeId,
+    pub certificate: ClientCertificate,
     pub dst: SocketAddr,
 }
 
@@ -36,14 +38,13 @@ pub async fn accept(pod: &PodContext, conn: TcpStream) -> Result<Accepted> {
             .context("TLS handshake")
     })
     .await?;
-    let leaf = stream
-        .get_ref()
-        .1
+    let session = stream.get_ref().1;
+    let leaf = session
         .peer_certificates()
         .and_then(|c| c.first())
-        .context("no client certificate")?
-        .clone();
-    let client = tls::peer_identity(&leaf, &bundle)?;
+        .context("no client certificate")?;
+    let client = tls::peer_identity(leaf, &bundle)?;
+    let certificate = ClientCertificate::new(leaf, session)?;
     let preamble = tokio::time::timeout(HANDSHAKE_TIMEOUT, Preamble::read(&mut stream))
         .await
         .context("preamble: timed out")?
@@ -57,6 +58,7 @@ pub async fn accept(pod: &PodContext, conn: TcpStream) -> Result<Accepted> {
     Ok(Accepted {
         stream,
         client,
+        certificate,
         dst: SocketAddr::new(pod.workload.pod_ip, preamble.port),
     })
 }

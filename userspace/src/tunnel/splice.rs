@@ -28,15 +28,32 @@ pub async fn relay(mut app: TcpStream, tls: KernelTls) -> io::Result<(u64, u64)>
     app.write_all(&drained).await?;
     let upstream = async {
         let n = pump(&app, &tls, false).await?;
-        close_write(&tls).await?;
+        unless_gone(close_write(&tls).await)?;
         io::Result::Ok(n)
     };
     let downstream = async {
         let n = pump(&tls, &app, true).await?;
-        shutdown(app.as_raw_fd(), Shutdown::Write).map_err(io::Error::from)?;
+        unless_gone(shutdown(app.as_raw_fd(), Shutdown::Write).map_err(io::Error::from))?;
         io::Result::Ok(n + drained.len() as u64)
     };
     tokio::try_join!(upstream, downstream)
+}
+
+/// Passing a close on to a peer that has already closed (and reset) its socket fails
+/// with nothing lost: every byte of that direction was delivered before. Clients outside
+/// the mesh (curl, browsers) close without waiting for our close.
+fn unless_gone(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOTCONN | libc::EPIPE | libc::ECONNRESET)
+            ) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// `src` to `dst` until `src`'s end. A kTLS source (`from_tls`) ends with `close_notify`,

@@ -111,8 +111,6 @@ pub fn server_config(
     Ok(config)
 }
 
-/// Chain validation against the bundle, then the server's SPIFFE ID against the one the
-/// destination must have. Host names play no part.
 /// Checks that `end_entity` chains to `roots` for server authentication; returns it
 /// parsed for name checks.
 pub(crate) fn verify_chain<'a>(
@@ -122,20 +120,54 @@ pub(crate) fn verify_chain<'a>(
     provider: &CryptoProvider,
     now: UnixTime,
 ) -> Result<webpki::EndEntityCert<'a>, rustls::Error> {
-    let cert = webpki::EndEntityCert::try_from(end_entity)
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    verify_for(
+        webpki::KeyUsage::server_auth(),
+        end_entity,
+        intermediates,
+        roots,
+        provider,
+        now,
+    )
+    .map_err(|e| rustls::Error::General(format!("server chain: {e}")))
+}
+
+/// Whether a client's chain goes to `roots` (for a verifier that trusts several sets).
+pub(crate) fn chains_as_client(
+    chain: &[CertificateDer<'_>],
+    roots: &RootCertStore,
+    provider: &CryptoProvider,
+) -> bool {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return false;
+    };
+    let usage = webpki::KeyUsage::client_auth();
+    verify_for(usage, leaf, intermediates, roots, provider, UnixTime::now()).is_ok()
+}
+
+fn verify_for<'a>(
+    usage: webpki::KeyUsage,
+    end_entity: &'a CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    roots: &RootCertStore,
+    provider: &CryptoProvider,
+    now: UnixTime,
+) -> Result<webpki::EndEntityCert<'a>, String> {
+    let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|e| e.to_string())?;
     cert.verify_for_usage(
         provider.signature_verification_algorithms.all,
         &roots.roots,
         intermediates,
         now,
-        webpki::KeyUsage::server_auth(),
+        usage,
         None,
         None,
     )
-    .map_err(|e| rustls::Error::General(format!("server chain: {e}")))?;
+    .map_err(|e| e.to_string())?;
     Ok(cert)
 }
+
+/// Chain validation against the bundle, then the server's SPIFFE ID against the one the
+/// destination must have. Host names play no part.
 
 #[derive(Debug)]
 struct SecureNaming {

@@ -29,6 +29,7 @@ use crate::policy::{
     AuthorizationPolicy, PeerAuthentication,
     istio::{API_VERSIONS, AuthorizationPolicyDoc, PeerAuthenticationDoc},
 };
+use crate::ports::{InboundPorts, InboundPortsDoc};
 
 /// One YAML document of the configuration directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +39,7 @@ pub enum Document {
     AuthorizationPolicy(AuthorizationPolicy),
     ServiceEntry(ServiceEntry),
     DestinationRule(DestinationRule),
+    InboundPorts(InboundPorts),
 }
 
 /// One problem in one file.
@@ -145,6 +147,9 @@ fn assemble(found: Vec<(Document, PathBuf, usize)>, errors: &mut Vec<ConfigError
             Document::DestinationRule(r) => {
                 vec![format!("DestinationRule {}/{}", r.namespace, r.name)]
             }
+            Document::InboundPorts(p) => {
+                vec![format!("InboundPorts {}/{}", p.scope.namespace, p.name)]
+            }
         };
         if let Some(taken) = keys.iter().find(|k| first_seen.contains_key(*k)) {
             errors.push(ConfigError {
@@ -165,6 +170,7 @@ fn assemble(found: Vec<(Document, PathBuf, usize)>, errors: &mut Vec<ConfigError
             Document::AuthorizationPolicy(p) => registry.policies.authorization_policies.push(p),
             Document::ServiceEntry(e) => registry.egress.service_entries.push(e),
             Document::DestinationRule(r) => registry.egress.destination_rules.push(r),
+            Document::InboundPorts(p) => registry.ports.push(p),
         }
     }
     registry
@@ -306,9 +312,14 @@ fn parse_document(doc: &str) -> Result<Option<Document>, DocError> {
             let raw: DestinationRuleDoc = serde_yaml::from_str(doc)?;
             Document::DestinationRule(raw.into_destination_rule().map_err(doc_error)?)
         }
+        "InboundPorts" => {
+            check_version(&[API_VERSION])?;
+            let raw: InboundPortsDoc = serde_yaml::from_str(doc)?;
+            Document::InboundPorts(raw.into_inbound_ports().map_err(doc_error)?)
+        }
         other => {
             return Err(doc_error(format!(
-                "unsupported kind {other:?} (supported: Workload, PeerAuthentication, AuthorizationPolicy, ServiceEntry, DestinationRule)"
+                "unsupported kind {other:?} (supported: Workload, InboundPorts, PeerAuthentication, AuthorizationPolicy, ServiceEntry, DestinationRule)"
             )));
         }
     };

@@ -39,6 +39,7 @@ pub struct Registry {
     pub workloads: BTreeMap<String, Workload>,
     pub policies: crate::policy::Policies,
     pub egress: crate::egress::Egress,
+    pub ports: Vec<crate::ports::InboundPorts>,
 }
 
 impl Registry {

@@ -19,8 +19,8 @@ fn workload(namespace: &str, app: &str) -> Workload {
     }
 }
 
-fn id(ns: &str, sa: &str) -> SpiffeId {
-    SpiffeId::new("cluster.local", ns, sa)
+fn id(ns: &str, sa: &str) -> Principal {
+    crate::identity::SpiffeId::new("cluster.local", ns, sa).into()
 }
 
 #[test]
