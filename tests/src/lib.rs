@@ -47,6 +47,11 @@ pub fn expected_tls_path() -> &'static str {
     }
 }
 
+/// The `hawser-cni` plugin built with the `hawser` binary under test.
+pub fn cni_bin() -> PathBuf {
+    hawser_bin().with_file_name("hawser-cni")
+}
+
 /// The `hawser` binary under test: `$HAWSER_BIN`, or the workspace's debug build.
 pub fn hawser_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("HAWSER_BIN") {

@@ -381,6 +381,75 @@ fn registry_only_refuses_what_no_service_entry_declares() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn a_dns_service_entry_follows_what_its_name_resolves_to() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    // The host nginx serves (its `server_name`), now found through DNS.
+    const NAME: &str = COMMON;
+    let s = scene(&[
+        "--dns-server",
+        "127.0.0.1:5353",
+        "--outbound-traffic-policy",
+        "REGISTRY_ONLY",
+    ])?;
+    // dnsmasq, in the namespace the daemon runs in, answers for the name (TTL 0).
+    let dnsmasq = |ip: &str| {
+        s.node.spawn(&[
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--port=5353",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            &format!("--address=/{NAME}/{ip}"),
+        ])
+    };
+    let resolved_to = |ip: &str| {
+        let seen = format!("\"{NAME}\": [{ip}]");
+        s.daemon.wait_for(
+            &format!("{NAME} resolved to {ip}"),
+            Duration::from_secs(15),
+            |log| {
+                log.lines()
+                    .any(|l| l.contains("ServiceEntry names resolved") && l.contains(&seen))
+            },
+        )
+    };
+    let mut server = dnsmasq(&s.ext.ip)?;
+    s.apply(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: dns}}\n\
+         spec:\n  hosts: [{NAME}]\n  location: MESH_EXTERNAL\n  resolution: DNS\n\
+         \x20 ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8443}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: dns}}\n\
+         spec: {{host: {NAME}, trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}}}\n"
+    ))?;
+    resolved_to(&s.ext.ip)?;
+    // The app resolved the name to the same address: the daemon originates mTLS to it.
+    assert_eq!(s.get(&s.a, NAME, 80)?, s.nginx.body);
+    let request = s.last_request();
+    assert!(
+        request.contains(&format!("8443 200 \"{COMMON}\"")) && request.ends_with("SUCCESS"),
+        "nginx saw: {request}"
+    );
+    // The name moves elsewhere: its old address is no longer the service.
+    server.terminate()?;
+    server = dnsmasq("10.1.0.250")?;
+    resolved_to("10.1.0.250")?;
+    assert!(s.get(&s.a, NAME, 80).is_err());
+    s.daemon
+        .wait_for("the refusal", Duration::from_secs(5), |log| {
+            log.contains(&format!(
+                "REGISTRY_ONLY: no ServiceEntry declares {}:80",
+                s.ext.ip
+            ))
+        })?;
+    server.terminate()?;
+    Ok(())
+}
+
 /// Writes `pair` and `ca` as a Kubernetes Secret volume does: `dir/<version>/` holds the
 /// files, `dir/..data` links to it (replaced atomically), `dir/tls.crt` etc. link through
 /// `..data`.

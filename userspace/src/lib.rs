@@ -1,6 +1,7 @@
 //! hawser: a node-level, sidecar-less service-mesh dataplane.
 //!
-//! - `workload`: what runs on the node (local YAML source, hot reload);
+//! - `workload`: what runs on the node (local YAML source, hot reload); `cni`: pods'
+//!   network namespaces handed over by the CNI plugin;
 //! - `redirect`: the eBPF programs that steer pods' TCP traffic, and per-pod routing;
 //! - `netns`: doing things inside a pod's network namespace;
 //! - `policy`: Istio's L4 security policy; `ports`: what a workload's ports ask for
@@ -10,6 +11,7 @@
 
 pub mod admin;
 pub mod ca;
+pub mod cni;
 pub mod credentials;
 pub mod egress;
 pub mod grpc;

@@ -11,6 +11,7 @@ use hawser::{
     node::{self, CaSettings, NodeConfig},
     redirect::dataplane,
     svid::SvidConfig,
+    workload,
 };
 
 /// hawser: sidecar-less mTLS for every pod on the node.
@@ -81,14 +82,33 @@ enum PolicyCommand {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SourceKind {
+    Local,
+    Kubernetes,
+}
+
 #[derive(clap::Args)]
 struct NodeArgs {
     /// This node's name; only workloads with this `spec.nodeName` are enrolled.
     #[arg(long, env = "HAWSER_NODE_NAME")]
     node_name: String,
-    /// Directory of workload YAML, reloaded when it changes.
-    #[arg(long, env = "HAWSER_CONFIG_DIR")]
-    config_dir: PathBuf,
+    /// Where workloads and policies come from: `local` (`--config-dir`) or
+    /// `kubernetes` (the API server; pods' namespaces from `hawser-cni`).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "local",
+        env = "HAWSER_WORKLOAD_SOURCE"
+    )]
+    workload_source: SourceKind,
+    /// Directory of workload YAML, reloaded when it changes (the local source).
+    #[arg(
+        long,
+        env = "HAWSER_CONFIG_DIR",
+        required_if_eq("workload_source", "local")
+    )]
+    config_dir: Option<PathBuf>,
     #[command(flatten)]
     bpf: BpfArgs,
     /// cgroup v2 directory under which the pods' cgroups live.
@@ -121,6 +141,15 @@ struct NodeArgs {
         env = "HAWSER_OUTBOUND_TRAFFIC_POLICY"
     )]
     outbound_traffic_policy: OutboundPolicy,
+    /// The Unix socket where `hawser-cni` hands over new pods' network namespaces
+    /// (their `Workload` then needs no `netns`); hand-offs are kept next to it in
+    /// `cni-pods.json` for a restarted daemon.
+    #[arg(long, env = "HAWSER_CNI_SOCKET")]
+    cni_socket: Option<PathBuf>,
+    /// The name server (ip:port) that resolves `resolution: DNS` ServiceEntry hosts;
+    /// default: the system's (`/etc/resolv.conf`, `/etc/hosts`).
+    #[arg(long, env = "HAWSER_DNS_SERVER")]
+    dns_server: Option<SocketAddr>,
     /// Seconds the metric series of a workload that left stay before they are dropped.
     #[arg(long, default_value_t = 300)]
     metrics_grace_secs: u64,
@@ -170,11 +199,33 @@ struct CaArgs {
     )]
     state_dir: PathBuf,
     /// Directory of workload YAML: which identities run on which node.
-    #[arg(long, env = "HAWSER_CONFIG_DIR")]
-    config_dir: PathBuf,
+    #[arg(
+        long,
+        env = "HAWSER_CONFIG_DIR",
+        required_unless_present = "kubernetes"
+    )]
+    config_dir: Option<PathBuf>,
     /// YAML map of node name to node credential.
-    #[arg(long, env = "HAWSER_NODE_TOKENS")]
-    node_tokens: PathBuf,
+    #[arg(
+        long,
+        env = "HAWSER_NODE_TOKENS",
+        required_unless_present = "kubernetes"
+    )]
+    node_tokens: Option<PathBuf>,
+    /// On Kubernetes: identities from the pods the API server schedules on each node,
+    /// node daemons authenticated by their ServiceAccount token (TokenReview).
+    #[arg(long, env = "HAWSER_CA_KUBERNETES", conflicts_with_all = ["config_dir", "node_tokens"])]
+    kubernetes: bool,
+    /// The audience of the node daemons' projected ServiceAccount tokens.
+    #[arg(long, default_value = "hawser-ca", env = "HAWSER_TOKEN_AUDIENCE")]
+    token_audience: String,
+    /// `namespace/name` of the node daemons' ServiceAccount.
+    #[arg(
+        long,
+        default_value = "hawser-system/hawser-node",
+        env = "HAWSER_NODE_SERVICE_ACCOUNT"
+    )]
+    node_service_account: String,
     /// Revocation list YAML (`serials: [...]`, `identities: [...]`), followed.
     #[arg(long, env = "HAWSER_REVOCATIONS")]
     revocations: Option<PathBuf>,
@@ -294,11 +345,19 @@ fn node_config(args: NodeArgs, log_level: logging::LogLevel) -> Result<NodeConfi
         series_grace: Duration::from_secs(args.metrics_grace_secs),
         credentials_dir: args.credentials_dir,
         outbound_policy: args.outbound_traffic_policy,
+        dns_server: args.dns_server,
+        cni_socket: args.cni_socket,
         log_level,
-        config_dir: args.config_dir,
+        source: match (args.workload_source, args.config_dir) {
+            (SourceKind::Local, Some(dir)) => workload::Source::Directory {
+                dir,
+                interval: Duration::from_millis(args.reload_interval_ms),
+            },
+            (SourceKind::Local, None) => anyhow::bail!("--config-dir is required"),
+            (SourceKind::Kubernetes, _) => workload::Source::Kubernetes,
+        },
         pin_dir: args.bpf.pin_dir,
         cgroup: args.cgroup,
-        reload_interval: Duration::from_millis(args.reload_interval_ms),
         kernel_tls: !args.no_ktls,
         ca,
     })
@@ -310,8 +369,16 @@ fn ca_config(args: CaArgs) -> CaConfig {
         trust_domain: args.trust_domain,
         cacerts: args.cacerts,
         state_dir: args.state_dir,
-        config_dir: args.config_dir,
-        node_tokens: args.node_tokens,
+        nodes: match (args.config_dir, args.node_tokens) {
+            (Some(config_dir), Some(node_tokens)) if !args.kubernetes => ca::Nodes::Files {
+                config_dir,
+                node_tokens,
+            },
+            _ => ca::Nodes::Kubernetes {
+                audience: args.token_audience,
+                service_account: args.node_service_account,
+            },
+        },
         revocations: args.revocations,
         max_ttl: Duration::from_secs(args.max_ttl_secs),
         server_names: args.server_names,

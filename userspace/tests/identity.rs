@@ -79,8 +79,10 @@ impl TestCa {
             trust_domain: "cluster.local".into(),
             cacerts: self.cacerts.clone(),
             state_dir: self.dir.path().join("state"),
-            config_dir: self.dir.path().join("config"),
-            node_tokens: self.dir.path().join("tokens.yaml"),
+            nodes: ca::Nodes::Files {
+                config_dir: self.dir.path().join("config"),
+                node_tokens: self.dir.path().join("tokens.yaml"),
+            },
             revocations: Some(self.revocations()),
             max_ttl: self.max_ttl,
             server_names: vec!["localhost".into()],
@@ -97,7 +99,7 @@ impl TestCa {
         let listener = TcpListener::bind(self.addr).await.unwrap();
         self.addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let ca = ca::Ca::load(self.config()).unwrap();
+        let ca = ca::Ca::load(self.config()).await.unwrap();
         self.task = Some(tokio::spawn(ca.serve(listener, async {
             let _ = rx.await;
         })));

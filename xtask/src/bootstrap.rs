@@ -16,6 +16,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     // Decodes PROXY protocol headers in captures (the inbound ports test).
     "tshark",
+    // A name server for `resolution: DNS` ServiceEntries (the egress test).
+    "dnsmasq-base",
     // Benchmarks (cargo xtask bench) and their profiles.
     "iperf3",
     "wrk",
@@ -30,7 +32,38 @@ const DEBIAN_PACKAGES: &[&str] = &[
 pub fn run() -> Result<()> {
     debian_packages()?;
     rust_src()?;
-    bpf_linker()
+    bpf_linker()?;
+    kubernetes_validate()
+}
+
+/// The offline Kubernetes manifest validator (tests/tests/deploy.rs), with the Kubernetes
+/// OpenAPI schemas inside. Keep in step with VALIDATOR_VERSION there.
+const KUBERNETES_VALIDATE: &str = "1.37.0";
+
+fn kubernetes_validate() -> Result<()> {
+    if output("python3", &["-m", "kubernetes_validate", "--version"])
+        .is_ok_and(|v| v.trim() == KUBERNETES_VALIDATE)
+    {
+        return Ok(());
+    }
+    let pkg = format!("kubernetes-validate=={KUBERNETES_VALIDATE}");
+    if !is_root() {
+        bail!("{pkg} is missing: run as root, or `python3 -m pip install {pkg}`");
+    }
+    step(&format!("installing {pkg} (pip)"));
+    // Debian's python3 refuses pip installs outside a venv (PEP 668) unless told to.
+    cmd::run(
+        "env",
+        &[
+            "PIP_BREAK_SYSTEM_PACKAGES=1",
+            "python3",
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            &pkg,
+        ],
+    )
 }
 
 fn debian_packages() -> Result<()> {

@@ -2,7 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{egress::Egress, policy::Policies, ports::InboundPorts, workload::Workload};
+use crate::{
+    egress::{Egress, dns::Resolved},
+    policy::Policies,
+    ports::InboundPorts,
+    workload::Workload,
+};
 
 /// `/status`: is the daemon ready, and what it serves.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -74,6 +79,8 @@ pub struct ConfigDump {
     pub policies: Policies,
     pub egress: Egress,
     pub inbound_ports: Vec<InboundPorts>,
+    /// Addresses of the `resolution: DNS` ServiceEntry names, as last resolved.
+    pub resolved_names: Resolved,
 }
 
 /// `/policy/check`: would a connection be admitted, and which rule decides.

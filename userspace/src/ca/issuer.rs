@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use super::{node_auth::NodeTokens, trust::Revocations};
+use super::{node_auth::NodeAuth, trust::Revocations};
 use crate::{
     grpc::istio::{
         IstioCertificateRequest, IstioCertificateResponse,
@@ -19,7 +19,7 @@ use crate::{
 pub struct Issuer {
     authority: Arc<Authority>,
     registry: watch::Receiver<Arc<Registry>>,
-    nodes: NodeTokens,
+    nodes: NodeAuth,
     revocations: watch::Receiver<Arc<Revocations>>,
     max_ttl: Duration,
 }
@@ -28,7 +28,7 @@ impl Issuer {
     pub fn new(
         authority: Arc<Authority>,
         registry: watch::Receiver<Arc<Registry>>,
-        nodes: NodeTokens,
+        nodes: NodeAuth,
         revocations: watch::Receiver<Arc<Revocations>>,
         max_ttl: Duration,
     ) -> Self {
@@ -87,7 +87,7 @@ impl IstioCertificateService for Issuer {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let node = match self.nodes.authenticate(&request) {
+        let node = match self.nodes.authenticate(&request).await {
             Ok(node) => node,
             Err(status) => {
                 tracing::warn!(target: "hawser::audit", %peer, decision = "refused", reason = status.message(), "certificate request");

@@ -2,7 +2,7 @@
 //! over gRPC with TLS.
 //!
 //! Callers are node daemons. Each authenticates with its node credential, a bearer token
-//! issued to that node (`node_auth`); the CA signs identity I for node N only if the
+//! issued to that node or its ServiceAccount token on Kubernetes (`node_auth`); the CA signs identity I for node N only if the
 //! workload registry has a workload running as I on node N (`issuer`). The trust bundle
 //! and revocation list are served to the same callers (`trust`).
 
@@ -13,7 +13,7 @@ pub mod trust;
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
@@ -24,6 +24,7 @@ use crate::{
     },
     identity::authority::Authority,
     workload,
+    workload::Registry,
 };
 
 pub struct CaConfig {
@@ -33,10 +34,8 @@ pub struct CaConfig {
     /// `root-cert.pem`); without it, a self-signed root in `state_dir`.
     pub cacerts: Option<PathBuf>,
     pub state_dir: PathBuf,
-    /// Workload registry (the same YAML the node daemons read).
-    pub config_dir: PathBuf,
-    /// `node-name: token` YAML of node credentials.
-    pub node_tokens: PathBuf,
+    /// Who the nodes are and what runs on them.
+    pub nodes: Nodes,
     /// Revocation list YAML (`serials:`, `identities:`), followed when it changes.
     pub revocations: Option<PathBuf>,
     pub max_ttl: Duration,
@@ -45,9 +44,66 @@ pub struct CaConfig {
     pub reload_interval: Duration,
 }
 
+/// Where the CA learns which workloads run on which node, and how nodes authenticate.
+pub enum Nodes {
+    /// The workload YAML the node daemons read, and a `node-name: token` YAML.
+    Files {
+        config_dir: PathBuf,
+        node_tokens: PathBuf,
+    },
+    /// The pods the API server schedules; ServiceAccount tokens checked by TokenReview.
+    Kubernetes {
+        /// The audience of the node daemons' projected tokens.
+        audience: String,
+        /// `namespace/name` of the node daemons' ServiceAccount.
+        service_account: String,
+    },
+}
+
+impl Nodes {
+    async fn load(
+        &self,
+        reload_interval: Duration,
+    ) -> Result<(watch::Receiver<Arc<Registry>>, node_auth::NodeAuth)> {
+        Ok(match self {
+            Nodes::Files {
+                config_dir,
+                node_tokens,
+            } => {
+                let source = workload::Source::Directory {
+                    dir: config_dir.clone(),
+                    interval: reload_interval,
+                };
+                let tokens = node_auth::NodeTokens::load(node_tokens)?;
+                (
+                    workload::start(&source).await?,
+                    node_auth::NodeAuth::Tokens(tokens),
+                )
+            }
+            Nodes::Kubernetes {
+                audience,
+                service_account,
+            } => {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("connecting to the Kubernetes API (in-cluster or kubeconfig)")?;
+                let reviewer = node_auth::TokenReviewer {
+                    client: client.clone(),
+                    audience: audience.clone(),
+                    service_account: service_account.clone(),
+                };
+                (
+                    workload::kubernetes::follow(client).await?,
+                    node_auth::NodeAuth::TokenReview(reviewer),
+                )
+            }
+        })
+    }
+}
+
 /// Runs the CA until SIGINT/SIGTERM.
 pub async fn run(config: CaConfig) -> Result<()> {
-    let ca = Ca::load(config)?;
+    let ca = Ca::load(config).await?;
     let listener = TcpListener::bind(ca.listen)
         .await
         .with_context(|| format!("listen on {}", ca.listen))?;
@@ -70,8 +126,8 @@ pub struct Ca {
 
 impl Ca {
     /// Loads signing material (creating a self-signed root on first start), the workload
-    /// registry, node credentials and revocations. Needs a tokio runtime (for reloads).
-    pub fn load(config: CaConfig) -> Result<Self> {
+    /// registry, node credentials and revocations.
+    pub async fn load(config: CaConfig) -> Result<Self> {
         let authority = Arc::new(
             Authority::load(
                 config.cacerts.as_deref(),
@@ -80,9 +136,7 @@ impl Ca {
             )
             .context("loading the CA's signing material")?,
         );
-        let registry = workload::follow(config.config_dir.clone(), config.reload_interval)
-            .with_context(|| format!("reading workloads from {}", config.config_dir.display()))?;
-        let nodes = node_auth::NodeTokens::load(&config.node_tokens)?;
+        let (registry, nodes) = config.nodes.load(config.reload_interval).await?;
         let revocations =
             trust::follow_revocations(config.revocations.clone(), config.reload_interval)?;
         let (chain, key) = authority

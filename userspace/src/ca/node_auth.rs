@@ -1,14 +1,105 @@
 //! Node credentials: each node daemon presents `authorization: Bearer <token>`, and the
 //! token names the node.
 //!
-//! Tokens live in a YAML map `node-name: token` (mode 0600, like kubeadm's bootstrap
-//! tokens). On Kubernetes, the node's ServiceAccount token checked by TokenReview takes
-//! this place.
+//! Either tokens from a YAML map `node-name: token` (mode 0600, like kubeadm's bootstrap
+//! tokens), or, on Kubernetes, the daemon's projected ServiceAccount token, checked with a
+//! TokenReview: it must be valid for the CA's audience, belong to the node daemons'
+//! ServiceAccount, and be bound to a pod, whose node (Kubernetes ≥ 1.30 puts it in the
+//! token's `authentication.kubernetes.io/node-name`) is the caller's node.
 
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::{Api, api::PostParams};
 use tonic::{Request, Status};
+
+/// How node daemons prove which node they run on.
+#[derive(Clone)]
+pub enum NodeAuth {
+    Tokens(NodeTokens),
+    TokenReview(TokenReviewer),
+}
+
+impl NodeAuth {
+    /// The node a request comes from, or Unauthenticated.
+    pub async fn authenticate<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let token = bearer(request)?.to_string();
+        match self {
+            NodeAuth::Tokens(tokens) => tokens.node_of(&token),
+            NodeAuth::TokenReview(reviewer) => reviewer.node_of(&token).await,
+        }
+    }
+}
+
+fn bearer<T>(request: &Request<T>) -> Result<&str, Status> {
+    let header = request.metadata().get("authorization").ok_or_else(|| {
+        Status::unauthenticated("no node credential (authorization: Bearer <token>)")
+    })?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("the authorization header is not a bearer token"))
+}
+
+/// Checks ServiceAccount tokens with the API server.
+#[derive(Clone)]
+pub struct TokenReviewer {
+    pub client: kube::Client,
+    /// The audience node daemons' tokens are issued for.
+    pub audience: String,
+    /// `namespace/name` of the node daemons' ServiceAccount.
+    pub service_account: String,
+}
+
+/// Where a bound ServiceAccount token names its pod's node.
+const NODE_NAME: &str = "authentication.kubernetes.io/node-name";
+
+impl TokenReviewer {
+    pub async fn node_of(&self, token: &str) -> Result<String, Status> {
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.into()),
+                audiences: Some(vec![self.audience.clone()]),
+            },
+            ..Default::default()
+        };
+        let reviews: Api<TokenReview> = Api::all(self.client.clone());
+        let reviewed = reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| Status::unavailable(format!("TokenReview: {e}")))?;
+        let status = reviewed.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            return Err(Status::unauthenticated(format!(
+                "node credential rejected by the API server: {}",
+                status.error.unwrap_or_default()
+            )));
+        }
+        let user = status.user.unwrap_or_default();
+        let expected = match self.service_account.split_once('/') {
+            Some((ns, name)) => format!("system:serviceaccount:{ns}:{name}"),
+            None => String::new(),
+        };
+        if user.username.as_deref() != Some(expected.as_str()) {
+            return Err(Status::unauthenticated(format!(
+                "a token of {}, not of the node daemons' ServiceAccount {}",
+                user.username.unwrap_or_default(),
+                self.service_account
+            )));
+        }
+        user.extra
+            .as_ref()
+            .and_then(|extra| extra.get(NODE_NAME))
+            .and_then(|names| names.first().cloned())
+            .ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "the token names no node ({NODE_NAME}): use a projected token of a pod (Kubernetes 1.30 or later)"
+                ))
+            })
+    }
+}
 
 /// Tokens shorter than this are refused at load: they could be guessed.
 const MIN_TOKEN_LEN: usize = 16;
@@ -35,18 +126,7 @@ impl NodeTokens {
         })
     }
 
-    /// The node a request comes from, or Unauthenticated.
-    pub fn authenticate<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        let header = request.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated("no node credential (authorization: Bearer <token>)")
-        })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("the authorization header is not a bearer token")
-            })?;
+    fn node_of(&self, token: &str) -> Result<String, Status> {
         self.by_node
             .iter()
             .find(|(_, known)| constant_time_eq(known.as_bytes(), token.as_bytes()))

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use super::node_auth::NodeTokens;
+use super::node_auth::NodeAuth;
 use crate::{
     grpc::hawser::{TrustBundle, TrustBundleRequest, trust_service_server::TrustService},
     identity::authority::Authority,
@@ -66,14 +66,14 @@ fn load(path: &std::path::Path) -> Result<Revocations, String> {
 
 pub struct TrustServer {
     authority: Arc<Authority>,
-    nodes: NodeTokens,
+    nodes: NodeAuth,
     revocations: watch::Receiver<Arc<Revocations>>,
 }
 
 impl TrustServer {
     pub fn new(
         authority: Arc<Authority>,
-        nodes: NodeTokens,
+        nodes: NodeAuth,
         revocations: watch::Receiver<Arc<Revocations>>,
     ) -> Self {
         Self {
@@ -90,7 +90,7 @@ impl TrustService for TrustServer {
         &self,
         request: Request<TrustBundleRequest>,
     ) -> Result<Response<TrustBundle>, Status> {
-        self.nodes.authenticate(&request)?;
+        self.nodes.authenticate(&request).await?;
         let revoked = self.revocations.borrow().clone();
         Ok(Response::new(TrustBundle {
             trust_domain: self.authority.trust_domain.clone(),

@@ -68,29 +68,38 @@ impl ServiceEntryDoc {
         let resolution = match spec.resolution.as_deref().unwrap_or("NONE") {
             "STATIC" => Resolution::Static,
             "NONE" => Resolution::None,
+            "DNS" => Resolution::Dns,
             other => {
                 return Err(format!(
-                    "resolution {other} is not supported yet: use STATIC with endpoint addresses, or NONE"
+                    "resolution {other} is not supported: use STATIC, DNS or NONE"
                 ));
             }
         };
+        if resolution == Resolution::Dns
+            && let Some(wild) = spec.hosts.iter().find(|h| h.starts_with('*'))
+        {
+            return Err(format!(
+                "resolution DNS cannot resolve the wildcard host {wild}"
+            ));
+        }
         let addresses = spec
             .addresses
             .iter()
             .map(|a| parse_net(a))
             .collect::<Result<Vec<_>, _>>()?;
-        let endpoints = spec
-            .endpoints
-            .iter()
-            .map(|e| {
-                e.address.parse::<IpAddr>().map_err(|_| {
-                    format!(
-                        "endpoint address {:?} is not an IP address (STATIC needs IPs)",
+        let (mut endpoints, mut endpoint_names) = (Vec::new(), Vec::new());
+        for e in &spec.endpoints {
+            match e.address.parse::<IpAddr>() {
+                Ok(ip) => endpoints.push(ip),
+                Err(_) if resolution == Resolution::Dns => endpoint_names.push(e.address.clone()),
+                Err(_) => {
+                    return Err(format!(
+                        "endpoint address {:?} is not an IP address (names need resolution DNS)",
                         e.address
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+                    ));
+                }
+            }
+        }
         if resolution == Resolution::Static && endpoints.is_empty() {
             return Err("resolution STATIC needs endpoints".into());
         }
@@ -115,6 +124,7 @@ impl ServiceEntryDoc {
             location: spec.location.unwrap_or(Location::MeshExternal),
             resolution,
             endpoints,
+            endpoint_names,
         })
     }
 }

@@ -1,10 +1,12 @@
 //! Egress: connections from pods to services outside the mesh, declared with Istio's
 //! `ServiceEntry`, with TLS originated by the daemon as a `DestinationRule` says.
 //!
-//! `istio` reads the YAML; `route` decides, for one captured connection, whether and
+//! `istio` reads the YAML; `dns` keeps the names of `resolution: DNS` entries resolved;
+//! `route` decides, for one captured connection, whether and
 //! where it may go and with which TLS settings; the crate's `credentials` loads client
 //! certificates and CA files (reloaded when they change); `originate` dials and does the handshake.
 
+pub mod dns;
 pub mod istio;
 pub mod originate;
 pub mod route;
@@ -30,7 +32,23 @@ pub struct ServiceEntry {
     pub ports: Vec<ServicePort>,
     pub location: Location,
     pub resolution: Resolution,
+    /// Endpoint addresses given as IPs.
     pub endpoints: Vec<IpAddr>,
+    /// Endpoint addresses given as names (resolution DNS), resolved by the daemon.
+    pub endpoint_names: Vec<String>,
+}
+
+impl ServiceEntry {
+    /// The names the daemon keeps resolved for this entry: with resolution DNS, its hosts
+    /// (what apps dial) and its named endpoints (where the daemon connects).
+    pub fn names_to_resolve(&self) -> impl Iterator<Item = &str> {
+        let dns = self.resolution == Resolution::Dns;
+        self.hosts
+            .iter()
+            .chain(&self.endpoint_names)
+            .filter(move |_| dns)
+            .map(String::as_str)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +74,9 @@ pub enum Resolution {
     Static,
     /// The address the app dialed is used as is.
     None,
+    /// The hosts (and named endpoints) are resolved by the daemon, and kept resolved: a
+    /// connection to one of the hosts' addresses is this service.
+    Dns,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

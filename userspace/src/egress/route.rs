@@ -1,10 +1,13 @@
 //! Deciding one captured connection to an address outside the mesh: which `ServiceEntry`
-//! declares it, where the daemon connects (`targetPort`), and which `DestinationRule` TLS
+//! declares it (by endpoint, address, or the resolved addresses of its hosts), where the daemon connects (`targetPort`), and which `DestinationRule` TLS
 //! settings apply for this client.
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::{ClientTls, DestinationRule, Egress, OutboundPolicy, ServiceEntry, TlsMode};
+use super::{
+    ClientTls, DestinationRule, Egress, OutboundPolicy, Resolution, ServiceEntry, TlsMode,
+    dns::Resolved,
+};
 use crate::{policy::ROOT_NAMESPACE, workload::Workload};
 
 pub enum EgressRoute {
@@ -29,11 +32,18 @@ pub struct Origination {
 }
 
 impl Egress {
-    pub fn route(&self, client: &Workload, dst: SocketAddr, policy: OutboundPolicy) -> EgressRoute {
+    /// `resolved`: the addresses of `resolution: DNS` names (see `dns`).
+    pub fn route(
+        &self,
+        client: &Workload,
+        dst: SocketAddr,
+        policy: OutboundPolicy,
+        resolved: &Resolved,
+    ) -> EgressRoute {
         let declared = self
             .service_entries
             .iter()
-            .find_map(|se| declares(se, dst).map(|upstream| (se, upstream)));
+            .find_map(|se| declares(se, dst, resolved).map(|upstream| (se, upstream)));
         let Some((se, upstream)) = declared else {
             return match policy {
                 OutboundPolicy::AllowAny => EgressRoute::PassThrough,
@@ -88,14 +98,33 @@ impl Egress {
 }
 
 /// The upstream address when `se` declares `dst` (address and port), else None.
-fn declares(se: &ServiceEntry, dst: SocketAddr) -> Option<SocketAddr> {
+fn declares(se: &ServiceEntry, dst: SocketAddr, resolved: &Resolved) -> Option<SocketAddr> {
     let port = se.ports.iter().find(|p| p.number == dst.port())?;
     let ip = dst.ip();
-    let upstream: IpAddr = if se.endpoints.contains(&ip) {
+    let addresses_of = |names: &[String]| -> Vec<IpAddr> {
+        match se.resolution {
+            Resolution::Dns => names
+                .iter()
+                .filter_map(|n| resolved.get(n))
+                .flatten()
+                .copied()
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let endpoints: Vec<IpAddr> = se
+        .endpoints
+        .iter()
+        .copied()
+        .chain(addresses_of(&se.endpoint_names))
+        .collect();
+    let upstream: IpAddr = if endpoints.contains(&ip) {
         ip
-    } else if se.addresses.iter().any(|net| net.contains(&ip)) {
-        // A virtual address: the first endpoint, or the dialed address without any.
-        se.endpoints.first().copied().unwrap_or(ip)
+    } else if se.addresses.iter().any(|net| net.contains(&ip))
+        || addresses_of(&se.hosts).contains(&ip)
+    {
+        // The service's own address: the first endpoint, or the dialed address without any.
+        endpoints.first().copied().unwrap_or(ip)
     } else {
         return None;
     };

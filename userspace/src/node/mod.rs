@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
@@ -17,9 +17,11 @@ use tokio::{
 
 use crate::{
     admin::{self, server::Admin},
+    cni,
     credentials::Credentials,
     egress::{
         OutboundPolicy,
+        dns::{self, Resolved},
         route::{EgressRoute, Origination},
     },
     identity::SpiffeId,
@@ -41,13 +43,17 @@ pub struct NodeConfig {
     /// How long the metric series of a workload that left stay.
     pub series_grace: Duration,
     pub log_level: LogLevel,
-    pub config_dir: PathBuf,
+    pub source: workload::Source,
     pub pin_dir: PathBuf,
     pub cgroup: PathBuf,
-    pub reload_interval: Duration,
     /// Where `credentialName` directories live.
     pub credentials_dir: PathBuf,
     pub outbound_policy: OutboundPolicy,
+    /// Where the CNI plugin hands over pods' network namespaces; None: no hand-offs
+    /// (workloads declare their namespace).
+    pub cni_socket: Option<PathBuf>,
+    /// The name server for `resolution: DNS` ServiceEntries; None: the system's.
+    pub dns_server: Option<std::net::SocketAddr>,
     /// Whether tunnels may offload to kernel TLS (off: always rustls in userspace).
     pub kernel_tls: bool,
     /// Where identities come from; without it the daemon relays without identities.
@@ -74,15 +80,21 @@ pub struct Shared {
     /// Certificates from files: for originated TLS, and for inbound ports' TLS.
     pub credentials: Credentials,
     pub outbound_policy: OutboundPolicy,
+    /// Addresses of the names of `resolution: DNS` ServiceEntries.
+    pub resolved: watch::Receiver<Arc<Resolved>>,
 }
 
 /// How a captured outbound connection leaves the node.
 pub enum Route {
-    /// Straight to the destination: it is not a mesh workload, it runs on this node (no
-    /// wire to protect; inbound capture still applies), or the daemon has no CA.
-    Direct,
-    /// Through the mTLS tunnel to a workload on another node, which must prove `peer`.
-    Tunnel { peer: SpiffeId },
+    /// Straight to `to`: not a mesh workload, one on this node (no wire to protect;
+    /// inbound capture still applies), or the daemon has no CA.
+    Direct { to: std::net::SocketAddr },
+    /// Through the mTLS tunnel to `to`, a workload on another node, which must prove
+    /// `peer`.
+    Tunnel {
+        to: std::net::SocketAddr,
+        peer: SpiffeId,
+    },
     /// To an external service a ServiceEntry declares, with TLS when a rule says so.
     Egress(Box<Origination>),
     /// Nowhere: the outbound policy refuses undeclared destinations.
@@ -109,14 +121,35 @@ impl Shared {
     /// what the egress configuration declares.
     pub fn route(&self, client: &Workload, dst: std::net::SocketAddr) -> Route {
         let registry = self.registry.borrow();
+        // A Service's virtual address: one of its ready endpoints, chosen here so that a
+        // mesh endpoint is reached through the tunnel (kube-proxy would pick one too, but
+        // after the daemon's connect: in plaintext).
+        let dst = match registry.service_at(dst) {
+            Some((service, [])) => {
+                return Route::Refused(format!(
+                    "Service {}/{} has no ready endpoint for port {}",
+                    service.namespace,
+                    service.name,
+                    dst.port()
+                ));
+            }
+            Some((_, endpoints)) => endpoints[rand::random_range(0..endpoints.len())],
+            None => dst,
+        };
         match registry.by_ip(dst.ip()) {
             Some(w) if w.node_name != self.node_name && self.svids.is_some() => Route::Tunnel {
+                to: dst,
                 peer: SpiffeId::new(&self.trust_domain, &w.namespace, &w.service_account),
             },
-            Some(_) => Route::Direct,
-            None => match registry.egress.route(client, dst, self.outbound_policy) {
+            Some(_) => Route::Direct { to: dst },
+            None => match registry.egress.route(
+                client,
+                dst,
+                self.outbound_policy,
+                &self.resolved.borrow(),
+            ) {
                 EgressRoute::Declared(o) => Route::Egress(o),
-                EgressRoute::PassThrough => Route::Direct,
+                EgressRoute::PassThrough => Route::Direct { to: dst },
                 EgressRoute::Refused(why) => Route::Refused(why),
             },
         }
@@ -138,8 +171,18 @@ pub struct NodeStatus {
 
 pub async fn run(config: NodeConfig) -> Result<()> {
     let dataplane = Arc::new(Dataplane::load(&config.pin_dir, &config.cgroup)?);
-    let mut registry = workload::follow(config.config_dir.clone(), config.reload_interval)
-        .with_context(|| format!("reading workloads from {}", config.config_dir.display()))?;
+    let source = workload::start(&config.source).await?;
+    let cni_state = config
+        .cni_socket
+        .as_ref()
+        .map(|s| s.with_file_name("cni-pods.json"));
+    let (handoffs_tx, handoffs) = watch::channel(
+        cni_state
+            .as_deref()
+            .map(cni::server::load)
+            .unwrap_or_default(),
+    );
+    let mut registry = cni::server::complete(source, handoffs, config.node_name.clone());
     if config.ca.is_none() {
         tracing::warn!(
             "no CA configured: pods have no identities and traffic is relayed without mTLS"
@@ -164,8 +207,19 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         },
         credentials: Credentials::new(config.credentials_dir.clone()),
         outbound_policy: config.outbound_policy,
+        resolved: dns::follow(dns::resolver(config.dns_server)?, registry.clone()),
     });
     let (status_tx, status) = watch::channel(NodeStatus::default());
+    if let (Some(socket), Some(state)) = (&config.cni_socket, cni_state) {
+        cni::server::Server {
+            handoffs: handoffs_tx,
+            state,
+            registry: registry.clone(),
+            status: status.clone(),
+            node: config.node_name.clone(),
+        }
+        .serve(socket)?;
+    }
     admin::server::serve(
         config.admin_addr,
         config.metrics_addr,
@@ -218,8 +272,12 @@ async fn reconcile(
     shared: &Arc<Shared>,
     status: &watch::Sender<NodeStatus>,
 ) -> bool {
-    let desired: BTreeMap<String, &Workload> =
-        registry.on_node(node).map(|w| (w.key(), w)).collect();
+    // A pod whose namespace the CNI plugin has not handed over yet has not started.
+    let desired: BTreeMap<String, &Workload> = registry
+        .on_node(node)
+        .filter(|w| w.netns.is_some())
+        .map(|w| (w.key(), w))
+        .collect();
     let stale: Vec<String> = pods
         .iter()
         .filter(|(key, pod)| desired.get(*key) != Some(&&pod.ctx.workload))

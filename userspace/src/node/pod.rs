@@ -94,7 +94,11 @@ struct Listeners {
 
 impl EnrolledPod {
     pub async fn enroll(workload: Workload, shared: Arc<Shared>) -> Result<Self> {
-        let netns = Netns::open(&workload.netns)?;
+        let path = workload
+            .netns
+            .as_ref()
+            .context("no network namespace handed over yet")?;
+        let netns = Netns::open(path)?;
         let netns_cookie = netns.cookie().await.context("read the netns cookie")?;
         netns.run(pod_routing::install).await?;
         let pod_ip = workload.pod_ip;

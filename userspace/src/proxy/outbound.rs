@@ -33,14 +33,14 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext) {
     };
     let conn = Connection::new(Direction::Outbound, pod, peer, dst);
     match pod.shared.route(&pod.workload, dst) {
-        Route::Direct => match connect(pod, dst).await {
+        Route::Direct { to } => match connect(pod, to).await {
             Ok(upstream) => conn.relay(client, upstream).await,
             Err(e) => conn.refuse(&format!("{e:#}")),
         },
         // Never falls back to plaintext: a mesh peer is reached through the tunnel or not.
-        Route::Tunnel { peer } => {
+        Route::Tunnel { to, peer } => {
             let conn = conn.mtls(&peer, pod.shared.offload.path());
-            match tunnel::client::connect(pod, dst, &peer).await {
+            match tunnel::client::connect(pod, to, &peer).await {
                 Ok(upstream) => conn.relay_tunnel(client, upstream).await,
                 Err(e) => conn.refuse(&format!("{e:#}")),
             }

@@ -125,8 +125,18 @@ pub fn parse_registry(file: &Path, text: &str) -> Result<Registry, ConfigErrors>
     }
 }
 
+/// One object of another source (the Kubernetes API), parsed as a document of this
+/// directory would be.
+pub(crate) fn parse_object(object: &serde_json::Value) -> Result<Option<Document>, String> {
+    let text = serde_yaml::to_string(object).map_err(|e| e.to_string())?;
+    parse_document(&text).map_err(|e| e.message)
+}
+
 /// Builds the registry, refusing duplicate names and addresses.
-fn assemble(found: Vec<(Document, PathBuf, usize)>, errors: &mut Vec<ConfigError>) -> Registry {
+pub(crate) fn assemble(
+    found: Vec<(Document, PathBuf, usize)>,
+    errors: &mut Vec<ConfigError>,
+) -> Registry {
     let mut registry = Registry::default();
     let mut first_seen: BTreeMap<String, String> = BTreeMap::new();
     for (doc, file, line) in found {
@@ -355,7 +365,8 @@ struct WorkloadSpec {
     #[serde(rename = "podIP")]
     pod_ip: IpAddr,
     node_name: String,
-    netns: PathBuf,
+    /// Omitted: the CNI plugin hands it over when the pod's sandbox is created.
+    netns: Option<PathBuf>,
 }
 
 fn default_name() -> String {
@@ -373,10 +384,9 @@ impl WorkloadDoc {
         ] {
             check_dns_name(what, value)?;
         }
-        if !spec.netns.is_absolute() {
+        if let Some(netns) = spec.netns.as_ref().filter(|n| !n.is_absolute()) {
             return Err(format!(
-                "spec.netns must be an absolute path, got {:?}",
-                spec.netns
+                "spec.netns must be an absolute path, got {netns:?}"
             ));
         }
         Ok(Workload {

@@ -1,14 +1,41 @@
 //! Workload source: what runs on the node, and under which identity.
 //!
 //! The local source reads Kubernetes-style YAML documents from a directory (`local`),
-//! hot-reloaded with `follow`; a Kubernetes API source will feed the same model.
+//! hot-reloaded with `follow`; the Kubernetes API source (`kubernetes`) feeds the same
+//! model.
 
+pub mod kubernetes;
 pub mod local;
 pub mod model;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-pub use model::{Registry, Workload};
+use anyhow::Context;
+use tokio::sync::watch;
+
+pub use model::{Registry, Service, Workload};
+
+/// Where workloads and policies come from.
+pub enum Source {
+    /// A directory of YAML, polled every `interval`.
+    Directory { dir: PathBuf, interval: Duration },
+    /// The Kubernetes API (in-cluster configuration, or the kubeconfig).
+    Kubernetes,
+}
+
+/// Starts `source`; returns once it has a complete first registry.
+pub async fn start(source: &Source) -> anyhow::Result<watch::Receiver<Arc<Registry>>> {
+    match source {
+        Source::Directory { dir, interval } => follow(dir.clone(), *interval)
+            .with_context(|| format!("reading workloads from {}", dir.display())),
+        Source::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster or kubeconfig)")?;
+            kubernetes::follow(client).await
+        }
+    }
+}
 
 /// Loads the workload directory now, then follows its changes.
 pub fn follow(

@@ -17,7 +17,7 @@ fn client(name: &str) -> Workload {
         service_account: name.into(),
         pod_ip: "10.0.0.9".parse().unwrap(),
         node_name: "n".into(),
-        netns: "/proc/1/ns/net".into(),
+        netns: Some("/proc/1/ns/net".into()),
         labels: BTreeMap::from([("app".to_string(), name.to_string())]),
     }
 }
@@ -69,6 +69,7 @@ fn the_app_port_maps_to_the_target_port_with_the_port_level_tls() {
         &client("a"),
         addr("10.1.1.4:80"),
         OutboundPolicy::RegistryOnly,
+        &Resolved::new(),
     ) else {
         panic!("declared");
     };
@@ -84,6 +85,7 @@ fn the_app_port_maps_to_the_target_port_with_the_port_level_tls() {
         &client("a"),
         addr("10.1.1.4:8443"),
         OutboundPolicy::RegistryOnly,
+        &Resolved::new(),
     ) else {
         panic!("declared");
     };
@@ -96,10 +98,20 @@ fn undeclared_destinations_follow_the_outbound_policy() {
     let undeclared = [addr("10.1.1.5:80"), addr("10.1.1.4:22")];
     for dst in undeclared {
         assert!(matches!(
-            e.route(&client("a"), dst, OutboundPolicy::AllowAny),
+            e.route(
+                &client("a"),
+                dst,
+                OutboundPolicy::AllowAny,
+                &Resolved::new()
+            ),
             EgressRoute::PassThrough
         ));
-        match e.route(&client("a"), dst, OutboundPolicy::RegistryOnly) {
+        match e.route(
+            &client("a"),
+            dst,
+            OutboundPolicy::RegistryOnly,
+            &Resolved::new(),
+        ) {
             EgressRoute::Refused(why) => assert!(why.contains("REGISTRY_ONLY"), "{why}"),
             _ => panic!("{dst} must be refused"),
         }
@@ -115,7 +127,12 @@ fn a_rule_selecting_the_client_wins_over_the_namespace_rule() {
          trafficPolicy: {{tls: {{mode: MUTUAL, clientCertificate: /c.crt, privateKey: /c.key}}}}}}\n"
     );
     let e = egress(&yaml);
-    let rule = |name| match e.route(&client(name), addr("10.1.1.4:80"), OutboundPolicy::AllowAny) {
+    let rule = |name| match e.route(
+        &client(name),
+        addr("10.1.1.4:80"),
+        OutboundPolicy::AllowAny,
+        &Resolved::new(),
+    ) {
         EgressRoute::Declared(o) => o.tls.map(|(rule, _)| rule),
         _ => None,
     };
@@ -139,4 +156,137 @@ fn settings_hawser_cannot_honour_are_refused_with_a_reason() {
     assert!(rule("{mode: SIMPLE, insecureSkipVerify: true}").contains("always verifies"));
     assert!(rule("{mode: ISTIO_MUTUAL, clientCertificate: /a}").contains("only used with MUTUAL"));
     assert_eq!(rule("{mode: MUTUAL, credentialName: company}"), "");
+}
+
+#[test]
+fn a_dns_service_is_recognised_by_its_hosts_resolved_addresses() {
+    let e = egress(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api}\n\
+         spec:\n  hosts: [api.example.com]\n  resolution: DNS\n\
+         \x20 ports: [{number: 80, name: http, protocol: HTTP, targetPort: 443}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: db}\n\
+         spec:\n  hosts: [db.example.com]\n  addresses: [192.0.2.10]\n  resolution: DNS\n\
+         \x20 ports: [{number: 5432, name: pg, protocol: TCP}]\n  endpoints: [{address: db-1.example.net}]\n",
+    );
+    let resolved = Resolved::from([
+        (
+            "api.example.com".to_string(),
+            vec!["198.51.100.7".parse().unwrap()],
+        ),
+        (
+            "db-1.example.net".to_string(),
+            vec!["203.0.113.5".parse().unwrap()],
+        ),
+    ]);
+    let route = |dst: &str| match e.route(
+        &client("a"),
+        addr(dst),
+        OutboundPolicy::RegistryOnly,
+        &resolved,
+    ) {
+        EgressRoute::Declared(o) => Some(o.upstream),
+        _ => None,
+    };
+    // The address the app got for the host: that address, on the target port.
+    assert_eq!(route("198.51.100.7:80"), Some(addr("198.51.100.7:443")));
+    // Not (or no longer) one of the host's addresses.
+    assert_eq!(route("198.51.100.8:80"), None);
+    // The service's address leads to its named endpoint, resolved.
+    assert_eq!(route("192.0.2.10:5432"), Some(addr("203.0.113.5:5432")));
+    // Unresolved names declare nothing.
+    let unresolved = e.route(
+        &client("a"),
+        addr("198.51.100.7:80"),
+        OutboundPolicy::RegistryOnly,
+        &Resolved::new(),
+    );
+    assert!(matches!(unresolved, EgressRoute::Refused(_)));
+    let wildcard = parse_registry(
+        Path::new("se.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: w}\n\
+         spec: {hosts: ['*.example.com'], resolution: DNS, ports: [{number: 80, name: h}]}\n",
+    );
+    assert!(wildcard.unwrap_err().to_string().contains("wildcard"));
+}
+
+/// The "different CA" scenario of Istio's egress mTLS guide (sidecar variant) and the
+/// plug-in CA guide's PeerAuthentication, as written there.
+#[test]
+fn the_guides_istio_yaml_loads_unchanged() {
+    let yaml = "\
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata:
+  name: nginx-mtls-diff-ca
+spec:
+  hosts:
+  - nginx-mtls.diff-ca.local
+  location: MESH_EXTERNAL
+  ports:
+  - number: 80
+    name: http-port
+    protocol: HTTP
+    targetPort: 9443
+  - number: 9443
+    name: https
+    protocol: TLS
+  resolution: STATIC
+  endpoints:
+  - address: 10.1.1.4
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata:
+  name: originate-tls-for-nginx-mtls
+  namespace: istio-system
+spec:
+  host: nginx-mtls.diff-ca.local
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+    portLevelSettings:
+    - port:
+        number: 80
+      tls:
+        mode: MUTUAL
+        credentialName: nginx-mtls-external
+        sni: nginx-mtls.diff-ca.local
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata:
+  name: default
+  namespace: foo
+spec:
+  mtls:
+    mode: STRICT
+";
+    let registry = parse_registry(Path::new("guide.yaml"), yaml).expect("loads");
+    let EgressRoute::Declared(o) = registry.egress.route(
+        &client("curl"),
+        addr("10.1.1.4:80"),
+        OutboundPolicy::RegistryOnly,
+        &Resolved::new(),
+    ) else {
+        panic!("declared");
+    };
+    assert_eq!(o.upstream, addr("10.1.1.4:9443"));
+    let (rule, tls) = o.tls.expect("MUTUAL");
+    assert_eq!(rule, "istio-system/originate-tls-for-nginx-mtls");
+    assert_eq!(tls.credential_name.as_deref(), Some("nginx-mtls-external"));
+    assert_eq!(tls.sni.as_deref(), Some("nginx-mtls.diff-ca.local"));
+    let pa = &registry.policies.peer_authentications[0];
+    assert_eq!(
+        (pa.scope.namespace.as_str(), pa.mode),
+        ("foo", crate::policy::MtlsMode::Strict)
+    );
+    // The guide's egress-gateway variant needs subsets and a Gateway: refused, with why.
+    let gateway = "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\n\
+        metadata: {name: egressgateway-for-nginx-mtls}\n\
+        spec: {host: istio-egressgateway.istio-system.svc.cluster.local, subsets: [{name: nginx-mtls}]}\n";
+    let refused = parse_registry(Path::new("gw.yaml"), gateway).unwrap_err();
+    assert!(
+        refused.to_string().contains("subsets are not supported"),
+        "{refused}"
+    );
 }

@@ -14,7 +14,7 @@ fn workload(namespace: &str, app: &str) -> Workload {
         service_account: app.into(),
         pod_ip: "10.0.0.2".parse().unwrap(),
         node_name: "n".into(),
-        netns: "/x".into(),
+        netns: Some("/x".into()),
         labels: [("app".to_string(), app.to_string())].into(),
     }
 }

@@ -1,0 +1,166 @@
+//! End-to-end: pods enrolled through `hawser-cni`, invoked the way a container runtime
+//! does (CNI environment variables, the network configuration with the previous plugin's
+//! result on stdin) for test-bed pods whose workload declares no network namespace.
+
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::Result;
+use hawser_testbed::{
+    Pod, Service, Testbed, can_run, cni_bin,
+    peers::{Nginx, curl},
+    write_atomically,
+};
+
+/// One plugin run: exit status, stdout, stderr.
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `hawser-cni` for `pod` as the runtime would after the cluster's CNI set it up.
+fn cni(command: &str, pod: &Pod, socket: &str, fail_closed: bool) -> Result<Run> {
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "type": "hawser-cni",
+        "socket": socket,
+        "failClosed": fail_closed,
+        "prevResult": {
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth0", "sandbox": pod.netns_path}],
+            "ips": [{"address": format!("{}/24", pod.ip), "interface": 0}],
+        },
+    });
+    let mut child = Command::new(cni_bin())
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", format!("sandbox-{}", pod.name))
+        .env("CNI_NETNS", &pod.netns_path)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env(
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID=sandbox-{}",
+                pod.name, pod.name
+            ),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    Ok(Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// `pod`'s workload without a network namespace: the CNI hand-off brings it.
+fn declared_without_netns(pod: &Pod) -> String {
+    pod.workload_yaml()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("netns:"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Connections the daemon relayed out of pod `a`.
+fn relayed_from_a(daemon: &Service) -> usize {
+    daemon
+        .lines_with(&[
+            "direction=\"outbound\"",
+            "pod=default/a",
+            "connection closed",
+        ])
+        .len()
+}
+
+#[test]
+fn the_cni_plugin_enrolls_and_releases_pods_and_survives_a_missing_daemon() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let bed = Testbed::new()?;
+    let node = bed.node("node1", 1)?;
+    let (a, b, c) = (
+        bed.pod(&node, "a")?,
+        bed.pod(&node, "b")?,
+        bed.pod(&node, "c")?,
+    );
+    write_atomically(
+        &bed.config_dir().join("workloads.yaml"),
+        &[
+            declared_without_netns(&a),
+            b.workload_yaml(),
+            declared_without_netns(&c),
+        ]
+        .join("---\n"),
+    )?;
+    let socket = bed.dir().join("run/cni.sock");
+    let socket_arg = socket.display().to_string();
+    let mut daemon = bed.start_node_with(&node, None, &["--cni-socket", &socket_arg])?;
+    let nginx = Nginx::start(&bed, &b)?;
+    let url = format!("http://{}/hello.txt", b.ip);
+
+    // Before its sandbox is handed over, a is not enrolled: the daemon relays nothing.
+    assert_eq!(curl(&a, &url)?, nginx.body);
+    assert_eq!(relayed_from_a(&daemon), 0);
+
+    // ADD: the plugin returns once the daemon enrolled a, and passes the result on.
+    let add = cni("ADD", &a, &socket_arg, false)?;
+    assert!(add.ok, "{}{}", add.stdout, add.stderr);
+    let result: serde_json::Value = serde_json::from_str(&add.stdout)?;
+    assert_eq!(result["ips"][0]["address"], format!("{}/24", a.ip));
+    assert!(daemon.log().contains("pod enrolled pod=default/a"));
+    assert_eq!(curl(&a, &url)?, nginx.body);
+    daemon.wait_for("a's connection relayed", Duration::from_secs(5), |_| {
+        relayed_from_a(&daemon) == 1
+    })?;
+
+    // A restarted daemon enrolls a again from the hand-offs it kept.
+    daemon.restart()?;
+    daemon.wait_for("a enrolled again", Duration::from_secs(10), |log| {
+        log.matches("pod enrolled pod=default/a").count() == 2
+    })?;
+
+    // DEL releases a: its traffic no longer goes through the daemon.
+    let del = cni("DEL", &a, &socket_arg, false)?;
+    assert!(del.ok, "{}", del.stderr);
+    daemon.wait_for("a released", Duration::from_secs(10), |log| {
+        log.contains("pod unenrolled pod=default/a")
+    })?;
+    let relayed = relayed_from_a(&daemon);
+    assert_eq!(curl(&a, &url)?, nginx.body);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(relayed_from_a(&daemon), relayed);
+
+    // No daemon: a pod still starts (the previous result passes through), unless the
+    // configuration says failClosed; DEL never fails.
+    daemon.stop()?;
+    let open = cni("ADD", &c, &socket_arg, false)?;
+    assert!(
+        open.ok && open.stderr.contains("starts without hawser"),
+        "{}",
+        open.stderr
+    );
+    assert!(open.stdout.contains(&c.ip));
+    let closed = cni("ADD", &c, &socket_arg, true)?;
+    assert!(!closed.ok);
+    let error: serde_json::Value = serde_json::from_str(&closed.stdout)?;
+    assert_eq!(error["code"], 100);
+    assert!(error["msg"].as_str().unwrap().contains("failClosed"));
+    assert!(cni("DEL", &c, &socket_arg, true)?.ok);
+    Ok(())
+}

@@ -1,0 +1,323 @@
+//! The Kubernetes workload source against an API server that replays recorded objects
+//! (`fixtures/cluster.json`, as `kubectl get -o json` shows them) and watch events:
+//! list, then added, modified and deleted objects on the watch, and a resync (the watch
+//! expires with 410 Gone, the client lists again and must drop what is gone).
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Query, State},
+    http::{StatusCode, Uri},
+    response::{IntoResponse, Response},
+};
+use futures::StreamExt;
+use hawser::workload::{Registry, kubernetes};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, watch};
+use tokio_stream::wrappers::BroadcastStream;
+
+/// The recorded objects of one resource path, its watch events so far (by resource
+/// version, for a watch that starts after them), and its watchers.
+struct Collection {
+    objects: Vec<Value>,
+    history: Vec<(u64, Value)>,
+    events: broadcast::Sender<Value>,
+}
+
+#[derive(Clone)]
+struct FakeApi {
+    collections: Arc<Mutex<BTreeMap<String, Collection>>>,
+    version: Arc<Mutex<u64>>,
+}
+
+impl FakeApi {
+    fn new(recorded: &Value) -> Self {
+        let collections = recorded
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(path, objects)| {
+                let collection = Collection {
+                    objects: objects.as_array().unwrap().clone(),
+                    history: Vec::new(),
+                    events: broadcast::channel(64).0,
+                };
+                (path.clone(), collection)
+            })
+            .collect();
+        Self {
+            collections: Arc::new(Mutex::new(collections)),
+            version: Arc::new(Mutex::new(10_000)),
+        }
+    }
+
+    fn next_version(&self) -> u64 {
+        let mut v = self.version.lock().unwrap();
+        *v += 1;
+        *v
+    }
+
+    /// A watch event on `path`: ADDED, MODIFIED or DELETED `object`.
+    fn event(&self, path: &str, kind: &str, mut object: Value) {
+        let version = self.next_version();
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
+        let mut collections = self.collections.lock().unwrap();
+        let c = collections.get_mut(path).unwrap();
+        let name = object["metadata"]["name"].clone();
+        c.objects.retain(|o| o["metadata"]["name"] != name);
+        if kind != "DELETED" {
+            c.objects.push(object.clone());
+        }
+        let event = json!({"type": kind, "object": object});
+        c.history.push((version, event.clone()));
+        let _ = c.events.send(event);
+    }
+
+    /// The watch expires (410 Gone) while the objects became `objects`: only a new list
+    /// shows the change.
+    fn expire(&self, path: &str, objects: Vec<Value>) {
+        let mut collections = self.collections.lock().unwrap();
+        let c = collections.get_mut(path).unwrap();
+        c.objects = objects;
+        let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+            "metadata": {}, "status": "Failure", "message": "too old resource version",
+            "reason": "Expired", "code": 410}});
+        let version = self.next_version();
+        c.history.push((version, gone.clone()));
+        let _ = c.events.send(gone);
+    }
+}
+
+async fn serve(
+    State(api): State<FakeApi>,
+    uri: Uri,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
+    let path = uri.path().to_string();
+    let collections = api.collections.lock().unwrap();
+    let Some(c) = collections.get(&path) else {
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": format!("{path} not found")});
+        return (StatusCode::NOT_FOUND, axum::Json(status)).into_response();
+    };
+    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        // What happened since the version the client has, then what happens next.
+        let since: u64 = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let missed: Vec<Value> = c
+            .history
+            .iter()
+            .filter(|(v, _)| *v > since)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let next = BroadcastStream::new(c.events.subscribe()).filter_map(|e| async move { e.ok() });
+        let lines = futures::stream::iter(missed)
+            .chain(next)
+            .map(|e| Ok::<_, std::io::Error>(format!("{e}\n").into_bytes()));
+        return Response::new(Body::from_stream(lines));
+    }
+    let list = json!({"kind": "List", "apiVersion": "v1",
+        "metadata": {"resourceVersion": api.version.lock().unwrap().to_string()},
+        "items": c.objects});
+    axum::Json(list).into_response()
+}
+
+/// Waits until the source publishes a registry for which `done` holds.
+async fn until(
+    rx: &mut watch::Receiver<Arc<Registry>>,
+    what: &str,
+    done: impl Fn(&Registry) -> bool,
+) -> Arc<Registry> {
+    let wait = async {
+        loop {
+            let current = rx.borrow_and_update().clone();
+            if done(&current) {
+                return current;
+            }
+            rx.changed().await.expect("the source ended");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}: {:#?}", rx.borrow()))
+}
+
+fn pods(registry: &Registry) -> Vec<String> {
+    registry.workloads.keys().cloned().collect()
+}
+
+#[tokio::test]
+async fn recorded_objects_and_watch_events_make_the_registry() {
+    let recorded: Value =
+        serde_json::from_str(include_str!("fixtures/cluster.json")).expect("fixture");
+    let api = FakeApi::new(&recorded);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = Router::new().fallback(serve).with_state(api.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let config = kube::Config::new(url.parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let mut rx = kubernetes::follow(client).await.expect("synced");
+
+    // The list: only mesh pods (namespace label), not host-network ones; the Service's
+    // ready endpoint on the target port; the policies; a broken policy left out.
+    let registry = rx.borrow_and_update().clone();
+    assert_eq!(
+        pods(&registry),
+        ["shop/cart-7d9f8-x2k4p", "shop/frontend-5c4b-abcde"]
+    );
+    let cart = &registry.workloads["shop/cart-7d9f8-x2k4p"];
+    assert_eq!(
+        (cart.service_account.as_str(), cart.node_name.as_str()),
+        ("cart", "node1")
+    );
+    assert_eq!(cart.pod_ip.to_string(), "10.1.0.5");
+    assert_eq!(cart.netns, None, "the CNI plugin hands it over");
+    let service = registry
+        .service_at("10.96.12.34:80".parse().unwrap())
+        .expect("the Service");
+    assert_eq!(service.1, ["10.1.0.5:8080".parse().unwrap()]);
+    assert_eq!(registry.policies.peer_authentications.len(), 1);
+    let names: Vec<&str> = registry
+        .policies
+        .authorization_policies
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["cart"]);
+
+    // Watch events: a pod added, a pod opting out, a namespace joining, a pod deleted.
+    let pod = |name: &str, ns: &str, ip: &str, labels: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"nodeName": "node1", "serviceAccountName": name, "containers": []},
+            "status": {"phase": "Running", "podIP": ip}})
+    };
+    api.event(
+        "/api/v1/pods",
+        "ADDED",
+        pod("cart-2", "shop", "10.1.0.8", json!({"app": "cart"})),
+    );
+    until(&mut rx, "the added pod", |r| {
+        r.workloads.contains_key("shop/cart-2")
+    })
+    .await;
+    api.event(
+        "/api/v1/pods",
+        "MODIFIED",
+        pod(
+            "cart-2",
+            "shop",
+            "10.1.0.8",
+            json!({"app": "cart", "istio.io/dataplane-mode": "none"}),
+        ),
+    );
+    until(&mut rx, "the opted-out pod gone", |r| {
+        !r.workloads.contains_key("shop/cart-2")
+    })
+    .await;
+    api.event(
+        "/api/v1/namespaces",
+        "MODIFIED",
+        json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "legacy", "labels": {"hawser.dev/mesh": "enabled"}}}),
+    );
+    until(&mut rx, "the namespace's pod", |r| {
+        r.workloads.contains_key("legacy/batch-1")
+    })
+    .await;
+    api.event(
+        "/api/v1/pods",
+        "DELETED",
+        pod("batch-1", "legacy", "10.1.0.9", json!({})),
+    );
+    until(&mut rx, "the deleted pod gone", |r| {
+        !r.workloads.contains_key("legacy/batch-1")
+    })
+    .await;
+
+    // Resync: the watch expires; the new list no longer has cart (no DELETED event was
+    // seen for it) but has cart-3.
+    api.expire(
+        "/api/v1/pods",
+        vec![
+            recorded["/api/v1/pods"][1].clone(),
+            pod("cart-3", "shop", "10.1.0.10", json!({"app": "cart"})),
+        ],
+    );
+    let after = until(&mut rx, "the relisted pods", |r| {
+        pods(r) == ["shop/cart-3", "shop/frontend-5c4b-abcde"]
+    })
+    .await;
+    assert_eq!(
+        after.workloads["shop/cart-3"].pod_ip.to_string(),
+        "10.1.0.10"
+    );
+}
+
+/// The API server's TokenReview, for the tokens the test knows.
+async fn review(axum::Json(request): axum::Json<Value>) -> axum::Json<Value> {
+    let spec = &request["spec"];
+    let for_ca = spec["audiences"] == json!(["hawser-ca"]);
+    let user = |name: &str, node: Option<&str>| {
+        let extra = node.map_or(json!({}), |n| {
+            json!({"authentication.kubernetes.io/node-name": [n],
+                   "authentication.kubernetes.io/pod-name": ["hawser-node-x7k2p"]})
+        });
+        json!({"authenticated": true, "user": {"username": name, "extra": extra},
+               "audiences": ["hawser-ca"]})
+    };
+    let status = match spec["token"].as_str() {
+        Some("node1-daemon") if for_ca => user(
+            "system:serviceaccount:hawser-system:hawser-node",
+            Some("node1"),
+        ),
+        Some("other-account") => user("system:serviceaccount:shop:cart", Some("node1")),
+        Some("unbound") => user("system:serviceaccount:hawser-system:hawser-node", None),
+        _ => json!({"authenticated": false, "error": "invalid bearer token"}),
+    };
+    axum::Json(
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "metadata": {}, "spec": spec, "status": status}),
+    )
+}
+
+#[tokio::test]
+async fn token_review_names_the_node_of_a_daemons_token_and_refuses_others() {
+    use hawser::ca::node_auth::TokenReviewer;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = Router::new().route(
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        axum::routing::post(review),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    let reviewer = TokenReviewer {
+        client,
+        audience: "hawser-ca".into(),
+        service_account: "hawser-system/hawser-node".into(),
+    };
+    assert_eq!(reviewer.node_of("node1-daemon").await.unwrap(), "node1");
+    for (token, says) in [
+        ("stolen", "rejected by the API server: invalid bearer token"),
+        ("other-account", "not of the node daemons' ServiceAccount"),
+        ("unbound", "names no node"),
+    ] {
+        let refused = reviewer.node_of(token).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert!(
+            refused.message().contains(says),
+            "{token}: {}",
+            refused.message()
+        );
+    }
+}
