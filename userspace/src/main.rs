@@ -327,8 +327,7 @@ fn node_config(args: NodeArgs, log_level: logging::LogLevel) -> Result<NodeConfi
             root_pem: std::fs::read_to_string(root)
                 .with_context(|| format!("read {}", root.display()))?,
             server_name: args.ca.ca_server_name.clone(),
-            token: std::fs::read_to_string(token)
-                .with_context(|| format!("read {}", token.display()))?,
+            token_file: token.clone(),
             trust_domain: args.ca.trust_domain.clone(),
             svid: SvidConfig {
                 ttl: Duration::from_secs(args.ca.svid_ttl_secs),

@@ -120,12 +120,19 @@ impl TestCa {
         std::fs::read_to_string(dir.join("root-cert.pem")).unwrap()
     }
 
+    /// Where `client(token)` keeps its token.
+    fn token_file(&self, token: &str) -> PathBuf {
+        self.dir.path().join(format!("{token}.token"))
+    }
+
     fn client(&self, token: &str) -> CaClient {
+        let token_file = self.token_file(token);
+        std::fs::write(&token_file, token).unwrap();
         CaClient::new(&CaClientConfig {
             address: format!("https://{}", self.addr),
             root_pem: self.root_pem(),
             server_name: "localhost".into(),
-            token: token.into(),
+            token_file,
         })
         .unwrap()
     }
@@ -681,4 +688,23 @@ async fn revocations_reach_the_daemon() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("revoked"), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_token_file_is_read_again_for_every_request() {
+    let ca = TestCa::start(None, Duration::from_secs(3600)).await;
+    // As the kubelet replaces a projected ServiceAccount token under a running daemon.
+    let client = ca.client("expired-token-0123456789");
+    let Err(refused) = client.fetch_svid(&cart(), Duration::from_secs(600)).await else {
+        panic!("a wrong token must be refused");
+    };
+    assert!(
+        refused.to_string().contains("Unauthenticated"),
+        "{refused:#}"
+    );
+    std::fs::write(ca.token_file("expired-token-0123456789"), TOKEN_NODE1).unwrap();
+    client
+        .fetch_svid(&cart(), Duration::from_secs(600))
+        .await
+        .unwrap();
 }

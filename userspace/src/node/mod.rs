@@ -64,7 +64,8 @@ pub struct CaSettings {
     pub address: String,
     pub root_pem: String,
     pub server_name: String,
-    pub token: String,
+    /// The node credential's file (re-read for every CA request).
+    pub token_file: PathBuf,
     pub trust_domain: String,
     pub svid: SvidConfig,
 }
@@ -343,7 +344,7 @@ fn start_svid_manager(ca: &CaSettings) -> Result<Arc<SvidManager>> {
         address: ca.address.clone(),
         root_pem: ca.root_pem.clone(),
         server_name: ca.server_name.clone(),
-        token: ca.token.clone(),
+        token_file: ca.token_file.clone(),
     })?;
     Ok(SvidManager::new(client, ca.svid.clone()))
 }

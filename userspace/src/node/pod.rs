@@ -19,6 +19,7 @@ use crate::{
     proxy::{inbound, outbound, sockets},
     redirect::{Dataplane, pod_routing},
     svid::{Svid, TrustBundle},
+    tunnel::configs::TlsConfigs,
     workload::Workload,
 };
 
@@ -33,6 +34,8 @@ pub struct PodContext {
     pub dataplane: Arc<Dataplane>,
     /// The pod's SVID (None while it is fetched, or when the daemon runs without a CA).
     svid: Option<watch::Receiver<Option<Arc<Svid>>>>,
+    /// The tunnel's TLS configurations for the current SVID and bundle.
+    pub tls_configs: TlsConfigs,
     pub shared: Arc<Shared>,
 }
 
@@ -117,6 +120,7 @@ impl EnrolledPod {
             netns_cookie,
             dataplane: shared.dataplane.clone(),
             svid,
+            tls_configs: TlsConfigs::default(),
             shared,
         });
         let pod = EnrolledPod {

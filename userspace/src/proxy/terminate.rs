@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use ktls::CorkStream;
 use rustls::{
     RootCertStore, ServerConfig,
     crypto::CryptoProvider,
@@ -15,16 +14,14 @@ use rustls::{
     server::WebPkiClientVerifier,
 };
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
 
 use super::caller::ClientCertificate;
 use crate::{
-    metrics::{METRICS, timed},
     node::pod::PodContext,
     policy::Principal,
     ports::ServerTls,
     svid::TrustBundle,
-    tunnel::{HANDSHAKE_TIMEOUT, offload::TunnelStream, tls},
+    tunnel::{self, offload::TunnelStream, tls},
 };
 
 /// A client that proved who it is.
@@ -39,14 +36,7 @@ pub async fn accept(pod: &PodContext, conn: TcpStream, settings: &ServerTls) -> 
     let trust = Trust::new(pod, settings)?;
     let provider = offload.provider();
     let config = trust.server_config(provider.clone())?;
-    let handshake = TlsAcceptor::from(Arc::new(config)).accept(CorkStream::new(conn));
-    let stream = timed(&METRICS.handshake_seconds, "inbound", async {
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-            .await
-            .context("TLS handshake: timed out")?
-            .context("TLS handshake")
-    })
-    .await?;
+    let stream = tunnel::server::handshake(conn, Arc::new(config), "inbound").await?;
     let session = stream.get_ref().1;
     let chain = session
         .peer_certificates()

@@ -1,7 +1,7 @@
 //! The CA client: Istio's `CreateCertificate` (so it also works against istiod) and
 //! hawser's trust bundle, over TLS, authenticated by the node's credential.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
@@ -31,14 +31,15 @@ pub struct CaClientConfig {
     pub root_pem: String,
     /// The name to check in the CA's certificate.
     pub server_name: String,
-    /// This node's credential.
-    pub token: String,
+    /// The file holding this node's credential, read for every request: a projected
+    /// ServiceAccount token is replaced by the kubelet before it expires.
+    pub token_file: PathBuf,
 }
 
 #[derive(Clone)]
 pub struct CaClient {
     channel: Channel,
-    authorization: MetadataValue<tonic::metadata::Ascii>,
+    token_file: PathBuf,
 }
 
 /// The roots and revocations the CA publishes.
@@ -64,21 +65,29 @@ impl CaClient {
             .connect_timeout(Duration::from_secs(5))
             .timeout(REQUEST_TIMEOUT)
             .connect_lazy();
-        let authorization = format!("Bearer {}", config.token.trim())
-            .parse()
-            .context("the node token is not a valid header value")?;
-        Ok(Self {
+        let client = Self {
             channel,
-            authorization,
-        })
+            token_file: config.token_file.clone(),
+        };
+        client.authorization()?;
+        Ok(client)
     }
 
-    fn request<T>(&self, message: T) -> Request<T> {
+    /// `Bearer <the token file's current content>`.
+    fn authorization(&self) -> Result<MetadataValue<tonic::metadata::Ascii>> {
+        let token = std::fs::read_to_string(&self.token_file)
+            .with_context(|| format!("read the node token {}", self.token_file.display()))?;
+        format!("Bearer {}", token.trim())
+            .parse()
+            .context("the node token is not a valid header value")
+    }
+
+    fn request<T>(&self, message: T) -> Result<Request<T>> {
         let mut request = Request::new(message);
         request
             .metadata_mut()
-            .insert("authorization", self.authorization.clone());
-        request
+            .insert("authorization", self.authorization()?);
+        Ok(request)
     }
 
     /// Makes a key and a CSR for `id`, and has the CA sign it.
@@ -92,7 +101,7 @@ impl CaClient {
             csr,
             validity_duration: ttl.as_secs() as i64,
             metadata: None,
-        });
+        })?;
         let mut client = IstioCertificateServiceClient::new(self.channel.clone());
         let response = timed(
             &METRICS.ca_request_seconds,
@@ -110,7 +119,7 @@ impl CaClient {
         let bundle = timed(
             &METRICS.ca_request_seconds,
             "GetTrustBundle",
-            client.get_trust_bundle(self.request(TrustBundleRequest {})),
+            client.get_trust_bundle(self.request(TrustBundleRequest {})?),
         )
         .await
         .map_err(refused)?

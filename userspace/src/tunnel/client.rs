@@ -1,6 +1,6 @@
 //! The client end: from the source pod to the destination pod's daemon on 15008.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
 use ktls::CorkStream;
@@ -8,7 +8,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio_rustls::TlsConnector;
 
-use super::{HANDSHAKE_TIMEOUT, offload::TunnelStream, preamble::Preamble, tls};
+use super::{HANDSHAKE_TIMEOUT, offload::TunnelStream, preamble::Preamble};
 use crate::{
     identity::SpiffeId,
     metrics::{METRICS, timed},
@@ -21,13 +21,15 @@ use crate::{
 pub async fn connect(pod: &PodContext, dst: SocketAddr, peer: &SpiffeId) -> Result<TunnelStream> {
     let (svid, bundle) = pod.credentials()?;
     let offload = &pod.shared.offload;
-    let config = tls::client_config(&svid, &bundle, peer.clone(), offload.provider())?;
+    let config = pod
+        .tls_configs
+        .client(&svid, &bundle, peer, || offload.provider())?;
     let tunnel = SocketAddr::new(dst.ip(), hawser_common::TUNNEL_PORT);
     let socket = pod.netns.run(move || sockets::outbound(tunnel)).await?;
     let tcp = sockets::connect(socket, tunnel).await?;
     // Names play no part in the check (see `tls::SecureNaming`); an IP sends no SNI.
     let name = ServerName::IpAddress(dst.ip().into());
-    let handshake = TlsConnector::from(Arc::new(config)).connect(name, CorkStream::new(tcp));
+    let handshake = TlsConnector::from(config).connect(name, CorkStream::new(tcp));
     let mut stream = timed(&METRICS.handshake_seconds, "client", async {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await

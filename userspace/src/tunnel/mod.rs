@@ -7,6 +7,7 @@
 //! preamble naming the destination port, and delivers to the app.
 
 pub mod client;
+pub mod configs;
 pub mod kernel_tls;
 pub mod offload;
 pub mod preamble;

@@ -5,8 +5,9 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::{Context, Result, bail};
 use hawser_common::{INBOUND_PORT, OUTBOUND_PORT, TUNNEL_PORT};
 use ktls::CorkStream;
+use rustls::ServerConfig;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, server};
 
 use super::{HANDSHAKE_TIMEOUT, offload::TunnelStream, preamble::Preamble, tls};
 use crate::{
@@ -24,20 +25,32 @@ pub struct Accepted {
     pub dst: SocketAddr,
 }
 
-/// Handshake (client certificate required), identity and revocation checks, preamble,
-/// then the session goes to the kernel where it can.
-pub async fn accept(pod: &PodContext, conn: TcpStream) -> Result<Accepted> {
-    let (svid, bundle) = pod.credentials()?;
-    let offload = &pod.shared.offload;
-    let config = tls::server_config(&svid, &bundle, offload.provider())?;
-    let handshake = TlsAcceptor::from(Arc::new(config)).accept(CorkStream::new(conn));
-    let mut stream = timed(&METRICS.handshake_seconds, "server", async {
+/// The server's side of a handshake, within `HANDSHAKE_TIMEOUT`; `side` names it in the
+/// handshake metric.
+pub(crate) async fn handshake(
+    conn: TcpStream,
+    config: Arc<ServerConfig>,
+    side: &'static str,
+) -> Result<server::TlsStream<CorkStream<TcpStream>>> {
+    let handshake = TlsAcceptor::from(config).accept(CorkStream::new(conn));
+    timed(&METRICS.handshake_seconds, side, async {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
             .context("TLS handshake: timed out")?
             .context("TLS handshake")
     })
-    .await?;
+    .await
+}
+
+/// Handshake (client certificate required), identity and revocation checks, preamble,
+/// then the session goes to the kernel where it can.
+pub async fn accept(pod: &PodContext, conn: TcpStream) -> Result<Accepted> {
+    let (svid, bundle) = pod.credentials()?;
+    let offload = &pod.shared.offload;
+    let config = pod
+        .tls_configs
+        .server(&svid, &bundle, || offload.provider())?;
+    let mut stream = handshake(conn, config, "server").await?;
     let session = stream.get_ref().1;
     let leaf = session
         .peer_certificates()

@@ -1,0 +1,94 @@
+//! The tunnel's TLS configurations of one pod, built once per SVID and trust bundle
+//! rather than per connection: building one parses the certificates and loads the key
+//! (a signature check of its own), which cost as much as a good part of the handshake.
+//!
+//! A renewed SVID or a new bundle (new roots, new revocations) is a new `Arc`, which
+//! rebuilds everything on the next connection.
+
+use std::{collections::HashMap, sync::Arc, sync::Mutex};
+
+use anyhow::Result;
+use rustls::{ClientConfig, ServerConfig, crypto::CryptoProvider};
+
+use super::tls;
+use crate::{
+    identity::SpiffeId,
+    svid::{Svid, TrustBundle},
+};
+
+/// Client configurations kept per peer identity, at most (a pod talks to a bounded set
+/// of services; past this the map starts over).
+const MAX_PEERS: usize = 1024;
+
+#[derive(Default)]
+pub struct TlsConfigs {
+    built: Mutex<Option<Built>>,
+}
+
+struct Built {
+    svid: Arc<Svid>,
+    bundle: Arc<TrustBundle>,
+    server: Option<Arc<ServerConfig>>,
+    clients: HashMap<SpiffeId, Arc<ClientConfig>>,
+}
+
+impl TlsConfigs {
+    /// The server side's configuration for `svid` and `bundle`.
+    pub fn server(
+        &self,
+        svid: &Arc<Svid>,
+        bundle: &Arc<TrustBundle>,
+        provider: impl FnOnce() -> Arc<CryptoProvider>,
+    ) -> Result<Arc<ServerConfig>> {
+        let mut built = self.current(svid, bundle);
+        let built = built.as_mut().expect("current() fills it");
+        if let Some(server) = &built.server {
+            return Ok(server.clone());
+        }
+        let server = Arc::new(tls::server_config(svid, bundle, provider())?);
+        built.server = Some(server.clone());
+        Ok(server)
+    }
+
+    /// The client side's configuration towards `peer`.
+    pub fn client(
+        &self,
+        svid: &Arc<Svid>,
+        bundle: &Arc<TrustBundle>,
+        peer: &SpiffeId,
+        provider: impl FnOnce() -> Arc<CryptoProvider>,
+    ) -> Result<Arc<ClientConfig>> {
+        let mut built = self.current(svid, bundle);
+        let built = built.as_mut().expect("current() fills it");
+        if let Some(client) = built.clients.get(peer) {
+            return Ok(client.clone());
+        }
+        let client = Arc::new(tls::client_config(svid, bundle, peer.clone(), provider())?);
+        if built.clients.len() >= MAX_PEERS {
+            built.clients.clear();
+        }
+        built.clients.insert(peer.clone(), client.clone());
+        Ok(client)
+    }
+
+    /// The cache, emptied when the SVID or the bundle changed.
+    fn current(
+        &self,
+        svid: &Arc<Svid>,
+        bundle: &Arc<TrustBundle>,
+    ) -> std::sync::MutexGuard<'_, Option<Built>> {
+        let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = built
+            .as_ref()
+            .is_some_and(|b| Arc::ptr_eq(&b.svid, svid) && Arc::ptr_eq(&b.bundle, bundle));
+        if !fresh {
+            *built = Some(Built {
+                svid: svid.clone(),
+                bundle: bundle.clone(),
+                server: None,
+                clients: HashMap::new(),
+            });
+        }
+        built
+    }
+}
