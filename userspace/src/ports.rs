@@ -178,19 +178,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::workload::local::parse_registry;
-
-    fn workload(namespace: &str, app: &str) -> Workload {
-        Workload {
-            name: app.into(),
-            namespace: namespace.into(),
-            service_account: app.into(),
-            pod_ip: "10.0.0.2".parse().unwrap(),
-            node_name: "n".into(),
-            netns: Some("/x".into()),
-            labels: [("app".to_string(), app.to_string())].into(),
-        }
-    }
+    use crate::workload::{local::parse_registry, model::test_workload as workload};
 
     const DOCS: &str = "apiVersion: hawser.dev/v1alpha1\nkind: InboundPorts\n\
         metadata: {name: mesh, namespace: istio-system}\n\

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::watch,
 };
@@ -27,6 +27,8 @@ use crate::{
 /// How long the daemon waits for a handed-over pod to appear in its registry (the API
 /// watch may trail the runtime) before answering that it is not in the mesh.
 const UNKNOWN_POD_GRACE: Duration = Duration::from_secs(5);
+/// The longest request line read.
+const MAX_REQUEST: u64 = 64 * 1024;
 /// How long enrollment may take before the runtime hears it failed (and retries).
 const ENROLL_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -138,7 +140,11 @@ impl Server {
     async fn handle(&self, conn: UnixStream) {
         let (read, mut write) = conn.into_split();
         let mut line = String::new();
-        let reply = match BufReader::new(read).read_line(&mut line).await {
+        // A request is a few hundred bytes; more is not a request.
+        let reply = match BufReader::new(read.take(MAX_REQUEST))
+            .read_line(&mut line)
+            .await
+        {
             Ok(_) => match serde_json::from_str::<Request>(&line) {
                 Ok(request) => self.answer(request).await,
                 Err(e) => Reply::Failed {

@@ -122,20 +122,9 @@ impl Shared {
     /// what the egress configuration declares.
     pub fn route(&self, client: &Workload, dst: std::net::SocketAddr) -> Route {
         let registry = self.registry.borrow();
-        // A Service's virtual address: one of its ready endpoints, chosen here so that a
-        // mesh endpoint is reached through the tunnel (kube-proxy would pick one too, but
-        // after the daemon's connect: in plaintext).
-        let dst = match registry.service_at(dst) {
-            Some((service, [])) => {
-                return Route::Refused(format!(
-                    "Service {}/{} has no ready endpoint for port {}",
-                    service.namespace,
-                    service.name,
-                    dst.port()
-                ));
-            }
-            Some((_, endpoints)) => endpoints[rand::random_range(0..endpoints.len())],
-            None => dst,
+        let dst = match registry.destination(dst) {
+            Ok(dst) => dst,
+            Err(why) => return Route::Refused(why),
         };
         match registry.by_ip(dst.ip()) {
             Some(w) if w.node_name != self.node_name && self.svids.is_some() => Route::Tunnel {

@@ -42,7 +42,8 @@ pub async fn accept(pod: &PodContext, conn: TcpStream, settings: &ServerTls) -> 
         .peer_certificates()
         .context("no client certificate")?
         .to_vec();
-    let certificate = ClientCertificate::new(&chain[0], session)?;
+    let leaf = chain.first().context("an empty client certificate chain")?;
+    let certificate = ClientCertificate::new(leaf, session)?;
     let principal = trust.principal(&chain, &certificate, &provider)?;
     Ok(Terminated {
         stream: offload.server(stream).await?,
@@ -118,6 +119,7 @@ impl Trust {
         if let Some((bundle, roots)) = &self.mesh
             && tls::chains_as_client(chain, roots, provider)
         {
+            // A chain that verified is not empty.
             return Ok(tls::peer_identity(&chain[0], bundle)?.into());
         }
         let own = format!("spiffe://{}/", self.trust_domain);

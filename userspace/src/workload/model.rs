@@ -72,8 +72,77 @@ impl Registry {
             .map(|s| (s, s.ports.get(&dst.port()).map_or(&[][..], Vec::as_slice)))
     }
 
+    /// Where a connection to `dst` really goes: for a Service's virtual address, one of
+    /// its ready endpoints, chosen here so that a mesh endpoint is reached through the
+    /// tunnel (kube-proxy would choose too, but after the daemon's connect: in
+    /// plaintext); any other address as it is. Err: a Service with no ready endpoint.
+    pub fn destination(&self, dst: SocketAddr) -> Result<SocketAddr, String> {
+        match self.service_at(dst) {
+            None => Ok(dst),
+            Some((service, [])) => Err(format!(
+                "Service {}/{} has no ready endpoint for port {}",
+                service.namespace,
+                service.name,
+                dst.port()
+            )),
+            Some((_, endpoints)) => Ok(endpoints[rand::random_range(0..endpoints.len())]),
+        }
+    }
+
     /// The workload that owns `ip`, if any.
     pub fn by_ip(&self, ip: IpAddr) -> Option<&Workload> {
         self.workloads.values().find(|w| w.pod_ip == ip)
+    }
+}
+
+/// A workload for unit tests: `<app>` in `namespace`, labelled `app: <app>`, running as
+/// service account `<app>`.
+#[cfg(test)]
+pub fn test_workload(namespace: &str, app: &str) -> Workload {
+    Workload {
+        name: app.into(),
+        namespace: namespace.into(),
+        service_account: app.into(),
+        pod_ip: "10.0.0.2".parse().unwrap(),
+        node_name: "n".into(),
+        netns: Some("/x".into()),
+        labels: [("app".to_string(), app.to_string())].into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_address_goes_to_a_ready_endpoint_or_nowhere() {
+        let endpoints: Vec<SocketAddr> = vec![
+            "10.1.0.5:8080".parse().unwrap(),
+            "10.2.0.7:8080".parse().unwrap(),
+        ];
+        let registry = Registry {
+            services: vec![Service {
+                name: "cart".into(),
+                namespace: "shop".into(),
+                cluster_ips: vec!["10.96.0.10".parse().unwrap()],
+                ports: [(80, endpoints.clone()), (81, Vec::new())].into(),
+            }],
+            ..Registry::default()
+        };
+        for _ in 0..20 {
+            let to = registry
+                .destination("10.96.0.10:80".parse().unwrap())
+                .unwrap();
+            assert!(endpoints.contains(&to), "{to}");
+        }
+        let refused = registry
+            .destination("10.96.0.10:81".parse().unwrap())
+            .unwrap_err();
+        assert!(
+            refused.contains("shop/cart has no ready endpoint"),
+            "{refused}"
+        );
+        let other = "10.1.0.9:80".parse().unwrap();
+        assert_eq!(registry.destination(other), Ok(other));
     }
 }

@@ -1,22 +1,10 @@
 use std::path::Path;
 
 use super::*;
-use crate::workload::local::parse_registry;
+use crate::workload::{local::parse_registry, model::test_workload as workload};
 
 fn policies(yaml: &str) -> Policies {
     parse_registry(Path::new("p.yaml"), yaml).unwrap().policies
-}
-
-fn workload(namespace: &str, app: &str) -> Workload {
-    Workload {
-        name: format!("{app}-1"),
-        namespace: namespace.into(),
-        service_account: app.into(),
-        pod_ip: "10.0.0.2".parse().unwrap(),
-        node_name: "n".into(),
-        netns: Some("/x".into()),
-        labels: [("app".to_string(), app.to_string())].into(),
-    }
 }
 
 fn id(ns: &str, sa: &str) -> Principal {
