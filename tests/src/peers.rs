@@ -78,7 +78,7 @@ impl Nginx {
                access_log {log} peer;\n\
                client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
                uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-               server {{ listen 80; root {d}/html; }}\n{tls}}}\n",
+               server {{ listen 80; listen [::]:80; root {d}/html; }}\n{tls}}}\n",
             d = dir.display(),
             log = access_log.display(),
             tls = servers(&dir.join("html")),

@@ -42,7 +42,7 @@ impl LogLevel {
 }
 
 /// Installs the global subscriber. The level comes from `HAWSER_LOG` (`RUST_LOG` syntax),
-/// default `info`. Records of the `log` crate (aya-log's eBPF messages) are included.
+/// default `info`.
 pub fn init(format: LogFormat) -> LogLevel {
     let directives = std::env::var("HAWSER_LOG").unwrap_or_else(|_| "info".into());
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));

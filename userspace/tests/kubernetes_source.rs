@@ -179,7 +179,7 @@ async fn recorded_objects_and_watch_events_make_the_registry() {
         (cart.service_account.as_str(), cart.node_name.as_str()),
         ("cart", "node1")
     );
-    assert_eq!(cart.pod_ip.to_string(), "10.1.0.5");
+    assert_eq!(cart.ips_text(), "10.1.0.5");
     assert_eq!(cart.netns, None, "the CNI plugin hands it over");
     let service = registry
         .service_at("10.96.12.34:80".parse().unwrap())
@@ -257,10 +257,7 @@ async fn recorded_objects_and_watch_events_make_the_registry() {
         pods(r) == ["shop/cart-3", "shop/frontend-5c4b-abcde"]
     })
     .await;
-    assert_eq!(
-        after.workloads["shop/cart-3"].pod_ip.to_string(),
-        "10.1.0.10"
-    );
+    assert_eq!(after.workloads["shop/cart-3"].ips_text(), "10.1.0.10");
 }
 
 /// The API server's TokenReview, for the tokens the test knows.

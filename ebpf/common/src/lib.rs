@@ -12,17 +12,11 @@ pub const INBOUND_PORT: u16 = 15006;
 /// Inbound tunnel (mTLS) listener.
 pub const TUNNEL_PORT: u16 = 15008;
 
-/// Socket mark of the daemon's listeners and onward connections inside pods.
-pub const MARK_UPSTREAM: u32 = 0x4856;
 /// Socket mark of the daemon's transparent sockets that deliver inbound connections to the
 /// app as the remote client. The pod's policy route sends packets with this mark (the
-/// app's replies inherit it) back over loopback to the daemon.
+/// app's replies inherit it) back over loopback to the daemon. It routes; it exempts
+/// nothing: a pod may set any mark (SO_MARK needs only CAP_NET_RAW since Linux 5.17).
 pub const MARK_DELIVER: u32 = 0x4857;
-
-/// The connect hooks leave the daemon's own sockets alone: it never captures itself.
-pub const fn is_daemon_mark(mark: u32) -> bool {
-    mark == MARK_UPSTREAM || mark == MARK_DELIVER
-}
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -61,28 +55,22 @@ pub struct DeliveryKey {
     pub app: SockAddr,
 }
 
-/// Which of the daemon's per-pod listeners an arriving connection goes to.
+/// Which of the daemon's per-pod listeners a connection goes to.
 pub const LISTENER_INBOUND: u32 = 0;
 pub const LISTENER_TUNNEL: u32 = 1;
+pub const LISTENER_OUTBOUND: u32 = 2;
 
-/// An enrolled pod's address: key of the address enrollment map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct PodAddr {
-    /// Network byte order; IPv4 uses `addr[0]` only.
-    pub addr: [u32; 4],
-    pub family: u32,
-}
-
-/// Key of the listener socket map: the pod's address and the listener kind.
+/// Key of the listener socket map: the pod (by its network namespace's cookie, so every
+/// address the pod has, of either family, finds the same listeners) and the listener kind.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ListenerKey {
-    pub pod: PodAddr,
+    pub netns_cookie: u64,
     pub kind: u32,
+    pub _pad: u32,
 }
 
-/// Value of the enrollment maps (keyed by netns cookie and by pod address).
+/// Value of the enrollment map (keyed by netns cookie).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Enrollment {
@@ -92,10 +80,14 @@ pub struct Enrollment {
 
 pub const ENROLLED: u32 = 1;
 
+/// Name of the global the steering program is loaded with, once per pod: the cookie of
+/// the network namespace it is attached to (sk_lookup programs cannot ask the kernel).
+pub const POD_NETNS_COOKIE: &str = "POD_NETNS_COOKIE";
+
 /// Names of the maps, shared so that pin paths and lookups cannot drift apart.
 pub mod maps {
     pub const ENROLLED_NETNS: &str = "ENROLLED_NETNS";
-    pub const ENROLLED_ADDRS: &str = "ENROLLED_ADDRS";
+    pub const DAEMON_CGROUPS: &str = "DAEMON_CGROUPS";
     pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
     pub const ORIG_BY_CLIENT: &str = "ORIG_BY_CLIENT";
     pub const LISTENERS: &str = "LISTENERS";
@@ -108,7 +100,6 @@ mod pod {
     unsafe impl aya::Pod for super::SockAddr {}
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::ListenerKey {}
-    unsafe impl aya::Pod for super::PodAddr {}
     unsafe impl aya::Pod for super::DeliveryKey {}
     unsafe impl aya::Pod for super::Enrollment {}
 }

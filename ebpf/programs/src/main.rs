@@ -6,13 +6,12 @@
 //! source port is known and before the SYN leaves, to a key the daemon can compute from an
 //! accepted socket (netns cookie + client address).
 //!
-//! Inbound: `sk_lookup` (one link per pod netns) hands connections arriving from the
-//! network to the daemon's inbound or tunnel listener.
+//! Steering into the daemon's listeners (`sk_lookup`, one instance per pod) is the
+//! separate object `hawser-steer` (src/bin/steer.rs).
 #![no_std]
 #![no_main]
 
 mod ctx;
-mod inbound;
 mod outbound;
 
 #[cfg(not(test))]

@@ -3,14 +3,12 @@
 use crate::ctx::{ctx_read, ctx_read_ip6};
 use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr},
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::{cgroup_sock_addr, map, sock_ops},
     maps::{HashMap, LruHashMap},
     programs::{SockAddrContext, SockOpsContext},
 };
-use hawser_common::{
-    AF_INET, AF_INET6, ConnKey, Enrollment, OUTBOUND_PORT, SockAddr, is_daemon_mark,
-};
+use hawser_common::{AF_INET, AF_INET6, ConnKey, Enrollment, OUTBOUND_PORT, SockAddr};
 
 const IPPROTO_TCP: u32 = 6;
 const SOCK_STREAM: u32 = 1;
@@ -20,6 +18,12 @@ const ALLOW: i32 = 1;
 /// Enrolled pods by network-namespace cookie; filled by the daemon.
 #[map]
 static ENROLLED_NETNS: HashMap<u64, Enrollment> = HashMap::pinned(4096, 0);
+
+/// The cgroups the node daemon runs in (cgroup v2 ids); filled by the daemon. Its own
+/// connects are never captured. A pod cannot join these cgroups, whereas it can set any
+/// socket mark or uid it likes.
+#[map]
+static DAEMON_CGROUPS: HashMap<u64, u8> = HashMap::pinned(64, 0);
 
 /// Original destination by client socket cookie, written at connect time.
 #[map]
@@ -79,13 +83,14 @@ pub fn hawser_connect6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// TCP connects from an enrolled pod's netns, except the daemon's own (marked) sockets.
+/// TCP connects from an enrolled pod's netns, except the daemon's own.
 fn should_capture(ctx: &SockAddrContext, sa: &bpf_sock_addr) -> bool {
     if sa.type_ != SOCK_STREAM || (sa.protocol != IPPROTO_TCP && sa.protocol != 0) {
         return false;
     }
-    let sk = unsafe { sa.__bindgen_anon_1.sk };
-    if sk.is_null() || is_daemon_mark(unsafe { (*sk).mark }) {
+    // The connecting task's cgroup, not the socket's: the hook runs in its context.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    if unsafe { DAEMON_CGROUPS.get(&cgroup) }.is_some() {
         return false;
     }
     let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };

@@ -143,7 +143,7 @@ pub async fn workloads(client: &AdminClient, json: bool) -> Result<()> {
             t.add_row(vec![
                 w.namespace.clone(),
                 w.name.clone(),
-                w.pod_ip.to_string(),
+                w.ips_text(),
                 w.node_name.clone(),
                 w.service_account.clone(),
                 if enrolled { "yes" } else { "no" }.into(),

@@ -93,7 +93,7 @@ fn status_of(admin: &Admin) -> Status {
             let svid = pod.svid();
             PodStatus {
                 pod: pod.key.clone(),
-                ip: pod.workload.pod_ip.to_string(),
+                ip: pod.workload.ips_text(),
                 identity: pod.identity.to_string(),
                 svid_serial: svid.as_ref().map(|s| s.serial.clone()),
                 svid_not_after: svid.map(|s| rfc3339(s.not_after)),

@@ -114,7 +114,7 @@ pub fn run(inv: &Invocation, stdin: &str) -> Result<String, CniError> {
         result.to_string()
     };
     match inv.command.as_str() {
-        "ADD" => add(inv, &socket, conf.fail_closed).map(|()| passed_on()),
+        "ADD" => add(inv, &socket, &conf).map(|()| passed_on()),
         "DEL" => {
             let request = Request::Del {
                 container_id: inv.container_id.clone(),
@@ -129,7 +129,7 @@ pub fn run(inv: &Invocation, stdin: &str) -> Result<String, CniError> {
     }
 }
 
-fn add(inv: &Invocation, socket: &Path, fail_closed: bool) -> Result<(), CniError> {
+fn add(inv: &Invocation, socket: &Path, conf: &NetConf) -> Result<(), CniError> {
     // Not a Kubernetes pod (no pod name): nothing to enroll.
     let Some((namespace, name)) = inv.pod() else {
         return Ok(());
@@ -139,13 +139,14 @@ fn add(inv: &Invocation, socket: &Path, fail_closed: bool) -> Result<(), CniErro
         name: name.clone(),
         container_id: inv.container_id.clone(),
         netns: inv.netns.clone().into(),
+        ips: conf.prev_result.as_ref().map(addresses).unwrap_or_default(),
     };
     match ask(socket, &request, ENROLL_TIMEOUT) {
         Ok(Reply::Failed { reason }) => Err(CniError::new(format!(
             "hawser could not enroll {namespace}/{name}: {reason}"
         ))),
         Ok(_) => Ok(()),
-        Err(e) if fail_closed => Err(CniError::new(format!(
+        Err(e) if conf.fail_closed => Err(CniError::new(format!(
             "hawser node daemon unreachable at {} and failClosed is set: {e:#}",
             socket.display()
         ))),
@@ -157,6 +158,17 @@ fn add(inv: &Invocation, socket: &Path, fail_closed: bool) -> Result<(), CniErro
             Ok(())
         }
     }
+}
+
+/// The addresses of a CNI result (`ips[].address`, CIDR notation).
+fn addresses(result: &Value) -> Vec<std::net::IpAddr> {
+    let ips = result["ips"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    ips.iter()
+        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+        .collect()
 }
 
 /// One request to the daemon, one reply.
@@ -199,6 +211,14 @@ mod tests {
         let result: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(result["ips"][0]["address"], "10.1.0.2/24");
         assert_eq!(result["cniVersion"], "1.0.0");
+    }
+
+    #[test]
+    fn the_previous_results_addresses_go_to_the_daemon() {
+        let result = json!({"ips": [{"address": "10.1.0.2/24"}, {"address": "fd00::2/64"},
+            {"address": "junk"}]});
+        let ips: Vec<String> = addresses(&result).iter().map(|ip| ip.to_string()).collect();
+        assert_eq!(ips, ["10.1.0.2", "fd00::2"]);
     }
 
     #[test]

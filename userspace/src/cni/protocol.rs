@@ -1,18 +1,21 @@
 //! One request and one reply per connection on the daemon's CNI socket, as JSON lines.
 
-use std::path::PathBuf;
+use std::{net::IpAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "UPPERCASE")]
 pub enum Request {
-    /// A pod's sandbox was created: its network namespace is `netns`.
+    /// A pod's sandbox was created: its network namespace is `netns`, its addresses the
+    /// ones the cluster's CNI plugin gave it (the API server learns them later).
     Add {
         namespace: String,
         name: String,
         container_id: String,
         netns: PathBuf,
+        #[serde(default)]
+        ips: Vec<IpAddr>,
     },
     /// The sandbox `container_id` is going away.
     Del { container_id: String },

@@ -5,6 +5,7 @@
 
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -37,6 +38,10 @@ const ENROLL_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Handoff {
     pub container_id: String,
     pub netns: PathBuf,
+    /// What the cluster's CNI plugin assigned, for pods the API server has no address
+    /// for yet.
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
 }
 
 /// By `namespace/name`.
@@ -59,8 +64,8 @@ pub fn load(state: &Path) -> Handoffs {
     }
 }
 
-/// `source` with the handed-over namespaces filled in for this node's workloads that
-/// have none of their own.
+/// `source` with the handed-over namespaces (and addresses) filled in for this node's
+/// workloads that have none of their own.
 pub fn complete(
     mut source: watch::Receiver<Arc<Registry>>,
     mut handoffs: watch::Receiver<Handoffs>,
@@ -69,8 +74,17 @@ pub fn complete(
     let merge = move |registry: &Registry, handoffs: &Handoffs| {
         let mut merged = registry.clone();
         for w in merged.workloads.values_mut() {
-            if w.node_name == node && w.netns.is_none() {
-                w.netns = handoffs.get(&w.key()).map(|h| h.netns.clone());
+            if w.node_name != node {
+                continue;
+            }
+            let Some(handoff) = handoffs.get(&w.key()) else {
+                continue;
+            };
+            if w.netns.is_none() {
+                w.netns = Some(handoff.netns.clone());
+            }
+            if w.ips.is_empty() {
+                w.ips = handoff.ips.clone();
             }
         }
         Arc::new(merged)
@@ -167,9 +181,10 @@ impl Server {
                 name,
                 container_id,
                 netns,
+                ips,
             } => {
                 let key = format!("{namespace}/{name}");
-                tracing::info!(pod = %key, netns = %netns.display(), "CNI ADD");
+                tracing::info!(pod = %key, netns = %netns.display(), ?ips, "CNI ADD");
                 self.update(|h| {
                     let netns = netns.clone();
                     h.insert(
@@ -177,6 +192,7 @@ impl Server {
                         Handoff {
                             container_id,
                             netns,
+                            ips,
                         },
                     );
                 });

@@ -35,7 +35,10 @@ use crate::{
 /// Connects from inside the pod's namespace to the upstream.
 pub async fn dial(pod: &PodContext, o: &Origination) -> Result<TcpStream> {
     let upstream = o.upstream;
-    let socket = pod.netns.run(move || sockets::outbound(upstream)).await?;
+    let socket = pod
+        .netns
+        .run(move || sockets::outbound(upstream, None))
+        .await?;
     sockets::connect(socket, upstream).await
 }
 

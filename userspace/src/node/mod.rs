@@ -27,6 +27,7 @@ use crate::{
     identity::SpiffeId,
     logging::LogLevel,
     metrics::METRICS,
+    proxy::same_node::Originated,
     redirect::Dataplane,
     svid::{CaClient, CaClientConfig, SvidConfig, SvidManager},
     tunnel::offload::Offload,
@@ -83,13 +84,17 @@ pub struct Shared {
     pub outbound_policy: OutboundPolicy,
     /// Addresses of the names of `resolution: DNS` ServiceEntries.
     pub resolved: watch::Receiver<Arc<Resolved>>,
+    /// Same-node connections the daemon opened, the only proof of a same-node caller.
+    pub originated: Arc<Originated>,
 }
 
 /// How a captured outbound connection leaves the node.
 pub enum Route {
-    /// Straight to `to`: not a mesh workload, one on this node (no wire to protect;
-    /// inbound capture still applies), or the daemon has no CA.
+    /// Straight to `to`: not a mesh workload, or the daemon has no CA.
     Direct { to: std::net::SocketAddr },
+    /// To an enrolled pod of this node: no wire to protect, and the daemon's inbound side
+    /// knows the caller because the daemon opens the connection (see `same_node`).
+    Local { to: std::net::SocketAddr },
     /// Through the mTLS tunnel to `to`, a workload on another node, which must prove
     /// `peer`.
     Tunnel {
@@ -103,10 +108,9 @@ pub enum Route {
 }
 
 impl Shared {
-    /// The identity of an enrolled pod of this node at `ip`. Its traffic reaches other
-    /// pods only through this daemon, which connects from inside its namespace, so on the
-    /// node its address identifies it without a tunnel.
-    pub fn local_identity(&self, ip: std::net::IpAddr) -> Option<SpiffeId> {
+    /// The identity the registry gives an enrolled pod of this node at `ip`: where the
+    /// daemon sends a connection, never proof of who sent one.
+    pub fn local_workload_identity(&self, ip: std::net::IpAddr) -> Option<SpiffeId> {
         let registry = self.registry.borrow();
         let w = registry
             .by_ip(ip)
@@ -131,6 +135,7 @@ impl Shared {
                 to: dst,
                 peer: SpiffeId::new(&self.trust_domain, &w.namespace, &w.service_account),
             },
+            Some(w) if w.node_name == self.node_name => Route::Local { to: dst },
             Some(_) => Route::Direct { to: dst },
             None => match registry.egress.route(
                 client,
@@ -148,6 +153,10 @@ impl Shared {
 
 /// Pods this daemon has enrolled, by `namespace/name`.
 type Pods = BTreeMap<String, EnrolledPod>;
+
+/// Configured pods whose enrollment failed, with the cookie of the namespace they are
+/// held closed in (when it could be captured).
+type Closed = BTreeMap<String, Option<u64>>;
 
 /// What the admin API shows of the enrolled set.
 #[derive(Clone, Default)]
@@ -198,6 +207,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         credentials: Credentials::new(config.credentials_dir.clone()),
         outbound_policy: config.outbound_policy,
         resolved: dns::follow(dns::resolver(config.dns_server)?, registry.clone()),
+        originated: Arc::default(),
     });
     let (status_tx, status) = watch::channel(NodeStatus::default());
     if let (Some(socket), Some(state)) = (&config.cni_socket, cni_state) {
@@ -223,9 +233,18 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     )
     .await?;
     let mut pods = Pods::new();
+    let mut closed = Closed::new();
     let snapshot = registry.borrow_and_update().clone();
-    let mut pending = reconcile(&config.node_name, &snapshot, &mut pods, &shared, &status_tx).await;
-    prune_earlier_runs(&shared.dataplane, &pods, &snapshot, &config.node_name)?;
+    let mut pending = reconcile(
+        &config.node_name,
+        &snapshot,
+        &mut pods,
+        &mut closed,
+        &shared,
+        &status_tx,
+    )
+    .await;
+    prune_earlier_runs(&shared.dataplane, &pods, &closed);
     tracing::info!(node = %config.node_name, pods = pods.len(), "node ready");
 
     let mut terminate = signal(SignalKind::terminate())?;
@@ -235,11 +254,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             changed = registry.changed() => {
                 if changed.is_err() { break; }
                 let snapshot = registry.borrow_and_update().clone();
-                pending = reconcile(&config.node_name, &snapshot, &mut pods, &shared, &status_tx).await;
+                pending = reconcile(&config.node_name, &snapshot, &mut pods, &mut closed, &shared, &status_tx).await;
             }
             _ = retry.tick(), if pending => {
                 let snapshot = registry.borrow().clone();
-                pending = reconcile(&config.node_name, &snapshot, &mut pods, &shared, &status_tx).await;
+                pending = reconcile(&config.node_name, &snapshot, &mut pods, &mut closed, &shared, &status_tx).await;
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
@@ -254,11 +273,13 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 }
 
 /// Brings the enrolled set in line with the workloads on this node, and publishes it.
-/// Returns whether some enrollment failed and should be retried.
+/// Returns whether some enrollment failed and should be retried. Only a pod that left the
+/// workload source is released; one whose enrollment fails stays closed.
 async fn reconcile(
     node: &str,
     registry: &Registry,
     pods: &mut Pods,
+    closed: &mut Closed,
     shared: &Arc<Shared>,
     status: &watch::Sender<NodeStatus>,
 ) -> bool {
@@ -274,22 +295,47 @@ async fn reconcile(
         .map(|(key, _)| key.clone())
         .collect();
     for key in stale {
-        if let Some(pod) = pods.remove(&key) {
+        let Some(pod) = pods.remove(&key) else {
+            continue;
+        };
+        // Same pod, same namespace, new settings: re-enrolled below without a release.
+        let same_netns = desired
+            .get(&key)
+            .is_some_and(|w| w.netns == pod.ctx.workload.netns);
+        if same_netns {
+            pod.retire();
+        } else {
             pod.unenroll().await;
         }
     }
-    let mut failing = Vec::new();
+    closed.retain(|key, cookie| {
+        if desired.contains_key(key) {
+            return true;
+        }
+        if let Some(cookie) = cookie {
+            tracing::info!(pod = %key, "releasing a pod that left the workload source");
+            shared.dataplane.unenroll(*cookie);
+        }
+        false
+    });
     for (key, workload) in desired {
         if pods.contains_key(&key) {
             continue;
         }
         match EnrolledPod::enroll(workload.clone(), shared.clone()).await {
             Ok(pod) => {
+                closed.remove(&key);
                 pods.insert(key, pod);
             }
-            Err(e) => {
-                tracing::error!(pod = %key, "enrollment failed, will retry: {e:#}");
-                failing.push(key);
+            Err(failed) => {
+                let state = if failed.netns_cookie.is_some() {
+                    "held closed"
+                } else {
+                    "not capturable yet"
+                };
+                tracing::error!(pod = %key, "enrollment failed ({state}), will retry: {:#}", failed.error);
+                let known = closed.get(&key).copied().flatten();
+                closed.insert(key, failed.netns_cookie.or(known));
             }
         }
     }
@@ -306,26 +352,24 @@ async fn reconcile(
         )
         .collect();
     METRICS.workloads_present(&present);
-    let pending = !failing.is_empty();
+    let pending = !closed.is_empty();
     status.send_replace(NodeStatus {
         pods: pods.values().map(|p| p.ctx.clone()).collect(),
         reconciled: true,
-        failing,
+        failing: closed.keys().cloned().collect(),
     });
     pending
 }
 
-/// Drops eBPF state left by an earlier run for pods that are gone. Addresses of pods that
-/// are still configured stay enrolled even if enrolling them failed, so they stay closed.
-fn prune_earlier_runs(
-    dataplane: &Dataplane,
-    pods: &Pods,
-    registry: &Registry,
-    node: &str,
-) -> Result<()> {
-    let cookies: Vec<u64> = pods.values().map(|p| p.ctx.netns_cookie).collect();
-    let addrs: Vec<_> = registry.on_node(node).map(|w| w.pod_ip).collect();
-    dataplane.prune(&cookies, &addrs)
+/// Releases eBPF state left by an earlier run for pods that are no longer configured.
+/// Pods that are configured stay captured, closed if enrolling them failed.
+fn prune_earlier_runs(dataplane: &Dataplane, pods: &Pods, closed: &Closed) {
+    let keep: Vec<u64> = pods
+        .values()
+        .map(|p| p.ctx.netns_cookie)
+        .chain(closed.values().flatten().copied())
+        .collect();
+    dataplane.prune(&keep);
 }
 
 fn start_svid_manager(ca: &CaSettings) -> Result<Arc<SvidManager>> {

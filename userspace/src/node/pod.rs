@@ -1,12 +1,9 @@
 //! Enrolling one pod: its namespace set-up, its listeners and its eBPF state.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::Arc,
-};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use hawser_common::{INBOUND_PORT, LISTENER_INBOUND, LISTENER_TUNNEL, OUTBOUND_PORT, TUNNEL_PORT};
+use hawser_common::{LISTENER_INBOUND, LISTENER_OUTBOUND, LISTENER_TUNNEL};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use super::Shared;
@@ -31,6 +28,8 @@ pub struct PodContext {
     pub identity: SpiffeId,
     pub netns: Netns,
     pub netns_cookie: u64,
+    /// The ports of the daemon's own listeners in the pod: never an app's.
+    pub listener_ports: Vec<u16>,
     pub dataplane: Arc<Dataplane>,
     /// The pod's SVID (None while it is fetched, or when the daemon runs without a CA).
     svid: Option<watch::Receiver<Option<Arc<Svid>>>>,
@@ -88,24 +87,49 @@ pub struct EnrolledPod {
     servers: Vec<JoinHandle<()>>,
 }
 
-/// The daemon's listeners in one pod, created inside its namespace.
+/// An enrollment that failed. When the pod's namespace could be captured first
+/// (`netns_cookie`), the pod stays closed: its connects and inbound connections are
+/// refused until an enrollment succeeds or the pod leaves the workload source.
+pub struct Failed {
+    pub netns_cookie: Option<u64>,
+    pub error: anyhow::Error,
+}
+
+/// The daemon's listeners in one pod, created inside its namespace. Their addresses do not
+/// matter (sk_lookup steers to them by netns and kind), so they take free ports on
+/// loopback: nothing the pod binds first can make enrollment fail.
 struct Listeners {
-    outbound: Vec<std::net::TcpListener>,
+    outbound: std::net::TcpListener,
     inbound: std::net::TcpListener,
     tunnel: std::net::TcpListener,
 }
 
 impl EnrolledPod {
-    pub async fn enroll(workload: Workload, shared: Arc<Shared>) -> Result<Self> {
-        let path = workload
-            .netns
-            .as_ref()
-            .context("no network namespace handed over yet")?;
-        let netns = Netns::open(path)?;
-        let netns_cookie = netns.cookie().await.context("read the netns cookie")?;
-        netns.run(pod_routing::install).await?;
-        let pod_ip = workload.pod_ip;
-        let listeners = netns.run(move || open_listeners(pod_ip)).await?;
+    pub async fn enroll(workload: Workload, shared: Arc<Shared>) -> Result<Self, Failed> {
+        let fail = |netns_cookie, error| Failed {
+            netns_cookie,
+            error,
+        };
+        let path = workload.netns.clone().ok_or_else(|| {
+            fail(
+                None,
+                anyhow::anyhow!("no network namespace handed over yet"),
+            )
+        })?;
+        let netns = Netns::open(&path).map_err(|e| fail(None, e.into()))?;
+        let netns_cookie = netns
+            .cookie()
+            .await
+            .context("read the netns cookie")
+            .map_err(|e| fail(None, e))?;
+        // Closed first: from here on, whatever fails, the pod's traffic goes to the daemon
+        // or nowhere.
+        close(&shared.dataplane, &netns, netns_cookie).map_err(|e| fail(None, e))?;
+        let opened = async {
+            netns.run(pod_routing::install).await?;
+            netns.run(open_listeners).await.map_err(anyhow::Error::from)
+        };
+        let listeners = opened.await.map_err(|e| fail(Some(netns_cookie), e))?;
         let identity = SpiffeId::new(
             &shared.trust_domain,
             &workload.namespace,
@@ -118,49 +142,44 @@ impl EnrolledPod {
             identity,
             netns,
             netns_cookie,
+            listener_ports: listeners.ports(),
             dataplane: shared.dataplane.clone(),
             svid,
             tls_configs: TlsConfigs::default(),
             shared,
         });
-        let pod = EnrolledPod {
-            ctx: ctx.clone(),
+        let mut pod = EnrolledPod {
+            ctx,
             servers: Vec::new(),
         };
-        // From here on, a failure leaves nothing behind: `unenroll` undoes every step.
-        match pod.activate(listeners).await {
-            Ok(pod) => Ok(pod),
-            Err((pod, e)) => {
-                pod.unenroll().await;
-                Err(e)
-            }
-        }
-    }
-
-    /// Serves the listeners, then turns steering on (listeners first: a connection that is
-    /// steered must find a listener).
-    async fn activate(mut self, l: Listeners) -> Result<Self, (Self, anyhow::Error)> {
-        match self.try_activate(l) {
+        match pod.serve(listeners) {
             Ok(()) => {
-                tracing::info!(pod = %self.ctx.key, ip = %self.ctx.workload.pod_ip, netns = %self.ctx.netns.path().display(), "pod enrolled");
-                Ok(self)
+                let ctx = &pod.ctx;
+                tracing::info!(pod = %ctx.key, ips = %ctx.workload.ips_text(), netns = %ctx.netns.path().display(), "pod enrolled");
+                Ok(pod)
             }
-            Err(e) => Err((self, e)),
+            Err(e) => {
+                pod.stop();
+                Err(fail(Some(netns_cookie), e))
+            }
         }
     }
 
-    fn try_activate(&mut self, l: Listeners) -> Result<()> {
+    /// Serves the listeners, then registers them for steering (a connection that is
+    /// steered must find a listener).
+    fn serve(&mut self, l: Listeners) -> Result<()> {
         let ctx = &self.ctx;
-        let ip = ctx.workload.pod_ip;
+        let cookie = ctx.netns_cookie;
         ctx.dataplane
-            .set_listener(ip, LISTENER_INBOUND, &l.inbound)?;
-        ctx.dataplane.set_listener(ip, LISTENER_TUNNEL, &l.tunnel)?;
-        for listener in l.outbound {
-            self.servers.push(tokio::spawn(outbound::serve(
-                TcpListener::from_std(listener)?,
-                ctx.clone(),
-            )));
-        }
+            .set_listener(cookie, LISTENER_OUTBOUND, &l.outbound)?;
+        ctx.dataplane
+            .set_listener(cookie, LISTENER_INBOUND, &l.inbound)?;
+        ctx.dataplane
+            .set_listener(cookie, LISTENER_TUNNEL, &l.tunnel)?;
+        self.servers.push(tokio::spawn(outbound::serve(
+            TcpListener::from_std(l.outbound)?,
+            ctx.clone(),
+        )));
         self.servers.push(tokio::spawn(inbound::serve(
             TcpListener::from_std(l.inbound)?,
             ctx.clone(),
@@ -169,25 +188,33 @@ impl EnrolledPod {
             TcpListener::from_std(l.tunnel)?,
             ctx.clone(),
         )));
-        ctx.dataplane
-            .attach_sk_lookup(&ctx.netns, ctx.netns_cookie)?;
-        ctx.dataplane.enroll(ctx.netns_cookie, ip)?;
         Ok(())
     }
 
-    /// Stops steering the pod and closes its listeners. Connections already relayed run to
-    /// their end.
-    pub async fn unenroll(self) {
-        let ctx = &self.ctx;
-        ctx.dataplane
-            .unenroll(ctx.netns_cookie, ctx.workload.pod_ip);
-        ctx.dataplane.detach_sk_lookup(ctx.netns_cookie);
+    /// Closes the listeners and lets go of the SVID. The pod stays captured: with no
+    /// listener its connections are refused. Connections already relayed run to their end.
+    fn stop(&self) {
         for server in &self.servers {
             server.abort();
         }
-        if let Some(svids) = &ctx.shared.svids {
-            svids.release(&ctx.identity);
+        if let Some(svids) = &self.ctx.shared.svids {
+            svids.release(&self.ctx.identity);
         }
+    }
+
+    /// Stops serving the pod but keeps it captured, for an enrollment that replaces this
+    /// one (the workload changed): no moment lets its traffic around the daemon.
+    pub fn retire(self) {
+        self.stop();
+        tracing::info!(pod = %self.ctx.key, "pod enrollment replaced");
+    }
+
+    /// Releases the pod, which left the workload source: its traffic no longer goes
+    /// through the daemon.
+    pub async fn unenroll(self) {
+        self.stop();
+        let ctx = &self.ctx;
+        ctx.dataplane.unenroll(ctx.netns_cookie);
         if let Err(e) = ctx.netns.run(pod_routing::remove).await {
             tracing::debug!(pod = %ctx.key, "remove pod routing: {e}");
         }
@@ -195,24 +222,26 @@ impl EnrolledPod {
     }
 }
 
-fn open_listeners(pod_ip: IpAddr) -> std::io::Result<Listeners> {
-    let mut outbound = vec![sockets::listener(SocketAddr::new(
-        Ipv4Addr::LOCALHOST.into(),
-        OUTBOUND_PORT,
-    ))?];
-    // connect6 sends native IPv6 connects to [::1]; a pod without IPv6 has none to send.
-    match sockets::listener(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), OUTBOUND_PORT)) {
-        Ok(l) => outbound.push(l),
-        Err(e) => tracing::debug!("no IPv6 outbound listener: {e}"),
+/// Captures the pod with nowhere to go yet: connects are steered to listeners that do
+/// not exist, so they are refused, as are connections arriving from the network.
+fn close(dataplane: &Dataplane, netns: &Netns, netns_cookie: u64) -> Result<()> {
+    dataplane.attach_steering(netns, netns_cookie)?;
+    dataplane.enroll(netns_cookie)
+}
+
+impl Listeners {
+    fn ports(&self) -> Vec<u16> {
+        [&self.outbound, &self.inbound, &self.tunnel]
+            .iter()
+            .filter_map(|l| l.local_addr().ok().map(|a| a.port()))
+            .collect()
     }
-    let loopback: IpAddr = match pod_ip {
-        IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
-        IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
-    };
+}
+
+fn open_listeners() -> std::io::Result<Listeners> {
     Ok(Listeners {
-        outbound,
-        // sk_lookup hands it connections for any port, whatever address it is bound to.
-        inbound: sockets::listener(SocketAddr::new(loopback, INBOUND_PORT))?,
-        tunnel: sockets::listener(SocketAddr::new(pod_ip, TUNNEL_PORT))?,
+        outbound: sockets::steered_listener()?,
+        inbound: sockets::steered_listener()?,
+        tunnel: sockets::steered_listener()?,
     })
 }

@@ -34,9 +34,12 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
 /// preamble names, as the client pod's own address.
 pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
     accept_loop(listener, pod, |conn, peer, pod| async move {
-        let dst = conn.local_addr().unwrap_or(peer);
+        let dst = conn.local_addr().map_or(peer, sockets::canonical);
         let record = Connection::new(Direction::Tunnel, &pod, peer, dst);
-        let accepted = match tunnel::server::accept(&pod, conn).await {
+        if let Err(why) = steered(dst) {
+            return record.refuse(why);
+        }
+        let accepted = match tunnel::server::accept(&pod, conn, dst.ip()).await {
             Ok(accepted) => accepted,
             Err(e) => return record.refuse(&format!("{e:#}")),
         };
@@ -63,19 +66,31 @@ pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
 async fn handle(conn: TcpStream, peer: SocketAddr, pod: &PodContext) {
     // sk_lookup keeps the address the client dialed as the socket's local address.
     let dst = match conn.local_addr() {
-        Ok(dst) => dst,
+        Ok(dst) => sockets::canonical(dst),
         Err(e) => return tracing::warn!(pod = %pod.key, "inbound local_addr: {e}"),
     };
     let record = Connection::new(Direction::Inbound, pod, peer, dst);
+    if let Err(why) = steered(dst) {
+        return record.refuse(why);
+    }
     let settings = pod.port_settings(dst.port());
     if let Some(tls) = &settings.tls {
         return terminated(record, conn, pod, tls, &settings).await;
     }
-    // Plaintext: only a pod of this node has an identity here (see Shared::local_identity).
+    // Plaintext: only a connection the daemon opened for a pod of this node has an
+    // identity (see `same_node`); an address alone proves nothing.
+    let principal = match same_node_caller(pod, peer, dst) {
+        Ok(principal) => principal,
+        Err(e) => return record.refuse(&format!("{e:#}")),
+    };
+    let record = match &principal {
+        Some(p) => record.same_node(p),
+        None => record,
+    };
     let caller = Caller {
         src: peer,
         dst,
-        principal: pod.shared.local_identity(peer.ip()).map(Principal::from),
+        principal,
         certificate: None,
     };
     if let Err(why) = pod.admit(dst.port(), caller.principal.as_ref()) {
@@ -85,6 +100,32 @@ async fn handle(conn: TcpStream, peer: SocketAddr, pod: &PodContext) {
         Ok(app) => record.relay(conn, app).await,
         Err(e) => record.refuse(&format!("{e:#}")),
     }
+}
+
+/// Steered connections come from the network; one to the listener's own loopback
+/// address is a process in the pod dialing the daemon directly.
+fn steered(dst: SocketAddr) -> Result<(), &'static str> {
+    if dst.ip().is_loopback() {
+        return Err("not steered: a direct connection to the daemon's listener");
+    }
+    Ok(())
+}
+
+/// The caller of a same-node connection, when the daemon opened it for one of this node's
+/// pods; refused when that pod's identity or SVID is revoked.
+fn same_node_caller(
+    pod: &PodContext,
+    src: SocketAddr,
+    dst: SocketAddr,
+) -> Result<Option<Principal>> {
+    let Some(origin) = pod.shared.originated.origin(src, dst) else {
+        return Ok(None);
+    };
+    if let Some(svids) = &pod.shared.svids {
+        let bundle = svids.trust_bundle().borrow().clone();
+        bundle.check_revoked(origin.serial.as_deref(), &origin.identity.to_string())?;
+    }
+    Ok(Some(origin.identity.into()))
 }
 
 /// A port with TLS for clients outside the mesh: the daemon does the handshake, policy
@@ -121,7 +162,8 @@ async fn terminated(
 /// and tells it who called when the port asks for a PROXY header.
 async fn deliver(pod: &PodContext, caller: &Caller, settings: &PortSettings) -> Result<TcpStream> {
     let (client, dst) = (caller.src, caller.dst);
-    if [OUTBOUND_PORT, INBOUND_PORT, TUNNEL_PORT].contains(&dst.port()) {
+    let own = [OUTBOUND_PORT, INBOUND_PORT, TUNNEL_PORT];
+    if own.contains(&dst.port()) || pod.listener_ports.contains(&dst.port()) {
         bail!("port {} is the daemon's own", dst.port());
     }
     let socket = pod.netns.run(move || sockets::transparent(client)).await?;

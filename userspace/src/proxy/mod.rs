@@ -8,6 +8,7 @@ pub mod caller;
 pub mod inbound;
 pub mod outbound;
 pub mod relay;
+pub mod same_node;
 pub mod sockets;
 pub mod terminate;
 
@@ -28,7 +29,7 @@ where
         match listener.accept().await {
             Ok((conn, peer)) => {
                 sockets::no_delay(&conn);
-                tokio::spawn(handle(conn, peer, pod.clone()));
+                tokio::spawn(handle(conn, sockets::canonical(peer), pod.clone()));
             }
             Err(e) => {
                 tracing::warn!(pod = %pod.key, "accept: {e}");

@@ -9,6 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{
     accept_loop,
     relay::{Connection, Direction},
+    same_node::{Origin, Record},
     sockets,
 };
 use crate::{
@@ -26,7 +27,7 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
 
 async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext) {
     let Some(dst) = pod.dataplane.take_original_dst(pod.netns_cookie, peer) else {
-        let local = client.local_addr().unwrap_or(peer);
+        let local = client.local_addr().map_or(peer, sockets::canonical);
         Connection::new(Direction::Outbound, pod, peer, local)
             .refuse("no original destination recorded for this connection");
         return;
@@ -35,6 +36,10 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext) {
     match pod.shared.route(&pod.workload, dst) {
         Route::Direct { to } => match connect(pod, to).await {
             Ok(upstream) => conn.relay(client, upstream).await,
+            Err(e) => conn.refuse(&format!("{e:#}")),
+        },
+        Route::Local { to } => match connect_local(pod, to).await {
+            Ok((upstream, _record)) => conn.relay(client, upstream).await,
             Err(e) => conn.refuse(&format!("{e:#}")),
         },
         // Never falls back to plaintext: a mesh peer is reached through the tunnel or not.
@@ -73,6 +78,31 @@ async fn egress(conn: Connection, client: TcpStream, pod: &PodContext, o: &Origi
 
 /// Connects to `dst` with a socket made inside the pod's namespace.
 async fn connect(pod: &PodContext, dst: SocketAddr) -> Result<TcpStream> {
-    let socket = pod.netns.run(move || sockets::outbound(dst)).await?;
+    let socket = pod.netns.run(move || sockets::outbound(dst, None)).await?;
     sockets::connect(socket, dst).await
+}
+
+/// Connects to a pod of this node, recording the exact connection as this pod's before it
+/// exists, so the other pod's inbound side can tell it from one with a borrowed address.
+/// The record lives as long as the returned guard.
+async fn connect_local(pod: &PodContext, dst: SocketAddr) -> Result<(TcpStream, Option<Record>)> {
+    // The pod's address of the destination's family; without one (an address not yet
+    // known, a dual-stack pod declared with one family) it goes unauthenticated.
+    let source = pod.workload.ip_like(dst.ip());
+    let socket = pod
+        .netns
+        .run(move || sockets::outbound(dst, source))
+        .await?;
+    let record = match source {
+        Some(_) => Some(pod.shared.originated.record(
+            sockets::canonical(socket.local_addr()?),
+            dst,
+            Origin {
+                identity: pod.identity.clone(),
+                serial: pod.svid().map(|svid| svid.serial.clone()),
+            },
+        )),
+        None => None,
+    };
+    Ok((sockets::connect(socket, dst).await?, record))
 }

@@ -58,8 +58,10 @@ impl Connection {
     pub fn new(direction: Direction, pod: &PodContext, src: SocketAddr, dst: SocketAddr) -> Self {
         let local = local_peer(pod);
         let (reporter, source, destination) = match direction {
-            Direction::Outbound => ("source", local, remote_peer(pod, dst)),
-            Direction::Inbound | Direction::Tunnel => ("destination", remote_peer(pod, src), local),
+            Direction::Outbound => ("source", local, remote_peer(pod, dst, true)),
+            Direction::Inbound | Direction::Tunnel => {
+                ("destination", remote_peer(pod, src, false), local)
+            }
         };
         Self {
             direction,
@@ -91,6 +93,12 @@ impl Connection {
             Direction::Inbound | Direction::Tunnel => &mut self.labels.source,
         };
         remote.principal = peer.to_string();
+        self
+    }
+
+    /// Names the caller of a same-node connection the daemon proved it opened.
+    pub fn same_node(mut self, caller: &impl ToString) -> Self {
+        self.labels.source.principal = caller.to_string();
         self
     }
 
@@ -203,9 +211,10 @@ fn local_peer(pod: &PodContext) -> Peer {
     }
 }
 
-/// The other side, by address: a workload of the registry (with its principal when it is
-/// an enrolled pod of this node), or unknown. The tunnel proves a remote principal later.
-fn remote_peer(pod: &PodContext, addr: SocketAddr) -> Peer {
+/// The other side, by address: a workload of the registry, or unknown. A destination the
+/// daemon sends to on this node is named with its principal; a caller's principal is only
+/// ever what was proven (the tunnel, a certificate, `same_node`), set later.
+fn remote_peer(pod: &PodContext, addr: SocketAddr, destination: bool) -> Peer {
     let known = {
         let registry = pod.shared.registry.borrow();
         registry
@@ -219,9 +228,9 @@ fn remote_peer(pod: &PodContext, addr: SocketAddr) -> Peer {
         workload_key: Some(key),
         workload,
         namespace,
-        principal: pod
-            .shared
-            .local_identity(addr.ip())
+        principal: destination
+            .then(|| pod.shared.local_workload_identity(addr.ip()))
+            .flatten()
             .map_or(metrics::UNKNOWN.into(), |id| id.to_string()),
     }
 }

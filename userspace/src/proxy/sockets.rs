@@ -1,10 +1,14 @@
-//! Sockets the daemon opens inside a pod's namespace. All carry one of the daemon's marks,
-//! which keep them out of the connect hooks (the daemon never captures itself).
+//! Sockets the daemon opens inside a pod's namespace. The connect hooks leave them alone
+//! because the daemon's cgroup is exempt (see `redirect::dataplane`), not by any mark.
 
-use std::{io, net::SocketAddr, time::Duration};
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
-use hawser_common::{MARK_DELIVER, MARK_UPSTREAM};
+use hawser_common::MARK_DELIVER;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -30,24 +34,54 @@ pub fn no_delay(stream: &TcpStream) {
     }
 }
 
-/// A listener bound to `addr`, ready for `tokio::net::TcpListener::from_std`.
-pub fn listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_mark(MARK_UPSTREAM)?;
+/// A listener for connections steered to it by sk_lookup, on a free port (its address
+/// does not matter to steering). Dual-stack where the kernel has IPv6, so it takes
+/// connections of both families, which needs the wildcard address (binding ::1 makes a
+/// socket IPv6-only). Nothing reaches it from the network unsteered: sk_lookup steers
+/// every connection arriving there; the handlers refuse direct ones from the pod itself.
+pub fn steered_listener() -> io::Result<std::net::TcpListener> {
+    let dual = || -> io::Result<Socket> {
+        let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_only_v6(false)?;
+        socket.bind(&SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0).into())?;
+        Ok(socket)
+    };
+    let socket = match dual() {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::debug!("no IPv6 in the pod ({e}): IPv4 listener");
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+            socket.bind(&SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0).into())?;
+            socket
+        }
+    };
     socket.set_nonblocking(true)?;
-    socket
-        .bind(&addr.into())
-        .map_err(|e| io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
     socket.listen(1024)?;
     Ok(socket.into())
 }
 
-/// An unconnected socket for connecting onward from the pod, with the pod's own address.
-pub fn outbound(dst: SocketAddr) -> io::Result<std::net::TcpStream> {
-    let socket = tcp_socket(dst, MARK_UPSTREAM)?;
+/// An unconnected socket for connecting onward from the pod to `dst`, bound to `source`
+/// (port chosen by the kernel) when given, so the caller knows the exact 4-tuple before
+/// the connection exists.
+pub fn outbound(dst: SocketAddr, source: Option<IpAddr>) -> io::Result<std::net::TcpStream> {
+    let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+    if let Some(ip) = source {
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+/// A connection's address as one family sees it: a dual-stack listener reports IPv4
+/// peers as v4-mapped IPv6 addresses.
+/// Other addresses stay as they are, a link-local one with its interface (scope id).
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => {
+            SocketAddr::new(addr.ip().to_canonical(), addr.port())
+        }
+        other => other,
+    }
 }
 
 /// An unconnected socket bound to the remote client's address (`source`, port chosen by the
@@ -55,18 +89,19 @@ pub fn outbound(dst: SocketAddr) -> io::Result<std::net::TcpStream> {
 /// app's replies back. The port is bound here, not at connect, because the caller must
 /// announce the exact 4-tuple to sk_lookup before connecting.
 pub fn transparent(source: SocketAddr) -> io::Result<std::net::TcpStream> {
-    let socket = tcp_socket(source, MARK_DELIVER)?;
+    let socket = Socket::new(
+        Domain::for_address(source),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_mark(MARK_DELIVER)?;
     match source {
         SocketAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
         SocketAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
     }
-    socket.bind(&SocketAddr::new(source.ip(), 0).into())?;
+    let mut any_port = source;
+    any_port.set_port(0); // keeps a link-local address's interface
+    socket.bind(&any_port.into())?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
-}
-
-fn tcp_socket(addr: SocketAddr, mark: u32) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_mark(mark)?;
-    Ok(socket)
 }

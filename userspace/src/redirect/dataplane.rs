@@ -1,5 +1,12 @@
 //! Loading, pinning and attaching the eBPF programs; the maps the daemon fills.
 //!
+//! Two objects: `hawser` holds the cgroup programs (connect capture, original
+//! destination), attached once to the cgroup above the pods; `hawser-steer` holds the
+//! sk_lookup program, loaded and attached once per pod with the pod's netns cookie.
+//!
+//! The daemon's own connects are exempt from capture by its cgroup (`DAEMON_CGROUPS`),
+//! which a pod cannot join, never by a socket mark or uid, which a pod can set.
+//!
 //! Fail closed: the cgroup links, every pod's sk_lookup link and the maps are pinned in
 //! bpffs. When the daemon stops, the programs stay attached and keep steering enrolled pods
 //! to listeners that no longer exist, so their connections fail instead of bypassing the
@@ -29,11 +36,12 @@ use aya::{
     },
 };
 use hawser_common::{
-    AF_INET, AF_INET6, ConnKey, DeliveryKey, ENROLLED, Enrollment, ListenerKey, PodAddr, SockAddr,
-    maps,
+    AF_INET, AF_INET6, ConnKey, DeliveryKey, ENROLLED, Enrollment, LISTENER_INBOUND,
+    LISTENER_OUTBOUND, LISTENER_TUNNEL, ListenerKey, POD_NETNS_COOKIE, SockAddr, maps,
 };
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hawser"));
+static STEER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hawser-steer"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
@@ -43,9 +51,7 @@ const SK_LOOKUP: &str = "hawser_sk_lookup";
 /// The loaded programs and the maps the daemon writes.
 pub struct Dataplane {
     pin_dir: PathBuf,
-    ebpf: Mutex<Ebpf>,
     enrolled_netns: Mutex<HashMap<MapData, u64, Enrollment>>,
-    enrolled_addrs: Mutex<HashMap<MapData, PodAddr, Enrollment>>,
     listeners: Mutex<SockHash<MapData, ListenerKey>>,
     orig_by_client: Mutex<HashMap<MapData, ConnKey, SockAddr>>,
     deliveries: Mutex<HashMap<MapData, DeliveryKey, u8>>,
@@ -75,7 +81,10 @@ impl Dataplane {
             .default_map_pin_directory(pin_dir.join("maps"))
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs (needs CAP_BPF and CAP_NET_ADMIN, or root)")?;
-        start_ebpf_logger(&mut ebpf);
+        // Exempt before attaching: the hooks must never capture the daemon itself. (The
+        // map stays open until the programs that use it are loaded.)
+        let mut daemon_cgroups = HashMap::try_from(take_map(&mut ebpf, maps::DAEMON_CGROUPS)?)?;
+        exempt_own_cgroup(&mut daemon_cgroups)?;
 
         let cgroup_fd = std::fs::File::open(cgroup)
             .with_context(|| format!("open cgroup {}", cgroup.display()))?;
@@ -83,85 +92,70 @@ impl Dataplane {
             let link = attach_to_cgroup(&mut ebpf, name, &cgroup_fd)?;
             replace_pin(link, &pin_dir.join("links").join(name))?;
         }
-        let sk_lookup: &mut SkLookup = program(&mut ebpf, SK_LOOKUP)?.try_into()?;
-        sk_lookup.load().context("load sk_lookup")?;
-
+        drop(daemon_cgroups);
         let enrolled_netns = HashMap::try_from(take_map(&mut ebpf, maps::ENROLLED_NETNS)?)?;
-        let enrolled_addrs = HashMap::try_from(take_map(&mut ebpf, maps::ENROLLED_ADDRS)?)?;
-        let listeners = SockHash::try_from(take_map(&mut ebpf, maps::LISTENERS)?)?;
         let orig_by_client = HashMap::try_from(take_map(&mut ebpf, maps::ORIG_BY_CLIENT)?)?;
-        let deliveries = HashMap::try_from(take_map(&mut ebpf, maps::DELIVERIES)?)?;
+        // The steering object's maps, opened (or created and pinned) without loading its
+        // program: each pod gets its own copy of the program (see `attach_steering`).
+        let mut steer = load_steer(pin_dir, 0)?;
+        let listeners = SockHash::try_from(take_map(&mut steer, maps::LISTENERS)?)?;
+        let deliveries = HashMap::try_from(take_map(&mut steer, maps::DELIVERIES)?)?;
         tracing::info!(pin_dir = %pin_dir.display(), cgroup = %cgroup.display(), "eBPF programs attached");
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
-            ebpf: Mutex::new(ebpf),
             enrolled_netns: Mutex::new(enrolled_netns),
-            enrolled_addrs: Mutex::new(enrolled_addrs),
             listeners: Mutex::new(listeners),
             orig_by_client: Mutex::new(orig_by_client),
             deliveries: Mutex::new(deliveries),
         })
     }
 
-    /// Steers the pod's outbound connects (by netns) and inbound connections (by address).
-    pub fn enroll(&self, netns_cookie: u64, pod_ip: IpAddr) -> Result<()> {
+    /// Captures the pod's outbound connects (by its netns).
+    pub fn enroll(&self, netns_cookie: u64) -> Result<()> {
         let value = Enrollment { flags: ENROLLED };
         self.enrolled_netns
             .lock()
             .unwrap()
             .insert(netns_cookie, value, 0)?;
-        self.enrolled_addrs
-            .lock()
-            .unwrap()
-            .insert(pod_addr(pod_ip), value, 0)?;
         Ok(())
     }
 
-    /// Stops steering the pod. Missing entries are fine: un-enrollment is idempotent.
-    pub fn unenroll(&self, netns_cookie: u64, pod_ip: IpAddr) {
+    /// Stops capturing and steering the pod. Missing entries are fine: un-enrollment is
+    /// idempotent.
+    pub fn unenroll(&self, netns_cookie: u64) {
         let _ = self.enrolled_netns.lock().unwrap().remove(&netns_cookie);
-        let _ = self
-            .enrolled_addrs
-            .lock()
-            .unwrap()
-            .remove(&pod_addr(pod_ip));
+        self.detach_steering(netns_cookie);
         let mut listeners = self.listeners.lock().unwrap();
-        for kind in [
-            hawser_common::LISTENER_INBOUND,
-            hawser_common::LISTENER_TUNNEL,
-        ] {
-            let _ = listeners.remove(&ListenerKey {
-                pod: pod_addr(pod_ip),
-                kind,
-            });
+        for kind in [LISTENER_INBOUND, LISTENER_TUNNEL, LISTENER_OUTBOUND] {
+            let _ = listeners.remove(&listener_key(netns_cookie, kind));
         }
     }
 
-    /// Registers one of the pod's listeners for sk_lookup. The kernel drops the entry by
-    /// itself when the socket closes.
-    pub fn set_listener(&self, pod_ip: IpAddr, kind: u32, socket: &impl AsRawFd) -> Result<()> {
-        let key = ListenerKey {
-            pod: pod_addr(pod_ip),
-            kind,
-        };
-        self.listeners
-            .lock()
-            .unwrap()
-            .insert(key, socket.as_raw_fd(), 0)?;
+    /// Registers one of the pod's listeners for steering. The kernel drops the entry by
+    /// itself when the socket closes, so a dead daemon's pods are refused, not bypassed.
+    pub fn set_listener(&self, netns_cookie: u64, kind: u32, socket: &impl AsRawFd) -> Result<()> {
+        self.listeners.lock().unwrap().insert(
+            listener_key(netns_cookie, kind),
+            socket.as_raw_fd(),
+            0,
+        )?;
         Ok(())
     }
 
-    /// Attaches inbound steering to a pod's namespace, pinned per netns cookie.
-    pub fn attach_sk_lookup(&self, netns: &impl AsFd, netns_cookie: u64) -> Result<()> {
-        let mut ebpf = self.ebpf.lock().unwrap();
-        let prog: &mut SkLookup = program(&mut ebpf, SK_LOOKUP)?.try_into()?;
+    /// Attaches steering to a pod's namespace: a copy of the sk_lookup program that knows
+    /// the namespace's cookie, its link pinned per cookie. Until the pod's listeners are
+    /// registered, everything it would steer is refused.
+    pub fn attach_steering(&self, netns: &impl AsFd, netns_cookie: u64) -> Result<()> {
+        let mut steer = load_steer(&self.pin_dir, netns_cookie)?;
+        let prog: &mut SkLookup = program(&mut steer, SK_LOOKUP)?.try_into()?;
+        prog.load().context("load sk_lookup")?;
         let id = prog.attach(netns).context("attach sk_lookup")?;
         let link: FdLink = prog.take_link(id)?.into();
         replace_pin(link, &self.sk_lookup_pin(netns_cookie))
     }
 
-    /// Removes inbound steering from a pod's namespace.
-    pub fn detach_sk_lookup(&self, netns_cookie: u64) {
+    /// Removes steering from a pod's namespace.
+    pub fn detach_steering(&self, netns_cookie: u64) {
         let _ = std::fs::remove_file(self.sk_lookup_pin(netns_cookie));
     }
 
@@ -195,10 +189,13 @@ impl Dataplane {
             .remove(&delivery_key(client, app));
     }
 
-    /// Forgets pods enrolled by an earlier run that are not enrolled any more.
-    pub fn prune(&self, keep_netns: &[u64], keep_addrs: &[IpAddr]) -> Result<()> {
-        let mut netns = self.enrolled_netns.lock().unwrap();
-        let stale: Vec<u64> = netns
+    /// Releases pods enrolled by an earlier run that are no longer configured. Pods still
+    /// configured stay captured even when enrolling them failed: they stay closed.
+    pub fn prune(&self, keep_netns: &[u64]) {
+        let stale: Vec<u64> = self
+            .enrolled_netns
+            .lock()
+            .unwrap()
             .keys()
             .filter_map(|k| k.ok())
             .filter(|k| !keep_netns.contains(k))
@@ -206,22 +203,10 @@ impl Dataplane {
         for cookie in stale {
             tracing::info!(
                 netns_cookie = cookie,
-                "pruning a pod enrolled by an earlier run"
+                "releasing a pod enrolled by an earlier run and no longer configured"
             );
-            let _ = netns.remove(&cookie);
-            self.detach_sk_lookup(cookie);
+            self.unenroll(cookie);
         }
-        let keep: Vec<PodAddr> = keep_addrs.iter().map(|ip| pod_addr(*ip)).collect();
-        let mut addrs = self.enrolled_addrs.lock().unwrap();
-        let stale: Vec<PodAddr> = addrs
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !keep.contains(k))
-            .collect();
-        for addr in stale {
-            let _ = addrs.remove(&addr);
-        }
-        Ok(())
     }
 
     /// Whether the cgroup programs are still attached (their link pins exist), or what is
@@ -246,10 +231,6 @@ impl Dataplane {
             (
                 maps::ENROLLED_NETNS,
                 count(self.enrolled_netns.lock().unwrap().keys()),
-            ),
-            (
-                maps::ENROLLED_ADDRS,
-                count(self.enrolled_addrs.lock().unwrap().keys()),
             ),
             (
                 maps::LISTENERS,
@@ -387,34 +368,6 @@ fn replace_pin(link: FdLink, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Forwards the programs' aya-log records into our tracing output.
-fn start_ebpf_logger(ebpf: &mut Ebpf) {
-    let logger = match aya_log::EbpfLogger::init(ebpf) {
-        Ok(logger) => logger,
-        Err(e) => {
-            tracing::warn!("eBPF log forwarding unavailable: {e}");
-            return;
-        }
-    };
-    let readable = tokio::io::Interest::READABLE;
-    // SAFETY: the logger owns its fd and moves into the AsyncFd, so the fd stays open for
-    // as long as it is registered.
-    let Ok(mut fd) =
-        (unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, readable) })
-    else {
-        return;
-    };
-    tokio::spawn(async move {
-        loop {
-            let Ok(mut guard) = fd.readable_mut().await else {
-                return;
-            };
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
-        }
-    });
-}
-
 fn delivery_key(client: SocketAddr, app: SocketAddr) -> DeliveryKey {
     // sk_lookup sees the plain IPv4 form of v4-mapped addresses.
     let plain = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
@@ -424,12 +377,75 @@ fn delivery_key(client: SocketAddr, app: SocketAddr) -> DeliveryKey {
     }
 }
 
-fn pod_addr(ip: IpAddr) -> PodAddr {
-    let s = sock_addr(SocketAddr::new(ip, 0));
-    PodAddr {
-        addr: s.addr,
-        family: u32::from(s.family),
+fn listener_key(netns_cookie: u64, kind: u32) -> ListenerKey {
+    ListenerKey {
+        netns_cookie,
+        kind,
+        _pad: 0,
     }
+}
+
+/// Loads the steering object for one pod: its maps are the pinned ones, its global the
+/// pod's netns cookie. Its program is not loaded into the kernel yet.
+fn load_steer(pin_dir: &Path, netns_cookie: u64) -> Result<Ebpf> {
+    EbpfLoader::new()
+        .default_map_pin_directory(pin_dir.join("maps"))
+        .override_global(POD_NETNS_COOKIE, &netns_cookie, true)
+        .load(STEER_OBJECT)
+        .context("loading the steering object")
+}
+
+/// Records the daemon's cgroup as exempt from capture, and forgets earlier daemons'
+/// (cgroup ids are never reused, so a stale entry exempts nothing; this bounds the map).
+fn exempt_own_cgroup(cgroups: &mut HashMap<MapData, u64, u8>) -> Result<()> {
+    let own = own_cgroup_id()?;
+    let stale: Vec<u64> = cgroups
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|id| *id != own)
+        .collect();
+    for id in stale {
+        let _ = cgroups.remove(&id);
+    }
+    cgroups.insert(own, 1, 0)?;
+    tracing::debug!(
+        cgroup_id = own,
+        "the daemon's cgroup is exempt from capture"
+    );
+    Ok(())
+}
+
+/// The cgroup v2 id of this process's cgroup: the inode of its directory in cgroup2fs,
+/// which is what `bpf_get_current_cgroup_id` returns.
+fn own_cgroup_id() -> Result<u64> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").context("read /proc/self/cgroup")?;
+    let path = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .context("this process is in no cgroup v2 (no 0:: line in /proc/self/cgroup)")?;
+    let mounts =
+        std::fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?;
+    let dir = cgroup2_dir(&mounts, path).with_context(|| {
+        format!("cgroup {path} is under no mounted cgroup2 (mount -t cgroup2 none /sys/fs/cgroup)")
+    })?;
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(&dir)
+        .with_context(|| format!("stat {}", dir.display()))?
+        .ino())
+}
+
+/// Where cgroup `path` (as /proc/self/cgroup names it) is in this mount namespace.
+fn cgroup2_dir(mountinfo: &str, path: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        if fs.split_whitespace().next() != Some("cgroup2") {
+            return None;
+        }
+        let fields: Vec<&str> = mount.split_whitespace().collect();
+        let (root, point) = (fields.get(3)?, fields.get(4)?);
+        let rest = path.strip_prefix(root.trim_end_matches('/'))?;
+        Some(Path::new(point).join(rest.trim_start_matches('/')))
+    })
 }
 
 fn sock_addr(addr: SocketAddr) -> SockAddr {
@@ -477,6 +493,28 @@ mod tests {
         // The kernel's view: IPv4 in network byte order in the first word.
         let s = sock_addr("1.2.3.4:5".parse().unwrap());
         assert_eq!(s.addr[0].to_ne_bytes(), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn the_own_cgroup_is_found_under_the_cgroup2_mount() {
+        let mountinfo = "\
+22 1 0:21 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs rw
+30 22 0:26 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            cgroup2_dir(mountinfo, "/kubepods/pod1"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified/kubepods/pod1"))
+        );
+        // In a cgroup namespace (a DaemonSet pod): the mount's root is the pod's cgroup.
+        let namespaced = "40 22 0:26 /kubepods/hawser /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_dir(namespaced, "/kubepods/hawser"),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(
+            cgroup2_dir("22 1 0:21 / /sys rw - sysfs sysfs rw\n", "/"),
+            None
+        );
     }
 
     #[test]

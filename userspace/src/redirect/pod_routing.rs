@@ -8,7 +8,8 @@
 //! - `net.ipv4.tcp_fwmark_accept=1`: the app's accepted socket inherits the mark of the
 //!   SYN that opened it (the daemon's mark);
 //! - `ip rule fwmark MARK_DELIVER lookup MARK_DELIVER` with `local 0.0.0.0/0 dev lo` in that
-//!   table: marked packets are delivered locally.
+//!   table: marked packets are delivered locally; the same for IPv6 (`local ::/0`) where
+//!   the pod has IPv6 (without it, IPv6 deliveries fail: refused, never bypassed).
 //!
 //! Everything here runs on the pod's netns worker thread (see `netns`).
 
@@ -39,29 +40,62 @@ pub fn install() -> io::Result<()> {
     std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1")
         .map_err(|e| io::Error::new(e.kind(), format!("set net.ipv4.tcp_fwmark_accept: {e}")))?;
     let mut nl = Netlink::connect()?;
-    ignore_exists(nl.request(
-        RouteNetlinkMessage::NewRule(rule()),
-        NLM_F_CREATE | NLM_F_EXCL,
-    ))?;
-    ignore_exists(nl.request(
-        RouteNetlinkMessage::NewRoute(local_route()),
-        NLM_F_CREATE | NLM_F_EXCL,
-    ))?;
+    let create = NLM_F_CREATE | NLM_F_EXCL;
+    for msg in messages(AddressFamily::Inet, &[LOOPBACK_IFINDEX]) {
+        ignore_exists(nl.request(msg, create))?;
+    }
+    let ipv6 = interfaces().and_then(|devices| {
+        messages(AddressFamily::Inet6, &devices)
+            .try_for_each(|msg| ignore_exists(nl.request(msg, create)))
+    });
+    if let Err(e) = ipv6 {
+        tracing::debug!("no IPv6 delivery routes in this pod: {e}");
+    }
     Ok(())
 }
 
 /// Undoes `install` where the namespace still exists; missing pieces are fine.
 pub fn remove() -> io::Result<()> {
     let mut nl = Netlink::connect()?;
-    ignore_missing(nl.request(RouteNetlinkMessage::DelRule(rule()), 0))?;
-    ignore_missing(nl.request(RouteNetlinkMessage::DelRoute(local_route()), 0))?;
+    let delete = |msg| match msg {
+        RouteNetlinkMessage::NewRule(rule) => RouteNetlinkMessage::DelRule(rule),
+        RouteNetlinkMessage::NewRoute(route) => RouteNetlinkMessage::DelRoute(route),
+        other => other,
+    };
+    for msg in messages(AddressFamily::Inet, &[LOOPBACK_IFINDEX]) {
+        ignore_missing(nl.request(delete(msg), 0))?;
+    }
+    for msg in messages(AddressFamily::Inet6, &interfaces().unwrap_or_default()) {
+        let _ = ignore_missing(nl.request(delete(msg), 0));
+    }
     Ok(())
 }
 
-fn rule() -> RuleMessage {
+/// The rule and the local routes of one family. IPv6 needs one route per device: the
+/// reply to a link-local client is routed with its device as the output interface, which
+/// only a route through that device matches.
+fn messages(family: AddressFamily, devices: &[u32]) -> impl Iterator<Item = RouteNetlinkMessage> {
+    let rule = RouteNetlinkMessage::NewRule(rule(family));
+    let routes = devices
+        .iter()
+        .map(move |dev| RouteNetlinkMessage::NewRoute(local_route(family, *dev)));
+    std::iter::once(rule).chain(routes)
+}
+
+/// The devices of the current network namespace, loopback first.
+fn interfaces() -> io::Result<Vec<u32>> {
+    let mut devices: Vec<u32> = nix::net::if_::if_nameindex()?
+        .iter()
+        .map(|i| i.index())
+        .collect();
+    devices.sort_by_key(|i| *i != LOOPBACK_IFINDEX);
+    Ok(devices)
+}
+
+fn rule(family: AddressFamily) -> RuleMessage {
     let mut msg = RuleMessage::default();
     msg.header = RuleHeader {
-        family: AddressFamily::Inet,
+        family,
         action: RuleAction::ToTable,
         ..Default::default()
     };
@@ -74,20 +108,26 @@ fn rule() -> RuleMessage {
     msg
 }
 
-fn local_route() -> RouteMessage {
+fn local_route(family: AddressFamily, device: u32) -> RouteMessage {
     let mut msg = RouteMessage::default();
     msg.header = RouteHeader {
-        address_family: AddressFamily::Inet,
+        address_family: family,
         destination_prefix_length: 0,
         protocol: RouteProtocol::Static,
         scope: RouteScope::Host,
         kind: RouteType::Local,
         ..Default::default()
     };
+    let any = match family {
+        AddressFamily::Inet6 => RouteAddress::Inet6(std::net::Ipv6Addr::UNSPECIFIED),
+        _ => RouteAddress::Inet(std::net::Ipv4Addr::UNSPECIFIED),
+    };
     msg.attributes = vec![
         RouteAttribute::Table(TABLE),
-        RouteAttribute::Destination(RouteAddress::Inet(std::net::Ipv4Addr::UNSPECIFIED)),
-        RouteAttribute::Oif(LOOPBACK_IFINDEX),
+        RouteAttribute::Destination(any),
+        RouteAttribute::Oif(device),
+        // IPv6 keeps routes to one prefix apart by metric.
+        RouteAttribute::Priority(1024 + device),
     ];
     msg
 }
@@ -179,28 +219,38 @@ mod tests {
     #[test]
     fn install_is_idempotent_and_remove_undoes_it() {
         let Some((rules, routes, after)) = in_new_netns(|| {
+            // As in a pod: IPv6 routes need the device up.
+            ip(&["link", "set", "lo", "up"]);
             install().unwrap();
             install().unwrap();
             let state = (
-                ip(&["rule"]),
-                ip(&["route", "show", "table", &TABLE.to_string()]),
+                ip(&["rule"]) + &ip(&["-6", "rule"]),
+                ip(&["route", "show", "table", &TABLE.to_string()])
+                    + &ip(&["-6", "route", "show", "table", &TABLE.to_string()]),
             );
             remove().unwrap();
             remove().unwrap();
             (
                 state.0,
                 state.1,
-                ip(&["rule"]) + &ip(&["route", "show", "table", &TABLE.to_string()]),
+                ip(&["rule"])
+                    + &ip(&["-6", "rule"])
+                    + &ip(&["route", "show", "table", &TABLE.to_string()])
+                    + &ip(&["-6", "route", "show", "table", &TABLE.to_string()]),
             )
         }) else {
             return;
         };
         assert_eq!(
             rules.matches("fwmark 0x4857 lookup 18519").count(),
-            1,
-            "{rules}"
+            2,
+            "one rule per family: {rules}"
         );
-        assert!(routes.contains("local default dev lo"), "{routes}");
+        assert_eq!(
+            routes.matches("local default dev lo").count(),
+            2,
+            "{routes}"
+        );
         assert!(!after.contains("18519"), "{after}");
     }
 }

@@ -51,6 +51,19 @@ pub struct TrustBundle {
     pub revoked_identities: Vec<String>,
 }
 
+impl TrustBundle {
+    /// Refuses a revoked certificate serial or identity.
+    pub fn check_revoked(&self, serial: Option<&str>, identity: &str) -> Result<()> {
+        if let Some(serial) = serial.filter(|s| self.revoked_serials.iter().any(|r| r == s)) {
+            bail!("the peer certificate (serial {serial}) is revoked");
+        }
+        if self.revoked_identities.iter().any(|r| r == identity) {
+            bail!("the peer identity {identity} is revoked");
+        }
+        Ok(())
+    }
+}
+
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl CaClient {

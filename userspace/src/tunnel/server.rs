@@ -1,6 +1,9 @@
 //! The server end: a pod's 15008 listener, in front of the pod's apps.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use anyhow::{Context, Result, bail};
 use hawser_common::{INBOUND_PORT, OUTBOUND_PORT, TUNNEL_PORT};
@@ -43,8 +46,9 @@ pub(crate) async fn handshake(
 }
 
 /// Handshake (client certificate required), identity and revocation checks, preamble,
-/// then the session goes to the kernel where it can.
-pub async fn accept(pod: &PodContext, conn: TcpStream) -> Result<Accepted> {
+/// then the session goes to the kernel where it can. The app is reached at the address the
+/// client dialed, with the port the preamble names.
+pub async fn accept(pod: &PodContext, conn: TcpStream, dialed: IpAddr) -> Result<Accepted> {
     let (svid, bundle) = pod.credentials()?;
     let offload = &pod.shared.offload;
     let config = pod
@@ -72,6 +76,6 @@ pub async fn accept(pod: &PodContext, conn: TcpStream) -> Result<Accepted> {
         stream,
         client,
         certificate,
-        dst: SocketAddr::new(pod.workload.pod_ip, preamble.port),
+        dst: SocketAddr::new(dialed, preamble.port),
     })
 }

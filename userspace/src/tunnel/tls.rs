@@ -55,12 +55,7 @@ pub fn peer_identity(leaf: &CertificateDer<'_>, bundle: &TrustBundle) -> Result<
             info.uri_sans.len()
         );
     };
-    if bundle.revoked_serials.contains(&info.serial) {
-        bail!("the peer certificate (serial {}) is revoked", info.serial);
-    }
-    if bundle.revoked_identities.contains(uri) {
-        bail!("the peer identity {uri} is revoked");
-    }
+    bundle.check_revoked(Some(&info.serial), uri)?;
     uri.parse().map_err(|e: String| anyhow!(e))
 }
 

@@ -141,10 +141,9 @@ pub(crate) fn assemble(
     let mut first_seen: BTreeMap<String, String> = BTreeMap::new();
     for (doc, file, line) in found {
         let keys = match &doc {
-            Document::Workload(w) => vec![
-                format!("workload {}", w.key()),
-                format!("pod IP {}", w.pod_ip),
-            ],
+            Document::Workload(w) => std::iter::once(format!("workload {}", w.key()))
+                .chain(w.ips.iter().map(|ip| format!("pod IP {ip}")))
+                .collect(),
             Document::PeerAuthentication(p) => vec![format!(
                 "PeerAuthentication {}/{}",
                 p.scope.namespace, p.name
@@ -364,6 +363,9 @@ struct WorkloadSpec {
     service_account: String,
     #[serde(rename = "podIP")]
     pod_ip: IpAddr,
+    /// More addresses (a dual-stack pod's other family), as Kubernetes' `podIPs`.
+    #[serde(default, rename = "podIPs")]
+    pod_ips: Vec<IpAddr>,
     node_name: String,
     /// Omitted: the CNI plugin hands it over when the pod's sandbox is created.
     netns: Option<PathBuf>,
@@ -393,7 +395,9 @@ impl WorkloadDoc {
             name: metadata.name,
             namespace: metadata.namespace,
             service_account: spec.service_account,
-            pod_ip: spec.pod_ip,
+            ips: std::iter::once(spec.pod_ip)
+                .chain(spec.pod_ips.into_iter().filter(|ip| *ip != spec.pod_ip))
+                .collect(),
             node_name: spec.node_name,
             netns: spec.netns,
             labels: metadata.labels,

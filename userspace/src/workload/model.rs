@@ -14,7 +14,9 @@ pub struct Workload {
     pub name: String,
     pub namespace: String,
     pub service_account: String,
-    pub pod_ip: IpAddr,
+    /// The pod's addresses, one per family (Kubernetes' `podIPs`). Empty while unknown: a
+    /// new pod's addresses come with its CNI hand-off, before the API server has them.
+    pub ips: Vec<IpAddr>,
     pub node_name: String,
     /// The pod's network namespace (e.g. `/run/netns/<name>` or `/proc/<pid>/ns/net`);
     /// None until the CNI plugin hands it over.
@@ -26,6 +28,27 @@ impl Workload {
     /// `namespace/name`, unique within a registry.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The pod's address of the family of `other`, if it has one.
+    pub fn ip_like(&self, other: IpAddr) -> Option<IpAddr> {
+        self.ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == other.is_ipv4())
+    }
+
+    /// The addresses for people: `10.1.0.2,fd00::2`, or `-` while unknown.
+    pub fn ips_text(&self) -> String {
+        match self.ips.is_empty() {
+            true => "-".into(),
+            false => self
+                .ips
+                .iter()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        }
     }
 
     /// The SPIFFE ID this workload runs as.
@@ -91,7 +114,7 @@ impl Registry {
 
     /// The workload that owns `ip`, if any.
     pub fn by_ip(&self, ip: IpAddr) -> Option<&Workload> {
-        self.workloads.values().find(|w| w.pod_ip == ip)
+        self.workloads.values().find(|w| w.ips.contains(&ip))
     }
 }
 
@@ -103,7 +126,7 @@ pub fn test_workload(namespace: &str, app: &str) -> Workload {
         name: app.into(),
         namespace: namespace.into(),
         service_account: app.into(),
-        pod_ip: "10.0.0.2".parse().unwrap(),
+        ips: vec!["10.0.0.2".parse().unwrap()],
         node_name: "n".into(),
         netns: Some("/x".into()),
         labels: [("app".to_string(), app.to_string())].into(),

@@ -15,7 +15,7 @@ fn client(name: &str) -> Workload {
         name: name.into(),
         namespace: "default".into(),
         service_account: name.into(),
-        pod_ip: "10.0.0.9".parse().unwrap(),
+        ips: vec!["10.0.0.9".parse().unwrap()],
         node_name: "n".into(),
         netns: Some("/proc/1/ns/net".into()),
         labels: BTreeMap::from([("app".to_string(), name.to_string())]),

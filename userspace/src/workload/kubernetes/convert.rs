@@ -88,12 +88,14 @@ fn opted_in(labels: &Option<BTreeMap<String, String>>) -> bool {
         .any(|(k, v)| labels.and_then(|l| l.get(*k)).is_some_and(|x| x == v))
 }
 
-/// A running (or starting) pod with an address, in the mesh by its namespace or its own
-/// label, on the pod network (host-network pods share the node's namespace: never
-/// enrolled). Its network namespace comes from the CNI hand-off.
+/// A running (or starting) pod scheduled to a node, in the mesh by its namespace or its
+/// own label, on the pod network (host-network pods share the node's namespace: never
+/// enrolled). Its network namespace, and its addresses while the API server has none
+/// yet, come from the CNI hand-off: a new pod is enrolled before its first packet.
 fn workload(pod: &Pod, meshed: &BTreeMap<&str, bool>) -> Option<Workload> {
     let meta = &pod.metadata;
-    let (spec, status) = (pod.spec.as_ref()?, pod.status.as_ref()?);
+    let spec = pod.spec.as_ref()?;
+    let status = pod.status.clone().unwrap_or_default();
     let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
     let labels = meta.labels.clone().unwrap_or_default();
     let opted_out = labels.get(OPT_OUT.0).is_some_and(|v| v == OPT_OUT.1);
@@ -109,11 +111,25 @@ fn workload(pod: &Pod, meshed: &BTreeMap<&str, bool>) -> Option<Workload> {
             .service_account_name
             .clone()
             .unwrap_or_else(|| "default".into()),
-        pod_ip: status.pod_ip.as_deref()?.parse().ok()?,
+        ips: addresses(&status),
         node_name: spec.node_name.clone()?,
         netns: None,
         labels,
     })
+}
+
+/// `status.podIPs` (one per family), else `status.podIP`; unparsable ones are skipped.
+fn addresses(status: &k8s_openapi::api::core::v1::PodStatus) -> Vec<std::net::IpAddr> {
+    let listed = status.pod_ips.iter().flatten().map(|p| p.ip.as_str());
+    let ips: Vec<_> = listed.filter_map(|ip| ip.parse().ok()).collect();
+    match ips.is_empty() {
+        true => status
+            .pod_ip
+            .iter()
+            .filter_map(|ip| ip.parse().ok())
+            .collect(),
+        false => ips,
+    }
 }
 
 /// What the YAML parser expects of an object: the API's additions (status, managed

@@ -41,7 +41,7 @@ fn parses_a_workload_with_all_fields() {
         w.spiffe_id("cluster.local"),
         "spiffe://cluster.local/ns/shop/sa/sa-a"
     );
-    assert_eq!(w.pod_ip.to_string(), "10.0.1.2");
+    assert_eq!(w.ips_text(), "10.0.1.2");
     assert_eq!(w.netns.as_deref(), Some(Path::new("/run/netns/pod-a")));
     assert_eq!(w.labels["app"], "a");
 }

@@ -1,0 +1,391 @@
+//! End-to-end, as a hostile pod: no way around the mesh. Each test is one attack on the
+//! capture (a socket mark, ports squatted across a restart, addresses other than the
+//! declared one, a borrowed IP), proven to fail by what crosses the node link and what
+//! the app receives, never by a connection failing.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use hawser_testbed::{
+    Pod, Testbed, can_run,
+    mesh::Mesh,
+    peers::{Capture, Nginx, curl, echo_server, wait_until},
+    write_atomically,
+};
+
+const A: &str = "spiffe://cluster.local/ns/default/sa/a";
+
+/// Sends `text` to `dst` from `pod` with socat and returns what came back.
+fn socat_echo(pod: &Pod, dst: &str, text: &str) -> Result<String> {
+    let script = format!("printf %s '{text}' | socat -t 3 -T 5 - TCP:{dst}");
+    let out = pod.run(&["sh", "-c", &script])?;
+    ensure!(
+        out.status.success(),
+        "socat to {dst}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Runs as nobody with CAP_NET_RAW only, what a container runtime grants by default.
+const NOBODY_WITH_NET_RAW: [&str; 8] = [
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all,+net_raw",
+    "--ambient-caps=-all,+net_raw",
+    "--bounding-set=-all,+net_raw",
+    "--",
+];
+
+/// A client that marks its socket before connecting (socat sets its options after),
+/// sends its argument and prints the echo. Debian's python3, readable by nobody.
+const MARKED_CLIENT: &str = "
+import socket, sys
+host, port, mark, text = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+s.settimeout(10)
+s.connect((host, port))
+s.sendall(text.encode())
+s.shutdown(socket.SHUT_WR)
+echo = b''
+while chunk := s.recv(4096):
+    echo += chunk
+sys.stdout.write(echo.decode())
+";
+
+#[test]
+fn a_socket_mark_does_not_exempt_a_pod_from_capture() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let m = Mesh::new()?;
+    let _echo = echo_server(&m.b, 7000)?;
+    let dst = format!("{}:7000", m.b.ip);
+    // The marks the daemon's own sockets used to carry, and Istio's, as nobody with
+    // CAP_NET_RAW (SO_MARK needs no more since Linux 5.17) and as root.
+    let mut sent = 0;
+    for mark in [0x4856u32, 0x4857, 1337] {
+        for wrapper in [&NOBODY_WITH_NET_RAW[..], &[]] {
+            let capture = Capture::start(&m.bed, &m.node1, &m.link)?;
+            let marker = format!("MARKED-{mark:x}-{}-BYPASS", wrapper.len());
+            let mut argv: Vec<&str> = wrapper.to_vec();
+            let mark = mark.to_string();
+            argv.extend([
+                "/usr/bin/python3",
+                "-c",
+                MARKED_CLIENT,
+                &m.b.ip,
+                "7000",
+                &mark,
+                &marker,
+            ]);
+            let out = m.a.run(&argv)?;
+            ensure!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(String::from_utf8(out.stdout)?, marker, "the echo came back");
+            let tunnel = format!("{}.15008 > {}", m.b.ip, m.a.ip);
+            let wire = capture.stop_once("the tunnel on the wire", |wire| {
+                wire.lines()
+                    .any(|l| l.contains(&tunnel) && l.contains("[F"))
+            })?;
+            assert!(!wire.contains(&marker), "plaintext on the link:\n{wire}");
+            assert!(
+                !wire.contains(&format!("{}.7000", m.b.ip)),
+                "a direct connection to port 7000 crossed the link:\n{wire}"
+            );
+            sent += 1;
+            let outbound = [
+                "connection closed",
+                "direction=\"outbound\"",
+                "pod=default/a",
+                "security=\"mtls\"",
+                &format!("dst={dst}"),
+            ];
+            wait_until(Duration::from_secs(5), "the outbound record", || {
+                m.d1.lines_with(&outbound).len() == sent
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// A squatter in `pod` on `listen` (a socat address) writing what it receives to a file.
+struct Squatter {
+    _proc: hawser_testbed::Proc,
+    file: std::path::PathBuf,
+}
+
+impl Squatter {
+    fn start(bed: &Testbed, pod: &Pod, name: &str, listen: &str) -> Result<Self> {
+        let file = bed.dir().join(format!("squat-{name}"));
+        std::fs::write(&file, "")?;
+        let sink = format!("OPEN:{},append", file.display());
+        let proc = pod.spawn(&["socat", "-u", &format!("{listen},reuseaddr,fork"), &sink])?;
+        let port = listen
+            .split(['-', ':', ','])
+            .find_map(|p| p.parse::<u16>().ok())
+            .context("port")?;
+        wait_until(Duration::from_secs(10), "the squatter to listen", || {
+            let ss = pod
+                .run(&["ss", "-ltn"])
+                .map(|o| o.stdout)
+                .unwrap_or_default();
+            String::from_utf8_lossy(&ss).contains(&format!(":{port} "))
+        })?;
+        Ok(Self { _proc: proc, file })
+    }
+
+    fn received(&self) -> String {
+        std::fs::read_to_string(&self.file).unwrap_or_default()
+    }
+}
+
+#[test]
+fn ports_squatted_while_the_daemon_is_down_receive_nothing_and_do_not_stop_enrollment() -> Result<()>
+{
+    if !can_run() {
+        return Ok(());
+    }
+    let mut m = Mesh::new()?;
+    let c = m.bed.pod(&m.node1, "c")?; // not enrolled: a client from the network
+    let _echo = echo_server(&m.b, 7000)?;
+    let to_b = format!("{}:7000", m.b.ip);
+    assert_eq!(socat_echo(&m.a, &to_b, "before")?, "before");
+
+    m.d1.stop()?;
+    let squatters = [
+        Squatter::start(&m.bed, &m.a, "outbound", "TCP4-LISTEN:15001,bind=127.0.0.1")?,
+        Squatter::start(&m.bed, &m.a, "inbound", "TCP4-LISTEN:15006")?,
+        Squatter::start(&m.bed, &m.a, "tunnel", "TCP6-LISTEN:15008,ipv6only=0")?,
+        Squatter::start(&m.bed, &m.a, "app", "TCP4-LISTEN:8080")?,
+    ];
+    // While the daemon is down: a's connects and connections to a are refused, and the
+    // squatters get none of them.
+    assert!(socat_echo(&m.a, &to_b, "SQUAT-DOWN-OUT").is_err());
+    for port in [15006, 15008, 8080] {
+        let dst = format!("{}:{port}", m.a.ip);
+        assert!(socat_echo(&c, &dst, "SQUAT-DOWN-IN").is_err());
+    }
+    for s in &squatters {
+        assert_eq!(s.received(), "", "{}", s.file.display());
+    }
+
+    // The restarted daemon enrolls a although every well-known port is taken, and a's
+    // traffic goes through it again, in mTLS on the link.
+    m.d1.restart()?;
+    m.d1.wait_for("a enrolled", Duration::from_secs(10), |log| {
+        log.matches("pod enrolled").count() >= 2
+    })?;
+    assert!(!m.d1.log().contains("enrollment failed"), "{}", m.d1.log());
+    let capture = Capture::start(&m.bed, &m.node1, &m.link)?;
+    assert_eq!(socat_echo(&m.a, &to_b, "SQUAT-UP-OUT")?, "SQUAT-UP-OUT");
+    let tunnel = format!("{}.15008 > {}", m.b.ip, m.a.ip);
+    let wire = capture.stop_once("the tunnel on the wire", |wire| {
+        wire.lines()
+            .any(|l| l.contains(&tunnel) && l.contains("[F"))
+    })?;
+    assert!(!wire.contains("SQUAT-UP-OUT"), "plaintext on the link");
+    // From the network, the squatted ports reach the daemon, which refuses (nothing is
+    // delivered to the daemon's own ports) or delivers to the app port 8080.
+    for port in [15006, 15008] {
+        let dst = format!("{}:{port}", m.a.ip);
+        let _ = socat_echo(&c, &dst, "SQUAT-UP-IN");
+    }
+    let _ = socat_echo(&c, &format!("{}:8080", m.a.ip), "SQUAT-UP-APP");
+    wait_until(Duration::from_secs(5), "the inbound records", || {
+        m.d1.lines_with(&["direction=\"inbound\"", "pod=default/a"])
+            .len()
+            >= 2
+    })?;
+    for s in &squatters[..3] {
+        assert_eq!(s.received(), "", "{}", s.file.display());
+    }
+    wait_until(Duration::from_secs(5), "the app's bytes", || {
+        squatters[3].received() == "SQUAT-UP-APP"
+    })?;
+    Ok(())
+}
+
+/// Waits until `pod`'s IPv6 addresses are usable (duplicate address detection is done).
+fn ipv6_ready(pod: &Pod) -> Result<()> {
+    wait_until(Duration::from_secs(10), "IPv6 DAD", || {
+        let out = pod.run(&["ip", "-6", "addr"]).map(|o| o.stdout);
+        out.is_ok_and(|o| !String::from_utf8_lossy(&o).contains("tentative"))
+    })
+}
+
+fn link_local(pod: &Pod) -> Result<String> {
+    let out = pod.run(&[
+        "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
+    ])?;
+    let text = String::from_utf8(out.stdout)?;
+    let addr = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .context("no link-local address")?;
+    Ok(addr.split('/').next().unwrap_or(addr).to_string())
+}
+
+fn ip(pod: &Pod, args: &[&str]) -> Result<()> {
+    let mut argv = vec!["ip"];
+    argv.extend(args);
+    let out = pod.run(&argv)?;
+    ensure!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn every_address_of_an_enrolled_pod_is_steered() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let bed = Testbed::new()?;
+    let node = bed.node("node1", 1)?;
+    let b = bed.pod(&node, "b")?;
+    let c = bed.pod(&node, "c")?; // not enrolled
+    ip(&b, &["addr", "add", "fd00:1::3/64", "dev", "eth0", "nodad"])?;
+    ip(&b, &["addr", "add", "10.1.0.203/24", "dev", "eth0"])?;
+    ip(&c, &["addr", "add", "fd00:1::4/64", "dev", "eth0", "nodad"])?;
+    ipv6_ready(&b)?;
+    ipv6_ready(&c)?;
+    let nginx = Nginx::start(&bed, &b)?;
+    bed.enroll(&[&b])?;
+    let daemon = bed.start_daemon(&node)?;
+    let b_link_local = link_local(&b)?;
+    let c_link_local = link_local(&c)?;
+    let urls = [
+        ("http://[fd00:1::3]/hello.txt".to_string(), "fd00:1::4"),
+        ("http://10.1.0.203/hello.txt".to_string(), c.ip.as_str()),
+        (
+            format!("http://[{b_link_local}%25eth0]/hello.txt"),
+            c_link_local.as_str(),
+        ),
+    ];
+    // PERMISSIVE: every address reaches the app through the daemon, with the client's own
+    // address (IPv6 delivered as IPv6).
+    for (i, (url, client)) in urls.iter().enumerate() {
+        assert_eq!(curl(&c, url)?, nginx.body, "{url}");
+        wait_until(Duration::from_secs(5), "the inbound record", || {
+            daemon
+                .lines_with(&[
+                    "connection closed",
+                    "direction=\"inbound\"",
+                    "pod=default/b",
+                ])
+                .len()
+                > i
+        })?;
+        assert_eq!(nginx.clients().last().map(String::as_str), Some(*client));
+    }
+    // STRICT: none of them reaches the app.
+    write_atomically(
+        &bed.config_dir().join("policy.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+         metadata: {name: strict, namespace: default}\nspec: {mtls: {mode: STRICT}}\n",
+    )?;
+    daemon.wait_for("the policy", Duration::from_secs(10), |log| {
+        log.contains("workload configuration reloaded")
+    })?;
+    let served = nginx.requests().len();
+    for (url, _) in &urls {
+        assert!(curl(&c, url).is_err(), "{url} admitted under STRICT");
+    }
+    wait_until(Duration::from_secs(5), "the refusals", || {
+        daemon
+            .lines_with(&["connection refused", "PeerAuthentication STRICT"])
+            .len()
+            >= urls.len()
+    })?;
+    assert_eq!(nginx.requests().len(), served, "the app saw nothing more");
+    Ok(())
+}
+
+#[test]
+fn a_borrowed_pod_ip_carries_no_identity_and_revocation_reaches_same_node_callers() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let bed = Testbed::new()?;
+    let node = bed.node("node1", 1)?;
+    let a = bed.pod(&node, "a")?;
+    let c = bed.pod(&node, "c")?;
+    let evil = bed.pod(&node, "evil")?; // not enrolled
+    let nginx = Nginx::start(&bed, &c)?;
+    bed.enroll(&[&a, &c])?;
+    write_atomically(
+        &bed.config_dir().join("policy.yaml"),
+        &format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+             metadata: {{name: strict, namespace: default}}\nspec: {{mtls: {{mode: STRICT}}}}\n---\n\
+             apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {{name: c, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: c}}}}\n\
+             \x20 rules:\n  - from: [{{source: {{principals: [\"{}\"]}}}}]\n",
+            A.trim_start_matches("spiffe://")
+        ),
+    )?;
+    let (_ca, daemon, ca) = bed.start_daemon_with_ca(&node)?;
+    daemon.wait_for("the SVIDs", Duration::from_secs(15), |log| {
+        log.matches("SVID issued").count() >= 2
+    })?;
+    let url = format!("http://{}/hello.txt", c.ip);
+    // a itself: its connection is the daemon's own, so it carries a's identity.
+    assert_eq!(curl(&a, &url)?, nginx.body);
+    daemon.wait_for("a's record", Duration::from_secs(5), |log| {
+        log.lines().any(|l| {
+            l.contains("connection closed")
+                && l.contains("direction=\"inbound\"")
+                && l.contains(&format!("src_identity=\"{A}\""))
+        })
+    })?;
+
+    // evil takes a's address while a is off the bridge.
+    ip(&a, &["link", "set", "eth0", "down"])?;
+    ip(&evil, &["addr", "flush", "dev", "eth0"])?;
+    ip(
+        &evil,
+        &["addr", "add", &format!("{}/24", a.ip), "dev", "eth0"],
+    )?;
+    ip(&c, &["neigh", "flush", "all"])?;
+    let served = nginx.requests().len();
+    assert!(
+        curl(&evil, &url).is_err(),
+        "the borrowed address was admitted"
+    );
+    daemon.wait_for("the refusal", Duration::from_secs(5), |log| {
+        log.lines().any(|l| {
+            l.contains("connection refused")
+                && l.contains(&format!("src={}:", a.ip))
+                && l.contains("src_identity=\"unknown\"")
+                && l.contains("policy:")
+        })
+    })?;
+    assert_eq!(nginx.requests().len(), served, "the app saw nothing");
+
+    // a back on the bridge, then revoked: its same-node calls are refused too.
+    ip(&evil, &["link", "set", "eth0", "down"])?;
+    ip(&a, &["link", "set", "eth0", "up"])?;
+    ip(&c, &["neigh", "flush", "all"])?;
+    assert_eq!(curl(&a, &url)?, nginx.body);
+    std::fs::write(&ca.revocations, format!("identities: [\"{A}\"]\n"))?;
+    wait_until(Duration::from_secs(10), "a refused", || {
+        curl(&a, &url).is_err()
+    })?;
+    daemon.wait_for("the revocation refusal", Duration::from_secs(5), |log| {
+        log.lines().any(|l| {
+            l.contains("connection refused")
+                && l.contains(&format!("the peer identity {A} is revoked"))
+        })
+    })?;
+    Ok(())
+}
