@@ -6,6 +6,7 @@
 //! the daemon's eBPF hooks see a pod's processes. Everything a `Testbed` made is removed
 //! when it is dropped, also when a test panics.
 
+pub mod fake_api;
 mod host;
 pub mod mesh;
 pub mod peers;
@@ -221,7 +222,7 @@ impl Testbed {
 
     /// Starts `hawser node` for `node` inside the node's namespace and cgroup, without a CA.
     pub fn start_daemon(&self, node: &Node) -> Result<Service> {
-        Service::node(self, node, None, &[])
+        Service::node(self, node, None, &[], &[])
     }
 
     /// Starts `hawser ca` in `node`'s namespace, then `hawser node` getting its
@@ -239,7 +240,7 @@ impl Testbed {
 
     /// Starts `hawser node` for `node`, with identities from `ca` when given.
     pub fn start_node(&self, node: &Node, ca: Option<&CaInfo>) -> Result<Service> {
-        Service::node(self, node, ca, &[])
+        Service::node(self, node, ca, &[], &[])
     }
 
     /// Starts `hawser node` for `node` with extra command-line arguments.
@@ -249,7 +250,21 @@ impl Testbed {
         ca: Option<&CaInfo>,
         extra: &[&str],
     ) -> Result<Service> {
-        Service::node(self, node, ca, extra)
+        Service::node(self, node, ca, extra, &[])
+    }
+
+    /// Starts `hawser node` for `node` with the API server of `kubeconfig` as its
+    /// workload source, taking CNI hand-offs on `cni_socket`.
+    pub fn start_node_in_cluster(
+        &self,
+        node: &Node,
+        kubeconfig: &Path,
+        cni_socket: &Path,
+    ) -> Result<Service> {
+        let socket = cni_socket.display().to_string();
+        let args = ["--workload-source", "kubernetes", "--cni-socket", &socket];
+        let env = [format!("KUBECONFIG={}", kubeconfig.display())];
+        Service::node(self, node, None, &args, &env)
     }
 
     /// Joins two nodes with a veth link and routes each node's pod subnet over it: the
@@ -348,6 +363,18 @@ impl Node {
     /// Starts a process in the node's namespace (not in a pod); killed when dropped.
     pub fn spawn(&self, argv: &[&str]) -> Result<Proc> {
         Proc::spawn(argv, &self.netns_path(), &self.cgroup)
+    }
+
+    /// A TCP listener on the node's loopback (e.g. for a fake API server its daemon
+    /// reaches), made on a thread that entered the node's namespace.
+    pub fn listen_on_loopback(&self) -> Result<std::net::TcpListener> {
+        let netns = std::fs::File::open(self.netns_path())?;
+        std::thread::spawn(move || -> Result<std::net::TcpListener> {
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the netns thread panicked"))?
     }
 
     /// Runs a command in the node's namespace to completion.

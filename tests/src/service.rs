@@ -45,6 +45,7 @@ impl Service {
         node: &Node,
         ca: Option<&CaInfo>,
         extra: &[&str],
+        env: &[String],
     ) -> Result<Self> {
         let mut args = vec![
             "node".to_string(),
@@ -78,6 +79,7 @@ impl Service {
         Self::start(
             bed,
             node,
+            env,
             args,
             &format!("hawser-{}.log", node.name),
             "node ready",
@@ -122,7 +124,7 @@ impl Service {
             "200".into(),
         ];
         Ok((
-            Self::start(bed, on, args, "hawser-ca.log", "CA serving")?,
+            Self::start(bed, on, &[], args, "hawser-ca.log", "CA serving")?,
             info,
         ))
     }
@@ -130,15 +132,14 @@ impl Service {
     fn start(
         bed: &Testbed,
         node: &Node,
+        env: &[String],
         args: Vec<String>,
         log: &str,
         ready: &'static str,
     ) -> Result<Self> {
-        let mut argv = vec![
-            "env".to_string(),
-            "HAWSER_LOG=info,hawser=debug".into(),
-            path(&hawser_bin()),
-        ];
+        let mut argv = vec!["env".to_string(), "HAWSER_LOG=info,hawser=debug".into()];
+        argv.extend(env.iter().cloned());
+        argv.push(path(&hawser_bin()));
         argv.extend(args);
         let mut service = Service {
             proc: None,
@@ -186,6 +187,11 @@ impl Service {
             proc.terminate()?;
         }
         Ok(())
+    }
+
+    /// SIGKILL, as a crash or an OOM kill does: nothing is closed cleanly.
+    pub fn kill(&mut self) {
+        drop(self.proc.take());
     }
 
     /// Everything the process logged so far.

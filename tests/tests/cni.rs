@@ -11,6 +11,7 @@ use std::{
 use anyhow::Result;
 use hawser_testbed::{
     Pod, Service, Testbed, can_run, cni_bin,
+    fake_api::FakeApi,
     peers::{Nginx, curl},
     write_atomically,
 };
@@ -162,5 +163,109 @@ fn the_cni_plugin_enrolls_and_releases_pods_and_survives_a_missing_daemon() -> R
     assert_eq!(error["code"], 100);
     assert!(error["msg"].as_str().unwrap().contains("failClosed"));
     assert!(cni("DEL", &c, &socket_arg, true)?.ok);
+    Ok(())
+}
+
+/// A Pod as the API server has it right after scheduling: no address yet.
+fn new_pod(pod: &Pod) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod.name, "namespace": "default", "labels": {"app": pod.name}},
+        "spec": {"nodeName": pod.node, "serviceAccountName": pod.name, "containers": []},
+        "status": {"phase": "Pending"}})
+}
+
+/// An API server whose default namespace is in the mesh, and nothing else yet.
+fn cluster() -> serde_json::Value {
+    let mut recorded = serde_json::json!({
+        "/api/v1/namespaces": [{"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "default", "labels": {"istio.io/dataplane-mode": "ambient"}}}],
+    });
+    for path in [
+        "/api/v1/pods",
+        "/api/v1/services",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "/apis/security.istio.io/v1/peerauthentications",
+        "/apis/security.istio.io/v1/authorizationpolicies",
+        "/apis/networking.istio.io/v1/serviceentries",
+        "/apis/networking.istio.io/v1/destinationrules",
+        "/apis/hawser.dev/v1alpha1/inboundports",
+    ] {
+        recorded[path] = serde_json::json!([]);
+    }
+    recorded
+}
+
+#[test]
+fn a_new_kubernetes_pod_is_captured_from_its_first_connection_and_waits_for_the_daemon()
+-> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let bed = Testbed::new()?;
+    let node = bed.node("node1", 1)?;
+    let (a, b, c) = (
+        bed.pod(&node, "a")?,
+        bed.pod(&node, "b")?, // not in the API: outside the mesh
+        bed.pod(&node, "c")?,
+    );
+    let nginx = Nginx::start(&bed, &b)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let _in_runtime = runtime.enter();
+    let api = FakeApi::new(&cluster());
+    let server = api.serve(node.listen_on_loopback()?)?;
+    let kubeconfig = bed.dir().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters: [{{name: fake, cluster: {{server: \"http://{server}\"}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n"
+        ),
+    )?;
+    let socket = bed.dir().join("run/cni.sock");
+    let socket_arg = socket.display().to_string();
+    let mut daemon = bed.start_node_in_cluster(&node, &kubeconfig, &socket)?;
+    let url = format!("http://{}/hello.txt", b.ip);
+
+    // The runtime creates a's sandbox while the API server has no address for it: ADD
+    // enrolls a from the CNI result's address and returns once capture is in place, so
+    // a's very first connection goes through the daemon.
+    api.event("/api/v1/pods", "ADDED", new_pod(&a));
+    let add = cni("ADD", &a, &socket_arg, true)?;
+    assert!(add.ok, "{}{}", add.stdout, add.stderr);
+    assert_eq!(curl(&a, &url)?, nginx.body);
+    daemon.wait_for(
+        "a's first connection relayed",
+        Duration::from_secs(5),
+        |_| relayed_from_a(&daemon) == 1,
+    )?;
+    assert_eq!(nginx.clients(), vec![a.ip.clone()]);
+    let workloads = node.hawser(&["workloads"])?;
+    assert!(workloads.contains(&a.ip), "{workloads}");
+
+    // A pod created while the daemon is down does not start (failClosed, as deploy/
+    // installs the plugin): ADD fails and the runtime retries until the daemon is back.
+    daemon.stop()?;
+    api.event("/api/v1/pods", "ADDED", new_pod(&c));
+    let refused = cni("ADD", &c, &socket_arg, true)?;
+    assert!(!refused.ok, "{}", refused.stdout);
+    daemon.restart()?;
+    let retried = cni("ADD", &c, &socket_arg, true)?;
+    assert!(retried.ok, "{}{}", retried.stdout, retried.stderr);
+    assert_eq!(curl(&c, &url)?, nginx.body);
+    daemon.wait_for(
+        "c's first connection relayed",
+        Duration::from_secs(5),
+        |_| {
+            !daemon
+                .lines_with(&[
+                    "direction=\"outbound\"",
+                    "pod=default/c",
+                    "connection closed",
+                ])
+                .is_empty()
+        },
+    )?;
     Ok(())
 }

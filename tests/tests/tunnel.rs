@@ -305,3 +305,67 @@ spec:
     assert_eq!(curl(&m.a, &url)?, nginx.body);
     Ok(())
 }
+
+/// Reads from `host:port` until the end or an error and says which (`EOF n` or
+/// `ERROR ECONNRESET n`); touches `started` once a MiB has arrived.
+const STREAM_READER: &str = "
+import errno, socket, sys
+host, port, started = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection((host, port), timeout=60)
+total = 0
+try:
+    while chunk := s.recv(65536):
+        total += len(chunk)
+        if total >= 1 << 20:
+            open(started, 'a').close()
+    print(f'EOF {total}')
+except OSError as e:
+    print(f'ERROR {errno.errorcode.get(e.errno, e.errno)} {total}')
+";
+
+#[test]
+fn a_stream_cut_by_a_dead_peer_daemon_reaches_the_app_as_a_reset() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mut m = Mesh::new()?;
+    let _endless =
+        m.b.spawn(&["socat", "TCP-LISTEN:7100,reuseaddr,fork", "EXEC:yes"])?;
+    hawser_testbed::peers::wait_listening(&m.b, 7100, "the endless server")?;
+    let started = m.bed.dir().join("reader-started");
+    let (a, b_ip, flag) = (m.a.clone(), m.b.ip.clone(), started.display().to_string());
+    let reader = std::thread::spawn(move || {
+        a.run(&[
+            "/usr/bin/python3",
+            "-c",
+            STREAM_READER,
+            &b_ip,
+            "7100",
+            &flag,
+        ])
+    });
+    hawser_testbed::peers::wait_until(Duration::from_secs(20), "a MiB through the tunnel", || {
+        started.exists()
+    })?;
+    // The peer's daemon dies mid-stream: no close_notify ever comes.
+    m.d2.kill();
+    let out = reader.join().expect("reader thread")?;
+    let said = String::from_utf8(out.stdout)?;
+    assert!(
+        said.starts_with("ERROR ECONNRESET"),
+        "the app read {said:?}"
+    );
+    m.d1.wait_for(
+        "the cut in the access log",
+        Duration::from_secs(10),
+        |log| {
+            log.lines().any(|l| {
+                l.contains("connection cut")
+                    && l.contains("direction=\"outbound\"")
+                    && l.contains("close_notify")
+                    && !l.contains("bytes_received=0 ")
+            })
+        },
+    )?;
+    Ok(())
+}

@@ -100,6 +100,7 @@ pub struct Metrics {
     pub ca_request_seconds: HistogramVec,
     pub policy_denials: IntCounterVec,
     pub ebpf_map_entries: IntGaugeVec,
+    pub unenforceable_policies: IntGaugeVec,
     series: Mutex<Series>,
 }
 
@@ -202,6 +203,12 @@ impl Metrics {
                 "Entries in each eBPF map, at the last scrape",
                 &["map"],
             ),
+            unenforceable_policies: gauge(
+                &r,
+                "hawser_policy_unenforceable",
+                "AuthorizationPolicies hawser cannot enforce (1 each): their workloads deny all",
+                &["namespace", "name"],
+            ),
             registry: r,
             series: Mutex::default(),
         }
@@ -220,6 +227,19 @@ impl Metrics {
         self.closed.with_label_values(&values).inc();
         self.received.with_label_values(&values).inc_by(request);
         self.sent.with_label_values(&values).inc_by(response);
+    }
+
+    /// The policies in force that hawser cannot enforce, replacing the last set.
+    pub fn unenforceable(&self, policies: &crate::policy::Policies) {
+        self.unenforceable_policies.reset();
+        for p in policies.authorization_policies.iter() {
+            if p.unenforceable.is_some() {
+                let labels = [p.scope.namespace.as_str(), p.name.as_str()];
+                self.unenforceable_policies
+                    .with_label_values(&labels)
+                    .set(1);
+            }
+        }
     }
 
     /// The workloads that are here now (enrolled on this node, or known elsewhere in the

@@ -3,132 +3,13 @@
 //! list, then added, modified and deleted objects on the watch, and a resync (the watch
 //! expires with 410 Gone, the client lists again and must drop what is gone).
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use axum::{
-    Router,
-    body::Body,
-    extract::{Query, State},
-    http::{StatusCode, Uri},
-    response::{IntoResponse, Response},
-};
-use futures::StreamExt;
+use axum::Router;
 use hawser::workload::{Registry, kubernetes};
+use hawser_testbed::fake_api::FakeApi;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, watch};
-use tokio_stream::wrappers::BroadcastStream;
-
-/// The recorded objects of one resource path, its watch events so far (by resource
-/// version, for a watch that starts after them), and its watchers.
-struct Collection {
-    objects: Vec<Value>,
-    history: Vec<(u64, Value)>,
-    events: broadcast::Sender<Value>,
-}
-
-#[derive(Clone)]
-struct FakeApi {
-    collections: Arc<Mutex<BTreeMap<String, Collection>>>,
-    version: Arc<Mutex<u64>>,
-}
-
-impl FakeApi {
-    fn new(recorded: &Value) -> Self {
-        let collections = recorded
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(path, objects)| {
-                let collection = Collection {
-                    objects: objects.as_array().unwrap().clone(),
-                    history: Vec::new(),
-                    events: broadcast::channel(64).0,
-                };
-                (path.clone(), collection)
-            })
-            .collect();
-        Self {
-            collections: Arc::new(Mutex::new(collections)),
-            version: Arc::new(Mutex::new(10_000)),
-        }
-    }
-
-    fn next_version(&self) -> u64 {
-        let mut v = self.version.lock().unwrap();
-        *v += 1;
-        *v
-    }
-
-    /// A watch event on `path`: ADDED, MODIFIED or DELETED `object`.
-    fn event(&self, path: &str, kind: &str, mut object: Value) {
-        let version = self.next_version();
-        object["metadata"]["resourceVersion"] = json!(version.to_string());
-        let mut collections = self.collections.lock().unwrap();
-        let c = collections.get_mut(path).unwrap();
-        let name = object["metadata"]["name"].clone();
-        c.objects.retain(|o| o["metadata"]["name"] != name);
-        if kind != "DELETED" {
-            c.objects.push(object.clone());
-        }
-        let event = json!({"type": kind, "object": object});
-        c.history.push((version, event.clone()));
-        let _ = c.events.send(event);
-    }
-
-    /// The watch expires (410 Gone) while the objects became `objects`: only a new list
-    /// shows the change.
-    fn expire(&self, path: &str, objects: Vec<Value>) {
-        let mut collections = self.collections.lock().unwrap();
-        let c = collections.get_mut(path).unwrap();
-        c.objects = objects;
-        let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
-            "metadata": {}, "status": "Failure", "message": "too old resource version",
-            "reason": "Expired", "code": 410}});
-        let version = self.next_version();
-        c.history.push((version, gone.clone()));
-        let _ = c.events.send(gone);
-    }
-}
-
-async fn serve(
-    State(api): State<FakeApi>,
-    uri: Uri,
-    Query(query): Query<BTreeMap<String, String>>,
-) -> Response {
-    let path = uri.path().to_string();
-    let collections = api.collections.lock().unwrap();
-    let Some(c) = collections.get(&path) else {
-        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-            "reason": "NotFound", "code": 404, "message": format!("{path} not found")});
-        return (StatusCode::NOT_FOUND, axum::Json(status)).into_response();
-    };
-    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-        // What happened since the version the client has, then what happens next.
-        let since: u64 = query
-            .get("resourceVersion")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let missed: Vec<Value> = c
-            .history
-            .iter()
-            .filter(|(v, _)| *v > since)
-            .map(|(_, e)| e.clone())
-            .collect();
-        let next = BroadcastStream::new(c.events.subscribe()).filter_map(|e| async move { e.ok() });
-        let lines = futures::stream::iter(missed)
-            .chain(next)
-            .map(|e| Ok::<_, std::io::Error>(format!("{e}\n").into_bytes()));
-        return Response::new(Body::from_stream(lines));
-    }
-    let list = json!({"kind": "List", "apiVersion": "v1",
-        "metadata": {"resourceVersion": api.version.lock().unwrap().to_string()},
-        "items": c.objects});
-    axum::Json(list).into_response()
-}
+use tokio::sync::watch;
 
 /// Waits until the source publishes a registry for which `done` holds.
 async fn until(
@@ -159,16 +40,15 @@ async fn recorded_objects_and_watch_events_make_the_registry() {
     let recorded: Value =
         serde_json::from_str(include_str!("fixtures/cluster.json")).expect("fixture");
     let api = FakeApi::new(&recorded);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = Router::new().fallback(serve).with_state(api.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", api.serve(listener).unwrap());
     let config = kube::Config::new(url.parse().unwrap());
     let client = kube::Client::try_from(config).unwrap();
     let mut rx = kubernetes::follow(client).await.expect("synced");
 
     // The list: only mesh pods (namespace label), not host-network ones; the Service's
-    // ready endpoint on the target port; the policies; a broken policy left out.
+    // ready endpoint on the target port; the policies, a broken one (an AUDIT action)
+    // kept as a deny-all for its namespace, never dropped.
     let registry = rx.borrow_and_update().clone();
     assert_eq!(
         pods(&registry),
@@ -186,13 +66,19 @@ async fn recorded_objects_and_watch_events_make_the_registry() {
         .expect("the Service");
     assert_eq!(service.1, ["10.1.0.5:8080".parse().unwrap()]);
     assert_eq!(registry.policies.peer_authentications.len(), 1);
-    let names: Vec<&str> = registry
+    let names: Vec<(&str, bool)> = registry
         .policies
         .authorization_policies
         .iter()
-        .map(|p| p.name.as_str())
+        .map(|p| (p.name.as_str(), p.unenforceable.is_some()))
         .collect();
-    assert_eq!(names, ["cart"]);
+    assert_eq!(names, [("broken", true), ("cart", false)]);
+    let frontend = &registry.workloads["shop/frontend-5c4b-abcde"];
+    let verdict = hawser::policy::evaluate::authorize(&registry.policies, frontend, 80, None);
+    assert!(
+        verdict.to_string().contains("cannot be enforced"),
+        "{verdict}"
+    );
 
     // Watch events: a pod added, a pod opting out, a namespace joining, a pod deleted.
     let pod = |name: &str, ns: &str, ip: &str, labels: Value| {

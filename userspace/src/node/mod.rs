@@ -352,6 +352,7 @@ async fn reconcile(
         )
         .collect();
     METRICS.workloads_present(&present);
+    METRICS.unenforceable(&registry.policies);
     let pending = !closed.is_empty();
     status.send_replace(NodeStatus {
         pods: pods.values().map(|p| p.ctx.clone()).collect(),

@@ -118,6 +118,13 @@ pub fn authorize(
         .filter(|p| covers(&p.scope, workload))
         .collect();
     let name = |p: &AuthorizationPolicy| format!("{}/{}", p.scope.namespace, p.name);
+    if let Some(p) = applicable.iter().find(|p| p.unenforceable.is_some()) {
+        let why = p.unenforceable.as_deref().unwrap_or_default();
+        return Verdict::Deny(format!(
+            "AuthorizationPolicy {} cannot be enforced ({why}): its workloads deny all",
+            name(p)
+        ));
+    }
     let matching_rule = |p: &AuthorizationPolicy| {
         p.rules
             .iter()

@@ -231,8 +231,52 @@ impl AuthorizationPolicyDoc {
             name: self.metadata.name,
             action,
             rules,
+            unenforceable: None,
         })
     }
+}
+
+/// An AuthorizationPolicy as far as hawser can enforce it: the policy, or — when it
+/// cannot be understood — a deny-all for the workloads it selects (its whole namespace
+/// when the selector is unreadable or it names targets by `targetRef`). Err only when not
+/// even its name can be read.
+pub fn authorization_policy(doc: &str) -> Result<AuthorizationPolicy, String> {
+    let refused = match serde_yaml::from_str::<AuthorizationPolicyDoc>(doc) {
+        Ok(raw) => match raw.into_policy() {
+            Ok(policy) => return Ok(policy),
+            Err(reason) => reason,
+        },
+        Err(e) => e.to_string(),
+    };
+    let lenient: LenientPolicy = serde_yaml::from_str(doc).map_err(|_| refused.clone())?;
+    let selector = lenient
+        .spec
+        .filter(|spec| spec.target_ref.is_none() && spec.target_refs.is_none())
+        .and_then(|spec| spec.selector)
+        .and_then(|s| serde_yaml::from_value::<Selector>(s).ok());
+    Ok(AuthorizationPolicy {
+        scope: scope(&lenient.metadata, selector),
+        name: lenient.metadata.name,
+        action: Action::Deny,
+        rules: Vec::new(),
+        unenforceable: Some(refused),
+    })
+}
+
+/// What can still be read of a policy hawser does not understand.
+#[derive(Deserialize)]
+struct LenientPolicy {
+    metadata: Metadata,
+    spec: Option<LenientSpec>,
+}
+
+#[derive(Deserialize)]
+struct LenientSpec {
+    selector: Option<serde_yaml::Value>,
+    #[serde(rename = "targetRef")]
+    target_ref: Option<serde_yaml::Value>,
+    #[serde(rename = "targetRefs")]
+    target_refs: Option<serde_yaml::Value>,
 }
 
 fn rule(doc: RuleDoc) -> Result<Rule, String> {

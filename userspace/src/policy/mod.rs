@@ -61,6 +61,12 @@ pub struct AuthorizationPolicy {
     /// Empty with ALLOW: allows nothing. (An ALLOW policy with no `rules` field at all
     /// allows nothing either, as in Istio; `rules: [{}]` allows everything.)
     pub rules: Vec<Rule>,
+    /// Why hawser cannot enforce this policy (a field it does not know, a `targetRef`, a
+    /// bad port, an action it does not run): the workloads it selects then deny every
+    /// connection, as Istio does with what a proxy cannot evaluate. Never dropped, never
+    /// read as "no policy".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unenforceable: Option<String>,
 }
 
 /// A rule matches when every listed `from` (any of them) and `to` (any of them) does.
@@ -92,8 +98,8 @@ pub struct Operation {
 /// Who a connection proved to be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Principal {
-    /// A mesh workload, by its SVID (or, on this node, by the address only the daemon can
-    /// originate from).
+    /// A mesh workload, by its SVID (or, on this node, by a connection the daemon itself
+    /// opened for it).
     Spiffe(SpiffeId),
     /// A client certificate of an extra trust anchor (a company CA), named as Envoy names
     /// a peer: its first URI SAN, else its first DNS SAN, else its subject. It has no mesh

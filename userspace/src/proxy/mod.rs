@@ -5,6 +5,7 @@
 //! ports that ask for it, `caller` tells the app who called), `relay` moves the bytes.
 
 pub mod caller;
+pub mod copy;
 pub mod inbound;
 pub mod outbound;
 pub mod relay;

@@ -3,10 +3,9 @@
 
 use std::{net::SocketAddr, time::Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
 use tokio::net::TcpStream;
 
+use super::copy::{self, Endpoint, Outcome};
 use crate::{
     egress::{TlsMode, route::Origination},
     metrics::{self, ConnectionLabels, METRICS, Peer},
@@ -120,15 +119,12 @@ impl Connection {
         self
     }
 
-    /// Copies both ways until both sides are done (a half-close is passed on), then logs.
-    pub async fn relay(
-        self,
-        mut downstream: impl AsyncRead + AsyncWrite + Unpin,
-        mut upstream: impl AsyncRead + AsyncWrite + Unpin,
-    ) {
+    /// Copies both ways between the connection's client and server until both sides are
+    /// done (a half-close is passed on) or it is cut (both reset), then logs.
+    pub async fn relay(self, client: impl Endpoint, server: impl Endpoint) {
         METRICS.connection_opened(&self.labels);
-        let result = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
-        self.closed(result);
+        let outcome = copy::bidirectional(client, server).await;
+        self.closed(outcome);
     }
 
     /// Relays between the app-side socket and a tunnel: spliced when the kernel does the
@@ -142,45 +138,47 @@ impl Connection {
             },
             TunnelStream::Kernel(stream) => {
                 METRICS.connection_opened(&self.labels);
-                // (app→peer, peer→app); an inbound record counts from the peer.
-                let result = splice::relay(app, stream).await.map(|(to_peer, to_app)| {
-                    match self.direction {
-                        Direction::Outbound => (to_peer, to_app),
-                        _ => (to_app, to_peer),
-                    }
-                });
-                self.closed(result)
+                let spliced = splice::relay(app, stream).await;
+                // An inbound record counts from the peer.
+                let (request, response) = match self.direction {
+                    Direction::Outbound => (spliced.to_peer, spliced.to_app),
+                    _ => (spliced.to_app, spliced.to_peer),
+                };
+                self.closed(Outcome {
+                    request,
+                    response,
+                    error: spliced.error,
+                })
             }
         }
     }
 
-    /// Counts and logs the end of a relayed connection: bytes (client→server,
-    /// server→client), or the error that cut it.
-    fn closed(&self, result: std::io::Result<(u64, u64)>) {
-        match result {
-            Ok((request, response)) => {
-                METRICS.connection_closed(&self.labels, request, response);
-                self.log(request, response, None)
-            }
-            Err(e) => {
-                METRICS.connection_closed(&self.labels, 0, 0);
-                self.log(0, 0, Some(&format!("relay: {e}")))
-            }
-        }
+    /// Counts and logs the end of a relayed connection: the bytes that moved (client→
+    /// server, server→client), and the error when it was cut short.
+    fn closed(&self, outcome: Outcome) {
+        METRICS.connection_closed(&self.labels, outcome.request, outcome.response);
+        let cut = outcome.error.map(|e| format!("cut short: {e}"));
+        self.log(
+            outcome.request,
+            outcome.response,
+            cut.as_deref(),
+            "connection cut",
+        );
     }
 
     /// Logs a connection that was refused before any byte moved.
     pub fn refuse(self, reason: &str) {
-        self.log(0, 0, Some(reason));
+        self.log(0, 0, Some(reason), "connection refused");
     }
 
-    fn log(&self, sent: u64, received: u64, error: Option<&str>) {
+    /// The access log line: `connection closed`, or `what` with the reason.
+    fn log(&self, sent: u64, received: u64, reason: Option<&str>, what: &str) {
         let duration_ms = self.started.elapsed().as_millis() as u64;
         let direction = self.direction.as_str();
         let (l, security) = (&self.labels, self.wire);
         let upstream = self.upstream.map_or("-".into(), |u| u.to_string());
         let (src_identity, dst_identity) = (&l.source.principal, &l.destination.principal);
-        match error {
+        match reason {
             None => tracing::info!(
                 target: "hawser::access",
                 direction, pod = %self.pod, src = %self.src, src_identity, dst = %self.dst, dst_identity,
@@ -191,7 +189,7 @@ impl Connection {
                 target: "hawser::access",
                 direction, pod = %self.pod, src = %self.src, src_identity, dst = %self.dst, dst_identity,
                 upstream = %upstream, security, tls = self.tls, bytes_sent = sent, bytes_received = received, duration_ms, reason,
-                "connection refused"
+                "{what}"
             ),
         }
     }

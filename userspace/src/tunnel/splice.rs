@@ -1,10 +1,15 @@
 //! Moving bytes between an app-side TCP socket and a kernel-TLS socket with `splice(2)`:
 //! through a pipe, by page reference, so the payload never enters userspace and the
 //! kernel encrypts on the way.
+//!
+//! The kernel ends a TLS stream at the TCP FIN whether or not `close_notify` came first;
+//! only `close_notify` is a complete stream here. Without it (the other daemon died, the
+//! link was cut) the app's socket is reset, never closed as if the stream were whole.
 
 use std::{
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use nix::{
@@ -21,28 +26,48 @@ use super::kernel_tls::{KernelTls, close_write, read_control_record};
 /// Bytes asked of the kernel per splice.
 const CHUNK: usize = 256 * 1024;
 
+/// What a spliced connection moved each way, and the error that ended it early.
+pub struct Spliced {
+    pub to_peer: u64,
+    pub to_app: u64,
+    pub error: Option<io::Error>,
+}
+
 /// Relays until both directions are done; a half-close is passed on (`close_notify` + FIN
-/// towards the peer, FIN towards the app). Returns (bytes app→peer, peer→app).
-pub async fn relay(mut app: TcpStream, tls: KernelTls) -> io::Result<(u64, u64)> {
+/// towards the peer, FIN towards the app). When either direction fails, the app's socket
+/// is reset.
+pub async fn relay(mut app: TcpStream, tls: KernelTls) -> Spliced {
+    let (to_peer, to_app) = (AtomicU64::new(0), AtomicU64::new(0));
     let (tls, drained) = tls.into_parts();
-    app.write_all(&drained).await?;
-    let upstream = async {
-        let n = pump(&app, &tls, false).await?;
-        unless_gone(close_write(&tls).await)?;
-        io::Result::Ok(n)
-    };
-    let downstream = async {
-        let n = pump(&tls, &app, true).await?;
-        unless_gone(shutdown(app.as_raw_fd(), Shutdown::Write).map_err(io::Error::from))?;
-        io::Result::Ok(n + drained.len() as u64)
-    };
-    tokio::try_join!(upstream, downstream)
+    let result = async {
+        app.write_all(&drained).await?;
+        to_app.fetch_add(drained.len() as u64, Ordering::Relaxed);
+        let upstream = async {
+            pump(&app, &tls, false, &to_peer).await?;
+            unless_gone(close_write(&tls).await)
+        };
+        let downstream = async {
+            pump(&tls, &app, true, &to_app).await?;
+            unless_gone(shutdown(app.as_raw_fd(), Shutdown::Write).map_err(io::Error::from))
+        };
+        tokio::try_join!(upstream, downstream).map(|_| ())
+    }
+    .await;
+    let error = result.err();
+    if error.is_some() {
+        crate::proxy::copy::Endpoint::reset(&app);
+    }
+    Spliced {
+        to_peer: to_peer.into_inner(),
+        to_app: to_app.into_inner(),
+        error,
+    }
 }
 
 /// Passing a close on to a peer that has already closed (and reset) its socket fails
 /// with nothing lost: every byte of that direction was delivered before. Clients outside
 /// the mesh (curl, browsers) close without waiting for our close.
-fn unless_gone(result: io::Result<()>) -> io::Result<()> {
+pub fn unless_gone(result: io::Result<()>) -> io::Result<()> {
     match result {
         Err(e)
             if matches!(
@@ -56,27 +81,39 @@ fn unless_gone(result: io::Result<()>) -> io::Result<()> {
     }
 }
 
-/// `src` to `dst` until `src`'s end. A kTLS source (`from_tls`) ends with `close_notify`,
-/// a record splice cannot carry (it fails with EINVAL or EIO and recvmsg reads it).
-async fn pump(src: &TcpStream, dst: &TcpStream, from_tls: bool) -> io::Result<u64> {
+/// `src` to `dst` until `src`'s end, counting into `moved`. A kTLS source (`from_tls`)
+/// ends with `close_notify`, a record splice cannot carry (it fails with EINVAL or EIO
+/// and recvmsg reads it); a kTLS source that ends without one was cut short.
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    from_tls: bool,
+    moved: &AtomicU64,
+) -> io::Result<()> {
     let pipe = Pipe::new()?;
-    let mut total = 0;
     loop {
         src.readable().await?;
         match src.try_io(Interest::READABLE, || pipe.fill(src.as_fd())) {
-            Ok(0) => return Ok(total),
+            Ok(0) if from_tls => return Err(truncated()),
+            Ok(0) => return Ok(()),
             Ok(n) => {
                 pipe.drain_into(dst, n).await?;
-                total += n as u64;
+                moved.fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if from_tls && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO)) => {
-                read_control_record(src)?;
-                return Ok(total);
+                return read_control_record(src);
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+fn truncated() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the peer closed the TLS stream without close_notify: truncated",
+    )
 }
 
 struct Pipe {

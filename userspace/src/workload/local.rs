@@ -27,7 +27,7 @@ use crate::egress::{
 };
 use crate::policy::{
     AuthorizationPolicy, PeerAuthentication,
-    istio::{API_VERSIONS, AuthorizationPolicyDoc, PeerAuthenticationDoc},
+    istio::{self, API_VERSIONS, PeerAuthenticationDoc},
 };
 use crate::ports::{InboundPorts, InboundPortsDoc};
 
@@ -176,7 +176,14 @@ pub(crate) fn assemble(
                 registry.workloads.insert(w.key(), w);
             }
             Document::PeerAuthentication(p) => registry.policies.peer_authentications.push(p),
-            Document::AuthorizationPolicy(p) => registry.policies.authorization_policies.push(p),
+            Document::AuthorizationPolicy(p) => {
+                if let Some(why) = &p.unenforceable {
+                    let name = format!("{}/{}", p.scope.namespace, p.name);
+                    tracing::warn!(at = %format!("{}:{line}", file.display()), policy = %name,
+                        "AuthorizationPolicy cannot be enforced ({why}): the workloads it selects deny every connection");
+                }
+                registry.policies.authorization_policies.push(p)
+            }
             Document::ServiceEntry(e) => registry.egress.service_entries.push(e),
             Document::DestinationRule(r) => registry.egress.destination_rules.push(r),
             Document::InboundPorts(p) => registry.ports.push(p),
@@ -308,8 +315,8 @@ fn parse_document(doc: &str) -> Result<Option<Document>, DocError> {
         }
         "AuthorizationPolicy" => {
             check_version(API_VERSIONS)?;
-            let raw: AuthorizationPolicyDoc = serde_yaml::from_str(doc)?;
-            Document::AuthorizationPolicy(raw.into_policy().map_err(doc_error)?)
+            let policy = istio::authorization_policy(doc).map_err(doc_error)?;
+            Document::AuthorizationPolicy(policy)
         }
         "ServiceEntry" => {
             check_version(egress::istio::API_VERSIONS)?;

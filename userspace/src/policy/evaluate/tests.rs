@@ -147,17 +147,62 @@ fn allow_without_rules_allows_nothing_and_empty_rule_allows_all() {
 }
 
 #[test]
-fn unsupported_istio_fields_are_clear_errors() {
+fn unsupported_istio_fields_are_named_as_the_reason_a_policy_cannot_be_enforced() {
     let parse = |spec: &str| {
         let yaml = format!(
             "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec: {spec}\n"
         );
-        parse_registry(Path::new("p.yaml"), &yaml)
-            .unwrap_err()
-            .to_string()
+        let mut p = policies(&yaml).authorization_policies;
+        p.remove(0).unenforceable.expect("unenforceable")
     };
     assert!(parse("{action: CUSTOM}").contains("only ALLOW and DENY"));
     assert!(parse("{targetRefs: [{kind: Gateway, name: w}]}").contains("waypoints"));
     assert!(parse("{rules: [{to: [{operation: {ports: [\"http\"]}}]}]}").contains("not a number"));
     assert!(parse("{rules: [{form: []}]}").contains("unknown field `form`"));
+}
+
+#[test]
+fn a_policy_hawser_cannot_enforce_denies_everything_it_selects() {
+    let allow_broken = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+        metadata: {name: cart, namespace: shop}\n\
+        spec: {selector: {matchLabels: {app: cart}}, action: ALLOW, frobnicate: true, rules: [{}]}\n";
+    let deny_bad_port = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+        metadata: {name: web, namespace: shop}\n\
+        spec: {selector: {matchLabels: {app: web}}, action: DENY, rules: [{to: [{operation: {ports: [http]}}]}]}\n";
+    let waypoint = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+        metadata: {name: via-waypoint, namespace: legacy}\n\
+        spec: {targetRefs: [{kind: Gateway, name: waypoint}], selector: {matchLabels: {app: db}}, action: DENY}\n";
+    let p = policies(&[allow_broken, deny_bad_port, waypoint].join("---\n"));
+    let names: Vec<_> = p
+        .authorization_policies
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["cart", "web", "via-waypoint"], "none is dropped");
+    let anyone = id("shop", "frontend");
+    for (w, port) in [
+        (workload("shop", "cart"), 80),
+        (workload("shop", "web"), 443),
+        // A targetRef names no workload hawser can see: its whole namespace.
+        (workload("legacy", "batch"), 80),
+    ] {
+        let verdict = authorize(&p, &w, port, Some(&anyone));
+        assert!(
+            matches!(&verdict, Verdict::Deny(why) if why.contains("cannot be enforced")),
+            "{}: {verdict}",
+            w.name
+        );
+    }
+    assert!(
+        p.authorization_policies[1]
+            .unenforceable
+            .as_deref()
+            .is_some_and(|why| why.contains("\"http\"")),
+        "the reason is kept for the operator"
+    );
+    // Workloads it does not select are untouched.
+    assert!(matches!(
+        authorize(&p, &workload("shop", "db"), 80, Some(&anyone)),
+        Verdict::Allow(_)
+    ));
 }

@@ -1,0 +1,88 @@
+//! Copying both ways between the two ends of a relayed connection (through userspace:
+//! plaintext, or TLS done by rustls), counting bytes as they move.
+//!
+//! A half-close is passed on. A stream cut short is never passed on as complete: when
+//! either direction fails (a peer that reset, a TLS session that ended without
+//! `close_notify` because the other daemon died or the link was cut), both ends are
+//! reset, so the app reads an error instead of a clean end of a truncated stream.
+
+use std::{
+    io,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::tunnel::{offload::Stream, splice::unless_gone};
+
+const BUFFER: usize = 16 * 1024;
+
+/// One end of a relayed connection.
+pub trait Endpoint: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Makes closing this end abortive (a TCP reset), for a stream that was cut short.
+    fn reset(&self);
+}
+
+impl Endpoint for TcpStream {
+    fn reset(&self) {
+        if let Err(e) = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO)) {
+            tracing::debug!("SO_LINGER 0: {e}");
+        }
+    }
+}
+
+/// A userspace TLS session: dropped without `close_notify`, its peer sees the cut.
+impl Endpoint for Box<dyn Stream> {
+    fn reset(&self) {}
+}
+
+/// What moved, client to server and back, and the error that ended the connection early.
+pub struct Outcome {
+    pub request: u64,
+    pub response: u64,
+    pub error: Option<io::Error>,
+}
+
+/// Copies until both directions are done, or one fails.
+pub async fn bidirectional(mut client: impl Endpoint, mut server: impl Endpoint) -> Outcome {
+    let (request, response) = (AtomicU64::new(0), AtomicU64::new(0));
+    let result = {
+        let (mut client_read, mut client_write) = tokio::io::split(&mut client);
+        let (mut server_read, mut server_write) = tokio::io::split(&mut server);
+        tokio::try_join!(
+            one_way(&mut client_read, &mut server_write, &request),
+            one_way(&mut server_read, &mut client_write, &response),
+        )
+    };
+    let error = result.err();
+    if error.is_some() {
+        client.reset();
+        server.reset();
+    }
+    Outcome {
+        request: request.into_inner(),
+        response: response.into_inner(),
+        error,
+    }
+}
+
+/// `from` to `to` until `from` ends, then passes the end on.
+async fn one_way(
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+    moved: &AtomicU64,
+) -> io::Result<()> {
+    let mut buffer = vec![0; BUFFER];
+    loop {
+        let n = from.read(&mut buffer).await?;
+        if n == 0 {
+            return unless_gone(to.shutdown().await);
+        }
+        to.write_all(&buffer[..n]).await?;
+        moved.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
