@@ -32,6 +32,8 @@ struct Collection {
 pub struct FakeApi {
     collections: Arc<Mutex<BTreeMap<String, Collection>>>,
     version: Arc<Mutex<u64>>,
+    /// Paths answered with an error status instead (RBAC, an overloaded server).
+    failing: Arc<Mutex<BTreeMap<String, u16>>>,
 }
 
 impl FakeApi {
@@ -52,7 +54,17 @@ impl FakeApi {
         Self {
             collections: Arc::new(Mutex::new(collections)),
             version: Arc::new(Mutex::new(10_000)),
+            failing: Arc::default(),
         }
+    }
+
+    /// Answers every request for `path` with `code` (e.g. 403) until `heal`.
+    pub fn fail(&self, path: &str, code: u16) {
+        self.failing.lock().unwrap().insert(path.into(), code);
+    }
+
+    pub fn heal(&self, path: &str) {
+        self.failing.lock().unwrap().remove(path);
     }
 
     fn next_version(&self) -> u64 {
@@ -112,6 +124,12 @@ async fn respond(
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {
     let path = uri.path().to_string();
+    if let Some(code) = api.failing.lock().unwrap().get(&path).copied() {
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "code": code, "message": format!("{path} refused by the test")});
+        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (code, axum::Json(status)).into_response();
+    }
     let collections = api.collections.lock().unwrap();
     let Some(c) = collections.get(&path) else {
         let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",

@@ -243,3 +243,59 @@ impl Capture {
         Ok(self.read())
     }
 }
+
+/// A client reading from a server until the end or an error, which says which at the end
+/// (`EOF n` or `ERROR ECONNRESET n`): a truncated stream must not look like `EOF`.
+pub struct Reader {
+    started: PathBuf,
+    run: std::thread::JoinHandle<Result<std::process::Output>>,
+}
+
+const READER: &str = "
+import errno, socket, sys
+host, port, started = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection((host, port), timeout=120)
+total = 0
+try:
+    while chunk := s.recv(65536):
+        if not total:
+            open(started, 'a').close()
+        total += len(chunk)
+    print(f'EOF {total}')
+except OSError as e:
+    print(f'ERROR {errno.errorcode.get(e.errno, e.errno)} {total}')
+";
+
+impl Reader {
+    /// Connects from `pod` to `dst` (`host:port`) with Debian's python3.
+    pub fn start(bed: &Testbed, pod: &Pod, host: &str, port: u16) -> Result<Self> {
+        let started = bed.dir().join(format!("reader-{}-{host}-{port}", pod.name));
+        let _ = std::fs::remove_file(&started);
+        let (pod, host, flag) = (pod.clone(), host.to_string(), started.display().to_string());
+        let run = std::thread::spawn(move || {
+            pod.run(&[
+                "/usr/bin/python3",
+                "-c",
+                READER,
+                &host,
+                &port.to_string(),
+                &flag,
+            ])
+        });
+        Ok(Self { started, run })
+    }
+
+    /// Waits until the first bytes have arrived.
+    pub fn wait_started(&self, what: &str) -> Result<()> {
+        wait_until(Duration::from_secs(20), what, || self.started.exists())
+    }
+
+    /// Waits for the end: what the reader saw.
+    pub fn outcome(self) -> Result<String> {
+        let out = self
+            .run
+            .join()
+            .map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
+        Ok(String::from_utf8(out.stdout)?)
+    }
+}

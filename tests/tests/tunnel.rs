@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use hawser_testbed::{
-    can_run,
+    Pod, can_run,
     mesh::Mesh,
-    peers::{Capture, Nginx, curl, echo_server},
+    peers::{Capture, Nginx, Reader, curl, echo_server, wait_listening},
     pki,
 };
 
@@ -306,23 +306,6 @@ spec:
     Ok(())
 }
 
-/// Reads from `host:port` until the end or an error and says which (`EOF n` or
-/// `ERROR ECONNRESET n`); touches `started` once a MiB has arrived.
-const STREAM_READER: &str = "
-import errno, socket, sys
-host, port, started = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-s = socket.create_connection((host, port), timeout=60)
-total = 0
-try:
-    while chunk := s.recv(65536):
-        total += len(chunk)
-        if total >= 1 << 20:
-            open(started, 'a').close()
-    print(f'EOF {total}')
-except OSError as e:
-    print(f'ERROR {errno.errorcode.get(e.errno, e.errno)} {total}')
-";
-
 #[test]
 fn a_stream_cut_by_a_dead_peer_daemon_reaches_the_app_as_a_reset() -> Result<()> {
     if !can_run() {
@@ -331,26 +314,12 @@ fn a_stream_cut_by_a_dead_peer_daemon_reaches_the_app_as_a_reset() -> Result<()>
     let mut m = Mesh::new()?;
     let _endless =
         m.b.spawn(&["socat", "TCP-LISTEN:7100,reuseaddr,fork", "EXEC:yes"])?;
-    hawser_testbed::peers::wait_listening(&m.b, 7100, "the endless server")?;
-    let started = m.bed.dir().join("reader-started");
-    let (a, b_ip, flag) = (m.a.clone(), m.b.ip.clone(), started.display().to_string());
-    let reader = std::thread::spawn(move || {
-        a.run(&[
-            "/usr/bin/python3",
-            "-c",
-            STREAM_READER,
-            &b_ip,
-            "7100",
-            &flag,
-        ])
-    });
-    hawser_testbed::peers::wait_until(Duration::from_secs(20), "a MiB through the tunnel", || {
-        started.exists()
-    })?;
+    wait_listening(&m.b, 7100, "the endless server")?;
+    let reader = Reader::start(&m.bed, &m.a, &m.b.ip, 7100)?;
+    reader.wait_started("bytes through the tunnel")?;
     // The peer's daemon dies mid-stream: no close_notify ever comes.
     m.d2.kill();
-    let out = reader.join().expect("reader thread")?;
-    let said = String::from_utf8(out.stdout)?;
+    let said = reader.outcome()?;
     assert!(
         said.starts_with("ERROR ECONNRESET"),
         "the app read {said:?}"
@@ -366,6 +335,65 @@ fn a_stream_cut_by_a_dead_peer_daemon_reaches_the_app_as_a_reset() -> Result<()>
                     && !l.contains("bytes_received=0 ")
             })
         },
+    )?;
+    Ok(())
+}
+
+#[test]
+fn open_connections_are_cut_when_policy_or_revocation_no_longer_allows_them() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let m = Mesh::new()?;
+    let c = m.bed.pod(&m.node2, "c")?; // outside the mesh, on b's node
+    let _quiet = m.b.spawn(&[
+        "socat",
+        "TCP-LISTEN:7200,reuseaddr,fork",
+        "SYSTEM:echo hello; sleep 600",
+    ])?;
+    wait_listening(&m.b, 7200, "the quiet server")?;
+    let open = |from: &Pod| -> Result<Reader> {
+        let reader = Reader::start(&m.bed, from, &m.b.ip, 7200)?;
+        reader.wait_started("the greeting")?;
+        Ok(reader)
+    };
+    let cut = |reader: Reader, why: &str| -> Result<()> {
+        let said = reader.outcome()?;
+        assert!(
+            said.starts_with("ERROR ECONNRESET"),
+            "{why}: the app read {said:?}"
+        );
+        m.d2.wait_for(why, Duration::from_secs(5), |log| {
+            log.lines()
+                .any(|l| l.contains("connection cut") && l.contains(why))
+        })
+    };
+    let (through_tunnel, plaintext) = (open(&m.a)?, open(&c)?);
+
+    // A DENY for a's principal: a's open tunnel connection is cut, c's plaintext one stays.
+    let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+        metadata: {name: no-a, namespace: default}\nspec:\n  action: DENY\n\
+        \x20 rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/a]}}]}]\n";
+    apply_policy(&m, deny)?;
+    cut(
+        through_tunnel,
+        "no longer allowed: policy: DENY policy default/no-a",
+    )?;
+    // STRICT: the plaintext one is cut now.
+    let strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+        metadata: {name: strict, namespace: default}\nspec: {mtls: {mode: STRICT}}\n";
+    apply_policy(&m, strict)?;
+    cut(
+        plaintext,
+        "no longer allowed: policy: PeerAuthentication STRICT",
+    )?;
+    // Back to allowed; then a's identity is revoked: cut within a bundle poll.
+    apply_policy(&m, "")?;
+    let through_tunnel = open(&m.a)?;
+    std::fs::write(&m.ca.revocations, format!("identities: [\"{A}\"]\n"))?;
+    cut(
+        through_tunnel,
+        &format!("no longer allowed: the peer identity {A} is revoked"),
     )?;
     Ok(())
 }

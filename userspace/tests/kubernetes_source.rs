@@ -66,12 +66,13 @@ async fn recorded_objects_and_watch_events_make_the_registry() {
         .expect("the Service");
     assert_eq!(service.1, ["10.1.0.5:8080".parse().unwrap()]);
     assert_eq!(registry.policies.peer_authentications.len(), 1);
-    let names: Vec<(&str, bool)> = registry
+    let mut names: Vec<(&str, bool)> = registry
         .policies
         .authorization_policies
         .iter()
         .map(|p| (p.name.as_str(), p.unenforceable.is_some()))
         .collect();
+    names.sort();
     assert_eq!(names, [("broken", true), ("cart", false)]);
     let frontend = &registry.workloads["shop/frontend-5c4b-abcde"];
     let verdict = hawser::policy::evaluate::authorize(&registry.policies, frontend, 80, None);
@@ -203,4 +204,34 @@ async fn token_review_names_the_node_of_a_daemons_token_and_refuses_others() {
             refused.message()
         );
     }
+}
+
+#[tokio::test]
+async fn nothing_is_served_before_every_kind_that_can_restrict_traffic_is_listed() {
+    let recorded: Value =
+        serde_json::from_str(include_str!("fixtures/cluster.json")).expect("fixture");
+    let mut recorded = recorded.as_object().unwrap().clone();
+    // No InboundPorts CRD on this cluster: none to wait for.
+    recorded.remove("/apis/hawser.dev/v1alpha1/inboundports");
+    let api = FakeApi::new(&Value::Object(recorded));
+    let policies = "/apis/security.istio.io/v1/authorizationpolicies";
+    api.fail(policies, 403);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", api.serve(listener).unwrap());
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    let follow = tokio::spawn(kubernetes::follow(client));
+    // Pods, namespaces, services are there; the policies are not readable yet.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !follow.is_finished(),
+        "a registry without the policies was served"
+    );
+    api.heal(policies);
+    let rx = tokio::time::timeout(Duration::from_secs(30), follow)
+        .await
+        .expect("synced once the policies are listed")
+        .unwrap()
+        .expect("synced");
+    let registry = rx.borrow().clone();
+    assert_eq!(registry.policies.authorization_policies.len(), 2);
 }

@@ -249,13 +249,17 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 
     let mut terminate = signal(SignalKind::terminate())?;
     let mut retry = tokio::time::interval(Duration::from_secs(2));
+    let mut bundle = shared.svids.as_ref().map(|svids| svids.trust_bundle());
     loop {
         tokio::select! {
             changed = registry.changed() => {
                 if changed.is_err() { break; }
                 let snapshot = registry.borrow_and_update().clone();
                 pending = reconcile(&config.node_name, &snapshot, &mut pods, &mut closed, &shared, &status_tx).await;
+                recheck(&pods);
             }
+            // Roots and revocations: open connections are checked against them too.
+            Ok(()) = bundle_changed(&mut bundle) => recheck(&pods),
             _ = retry.tick(), if pending => {
                 let snapshot = registry.borrow().clone();
                 pending = reconcile(&config.node_name, &snapshot, &mut pods, &mut closed, &shared, &status_tx).await;
@@ -270,6 +274,23 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         "shutting down; enrolled pods stay captured (fail closed) until the daemon returns"
     );
     Ok(())
+}
+
+/// Applies a change to open connections: each pod cuts those no longer allowed.
+fn recheck(pods: &Pods) {
+    for pod in pods.values() {
+        pod.ctx.recheck();
+    }
+}
+
+/// The next change of the trust bundle; never without a CA.
+async fn bundle_changed(
+    bundle: &mut Option<watch::Receiver<Arc<crate::svid::TrustBundle>>>,
+) -> Result<(), watch::error::RecvError> {
+    match bundle {
+        Some(bundle) => bundle.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Brings the enrolled set in line with the workloads on this node, and publishes it.

@@ -13,7 +13,11 @@ use crate::{
     netns::Netns,
     policy::{self, Principal},
     ports::{self, PortSettings},
-    proxy::{inbound, outbound, sockets},
+    proxy::{
+        inbound,
+        live::{Admitted, Live, Ticket},
+        outbound, sockets,
+    },
     redirect::{Dataplane, pod_routing},
     svid::{Svid, TrustBundle},
     tunnel::configs::TlsConfigs,
@@ -35,6 +39,8 @@ pub struct PodContext {
     svid: Option<watch::Receiver<Option<Arc<Svid>>>>,
     /// The tunnel's TLS configurations for the current SVID and bundle.
     pub tls_configs: TlsConfigs,
+    /// Inbound connections admitted and still open, checked again on every change.
+    pub live: Arc<Live>,
     pub shared: Arc<Shared>,
 }
 
@@ -53,6 +59,38 @@ impl PodContext {
                 .inc();
         }
         decision.map_err(|denial| denial.to_string())
+    }
+
+    /// Whether a connection as `a` may go on now: its caller's identity not revoked, and
+    /// admitted by policy. The reason says which refused.
+    fn allowed(&self, a: &Admitted) -> Result<(), String> {
+        if let (Some(svids), Some(Principal::Spiffe(id))) = (&self.shared.svids, &a.principal) {
+            let bundle = svids.trust_bundle().borrow().clone();
+            bundle
+                .check_revoked(a.serial.as_deref(), &id.to_string())
+                .map_err(|e| format!("{e:#}"))?;
+        }
+        self.admit(a.port, a.principal.as_ref())
+            .map(|_| ())
+            .map_err(|why| format!("policy: {why}"))
+    }
+
+    /// Admits a connection and keeps it where a later change can cut it.
+    pub fn admit_live(&self, admitted: Admitted) -> Result<Ticket, String> {
+        self.allowed(&admitted)?;
+        Ok(self.live.admit(admitted))
+    }
+
+    /// Checks the pod's open inbound connections again against the policy and the trust
+    /// bundle in force now, and cuts those no longer allowed.
+    pub fn recheck(&self) {
+        let cut = self.live.recheck(|a| {
+            self.allowed(a)
+                .map_err(|why| format!("no longer allowed: {why}"))
+        });
+        if cut > 0 {
+            tracing::info!(pod = %self.key, cut, "open connections no longer allowed were cut");
+        }
     }
 
     /// What `port` of this pod asks for (`InboundPorts`); the defaults when nothing does.
@@ -146,6 +184,7 @@ impl EnrolledPod {
             dataplane: shared.dataplane.clone(),
             svid,
             tls_configs: TlsConfigs::default(),
+            live: Arc::default(),
             shared,
         });
         let mut pod = EnrolledPod {

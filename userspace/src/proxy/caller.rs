@@ -7,10 +7,12 @@
 //! presented a verified certificate, `PP2_TYPE_SSL` (client flags, verify = 0, the TLS
 //! version as OpenSSL names it, the certificate's CN, the cipher's IANA name as sub-TLVs). The peer's URI SAN (a
 //! mesh client's SPIFFE ID) goes in the custom TLV `0xE0`, which the PROXY protocol
-//! reserves for applications; a mesh client on this node, proven by its address, gets
-//! that TLV without `PP2_TYPE_SSL`.
+//! reserves for applications; a mesh client on this node, proven by the connection the
+//! daemon opened for it, gets that TLV without `PP2_TYPE_SSL`.
 
 use std::net::SocketAddr;
+
+use super::live::Admitted;
 
 use anyhow::{Context, Result};
 use ppp::v2::{Builder, Command, Protocol, Type, Version};
@@ -37,9 +39,22 @@ pub struct Caller {
     pub certificate: Option<ClientCertificate>,
 }
 
+impl Caller {
+    /// What the caller is admitted as, for checking again later (see `live`).
+    pub fn admitted(&self) -> Admitted {
+        Admitted {
+            port: self.dst.port(),
+            principal: self.principal.clone(),
+            serial: self.certificate.as_ref().map(|c| c.serial.clone()),
+        }
+    }
+}
+
 /// What the app may want of a verified client certificate and its TLS session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientCertificate {
+    /// Hex, as the revocation list names serials.
+    pub serial: String,
     pub common_name: Option<String>,
     pub uri_san: Option<String>,
     pub dns_sans: Vec<String>,
@@ -82,6 +97,7 @@ impl ClientCertificate {
             .negotiated_cipher_suite()
             .context("no cipher suite")?;
         Ok(Self {
+            serial: cert.tbs_certificate.raw_serial_as_string().replace(':', ""),
             common_name,
             uri_san,
             dns_sans,
@@ -198,6 +214,7 @@ mod tests {
 
     fn certificate() -> ClientCertificate {
         ClientCertificate {
+            serial: "1f".into(),
             common_name: Some("billing".into()),
             uri_san: None,
             dns_sans: vec!["billing.corp.example".into()],

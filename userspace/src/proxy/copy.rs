@@ -7,6 +7,7 @@
 //! reset, so the app reads an error instead of a clean end of a truncated stream.
 
 use std::{
+    future::Future,
     io,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
@@ -47,16 +48,27 @@ pub struct Outcome {
     pub error: Option<io::Error>,
 }
 
-/// Copies until both directions are done, or one fails.
-pub async fn bidirectional(mut client: impl Endpoint, mut server: impl Endpoint) -> Outcome {
+/// Copies until both directions are done, one fails, or `cut` says why the connection
+/// may not go on.
+pub async fn bidirectional(
+    mut client: impl Endpoint,
+    mut server: impl Endpoint,
+    cut: impl Future<Output = String>,
+) -> Outcome {
     let (request, response) = (AtomicU64::new(0), AtomicU64::new(0));
     let result = {
         let (mut client_read, mut client_write) = tokio::io::split(&mut client);
         let (mut server_read, mut server_write) = tokio::io::split(&mut server);
-        tokio::try_join!(
-            one_way(&mut client_read, &mut server_write, &request),
-            one_way(&mut server_read, &mut client_write, &response),
-        )
+        let copied = async {
+            tokio::try_join!(
+                one_way(&mut client_read, &mut server_write, &request),
+                one_way(&mut server_read, &mut client_write, &response),
+            )
+        };
+        tokio::select! {
+            copied = copied => copied.map(|_| ()),
+            why = cut => Err(io::Error::other(why)),
+        }
     };
     let error = result.err();
     if error.is_some() {

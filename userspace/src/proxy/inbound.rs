@@ -13,12 +13,12 @@ use tokio::{
 use super::{
     accept_loop,
     caller::Caller,
+    live::Admitted,
     relay::{Connection, Direction},
     sockets, terminate,
 };
 use crate::{
     node::pod::PodContext,
-    policy::Principal,
     ports::{PortSettings, ServerTls},
     tunnel,
 };
@@ -51,12 +51,18 @@ pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
             principal: Some(accepted.client.into()),
             certificate: Some(accepted.certificate),
         };
-        if let Err(why) = pod.admit(caller.dst.port(), caller.principal.as_ref()) {
-            return record.refuse(&format!("policy: {why}"));
-        }
+        let ticket = match pod.admit_live(caller.admitted()) {
+            Ok(ticket) => ticket,
+            Err(why) => return record.refuse(&why),
+        };
         let settings = pod.port_settings(caller.dst.port());
         match deliver(&pod, &caller, &settings).await {
-            Ok(app) => record.relay_tunnel(app, accepted.stream).await,
+            Ok(app) => {
+                record
+                    .watched(ticket)
+                    .relay_tunnel(app, accepted.stream)
+                    .await
+            }
             Err(e) => record.refuse(&format!("{e:#}")),
         }
     })
@@ -79,25 +85,27 @@ async fn handle(conn: TcpStream, peer: SocketAddr, pod: &PodContext) {
     }
     // Plaintext: only a connection the daemon opened for a pod of this node has an
     // identity (see `same_node`); an address alone proves nothing.
-    let principal = match same_node_caller(pod, peer, dst) {
-        Ok(principal) => principal,
-        Err(e) => return record.refuse(&format!("{e:#}")),
-    };
-    let record = match &principal {
-        Some(p) => record.same_node(p),
+    let origin = pod.shared.originated.origin(peer, dst);
+    let record = match &origin {
+        Some(origin) => record.same_node(&origin.identity),
         None => record,
     };
     let caller = Caller {
         src: peer,
         dst,
-        principal,
+        principal: origin.as_ref().map(|o| o.identity.clone().into()),
         certificate: None,
     };
-    if let Err(why) = pod.admit(dst.port(), caller.principal.as_ref()) {
-        return record.refuse(&format!("policy: {why}"));
-    }
+    let admitted = Admitted {
+        serial: origin.and_then(|o| o.serial),
+        ..caller.admitted()
+    };
+    let ticket = match pod.admit_live(admitted) {
+        Ok(ticket) => ticket,
+        Err(why) => return record.refuse(&why),
+    };
     match deliver(pod, &caller, &settings).await {
-        Ok(app) => record.relay(conn, app).await,
+        Ok(app) => record.watched(ticket).relay(conn, app).await,
         Err(e) => record.refuse(&format!("{e:#}")),
     }
 }
@@ -109,23 +117,6 @@ fn steered(dst: SocketAddr) -> Result<(), &'static str> {
         return Err("not steered: a direct connection to the daemon's listener");
     }
     Ok(())
-}
-
-/// The caller of a same-node connection, when the daemon opened it for one of this node's
-/// pods; refused when that pod's identity or SVID is revoked.
-fn same_node_caller(
-    pod: &PodContext,
-    src: SocketAddr,
-    dst: SocketAddr,
-) -> Result<Option<Principal>> {
-    let Some(origin) = pod.shared.originated.origin(src, dst) else {
-        return Ok(None);
-    };
-    if let Some(svids) = &pod.shared.svids {
-        let bundle = svids.trust_bundle().borrow().clone();
-        bundle.check_revoked(origin.serial.as_deref(), &origin.identity.to_string())?;
-    }
-    Ok(Some(origin.identity.into()))
 }
 
 /// A port with TLS for clients outside the mesh: the daemon does the handshake, policy
@@ -149,11 +140,17 @@ async fn terminated(
         principal: Some(client.principal),
         certificate: Some(client.certificate),
     };
-    if let Err(why) = pod.admit(dst.port(), caller.principal.as_ref()) {
-        return record.refuse(&format!("policy: {why}"));
-    }
+    let ticket = match pod.admit_live(caller.admitted()) {
+        Ok(ticket) => ticket,
+        Err(why) => return record.refuse(&why),
+    };
     match deliver(pod, &caller, settings).await {
-        Ok(app) => record.relay_tunnel(app, client.stream).await,
+        Ok(app) => {
+            record
+                .watched(ticket)
+                .relay_tunnel(app, client.stream)
+                .await
+        }
         Err(e) => record.refuse(&format!("{e:#}")),
     }
 }

@@ -7,6 +7,7 @@
 pub mod caller;
 pub mod copy;
 pub mod inbound;
+pub mod live;
 pub mod outbound;
 pub mod relay;
 pub mod same_node;

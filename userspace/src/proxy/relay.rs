@@ -5,7 +5,10 @@ use std::{net::SocketAddr, time::Instant};
 
 use tokio::net::TcpStream;
 
-use super::copy::{self, Endpoint, Outcome};
+use super::{
+    copy::{self, Endpoint, Outcome},
+    live::Ticket,
+};
 use crate::{
     egress::{TlsMode, route::Origination},
     metrics::{self, ConnectionLabels, METRICS, Peer},
@@ -49,6 +52,8 @@ pub struct Connection {
     upstream: Option<SocketAddr>,
     labels: ConnectionLabels,
     pub started: Instant,
+    /// Its place among the pod's admitted connections, when a change can cut it.
+    ticket: Option<Ticket>,
 }
 
 impl Connection {
@@ -78,6 +83,21 @@ impl Connection {
                 security: "none",
             },
             started: Instant::now(),
+            ticket: None,
+        }
+    }
+
+    /// Cut the connection when a change no longer allows it (see `live`).
+    pub fn watched(mut self, ticket: Ticket) -> Self {
+        self.ticket = Some(ticket);
+        self
+    }
+
+    /// Resolves with the reason when the connection is no longer allowed.
+    async fn cut(ticket: &mut Option<Ticket>) -> String {
+        match ticket {
+            Some(ticket) => ticket.cut().await,
+            None => std::future::pending().await,
         }
     }
 
@@ -121,15 +141,22 @@ impl Connection {
 
     /// Copies both ways between the connection's client and server until both sides are
     /// done (a half-close is passed on) or it is cut (both reset), then logs.
-    pub async fn relay(self, client: impl Endpoint, server: impl Endpoint) {
+    pub async fn relay(mut self, client: impl Endpoint, server: impl Endpoint) {
         METRICS.connection_opened(&self.labels);
-        let outcome = copy::bidirectional(client, server).await;
+        let mut ticket = self.ticket.take();
+        let outcome = copy::bidirectional(client, server, Self::cut(&mut ticket)).await;
         self.closed(outcome);
     }
 
     /// Relays between the app-side socket and a tunnel: spliced when the kernel does the
     /// TLS, copied through rustls otherwise.
-    pub async fn relay_tunnel(self, app: TcpStream, tunnel: TunnelStream) {
+    pub async fn relay_tunnel(mut self, app: TcpStream, tunnel: TunnelStream) {
+        // What this connection's TLS ended up on (a session can stay in rustls where
+        // the kernel has TLS, see `offload`).
+        self.tls = match &tunnel {
+            TunnelStream::Kernel(_) => TlsPath::Kernel.as_str(),
+            TunnelStream::Userspace(_) => TlsPath::Userspace.as_str(),
+        };
         match tunnel {
             // The TLS side is the client's, but for outbound connections.
             TunnelStream::Userspace(stream) => match self.direction {
@@ -138,7 +165,8 @@ impl Connection {
             },
             TunnelStream::Kernel(stream) => {
                 METRICS.connection_opened(&self.labels);
-                let spliced = splice::relay(app, stream).await;
+                let mut ticket = self.ticket.take();
+                let spliced = splice::relay(app, stream, Self::cut(&mut ticket)).await;
                 // An inbound record counts from the peer.
                 let (request, response) = match self.direction {
                     Direction::Outbound => (spliced.to_peer, spliced.to_app),

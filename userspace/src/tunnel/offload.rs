@@ -7,7 +7,7 @@
 //! fall back per connection. Only cipher suites the kernel accepted are offered, so the
 //! negotiated one can always be offloaded.
 
-use std::sync::Arc;
+use std::{os::fd::AsRawFd, sync::Arc};
 
 use anyhow::{Context, Result};
 use ktls::{CompatibleCiphers, CorkStream};
@@ -108,10 +108,10 @@ impl Offload {
         &self,
         stream: client::TlsStream<CorkStream<TcpStream>>,
     ) -> Result<TunnelStream> {
-        if self.kernel.is_none() {
-            return Ok(counted(TunnelStream::Userspace(Box::new(stream))));
+        match self.keeps_in_userspace(&stream.get_ref().0.io) {
+            Some(reason) => Ok(counted(TunnelStream::Userspace(Box::new(stream)), reason)),
+            None => offloaded(ktls::config_ktls_client(stream).await),
         }
-        offloaded(ktls::config_ktls_client(stream).await)
     }
 
     /// Hands a server session to the kernel, or keeps it in rustls.
@@ -119,18 +119,49 @@ impl Offload {
         &self,
         stream: server::TlsStream<CorkStream<TcpStream>>,
     ) -> Result<TunnelStream> {
-        if self.kernel.is_none() {
-            return Ok(counted(TunnelStream::Userspace(Box::new(stream))));
+        match self.keeps_in_userspace(&stream.get_ref().0.io) {
+            Some(reason) => Ok(counted(TunnelStream::Userspace(Box::new(stream)), reason)),
+            None => offloaded(ktls::config_ktls_server(stream).await),
         }
-        offloaded(ktls::config_ktls_server(stream).await)
+    }
+
+    /// Why a session stays in rustls: the kernel has no TLS, or the peer has already
+    /// closed its side (a fast client that sent everything and half-closed while this end
+    /// finished its handshake), which the kernel refuses to offload (ENOTCONN) but rustls
+    /// serves to the end.
+    fn keeps_in_userspace(&self, socket: &TcpStream) -> Option<&'static str> {
+        if self.kernel.is_none() {
+            return Some("no_kernel_tls");
+        }
+        (!established(socket)).then_some("peer_closed")
     }
 }
 
-/// Counts where an established tunnel's TLS runs.
-fn counted(stream: TunnelStream) -> TunnelStream {
+/// `TCP_ESTABLISHED` in the kernel's TCP states (include/net/tcp_states.h).
+const TCP_ESTABLISHED: u8 = 1;
+
+/// Whether the socket is still in TCP's ESTABLISHED state (no FIN received yet).
+fn established(socket: &TcpStream) -> bool {
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the buffer and its length describe a valid tcp_info.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && info.tcpi_state == TCP_ESTABLISHED
+}
+
+/// Counts where an established tunnel's TLS runs, and why not in the kernel.
+fn counted(stream: TunnelStream, userspace_reason: &str) -> TunnelStream {
     let (result, reason) = match &stream {
         TunnelStream::Kernel(_) => ("ktls", ""),
-        TunnelStream::Userspace(_) => ("userspace", "no_kernel_tls"),
+        TunnelStream::Userspace(_) => ("userspace", userspace_reason),
     };
     METRICS
         .tls_offload
@@ -143,7 +174,7 @@ fn counted(stream: TunnelStream) -> TunnelStream {
 /// failed (a bounded set: the `ktls` crate's error kinds).
 fn offloaded(result: Result<ktls::KtlsStream<TcpStream>, ktls::Error>) -> Result<TunnelStream> {
     match result {
-        Ok(stream) => Ok(counted(TunnelStream::Kernel(half_closable(stream)))),
+        Ok(stream) => Ok(counted(TunnelStream::Kernel(half_closable(stream)), "")),
         Err(e) => {
             let reason = format!("{e:?}");
             let reason = reason.split(['(', ' ']).next().unwrap_or("unknown");
@@ -160,4 +191,27 @@ fn offloaded(result: Result<ktls::KtlsStream<TcpStream>, ktls::Error>) -> Result
 fn half_closable(offloaded: ktls::KtlsStream<TcpStream>) -> KernelTls {
     let (drained, io) = offloaded.into_raw();
     KernelTls::new(io, drained)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_socket_whose_peer_closed_is_no_longer_established() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert!(established(&server));
+        client.shutdown().await.unwrap();
+        let mut waited = 0;
+        while established(&server) && waited < 100 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        assert!(!established(&server), "the FIN moved it to CLOSE_WAIT");
+    }
 }

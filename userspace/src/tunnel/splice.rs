@@ -34,9 +34,13 @@ pub struct Spliced {
 }
 
 /// Relays until both directions are done; a half-close is passed on (`close_notify` + FIN
-/// towards the peer, FIN towards the app). When either direction fails, the app's socket
-/// is reset.
-pub async fn relay(mut app: TcpStream, tls: KernelTls) -> Spliced {
+/// towards the peer, FIN towards the app). When either direction fails, or `cut` says why
+/// the connection may not go on, the app's socket is reset.
+pub async fn relay(
+    mut app: TcpStream,
+    tls: KernelTls,
+    cut: impl std::future::Future<Output = String>,
+) -> Spliced {
     let (to_peer, to_app) = (AtomicU64::new(0), AtomicU64::new(0));
     let (tls, drained) = tls.into_parts();
     let result = async {
@@ -50,7 +54,10 @@ pub async fn relay(mut app: TcpStream, tls: KernelTls) -> Spliced {
             pump(&tls, &app, true, &to_app).await?;
             unless_gone(shutdown(app.as_raw_fd(), Shutdown::Write).map_err(io::Error::from))
         };
-        tokio::try_join!(upstream, downstream).map(|_| ())
+        tokio::select! {
+            spliced = async { tokio::try_join!(upstream, downstream) } => spliced.map(|_| ()),
+            why = cut => Err(io::Error::other(why)),
+        }
     }
     .await;
     let error = result.err();

@@ -15,7 +15,7 @@ pub mod convert;
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
-use futures::{Stream, StreamExt, stream::BoxStream};
+use futures::{Stream, StreamExt, TryFutureExt, stream::BoxStream};
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod, Service},
     discovery::v1::EndpointSlice,
@@ -76,6 +76,9 @@ struct Stores {
     slices: Store<EndpointSlice>,
     /// With what they are: list items may leave out `apiVersion` and `kind`.
     resources: Vec<(ApiResource, Store<DynamicObject>)>,
+    /// Per resource: the API server says the kind does not exist (its CRD is not
+    /// installed), so there is none of it to wait for.
+    absent: Vec<watch::Receiver<bool>>,
 }
 
 impl Stores {
@@ -111,24 +114,33 @@ impl Stores {
 /// Watches the API server behind `client`; returns once the core kinds are listed.
 pub async fn follow(client: Client) -> Result<watch::Receiver<Arc<Registry>>> {
     let mut events = Vec::new();
+    let core = || watch::channel(false).0;
     let (pods, w) = reflector::store();
-    events.push(reflect(Api::all(client.clone()), w, "Pod"));
+    events.push(reflect(Api::all(client.clone()), w, "Pod", core()));
     let (namespaces, w) = reflector::store();
-    events.push(reflect(Api::all(client.clone()), w, "Namespace"));
+    events.push(reflect(Api::all(client.clone()), w, "Namespace", core()));
     let (services, w) = reflector::store();
-    events.push(reflect(Api::all(client.clone()), w, "Service"));
+    events.push(reflect(Api::all(client.clone()), w, "Service", core()));
     let (slices, w) = reflector::store();
-    events.push(reflect(Api::all(client.clone()), w, "EndpointSlice"));
-    let mut resources = Vec::new();
+    events.push(reflect(
+        Api::all(client.clone()),
+        w,
+        "EndpointSlice",
+        core(),
+    ));
+    let (mut resources, mut absent) = (Vec::new(), Vec::new());
     for (group, version, kind, plural) in RESOURCES {
         let resource =
             ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
         let writer = Writer::new(resource.clone());
         resources.push((resource.clone(), writer.as_reader()));
+        let (absent_tx, absent_rx) = watch::channel(false);
+        absent.push(absent_rx);
         events.push(reflect(
             Api::all_with(client.clone(), &resource),
             writer,
             kind,
+            absent_tx,
         ));
     }
     let stores = Stores {
@@ -137,6 +149,7 @@ pub async fn follow(client: Client) -> Result<watch::Receiver<Arc<Registry>>> {
         services,
         slices,
         resources,
+        absent,
     };
     let mut events = futures::stream::select_all(events);
     initial_sync(&stores, &mut events).await?;
@@ -159,17 +172,38 @@ pub async fn follow(client: Client) -> Result<watch::Receiver<Arc<Registry>>> {
     Ok(rx)
 }
 
-/// Drives the watches until the core kinds are listed in full.
+/// Drives the watches until every kind is listed in full: the core kinds, and every kind
+/// that can restrict traffic (policies, ports, egress rules) or is known not to exist.
+/// Until then nothing is enrolled, so nothing is admitted under a policy not yet read.
 async fn initial_sync(
     stores: &Stores,
     events: &mut (impl Stream<Item = ()> + Unpin),
 ) -> Result<()> {
+    let restricting = stores.resources.iter().zip(&stores.absent).map(|((_, store), absent)| {
+        let mut absent = absent.clone();
+        async move {
+            tokio::select! {
+                ready = store.wait_until_ready() => ready.map_err(anyhow::Error::from),
+                gone = absent.wait_for(|absent| *absent) => gone.map(|_| ()).map_err(anyhow::Error::from),
+            }
+        }
+    });
     let synced = async {
         tokio::try_join!(
-            stores.pods.wait_until_ready(),
-            stores.namespaces.wait_until_ready(),
-            stores.services.wait_until_ready(),
-            stores.slices.wait_until_ready(),
+            stores.pods.wait_until_ready().map_err(anyhow::Error::from),
+            stores
+                .namespaces
+                .wait_until_ready()
+                .map_err(anyhow::Error::from),
+            stores
+                .services
+                .wait_until_ready()
+                .map_err(anyhow::Error::from),
+            stores
+                .slices
+                .wait_until_ready()
+                .map_err(anyhow::Error::from),
+            futures::future::try_join_all(restricting),
         )
     };
     let deadline = tokio::time::sleep(INITIAL_SYNC);
@@ -179,15 +213,21 @@ async fn initial_sync(
             done = &mut synced => return done.map(|_| ()).context("the API watches ended"),
             _ = events.next() => {}
             _ = &mut deadline => anyhow::bail!(
-                "the API server did not list pods, namespaces, services and endpoint slices within {INITIAL_SYNC:?} (RBAC? see the daemon's log)"
+                "the API server did not list pods, namespaces, services, endpoint slices and the Istio and hawser policy kinds within {INITIAL_SYNC:?} (RBAC? see the daemon's log)"
             ),
         }
     }
 }
 
 /// A reflector keeping `writer`'s store current; yields once per event. Watch errors
-/// are logged and retried with backoff.
-fn reflect<K>(api: Api<K>, writer: Writer<K>, kind: &'static str) -> BoxStream<'static, ()>
+/// are logged and retried with backoff; `absent` says when the API server does not know
+/// the kind at all (404: its CRD is not installed).
+fn reflect<K>(
+    api: Api<K>,
+    writer: Writer<K>,
+    kind: &'static str,
+    absent: watch::Sender<bool>,
+) -> BoxStream<'static, ()>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
@@ -196,10 +236,17 @@ where
         writer,
         watcher(api, watcher::Config::default()).default_backoff(),
     )
-    .map(move |event| {
-        if let Err(e) = event {
-            tracing::warn!(kind, "Kubernetes watch: {e}");
+    .map(move |event| match event {
+        Err(watcher::Error::InitialListFailed(kube::Error::Api(status))) if status.code == 404 => {
+            if !absent.send_replace(true) {
+                tracing::info!(
+                    kind,
+                    "not served by the API server (CRD not installed): none to read"
+                );
+            }
         }
+        Err(e) => tracing::warn!(kind, "Kubernetes watch: {e}"),
+        Ok(_) => {}
     })
     .boxed()
 }
