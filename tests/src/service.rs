@@ -60,6 +60,9 @@ impl Service {
             path(&node.cgroup),
             "--reload-interval-ms".into(),
             "200".into(),
+            // The test bed's certificate files live in its scratch directory.
+            "--credential-roots".into(),
+            path(bed.dir()),
         ];
         if let Some(ca) = ca {
             args.extend([

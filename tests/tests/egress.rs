@@ -223,7 +223,8 @@ fn mutual_uses_each_workloads_company_certificate_and_follows_a_secret_update() 
     mount_secret(&secret, "v1", &s.company_client("app-a")?, &s.company.cert)?;
     // c's: a credential directory named in the rule.
     let c_cert = s.company_client("app-c")?;
-    let c_dir = s.credentials.join("c-cred");
+    // The rule is in namespace default: its credentials are under default/.
+    let c_dir = s.credentials.join("default/c-cred");
     std::fs::create_dir_all(&c_dir)?;
     std::fs::copy(&c_cert.cert, c_dir.join("tls.crt"))?;
     std::fs::copy(&c_cert.key, c_dir.join("tls.key"))?;

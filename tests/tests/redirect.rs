@@ -33,6 +33,14 @@ fn traffic_between_pods_flows_through_the_daemon_with_source_ips_kept() -> Resul
     let nginx_c = Nginx::start(&bed, &c)?;
     bed.enroll(&[&a, &b])?;
     let daemon = bed.start_daemon(&node)?;
+    // The daemon runs at its hard open-files limit, not the soft 1024 it may start with.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.pid().unwrap()))?;
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or("");
+    let soft_hard: Vec<&str> = files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(soft_hard.first(), soft_hard.get(1), "{files}");
 
     // a -> b: captured on the way out of a and on the way into b.
     assert_eq!(

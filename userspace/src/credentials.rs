@@ -1,7 +1,11 @@
 //! Certificates, keys and CA bundles from files: client material for originated TLS (named
 //! in a `DestinationRule`), server material and extra trust anchors for inbound TLS
 //! (`InboundPorts`); or from a credential directory (`tls.crt`, `tls.key`, `ca.crt`, the
-//! layout of a mounted Secret).
+//! layout of a mounted Secret) of the resource's own namespace.
+//!
+//! Tenants write those resources, the daemon reads the files: a file path is read only
+//! under the roots the operator allows (`--credential-roots`, after resolving symlinks),
+//! and a credential only from `<credentials-dir>/<namespace>/<name>/`.
 //!
 //! Files are read on first use and read again when one of them changes (size or mtime,
 //! through symlinks, so a Secret update's symlink swap counts): a rotated certificate is
@@ -46,15 +50,18 @@ struct Files {
 type Stamp = Vec<Option<(SystemTime, u64)>>;
 
 pub struct Credentials {
-    /// Where `credentialName` directories live.
+    /// Where `credentialName` directories live, one directory per namespace.
     dir: PathBuf,
+    /// The only directories file paths may point into.
+    roots: Vec<PathBuf>,
     cache: Mutex<HashMap<Files, (Stamp, Arc<Material>)>>,
 }
 
 impl Credentials {
-    pub fn new(dir: PathBuf) -> Self {
+    pub fn new(dir: PathBuf, roots: Vec<PathBuf>) -> Self {
         Self {
             dir,
+            roots,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -68,11 +75,11 @@ impl Credentials {
                 tls.mode == TlsMode::Mutual,
                 tls.ca_certificates.clone(),
             )?,
-            None => Files {
+            None => self.allowed(Files {
                 cert: tls.client_certificate.clone(),
                 key: tls.private_key.clone(),
                 ca: tls.ca_certificates.clone(),
-            },
+            })?,
         };
         self.load(files)
     }
@@ -81,13 +88,43 @@ impl Credentials {
     pub fn server(&self, tls: &ServerTls) -> Result<Arc<Material>> {
         let files = match &tls.credential_name {
             Some(name) => self.credential(name, true, tls.ca_certificates.clone())?,
-            None => Files {
+            None => self.allowed(Files {
                 cert: tls.server_certificate.clone(),
                 key: tls.private_key.clone(),
                 ca: tls.ca_certificates.clone(),
-            },
+            })?,
         };
         self.load(files)
+    }
+
+    /// `files`, if every one is under an allowed root once symlinks are resolved (a
+    /// Secret's `..data` link stays inside its mount; a link out of it does not pass).
+    fn allowed(&self, files: Files) -> Result<Files> {
+        for path in [&files.cert, &files.key, &files.ca].into_iter().flatten() {
+            let real = path
+                .canonicalize()
+                .with_context(|| format!("read {}", path.display()))?;
+            let inside = self
+                .roots
+                .iter()
+                .any(|root| root.canonicalize().is_ok_and(|root| real.starts_with(root)));
+            if !inside {
+                bail!(
+                    "{} is outside the directories the operator allows (--credential-roots {})",
+                    path.display(),
+                    self.roots_text()
+                );
+            }
+        }
+        Ok(files)
+    }
+
+    fn roots_text(&self) -> String {
+        let roots: Vec<String> = self.roots.iter().map(|r| r.display().to_string()).collect();
+        match roots.is_empty() {
+            true => "is not set".into(),
+            false => roots.join(","),
+        }
     }
 
     fn load(&self, files: Files) -> Result<Arc<Material>> {
@@ -117,18 +154,32 @@ impl Credentials {
         }
     }
 
-    /// The files of credential directory `name`: the pair when `with_pair`, and the CA
-    /// (`ca_override` first, else `ca.crt` if present).
+    /// The files of credential directory `scoped` (`<namespace>/<name>`): the pair when
+    /// `with_pair`, and the CA (`ca_override` first, else `ca.crt` if present).
     fn credential(
         &self,
-        name: &str,
+        scoped: &str,
         with_pair: bool,
         ca_override: Option<PathBuf>,
     ) -> Result<Files> {
-        if name.contains('/') || name.starts_with('.') {
-            bail!("credentialName {name:?} is not a plain name");
+        let plain = |part: &str| !part.is_empty() && !part.starts_with('.');
+        match scoped.split_once('/') {
+            Some((namespace, name)) if plain(namespace) && plain(name) && !name.contains('/') => {}
+            _ => bail!("credential {scoped:?} is not <namespace>/<name>"),
         }
-        let dir = self.dir.join(name);
+        let ca_override = match ca_override {
+            Some(ca) => {
+                self.allowed(Files {
+                    cert: None,
+                    key: None,
+                    ca: Some(ca),
+                })?
+                .ca
+            }
+            None => None,
+        };
+        let name = scoped;
+        let dir = self.dir.join(scoped);
         if !dir.is_dir() {
             bail!("credential {name:?}: no directory {}", dir.display());
         }
@@ -188,4 +239,88 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
         bail!("no certificate in {}", path.display());
     }
     Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate and its key in `dir`.
+    fn pair(dir: &Path) -> (PathBuf, PathBuf) {
+        let made = rcgen::generate_simple_self_signed(vec!["client.example".into()]).unwrap();
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        (cert, key)
+    }
+
+    fn mutual(cert: PathBuf, key: PathBuf) -> ClientTls {
+        ClientTls {
+            mode: TlsMode::Mutual,
+            client_certificate: Some(cert),
+            private_key: Some(key),
+            ca_certificates: None,
+            credential_name: None,
+            sni: None,
+            subject_alt_names: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn file_paths_are_read_only_under_the_roots_the_operator_allows() {
+        let (allowed, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (cert, key) = pair(allowed.path());
+        let (other_cert, other_key) = pair(elsewhere.path());
+        let credentials =
+            Credentials::new(allowed.path().join("none"), vec![allowed.path().into()]);
+        assert!(
+            credentials
+                .client(&mutual(cert.clone(), key.clone()))
+                .is_ok()
+        );
+        let refused = credentials
+            .client(&mutual(other_cert, other_key.clone()))
+            .err()
+            .unwrap();
+        assert!(
+            refused.to_string().contains("--credential-roots"),
+            "{refused:#}"
+        );
+        // A link inside the root to a key outside it is outside.
+        let link = allowed.path().join("sneaky.key");
+        std::os::unix::fs::symlink(&other_key, &link).unwrap();
+        assert!(credentials.client(&mutual(cert.clone(), link)).is_err());
+        // No roots: no file paths at all.
+        let closed = Credentials::new(allowed.path().join("none"), Vec::new());
+        let refused = closed.client(&mutual(cert, key)).err().unwrap();
+        assert!(refused.to_string().contains("is not set"), "{refused:#}");
+    }
+
+    #[test]
+    fn a_credential_is_found_only_in_the_namespace_that_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let shop = dir.path().join("shop/billing");
+        std::fs::create_dir_all(&shop).unwrap();
+        pair(&shop);
+        let credentials = Credentials::new(dir.path().into(), Vec::new());
+        let named = |scoped: &str| ClientTls {
+            credential_name: Some(scoped.into()),
+            ..mutual(PathBuf::new(), PathBuf::new())
+        };
+        assert!(credentials.client(&named("shop/billing")).is_ok());
+        assert!(credentials.client(&named("other/billing")).is_err());
+        for sneaky in [
+            "billing",
+            "shop/../shop/billing",
+            "../shop/billing",
+            "shop/.x",
+        ] {
+            assert!(credentials.client(&named(sneaky)).is_err(), "{sneaky}");
+        }
+        let scoped = crate::policy::istio::scoped_credential;
+        assert_eq!(scoped("shop", "billing").unwrap(), "shop/billing");
+        for bad in ["../billing", "other/billing", ".hidden", "", "Billing"] {
+            assert!(scoped("shop", bad).is_err(), "{bad}");
+        }
+    }
 }

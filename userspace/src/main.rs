@@ -125,14 +125,19 @@ struct NodeArgs {
     /// Where Prometheus scrapes `/metrics` (and kubelet probes `/healthz/ready`).
     #[arg(long, default_value = "0.0.0.0:15020", env = "HAWSER_METRICS_ADDR")]
     metrics_addr: SocketAddr,
-    /// Where `DestinationRule` `credentialName`s are: one directory per credential with
-    /// `tls.crt`, `tls.key` and `ca.crt` (a mounted Secret).
+    /// Where `credentialName`s are: `<namespace>/<name>/` with `tls.crt`, `tls.key` and
+    /// `ca.crt` (a mounted Secret), for resources of that namespace only.
     #[arg(
         long,
         default_value = "/etc/hawser/credentials",
         env = "HAWSER_CREDENTIALS_DIR"
     )]
     credentials_dir: PathBuf,
+    /// The only directories certificate and key file paths in DestinationRules and
+    /// InboundPorts may point into (comma-separated). Unset: no file paths, only
+    /// `credentialName`s (tenants write those resources; the daemon reads the files).
+    #[arg(long, value_delimiter = ',', env = "HAWSER_CREDENTIAL_ROOTS")]
+    credential_roots: Vec<PathBuf>,
     /// Istio's outbound traffic policy for destinations no ServiceEntry declares.
     #[arg(
         long,
@@ -343,6 +348,7 @@ fn node_config(args: NodeArgs, log_level: logging::LogLevel) -> Result<NodeConfi
         metrics_addr: args.metrics_addr,
         series_grace: Duration::from_secs(args.metrics_grace_secs),
         credentials_dir: args.credentials_dir,
+        credential_roots: args.credential_roots,
         outbound_policy: args.outbound_traffic_policy,
         dns_server: args.dns_server,
         cni_socket: args.cni_socket,

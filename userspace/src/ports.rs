@@ -31,7 +31,7 @@ use crate::{
     policy::{
         Scope,
         evaluate::covers,
-        istio::{Metadata, Selector},
+        istio::{Metadata, Selector, scoped_credential},
     },
     workload::Workload,
 };
@@ -58,7 +58,8 @@ pub struct ServerTls {
     pub server_certificate: Option<PathBuf>,
     pub private_key: Option<PathBuf>,
     pub ca_certificates: Option<PathBuf>,
-    /// `tls.crt`, `tls.key`, `ca.crt` under the daemon's credentials directory.
+    /// `tls.crt`, `tls.key`, `ca.crt` in the resource's own namespace: `<namespace>/<name>`
+    /// under the daemon's credentials directory.
     pub credential_name: Option<String>,
 }
 
@@ -121,7 +122,10 @@ impl InboundPortsDoc {
         let mut ports = BTreeMap::new();
         for p in self.spec.ports {
             let settings = PortSettings {
-                tls: p.tls.map(TlsDoc::into_server_tls).transpose()?,
+                tls: p
+                    .tls
+                    .map(|tls| tls.into_server_tls(&self.metadata.namespace))
+                    .transpose()?,
                 proxy_protocol: match p.proxy_protocol.as_deref() {
                     None => false,
                     Some("v2") => true,
@@ -149,7 +153,7 @@ impl InboundPortsDoc {
 }
 
 impl TlsDoc {
-    fn into_server_tls(self) -> Result<ServerTls, String> {
+    fn into_server_tls(self, namespace: &str) -> Result<ServerTls, String> {
         match self.mode.as_deref().unwrap_or("MUTUAL") {
             "MUTUAL" => {}
             other => {
@@ -168,7 +172,10 @@ impl TlsDoc {
             server_certificate: self.server_certificate,
             private_key: self.private_key,
             ca_certificates: self.ca_certificates,
-            credential_name: self.credential_name,
+            credential_name: self
+                .credential_name
+                .map(|name| scoped_credential(namespace, &name))
+                .transpose()?,
         })
     }
 }

@@ -5,7 +5,7 @@
 //! - `build`: bootstrap, then the eBPF object, the daemon and the test tools;
 //! - `test`: build, then formatting, lints, unit and end-to-end tests, and `vm-test`;
 //! - `demo`: build, then a local mesh on network namespaces with real curl and nginx;
-//! - `vm-test`: the tunnel, egress and inbound-ports suites in a QEMU VM on Debian's stock kernel, with kernel TLS;
+//! - `vm-test`: the tunnel, egress, inbound-ports and capture-attack suites in a QEMU VM on Debian's stock kernel, with kernel TLS;
 //! - `bench`: hawser against plain TCP, here and in the VM with kernel TLS (docs/BENCHMARKS.md).
 
 mod bench;
@@ -104,6 +104,8 @@ fn test(filter: Option<String>) -> Result<()> {
         args.push(filter);
     }
     cmd::cargo(&args)?;
-    cmd::step("running the tunnel, egress and inbound-ports tests in a VM with kernel TLS");
+    cmd::step(
+        "running the tunnel, egress, inbound-ports and capture tests in a VM with kernel TLS",
+    );
     vm::run()
 }

@@ -1,4 +1,5 @@
-//! `cargo xtask vm-test`: the tunnel, egress and inbound-ports suites on Debian's stock kernel, which has kernel TLS.
+//! `cargo xtask vm-test`: the tunnel, egress and inbound-ports suites (and the capture
+//! attacks that cross a tunnel) on Debian's stock kernel, which has kernel TLS.
 //!
 //! This machine's kernel has no `tls` module, and its KVM cannot boot a stock kernel, so
 //! QEMU emulates (TCG) a VM running Debian's `linux-image-amd64` (downloaded with

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 use serde::Deserialize;
 
 use super::{ClientTls, DestinationRule, Location, Resolution, ServiceEntry, ServicePort, TlsMode};
-use crate::policy::istio::{Metadata, Selector};
+use crate::policy::istio::{Metadata, Selector, scoped_credential};
 
 pub const API_VERSIONS: &[&str] = &[
     "networking.istio.io/v1",
@@ -192,7 +192,7 @@ fn disable() -> TlsMode {
 }
 
 impl TlsDoc {
-    fn into_tls(self) -> Result<ClientTls, String> {
+    fn into_tls(self, namespace: &str) -> Result<ClientTls, String> {
         if self.insecure_skip_verify {
             return Err(
                 "insecureSkipVerify is not supported: hawser always verifies the server".into(),
@@ -220,7 +220,10 @@ impl TlsDoc {
             client_certificate: self.client_certificate,
             private_key: self.private_key,
             ca_certificates: self.ca_certificates,
-            credential_name: self.credential_name,
+            credential_name: self
+                .credential_name
+                .map(|name| scoped_credential(namespace, &name))
+                .transpose()?,
             sni: self.sni,
             subject_alt_names: self.subject_alt_names,
         })
@@ -235,6 +238,7 @@ impl DestinationRuleDoc {
                 "subsets are not supported (they need a VirtualService to route to them)".into(),
             );
         }
+        let namespace = self.metadata.namespace.clone();
         let policy = spec.traffic_policy;
         let (tls, levels) = match policy {
             Some(p) => (p.tls, p.port_level_settings),
@@ -243,7 +247,7 @@ impl DestinationRuleDoc {
         let mut port_tls = BTreeMap::new();
         for level in levels {
             if let Some(tls) = level.tls {
-                port_tls.insert(level.port.number, tls.into_tls()?);
+                port_tls.insert(level.port.number, tls.into_tls(&namespace)?);
             }
         }
         Ok(DestinationRule {
@@ -251,7 +255,7 @@ impl DestinationRuleDoc {
             namespace: self.metadata.namespace,
             host: spec.host,
             workload_selector: spec.workload_selector.map(|s| s.match_labels),
-            tls: tls.map(TlsDoc::into_tls).transpose()?,
+            tls: tls.map(|tls| tls.into_tls(&namespace)).transpose()?,
             port_tls,
         })
     }

@@ -98,8 +98,9 @@ pub struct ClientTls {
     pub client_certificate: Option<PathBuf>,
     pub private_key: Option<PathBuf>,
     pub ca_certificates: Option<PathBuf>,
-    /// A credential directory (`tls.crt`, `tls.key`, `ca.crt`) under the daemon's
-    /// credentials directory, as a mounted Secret looks.
+    /// A credential directory (`tls.crt`, `tls.key`, `ca.crt`, as a mounted Secret looks)
+    /// of the rule's own namespace: `<namespace>/<name>` under the daemon's credentials
+    /// directory, so a tenant can name only its own.
     pub credential_name: Option<String>,
     pub sni: Option<String>,
     pub subject_alt_names: Vec<String>,

@@ -10,7 +10,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use ktls::CorkStream;
 use rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
@@ -53,7 +52,7 @@ pub async fn tls(pod: &PodContext, o: &Origination, settings: &ClientTls) -> Res
         .filter(|_| !sni.starts_with('*'))
         .unwrap_or_else(|| ServerName::IpAddress(o.upstream.ip().into()));
     let tcp = dial(pod, o).await?;
-    let handshake = TlsConnector::from(Arc::new(config)).connect(name, CorkStream::new(tcp));
+    let handshake = TlsConnector::from(Arc::new(config)).connect(name, offload.prepare(tcp));
     let stream = timed(&METRICS.handshake_seconds, "egress", async {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await

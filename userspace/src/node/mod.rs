@@ -49,6 +49,8 @@ pub struct NodeConfig {
     pub cgroup: PathBuf,
     /// Where `credentialName` directories live.
     pub credentials_dir: PathBuf,
+    /// Where certificate file paths may point.
+    pub credential_roots: Vec<PathBuf>,
     pub outbound_policy: OutboundPolicy,
     /// Where the CNI plugin hands over pods' network namespaces; None: no hand-offs
     /// (workloads declare their namespace).
@@ -169,6 +171,7 @@ pub struct NodeStatus {
 }
 
 pub async fn run(config: NodeConfig) -> Result<()> {
+    raise_open_files_limit();
     let dataplane = Arc::new(Dataplane::load(&config.pin_dir, &config.cgroup)?);
     let source = workload::start(&config.source).await?;
     let cni_state = config
@@ -204,7 +207,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             }
             None => Offload::userspace(),
         },
-        credentials: Credentials::new(config.credentials_dir.clone()),
+        credentials: Credentials::new(
+            config.credentials_dir.clone(),
+            config.credential_roots.clone(),
+        ),
         outbound_policy: config.outbound_policy,
         resolved: dns::follow(dns::resolver(config.dns_server)?, registry.clone()),
         originated: Arc::default(),
@@ -274,6 +280,38 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         "shutting down; enrolled pods stay captured (fail closed) until the daemon returns"
     );
     Ok(())
+}
+
+/// Every relayed connection holds two or three descriptors: at the usual soft limit of
+/// 1024, a few hundred idle connections would starve real traffic, the CA poll and the
+/// config reload. The hard limit is what the operator granted.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for the kernel to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return tracing::warn!("cannot read the open files limit: {e}");
+    }
+    let soft = limit.rlim_cur;
+    if soft >= limit.rlim_max {
+        return;
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: a valid rlimit.
+    match unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } {
+        0 => tracing::info!(
+            from = soft,
+            to = limit.rlim_max,
+            "open files limit raised to the hard limit"
+        ),
+        _ => {
+            let e = std::io::Error::last_os_error();
+            tracing::warn!(limit = soft, "cannot raise the open files limit: {e}");
+        }
+    }
 }
 
 /// Applies a change to open connections: each pod cuts those no longer allowed.

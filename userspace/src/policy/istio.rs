@@ -25,6 +25,24 @@ fn default_namespace() -> String {
     "default".into()
 }
 
+/// A `credentialName` of a resource in `namespace`, as the daemon looks it up:
+/// `<namespace>/<name>`. As with Istio's Secrets, a resource names only credentials of its
+/// own namespace, so one tenant cannot present another's certificate.
+pub fn scoped_credential(namespace: &str, name: &str) -> Result<String, String> {
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && !name.starts_with('.');
+    if !plain {
+        return Err(format!(
+            "credentialName {name:?} must be the name of a Secret of namespace {namespace} \
+             (lowercase letters, digits, '-', '.')"
+        ));
+    }
+    Ok(format!("{namespace}/{name}"))
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct Selector {

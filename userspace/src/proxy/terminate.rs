@@ -36,7 +36,7 @@ pub async fn accept(pod: &PodContext, conn: TcpStream, settings: &ServerTls) -> 
     let trust = Trust::new(pod, settings)?;
     let provider = offload.provider();
     let config = trust.server_config(provider.clone())?;
-    let stream = tunnel::server::handshake(conn, Arc::new(config), "inbound").await?;
+    let stream = tunnel::server::handshake(conn, Arc::new(config), offload, "inbound").await?;
     let session = stream.get_ref().1;
     let chain = session
         .peer_certificates()

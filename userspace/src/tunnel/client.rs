@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
-use ktls::CorkStream;
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio_rustls::TlsConnector;
@@ -32,7 +31,7 @@ pub async fn connect(pod: &PodContext, dst: SocketAddr, peer: &SpiffeId) -> Resu
     let tcp = sockets::connect(socket, tunnel).await?;
     // Names play no part in the check (see `tls::SecureNaming`); an IP sends no SNI.
     let name = ServerName::IpAddress(dst.ip().into());
-    let handshake = TlsConnector::from(config).connect(name, CorkStream::new(tcp));
+    let handshake = TlsConnector::from(config).connect(name, offload.prepare(tcp));
     let mut stream = timed(&METRICS.handshake_seconds, "client", async {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await

@@ -3,17 +3,25 @@
 //! kernel has no `tls` module, the same wire protocol runs with rustls in userspace.
 //!
 //! Which path a daemon takes is probed once at start-up (the `ktls` crate sets up each
-//! cipher on a loopback socket): a failed offload consumes the TLS session, so it cannot
-//! fall back per connection. Only cipher suites the kernel accepted are offered, so the
+//! cipher on a loopback socket). Only cipher suites the kernel accepted are offered, so the
 //! negotiated one can always be offloaded.
+//!
+//! The `tls` ULP goes on each socket before its handshake (`prepare`): the kernel installs
+//! it only on an ESTABLISHED socket, and a peer that sends everything and half-closes
+//! while this end finishes its handshake would otherwise make the hand-off fail. Until the
+//! keys follow, a socket with the ULP is plain TCP, so rustls does the handshake as usual.
 
-use std::{os::fd::AsRawFd, sync::Arc};
+use std::{
+    io,
+    os::fd::{AsRawFd, RawFd},
+    sync::Arc,
+};
 
-use anyhow::{Context, Result};
-use ktls::{CompatibleCiphers, CorkStream};
-use rustls::{SupportedCipherSuite, crypto::CryptoProvider};
+use anyhow::Result;
+use ktls::{CompatibleCiphers, CorkStream, CryptoInfo};
+use rustls::{ConnectionTrafficSecrets, SupportedCipherSuite, crypto::CryptoProvider};
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite},
     net::TcpStream,
 };
 use tokio_rustls::{client, server};
@@ -103,58 +111,130 @@ impl Offload {
         Arc::new(provider)
     }
 
+    /// A connected socket ready for its handshake: with the kernel's TLS ULP where the
+    /// kernel has TLS (see the module's comment).
+    pub fn prepare(&self, tcp: TcpStream) -> CorkStream<TcpStream> {
+        if self.kernel.is_some()
+            && let Err(e) = set_ulp(tcp.as_raw_fd())
+        {
+            tracing::debug!("TLS ULP not installed, this session stays in userspace: {e}");
+        }
+        CorkStream::new(tcp)
+    }
+
     /// Hands a client session to the kernel, or keeps it in rustls.
     pub async fn client(
         &self,
-        stream: client::TlsStream<CorkStream<TcpStream>>,
+        mut stream: client::TlsStream<CorkStream<TcpStream>>,
     ) -> Result<TunnelStream> {
-        match self.keeps_in_userspace(&stream.get_ref().0.io) {
-            Some(reason) => Ok(counted(TunnelStream::Userspace(Box::new(stream)), reason)),
-            None => offloaded(ktls::config_ktls_client(stream).await),
+        if !self.offloads(&stream.get_ref().0.io) {
+            return Ok(counted(
+                TunnelStream::Userspace(Box::new(stream)),
+                "no_kernel_tls",
+            ));
         }
+        stream.get_mut().0.corked = true;
+        let drained = drain(&mut stream).await;
+        let (io, conn) = stream.into_inner();
+        let suite = conn.negotiated_cipher_suite();
+        let secrets = conn.dangerous_extract_secrets().map_err(io::Error::other);
+        offloaded(io.io, drained, suite, secrets)
     }
 
     /// Hands a server session to the kernel, or keeps it in rustls.
     pub async fn server(
         &self,
-        stream: server::TlsStream<CorkStream<TcpStream>>,
+        mut stream: server::TlsStream<CorkStream<TcpStream>>,
     ) -> Result<TunnelStream> {
-        match self.keeps_in_userspace(&stream.get_ref().0.io) {
-            Some(reason) => Ok(counted(TunnelStream::Userspace(Box::new(stream)), reason)),
-            None => offloaded(ktls::config_ktls_server(stream).await),
+        if !self.offloads(&stream.get_ref().0.io) {
+            return Ok(counted(
+                TunnelStream::Userspace(Box::new(stream)),
+                "no_kernel_tls",
+            ));
         }
+        stream.get_mut().0.corked = true;
+        let drained = drain(&mut stream).await;
+        let (io, conn) = stream.into_inner();
+        let suite = conn.negotiated_cipher_suite();
+        let secrets = conn.dangerous_extract_secrets().map_err(io::Error::other);
+        offloaded(io.io, drained, suite, secrets)
     }
 
-    /// Why a session stays in rustls: the kernel has no TLS, or the peer has already
-    /// closed its side (a fast client that sent everything and half-closed while this end
-    /// finished its handshake), which the kernel refuses to offload (ENOTCONN) but rustls
-    /// serves to the end.
-    fn keeps_in_userspace(&self, socket: &TcpStream) -> Option<&'static str> {
-        if self.kernel.is_none() {
-            return Some("no_kernel_tls");
-        }
-        (!established(socket)).then_some("peer_closed")
+    /// Whether this session goes to the kernel: it has TLS, and the socket got its ULP.
+    fn offloads(&self, socket: &TcpStream) -> bool {
+        self.kernel.is_some() && has_tls_ulp(socket.as_raw_fd())
     }
 }
 
-/// `TCP_ESTABLISHED` in the kernel's TCP states (include/net/tcp_states.h).
-const TCP_ESTABLISHED: u8 = 1;
+const SOL_TLS: libc::c_int = 282;
+const TLS_TX: libc::c_int = 1;
+const TLS_RX: libc::c_int = 2;
 
-/// Whether the socket is still in TCP's ESTABLISHED state (no FIN received yet).
-fn established(socket: &TcpStream) -> bool {
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: the buffer and its length describe a valid tcp_info.
+fn set_ulp(fd: RawFd) -> io::Result<()> {
+    // SAFETY: the option value is the three bytes of "tls".
+    let rc =
+        unsafe { libc::setsockopt(fd, libc::SOL_TCP, libc::TCP_ULP, c"tls".as_ptr().cast(), 3) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn has_tls_ulp(fd: RawFd) -> bool {
+    let mut name = [0u8; 16];
+    let mut len = name.len() as libc::socklen_t;
+    // SAFETY: the buffer and its length describe valid memory.
     let rc = unsafe {
         libc::getsockopt(
-            socket.as_raw_fd(),
+            fd,
             libc::SOL_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
+            libc::TCP_ULP,
+            name.as_mut_ptr().cast(),
             &mut len,
         )
     };
-    rc == 0 && info.tcpi_state == TCP_ESTABLISHED
+    rc == 0 && name.starts_with(b"tls")
+}
+
+/// The plaintext rustls decrypted beyond the handshake, up to a record boundary (the
+/// corked stream reads no further): it goes to the app before the socket's bytes.
+async fn drain(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Vec<u8>> {
+    let mut drained = Vec::new();
+    let mut chunk = vec![0; 16 * 1024];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) => return Ok(drained),
+            Ok(n) => drained.extend_from_slice(&chunk[..n]),
+            // The peer's close was read already: what came before it is all there is.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(drained),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Gives the session's keys to the kernel (the ULP is on since `prepare`).
+fn install_keys(
+    fd: RawFd,
+    suite: SupportedCipherSuite,
+    secrets: rustls::ExtractedSecrets,
+) -> Result<(), String> {
+    for (option, secrets) in [(TLS_TX, secrets.tx), (TLS_RX, secrets.rx)] {
+        let info = crypto_info(suite, secrets)?;
+        // SAFETY: `info` points to the kernel's crypto-info struct of `info.size()` bytes.
+        let rc = unsafe { libc::setsockopt(fd, SOL_TLS, option, info.as_ptr(), info.size() as _) };
+        if rc != 0 {
+            return Err(format!("set keys: {}", io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+fn crypto_info(
+    suite: SupportedCipherSuite,
+    secrets: (u64, ConnectionTrafficSecrets),
+) -> Result<CryptoInfo, String> {
+    CryptoInfo::from_rustls(suite, secrets).map_err(|e| e.to_string())
 }
 
 /// Counts where an established tunnel's TLS runs, and why not in the kernel.
@@ -171,47 +251,41 @@ fn counted(stream: TunnelStream, userspace_reason: &str) -> TunnelStream {
 }
 
 /// The outcome of a hand-off to the kernel; a failure is counted with the step that
-/// failed (a bounded set: the `ktls` crate's error kinds).
-fn offloaded(result: Result<ktls::KtlsStream<TcpStream>, ktls::Error>) -> Result<TunnelStream> {
-    match result {
-        Ok(stream) => Ok(counted(TunnelStream::Kernel(half_closable(stream)), "")),
-        Err(e) => {
-            let reason = format!("{e:?}");
-            let reason = reason.split(['(', ' ']).next().unwrap_or("unknown");
+/// failed (a bounded set).
+fn offloaded(
+    io: TcpStream,
+    drained: io::Result<Vec<u8>>,
+    suite: Option<SupportedCipherSuite>,
+    secrets: io::Result<rustls::ExtractedSecrets>,
+) -> Result<TunnelStream> {
+    match key_steps(&io, drained, suite, secrets) {
+        Ok(drained) => {
+            let drained = (!drained.is_empty()).then_some(drained);
+            Ok(counted(
+                TunnelStream::Kernel(KernelTls::new(io, drained)),
+                "",
+            ))
+        }
+        Err((step, e)) => {
             METRICS
                 .tls_offload
-                .with_label_values(&["failed", reason])
+                .with_label_values(&["failed", step])
                 .inc();
-            Err(e).context("kernel TLS offload")
+            Err(anyhow::anyhow!("kernel TLS offload ({step}): {e}"))
         }
     }
 }
 
-/// The `ktls` crate did the key hand-off; our stream carries the bytes.
-fn half_closable(offloaded: ktls::KtlsStream<TcpStream>) -> KernelTls {
-    let (drained, io) = offloaded.into_raw();
-    KernelTls::new(io, drained)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::AsyncWriteExt;
-
-    #[tokio::test]
-    async fn a_socket_whose_peer_closed_is_no_longer_established() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        assert!(established(&server));
-        client.shutdown().await.unwrap();
-        let mut waited = 0;
-        while established(&server) && waited < 100 {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            waited += 1;
-        }
-        assert!(!established(&server), "the FIN moved it to CLOSE_WAIT");
-    }
+/// The steps of a hand-off, each named for the metric; the drained plaintext on success.
+fn key_steps(
+    io: &TcpStream,
+    drained: io::Result<Vec<u8>>,
+    suite: Option<SupportedCipherSuite>,
+    secrets: io::Result<rustls::ExtractedSecrets>,
+) -> Result<Vec<u8>, (&'static str, String)> {
+    let drained = drained.map_err(|e| ("drain", e.to_string()))?;
+    let suite = suite.ok_or(("cipher", "no negotiated cipher suite".to_string()))?;
+    let secrets = secrets.map_err(|e| ("secrets", e.to_string()))?;
+    install_keys(io.as_raw_fd(), suite, secrets).map_err(|e| ("keys", e))?;
+    Ok(drained)
 }

@@ -12,7 +12,12 @@ use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, server};
 
-use super::{HANDSHAKE_TIMEOUT, offload::TunnelStream, preamble::Preamble, tls};
+use super::{
+    HANDSHAKE_TIMEOUT,
+    offload::{Offload, TunnelStream},
+    preamble::Preamble,
+    tls,
+};
 use crate::{
     identity::SpiffeId,
     metrics::{METRICS, timed},
@@ -33,9 +38,10 @@ pub struct Accepted {
 pub(crate) async fn handshake(
     conn: TcpStream,
     config: Arc<ServerConfig>,
+    offload: &Offload,
     side: &'static str,
 ) -> Result<server::TlsStream<CorkStream<TcpStream>>> {
-    let handshake = TlsAcceptor::from(config).accept(CorkStream::new(conn));
+    let handshake = TlsAcceptor::from(config).accept(offload.prepare(conn));
     timed(&METRICS.handshake_seconds, side, async {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
@@ -54,7 +60,7 @@ pub async fn accept(pod: &PodContext, conn: TcpStream, dialed: IpAddr) -> Result
     let config = pod
         .tls_configs
         .server(&svid, &bundle, || offload.provider())?;
-    let mut stream = handshake(conn, config, "server").await?;
+    let mut stream = handshake(conn, config, offload, "server").await?;
     let session = stream.get_ref().1;
     let leaf = session
         .peer_certificates()

@@ -4,12 +4,14 @@
 //!
 //! The kernel ends a TLS stream at the TCP FIN whether or not `close_notify` came first;
 //! only `close_notify` is a complete stream here. Without it (the other daemon died, the
-//! link was cut) the app's socket is reset, never closed as if the stream were whole.
+//! link was cut) the app's socket is reset, never closed as if the stream were whole —
+//! unless our side had already sent its `close_notify`: servers such as nginx answer
+//! that with a bare FIN, and every byte the app asked for has arrived by then.
 
 use std::{
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use nix::{
@@ -42,16 +44,19 @@ pub async fn relay(
     cut: impl std::future::Future<Output = String>,
 ) -> Spliced {
     let (to_peer, to_app) = (AtomicU64::new(0), AtomicU64::new(0));
+    let closed_ours = AtomicBool::new(false);
     let (tls, drained) = tls.into_parts();
     let result = async {
         app.write_all(&drained).await?;
         to_app.fetch_add(drained.len() as u64, Ordering::Relaxed);
         let upstream = async {
-            pump(&app, &tls, false, &to_peer).await?;
-            unless_gone(close_write(&tls).await)
+            pump(&app, &tls, None, &to_peer).await?;
+            unless_gone(close_write(&tls).await)?;
+            closed_ours.store(true, Ordering::Release);
+            Ok(())
         };
         let downstream = async {
-            pump(&tls, &app, true, &to_app).await?;
+            pump(&tls, &app, Some(&closed_ours), &to_app).await?;
             unless_gone(shutdown(app.as_raw_fd(), Shutdown::Write).map_err(io::Error::from))
         };
         tokio::select! {
@@ -88,20 +93,24 @@ pub fn unless_gone(result: io::Result<()>) -> io::Result<()> {
     }
 }
 
-/// `src` to `dst` until `src`'s end, counting into `moved`. A kTLS source (`from_tls`)
-/// ends with `close_notify`, a record splice cannot carry (it fails with EINVAL or EIO
-/// and recvmsg reads it); a kTLS source that ends without one was cut short.
+/// `src` to `dst` until `src`'s end, counting into `moved`. A kTLS source (`tls`: whether
+/// our own `close_notify` went out) ends with `close_notify`, a record splice cannot
+/// carry (it fails with EINVAL or EIO and recvmsg reads it); a kTLS source that ends
+/// without one while our side was still open was cut short.
 async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
-    from_tls: bool,
+    tls: Option<&AtomicBool>,
     moved: &AtomicU64,
 ) -> io::Result<()> {
+    let from_tls = tls.is_some();
     let pipe = Pipe::new()?;
     loop {
         src.readable().await?;
         match src.try_io(Interest::READABLE, || pipe.fill(src.as_fd())) {
-            Ok(0) if from_tls => return Err(truncated()),
+            Ok(0) if tls.is_some_and(|closed| !closed.load(Ordering::Acquire)) => {
+                return Err(truncated());
+            }
             Ok(0) => return Ok(()),
             Ok(n) => {
                 pipe.drain_into(dst, n).await?;

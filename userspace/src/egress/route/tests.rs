@@ -273,7 +273,11 @@ spec:
     assert_eq!(o.upstream, addr("10.1.1.4:9443"));
     let (rule, tls) = o.tls.expect("MUTUAL");
     assert_eq!(rule, "istio-system/originate-tls-for-nginx-mtls");
-    assert_eq!(tls.credential_name.as_deref(), Some("nginx-mtls-external"));
+    assert_eq!(
+        tls.credential_name.as_deref(),
+        Some("istio-system/nginx-mtls-external"),
+        "scoped to the rule's namespace"
+    );
     assert_eq!(tls.sni.as_deref(), Some("nginx-mtls.diff-ca.local"));
     let pa = &registry.policies.peer_authentications[0];
     assert_eq!(
