@@ -183,6 +183,32 @@ fn csr(sans: Vec<SanType>, is_ca: IsCa) -> String {
     params.serialize_request(&key).unwrap().pem().unwrap()
 }
 
+/// A CSR for `id` made by openssl with key options `key` (kinds rcgen does not make).
+fn openssl_csr(key: &[&str], id: &str) -> String {
+    let san = format!("subjectAltName=URI:{id}");
+    let mut args = vec![
+        "req",
+        "-new",
+        "-nodes",
+        "-keyout",
+        "/dev/null",
+        "-subj",
+        "/",
+    ];
+    args.extend(key);
+    args.extend(["-addext", &san]);
+    let out = Command::new("openssl")
+        .args(&args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn uri(s: &str) -> SanType {
     SanType::URI(s.try_into().unwrap())
 }
@@ -459,11 +485,32 @@ async fn refuses_bad_csrs_with_invalid_argument() {
             csr(vec![uri("https://cart.shop")], IsCa::NoCa),
             "not a SPIFFE ID",
         ),
+        (
+            "RSA-1024",
+            openssl_csr(&["-newkey", "rsa:1024"], &id),
+            "RSA key of 1024 bits",
+        ),
+        (
+            "secp256k1",
+            openssl_csr(
+                &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp256k1"],
+                &id,
+            ),
+            "only ECDSA P-256/P-384",
+        ),
     ];
     for (what, csr, message) in cases {
         let err = ca.raw(Some(TOKEN_NODE1), csr, 60).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
         assert!(err.message().contains(message), "{what}: {}", err.message());
+    }
+    // Strong keys of the other accepted kinds are signed.
+    for alg in [&rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519] {
+        let key = KeyPair::generate_for(alg).unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![uri(&id)];
+        let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        assert!(ca.raw(Some(TOKEN_NODE1), pem, 60).await.is_ok(), "{alg:?}");
     }
 }
 

@@ -166,6 +166,15 @@ async fn review(axum::Json(request): axum::Json<Value>) -> axum::Json<Value> {
         ),
         Some("other-account") => user("system:serviceaccount:shop:cart", Some("node1")),
         Some("unbound") => user("system:serviceaccount:hawser-system:hawser-node", None),
+        // The API server accepts it, for its own audience only.
+        Some("for-the-api-server") => {
+            let mut status = user(
+                "system:serviceaccount:hawser-system:hawser-node",
+                Some("node1"),
+            );
+            status["audiences"] = json!(["https://kubernetes.default.svc"]);
+            status
+        }
         _ => json!({"authenticated": false, "error": "invalid bearer token"}),
     };
     axum::Json(
@@ -195,6 +204,7 @@ async fn token_review_names_the_node_of_a_daemons_token_and_refuses_others() {
         ("stolen", "rejected by the API server: invalid bearer token"),
         ("other-account", "not of the node daemons' ServiceAccount"),
         ("unbound", "names no node"),
+        ("for-the-api-server", "not for audience hawser-ca"),
     ] {
         let refused = reviewer.node_of(token).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unauthenticated);

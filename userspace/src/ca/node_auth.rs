@@ -77,6 +77,15 @@ impl TokenReviewer {
                 status.error.unwrap_or_default()
             )));
         }
+        // A token made for another audience (the API server's own, another service's)
+        // must not authenticate a node here, even if the API server accepts it.
+        let audiences = status.audiences.unwrap_or_default();
+        if !audiences.contains(&self.audience) {
+            return Err(Status::unauthenticated(format!(
+                "the token is not for audience {} (it is for {audiences:?})",
+                self.audience
+            )));
+        }
         let user = status.user.unwrap_or_default();
         let expected = match self.service_account.split_once('/') {
             Some((ns, name)) => format!("system:serviceaccount:{ns}:{name}"),

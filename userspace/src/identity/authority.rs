@@ -126,6 +126,7 @@ impl Authority {
         if csr_pem.len() > MAX_CSR_BYTES {
             return Err(CsrError::TooLarge);
         }
+        check_key(csr_pem)?;
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CsrError::Malformed(e.to_string()))?;
         if !matches!(csr.params.is_ca, IsCa::NoCa | IsCa::ExplicitNoCa) {
@@ -165,6 +166,46 @@ impl Authority {
             .chain(self.chain.iter().cloned())
             .collect();
         Ok((chain, key.serialize_pem()))
+    }
+}
+
+/// Refuses keys too weak to hold a workload identity for its lifetime: only ECDSA on
+/// P-256 or P-384, Ed25519, and RSA of 2048 bits or more.
+fn check_key(csr_pem: &str) -> Result<(), CsrError> {
+    use x509_parser::{
+        certification_request::X509CertificationRequest,
+        oid_registry::{OID_EC_P256, OID_NIST_EC_P384, OID_SIG_ED25519},
+        prelude::FromDer,
+        public_key::PublicKey,
+    };
+    let malformed = |e: String| CsrError::Malformed(e);
+    let der = pem::parse(csr_pem).map_err(|e| malformed(e.to_string()))?;
+    let (_, request) =
+        X509CertificationRequest::from_der(der.contents()).map_err(|e| malformed(e.to_string()))?;
+    let spki = &request.certification_request_info.subject_pki;
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok());
+    match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) if rsa.key_size() >= 2048 => Ok(()),
+        Ok(PublicKey::RSA(rsa)) => Err(CsrError::Refused(format!(
+            "an RSA key of {} bits (at least 2048)",
+            rsa.key_size()
+        ))),
+        Ok(PublicKey::EC(_))
+            if curve
+                .as_ref()
+                .is_some_and(|c| *c == OID_EC_P256 || *c == OID_NIST_EC_P384) =>
+        {
+            Ok(())
+        }
+        _ if spki.algorithm.algorithm == OID_SIG_ED25519 => Ok(()),
+        _ => Err(CsrError::Refused(format!(
+            "a key of algorithm {} (curve {curve:?}): only ECDSA P-256/P-384, Ed25519 and RSA of 2048 bits or more",
+            spki.algorithm.algorithm
+        ))),
     }
 }
 

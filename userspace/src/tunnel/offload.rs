@@ -135,10 +135,8 @@ impl Offload {
         }
         stream.get_mut().0.corked = true;
         let drained = drain(&mut stream).await;
-        let (io, conn) = stream.into_inner();
-        let suite = conn.negotiated_cipher_suite();
-        let secrets = conn.dangerous_extract_secrets().map_err(io::Error::other);
-        offloaded(io.io, drained, suite, secrets)
+        let (io, session) = stream.into_inner();
+        offloaded(io.io, drained, session.into())
     }
 
     /// Hands a server session to the kernel, or keeps it in rustls.
@@ -154,10 +152,8 @@ impl Offload {
         }
         stream.get_mut().0.corked = true;
         let drained = drain(&mut stream).await;
-        let (io, conn) = stream.into_inner();
-        let suite = conn.negotiated_cipher_suite();
-        let secrets = conn.dangerous_extract_secrets().map_err(io::Error::other);
-        offloaded(io.io, drained, suite, secrets)
+        let (io, session) = stream.into_inner();
+        offloaded(io.io, drained, session.into())
     }
 
     /// Whether this session goes to the kernel: it has TLS, and the socket got its ULP.
@@ -255,10 +251,9 @@ fn counted(stream: TunnelStream, userspace_reason: &str) -> TunnelStream {
 fn offloaded(
     io: TcpStream,
     drained: io::Result<Vec<u8>>,
-    suite: Option<SupportedCipherSuite>,
-    secrets: io::Result<rustls::ExtractedSecrets>,
+    session: rustls::Connection,
 ) -> Result<TunnelStream> {
-    match key_steps(&io, drained, suite, secrets) {
+    match give_keys(&io, drained, session) {
         Ok(drained) => {
             let drained = (!drained.is_empty()).then_some(drained);
             Ok(counted(
@@ -277,15 +272,18 @@ fn offloaded(
 }
 
 /// The steps of a hand-off, each named for the metric; the drained plaintext on success.
-fn key_steps(
+fn give_keys(
     io: &TcpStream,
     drained: io::Result<Vec<u8>>,
-    suite: Option<SupportedCipherSuite>,
-    secrets: io::Result<rustls::ExtractedSecrets>,
+    session: rustls::Connection,
 ) -> Result<Vec<u8>, (&'static str, String)> {
     let drained = drained.map_err(|e| ("drain", e.to_string()))?;
-    let suite = suite.ok_or(("cipher", "no negotiated cipher suite".to_string()))?;
-    let secrets = secrets.map_err(|e| ("secrets", e.to_string()))?;
+    let suite = session
+        .negotiated_cipher_suite()
+        .ok_or(("cipher", "no negotiated cipher suite".to_string()))?;
+    let secrets = session
+        .dangerous_extract_secrets()
+        .map_err(|e| ("secrets", e.to_string()))?;
     install_keys(io.as_raw_fd(), suite, secrets).map_err(|e| ("keys", e))?;
     Ok(drained)
 }
