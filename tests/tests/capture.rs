@@ -389,3 +389,61 @@ fn a_borrowed_pod_ip_carries_no_identity_and_revocation_reaches_same_node_caller
     })?;
     Ok(())
 }
+
+/// Opens `count` TCP connections to `host:port` and holds them idle, as fast as the
+/// kernel takes them; writes how many it opened to `report`.
+const IDLE_FLOOD: &str = "
+import resource, socket, sys, time
+host, port, count, report = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+resource.setrlimit(resource.RLIMIT_NOFILE, (count + 64, count + 64))
+held = []
+for _ in range(count):
+    s = socket.socket()
+    s.setblocking(False)
+    try:
+        s.connect((host, port))
+    except BlockingIOError:
+        pass
+    held.append(s)
+time.sleep(2)
+open(report, 'w').write(str(len(held)))
+time.sleep(600)
+";
+
+#[test]
+fn an_idle_flood_twice_the_daemons_fd_limit_leaves_the_tunnel_working() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let m = Mesh::new()?;
+    let c = m.bed.pod(&m.node2, "c")?; // b's neighbour, outside the mesh
+    let _echo = echo_server(&m.b, 7000)?;
+    let to_b = format!("{}:7000", m.b.ip);
+    // b's daemon at the common limit of 1024 descriptors, and no more to raise it to.
+    let pid = m.d2.pid().context("d2 runs")?.to_string();
+    let limited = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=1024:1024"])
+        .status()?;
+    ensure!(limited.success(), "prlimit");
+    let report = m.bed.dir().join("flood-report");
+    let _flood = c.spawn(&[
+        "/usr/bin/python3",
+        "-c",
+        IDLE_FLOOD,
+        &m.b.ip,
+        "15008",
+        "2048",
+        &report.display().to_string(),
+    ])?;
+    wait_until(Duration::from_secs(30), "the flood", || report.exists())?;
+    // While the flood holds its connections: real traffic crosses the tunnel.
+    for i in 0..5 {
+        let text = format!("REAL-{i}");
+        assert_eq!(socat_echo(&m.a, &to_b, &text)?, text);
+    }
+    // The flood was turned away at the per-source cap, and logged at a bounded rate.
+    let capped = m.d2.count("already has 32 unauthenticated connections");
+    assert!(capped > 0, "{}", m.d2.log());
+    assert!(capped < 200, "{capped} refusal lines for one flood");
+    Ok(())
+}

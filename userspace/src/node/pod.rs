@@ -17,6 +17,7 @@ use crate::{
         inbound,
         live::{Admitted, Live, Ticket},
         outbound, sockets,
+        unauthenticated::Unauthenticated,
     },
     redirect::{Dataplane, pod_routing},
     svid::{Svid, TrustBundle},
@@ -41,6 +42,8 @@ pub struct PodContext {
     pub tls_configs: TlsConfigs,
     /// Inbound connections admitted and still open, checked again on every change.
     pub live: Arc<Live>,
+    /// TLS handshakes in progress, capped (see `unauthenticated`).
+    pub unauthenticated: Arc<Unauthenticated>,
     pub shared: Arc<Shared>,
 }
 
@@ -185,6 +188,7 @@ impl EnrolledPod {
             svid,
             tls_configs: TlsConfigs::default(),
             live: Arc::default(),
+            unauthenticated: Arc::default(),
             shared,
         });
         let mut pod = EnrolledPod {

@@ -39,10 +39,15 @@ pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
         if let Err(why) = steered(dst) {
             return record.refuse(why);
         }
+        let permit = match pod.unauthenticated.enter(peer.ip()) {
+            Ok(permit) => permit,
+            Err(why) => return record.refuse_unauthenticated(&why, &pod),
+        };
         let accepted = match tunnel::server::accept(&pod, conn, dst.ip()).await {
             Ok(accepted) => accepted,
-            Err(e) => return record.refuse(&format!("{e:#}")),
+            Err(e) => return record.refuse_unauthenticated(&format!("{e:#}"), &pod),
         };
+        drop(permit);
         let record = Connection::new(Direction::Tunnel, &pod, peer, accepted.dst)
             .mtls(&accepted.client, pod.shared.offload.path());
         let caller = Caller {
@@ -129,10 +134,15 @@ async fn terminated(
     settings: &PortSettings,
 ) {
     let (src, dst) = (record.src, record.dst);
+    let permit = match pod.unauthenticated.enter(src.ip()) {
+        Ok(permit) => permit,
+        Err(why) => return record.refuse_unauthenticated(&why, pod),
+    };
     let client = match terminate::accept(pod, conn, tls).await {
         Ok(client) => client,
-        Err(e) => return record.refuse(&format!("{e:#}")),
+        Err(e) => return record.refuse_unauthenticated(&format!("{e:#}"), pod),
     };
+    drop(permit);
     let record = record.mtls(&client.principal, pod.shared.offload.path());
     let caller = Caller {
         src,

@@ -13,6 +13,7 @@ pub mod relay;
 pub mod same_node;
 pub mod sockets;
 pub mod terminate;
+pub mod unauthenticated;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 

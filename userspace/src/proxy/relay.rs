@@ -199,6 +199,14 @@ impl Connection {
         self.log(0, 0, Some(reason), "connection refused");
     }
 
+    /// Refuses a connection that never authenticated: logged only within the pod's rate
+    /// (anyone can cause these, as fast as they can connect).
+    pub fn refuse_unauthenticated(self, reason: &str, pod: &PodContext) {
+        if pod.unauthenticated.may_log() {
+            self.refuse(reason);
+        }
+    }
+
     /// The access log line: `connection closed`, or `what` with the reason.
     fn log(&self, sent: u64, received: u64, reason: Option<&str>, what: &str) {
         let duration_ms = self.started.elapsed().as_millis() as u64;
