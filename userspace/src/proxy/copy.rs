@@ -10,7 +10,6 @@ use std::{
     future::Future,
     io,
     sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
 };
 
 use tokio::{
@@ -18,7 +17,10 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::tunnel::{offload::Stream, splice::unless_gone};
+use crate::tunnel::{
+    offload::Stream,
+    splice::{self, unless_gone},
+};
 
 const BUFFER: usize = 16 * 1024;
 
@@ -30,9 +32,7 @@ pub trait Endpoint: AsyncRead + AsyncWrite + Unpin + Send {
 
 impl Endpoint for TcpStream {
     fn reset(&self) {
-        if let Err(e) = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO)) {
-            tracing::debug!("SO_LINGER 0: {e}");
-        }
+        splice::reset(self);
     }
 }
 

@@ -67,12 +67,19 @@ pub async fn relay(
     .await;
     let error = result.err();
     if error.is_some() {
-        crate::proxy::copy::Endpoint::reset(&app);
+        reset(&app);
     }
     Spliced {
         to_peer: to_peer.into_inner(),
         to_app: to_app.into_inner(),
         error,
+    }
+}
+
+/// Makes closing `stream` abortive (a TCP reset), for a stream that was cut short.
+pub fn reset(stream: &TcpStream) {
+    if let Err(e) = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO)) {
+        tracing::debug!("SO_LINGER 0: {e}");
     }
 }
 
