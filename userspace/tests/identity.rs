@@ -755,3 +755,17 @@ async fn the_node_token_file_is_read_again_for_every_request() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_never_completes_its_handshake_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let ca = TestCa::start(None, Duration::from_secs(3600)).await;
+    // Connected, silent: no ClientHello ever comes.
+    let mut silent = tokio::net::TcpStream::connect(ca.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let waited = hawser::ca::HANDSHAKE_TIMEOUT + Duration::from_secs(5);
+    let read = tokio::time::timeout(waited, silent.read(&mut buf))
+        .await
+        .expect("the CA closed the silent connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}

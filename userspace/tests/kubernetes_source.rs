@@ -198,6 +198,7 @@ async fn token_review_names_the_node_of_a_daemons_token_and_refuses_others() {
         client,
         audience: "hawser-ca".into(),
         service_account: "hawser-system/hawser-node".into(),
+        budget: Default::default(),
     };
     assert_eq!(reviewer.node_of("node1-daemon").await.unwrap(), "node1");
     for (token, says) in [

@@ -91,6 +91,7 @@ impl Nodes {
                     client: client.clone(),
                     audience: audience.clone(),
                     service_account: service_account.clone(),
+                    budget: Default::default(),
                 };
                 (
                     workload::kubernetes::follow(client).await?,
@@ -114,6 +115,15 @@ pub async fn run(config: CaConfig) -> Result<()> {
     };
     ca.serve(listener, shutdown).await
 }
+
+/// How long a client has to complete its TLS handshake (a slow or silent one is closed).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// TCP and HTTP/2 keep-alives: a peer that stopped answering is dropped.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+/// Connections are renewed after this (gracefully), so an idle one cannot be held forever.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(600);
 
 /// A loaded CA, ready to serve.
 pub struct Ca {
@@ -163,8 +173,20 @@ impl Ca {
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
         tracing::info!(addr = %listener.local_addr()?, trust_domain = %self.trust_domain, "CA serving");
+        // Anyone who reaches the CA may open connections: none may sit in a handshake, a
+        // request or idle forever, and dead peers are found by keep-alives.
         Server::builder()
-            .tls_config(ServerTlsConfig::new().identity(self.tls))?
+            .tls_config(
+                ServerTlsConfig::new()
+                    .identity(self.tls)
+                    .timeout(HANDSHAKE_TIMEOUT),
+            )?
+            .timeout(REQUEST_TIMEOUT)
+            .tcp_keepalive(Some(KEEPALIVE))
+            .http2_keepalive_interval(Some(KEEPALIVE))
+            .http2_keepalive_timeout(Some(HANDSHAKE_TIMEOUT))
+            .max_connection_age(MAX_CONNECTION_AGE)
+            .max_connection_age_grace(HANDSHAKE_TIMEOUT)
             .add_service(IstioCertificateServiceServer::new(self.issuer))
             .add_service(TrustServiceServer::new(self.trust))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

@@ -7,7 +7,13 @@
 //! ServiceAccount, and be bound to a pod, whose node (Kubernetes ≥ 1.30 puts it in the
 //! token's `authentication.kubernetes.io/node-name`) is the caller's node.
 
-use std::{collections::BTreeMap, path::Path, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
@@ -27,7 +33,11 @@ impl NodeAuth {
         let token = bearer(request)?.to_string();
         match self {
             NodeAuth::Tokens(tokens) => tokens.node_of(&token),
-            NodeAuth::TokenReview(reviewer) => reviewer.node_of(&token).await,
+            NodeAuth::TokenReview(reviewer) => {
+                let source = request.remote_addr().map(|a| a.ip());
+                reviewer.budget.spend(source)?;
+                reviewer.node_of(&token).await
+            }
         }
     }
 }
@@ -51,6 +61,36 @@ pub struct TokenReviewer {
     pub audience: String,
     /// `namespace/name` of the node daemons' ServiceAccount.
     pub service_account: String,
+    pub budget: ReviewBudget,
+}
+
+/// Each TokenReview is the API server's work, done for anyone who can reach the CA with
+/// any string as a token: a source address gets at most `REVIEWS_PER_WINDOW` per
+/// `REVIEW_WINDOW` (a node daemon needs a few per identity and day).
+#[derive(Clone, Default)]
+pub struct ReviewBudget(Arc<Mutex<HashMap<Option<IpAddr>, Spent>>>);
+
+/// Reviews counted since the window started.
+type Spent = (Instant, u32);
+
+const REVIEW_WINDOW: Duration = Duration::from_secs(10);
+const REVIEWS_PER_WINDOW: u32 = 20;
+
+impl ReviewBudget {
+    /// Counts one review for `source`, or refuses it (ResourceExhausted).
+    pub fn spend(&self, source: Option<IpAddr>) -> Result<(), Status> {
+        let mut sources = self.0.lock().unwrap();
+        sources.retain(|_, (started, _)| started.elapsed() < REVIEW_WINDOW);
+        let (_, spent) = sources.entry(source).or_insert((Instant::now(), 0));
+        if *spent >= REVIEWS_PER_WINDOW {
+            return Err(Status::resource_exhausted(format!(
+                "more than {REVIEWS_PER_WINDOW} node authentications in {REVIEW_WINDOW:?} from {}",
+                source.map_or("an unknown address".into(), |ip| ip.to_string())
+            )));
+        }
+        *spent += 1;
+        Ok(())
+    }
 }
 
 /// Where a bound ServiceAccount token names its pod's node.
@@ -147,4 +187,29 @@ impl NodeTokens {
 /// Compares without leaking, through timing, how much of a guess was right.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_reviews_are_budgeted_per_source() {
+        let budget = ReviewBudget::default();
+        let (a, b) = (
+            Some("10.0.0.1".parse().unwrap()),
+            Some("10.0.0.2".parse().unwrap()),
+        );
+        for _ in 0..REVIEWS_PER_WINDOW {
+            budget.spend(a).unwrap();
+        }
+        let refused = budget.spend(a).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("10.0.0.1"),
+            "{}",
+            refused.message()
+        );
+        assert!(budget.spend(b).is_ok(), "another source has its own budget");
+    }
 }
