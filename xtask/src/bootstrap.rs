@@ -18,6 +18,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tshark",
     // A name server for `resolution: DNS` ServiceEntries (the egress test).
     "dnsmasq-base",
+    // Debian's /usr/bin/python3: the hostile and reading clients of the capture and
+    // tunnel tests (a socket mark set before connect, an idle flood, a reset seen).
+    "python3",
     // Benchmarks (cargo xtask bench) and their profiles.
     "iperf3",
     "wrk",
