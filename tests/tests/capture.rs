@@ -212,6 +212,70 @@ fn ports_squatted_while_the_daemon_is_down_receive_nothing_and_do_not_stop_enrol
     Ok(())
 }
 
+/// Sets `pod`'s ephemeral port range, a sysctl any Kubernetes pod may set (a "safe" one).
+fn port_range(pod: &Pod, range: &str) -> Result<()> {
+    let set = format!("net.ipv4.ip_local_port_range={range}");
+    let out = pod.run(&["sysctl", "-qw", &set])?;
+    ensure!(out.status.success(), "{set}: {out:?}");
+    Ok(())
+}
+
+#[test]
+fn a_pod_that_makes_its_enrollment_fail_stays_closed_until_it_succeeds() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mut m = Mesh::new()?;
+    let c = m.bed.pod(&m.node1, "c")?; // not enrolled: a client from the network
+    let b_app = Squatter::start(&m.bed, &m.b, "b-app", "TCP4-LISTEN:7001")?;
+    let a_app = Squatter::start(&m.bed, &m.a, "a-app", "TCP4-LISTEN:8080")?;
+    let to_b = format!("{}:7001", m.b.ip);
+
+    // While its daemon is down, a leaves no free port for the daemon's listeners: a
+    // one-port-pair ephemeral range, both ports taken.
+    m.d1.stop()?;
+    port_range(&m.a, "40000 40001")?;
+    let hogs = [
+        Squatter::start(&m.bed, &m.a, "hog0", "TCP6-LISTEN:40000,ipv6only=0")?,
+        Squatter::start(&m.bed, &m.a, "hog1", "TCP6-LISTEN:40001,ipv6only=0")?,
+    ];
+    m.d1.restart()?;
+    m.d1.wait_for("the failed enrollment", Duration::from_secs(10), |log| {
+        log.contains("pod=default/a") && log.contains("enrollment failed (held closed)")
+    })?;
+    // Closed, not bypassed: nothing a sends leaves, nothing reaches a's app.
+    let capture = Capture::start(&m.bed, &m.node1, &m.link)?;
+    assert!(socat_echo(&m.a, &to_b, "CLOSED-OUT").is_err());
+    assert!(socat_echo(&c, &format!("{}:8080", m.a.ip), "CLOSED-IN").is_err());
+    let wire = capture.read();
+    assert!(
+        !wire.contains("CLOSED-OUT"),
+        "a's bytes crossed the link: {wire}"
+    );
+    drop(capture);
+    for app in [&b_app, &a_app] {
+        assert_eq!(app.received(), "", "{}", app.file.display());
+    }
+
+    // a gives up: the daemon's retry enrolls it and its traffic is mTLS again.
+    drop(hogs);
+    port_range(&m.a, "32768 60999")?;
+    m.d1.wait_for("a enrolled", Duration::from_secs(15), |log| {
+        log.matches("pod enrolled").count() >= 2
+    })?;
+    let capture = Capture::start(&m.bed, &m.node1, &m.link)?;
+    let _ = socat_echo(&m.a, &to_b, "OPEN-OUT");
+    wait_until(Duration::from_secs(5), "b's app to receive", || {
+        b_app.received() == "OPEN-OUT"
+    })?;
+    let tunnel = format!("{}.15008 > {}", m.b.ip, m.a.ip);
+    let wire = capture.stop_once("the tunnel on the wire", |wire| {
+        wire.lines().any(|l| l.contains(&tunnel))
+    })?;
+    assert!(!wire.contains("OPEN-OUT"), "plaintext on the link");
+    Ok(())
+}
+
 /// Waits until `pod`'s IPv6 addresses are usable (duplicate address detection is done).
 fn ipv6_ready(pod: &Pod) -> Result<()> {
     wait_until(Duration::from_secs(10), "IPv6 DAD", || {

@@ -340,6 +340,44 @@ fn a_stream_cut_by_a_dead_peer_daemon_reaches_the_app_as_a_reset() -> Result<()>
 }
 
 #[test]
+fn a_peer_that_vanishes_without_a_word_is_found_by_keepalives() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let m = Mesh::with_node_args(&["--keepalive-secs", "2"])?;
+    let _quiet = m.b.spawn(&[
+        "socat",
+        "TCP-LISTEN:7300,reuseaddr,fork",
+        "SYSTEM:echo hello; sleep 600",
+    ])?;
+    wait_listening(&m.b, 7300, "the quiet server")?;
+    let reader = Reader::start(&m.bed, &m.a, &m.b.ip, 7300)?;
+    reader.wait_started("the greeting")?;
+    // The link goes dark at node2's end: no FIN, no RST, nothing more from b's side. The
+    // idle connection sends nothing either, so only keep-alive probes find out.
+    let cut = std::time::Instant::now();
+    let down = m.node2.run(&["ip", "link", "set", "to-node1", "down"])?;
+    assert!(down.status.success(), "{down:?}");
+    let said = reader.outcome()?;
+    assert!(
+        said.starts_with("ERROR ECONNRESET"),
+        "the app read {said:?}"
+    );
+    // 2 s idle + 4 probes 1 s apart, with room for a slow machine; the reader itself
+    // would give up only after 120 s.
+    assert!(
+        cut.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        cut.elapsed()
+    );
+    m.d1.wait_for("the cut in the access log", Duration::from_secs(5), |log| {
+        log.lines()
+            .any(|l| l.contains("connection cut") && l.contains("timed out"))
+    })?;
+    Ok(())
+}
+
+#[test]
 fn open_connections_are_cut_when_policy_or_revocation_no_longer_allows_them() -> Result<()> {
     if !can_run() {
         return Ok(());

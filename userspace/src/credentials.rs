@@ -29,6 +29,61 @@ use crate::{
     ports::ServerTls,
 };
 
+/// The only directories certificate and key file paths may point into
+/// (`--credential-roots`); none: no file paths at all.
+#[derive(Clone, Debug, Default)]
+pub struct CredentialRoots(Vec<PathBuf>);
+
+impl CredentialRoots {
+    pub fn new(roots: Vec<PathBuf>) -> Self {
+        Self(roots)
+    }
+
+    /// `path` with symlinks resolved, if that is under a root.
+    pub fn resolve(&self, path: &Path) -> Result<PathBuf> {
+        let real = path
+            .canonicalize()
+            .with_context(|| format!("read {}", path.display()))?;
+        let inside = self
+            .0
+            .iter()
+            .any(|root| root.canonicalize().is_ok_and(|root| real.starts_with(root)));
+        match inside {
+            true => Ok(real),
+            false => bail!(self.outside(path)),
+        }
+    }
+
+    /// Whether a resource may name `path`, judged when the resource is loaded: as
+    /// `resolve` does when the file exists; by the path as written (absolute, no `..`)
+    /// when it does not yet. Reading it is checked again.
+    pub fn admits(&self, path: &Path) -> Result<(), String> {
+        if path.exists() {
+            return self.resolve(path).map(drop).map_err(|e| e.to_string());
+        }
+        let plain = path.is_absolute()
+            && !path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir));
+        match plain && self.0.iter().any(|root| path.starts_with(root)) {
+            true => Ok(()),
+            false => Err(self.outside(path)),
+        }
+    }
+
+    fn outside(&self, path: &Path) -> String {
+        let roots: Vec<String> = self.0.iter().map(|r| r.display().to_string()).collect();
+        let roots = match roots.is_empty() {
+            true => "is not set".into(),
+            false => roots.join(","),
+        };
+        format!(
+            "{} is outside the directories the operator allows (--credential-roots {roots})",
+            path.display()
+        )
+    }
+}
+
 /// Loaded material for one set of files.
 pub struct Material {
     /// Leaf first; empty when no certificate is configured.
@@ -52,13 +107,12 @@ type Stamp = Vec<Option<(SystemTime, u64)>>;
 pub struct Credentials {
     /// Where `credentialName` directories live, one directory per namespace.
     dir: PathBuf,
-    /// The only directories file paths may point into.
-    roots: Vec<PathBuf>,
+    roots: CredentialRoots,
     cache: Mutex<HashMap<Files, (Stamp, Arc<Material>)>>,
 }
 
 impl Credentials {
-    pub fn new(dir: PathBuf, roots: Vec<PathBuf>) -> Self {
+    pub fn new(dir: PathBuf, roots: CredentialRoots) -> Self {
         Self {
             dir,
             roots,
@@ -97,34 +151,18 @@ impl Credentials {
         self.load(files)
     }
 
-    /// `files`, if every one is under an allowed root once symlinks are resolved (a
-    /// Secret's `..data` link stays inside its mount; a link out of it does not pass).
+    /// `files`, resolved, if every one is under an allowed root once symlinks are resolved
+    /// (a Secret's `..data` link stays inside its mount; a link out of it does not pass).
+    /// The resolved paths are what is read, so a link swapped after the check is not.
     fn allowed(&self, files: Files) -> Result<Files> {
-        for path in [&files.cert, &files.key, &files.ca].into_iter().flatten() {
-            let real = path
-                .canonicalize()
-                .with_context(|| format!("read {}", path.display()))?;
-            let inside = self
-                .roots
-                .iter()
-                .any(|root| root.canonicalize().is_ok_and(|root| real.starts_with(root)));
-            if !inside {
-                bail!(
-                    "{} is outside the directories the operator allows (--credential-roots {})",
-                    path.display(),
-                    self.roots_text()
-                );
-            }
-        }
-        Ok(files)
-    }
-
-    fn roots_text(&self) -> String {
-        let roots: Vec<String> = self.roots.iter().map(|r| r.display().to_string()).collect();
-        match roots.is_empty() {
-            true => "is not set".into(),
-            false => roots.join(","),
-        }
+        let resolve = |path: Option<PathBuf>| -> Result<Option<PathBuf>> {
+            path.map(|p| self.roots.resolve(&p)).transpose()
+        };
+        Ok(Files {
+            cert: resolve(files.cert)?,
+            key: resolve(files.key)?,
+            ca: resolve(files.ca)?,
+        })
     }
 
     fn load(&self, files: Files) -> Result<Arc<Material>> {
@@ -271,8 +309,10 @@ mod tests {
         let (allowed, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (cert, key) = pair(allowed.path());
         let (other_cert, other_key) = pair(elsewhere.path());
-        let credentials =
-            Credentials::new(allowed.path().join("none"), vec![allowed.path().into()]);
+        let credentials = Credentials::new(
+            allowed.path().join("none"),
+            CredentialRoots::new(vec![allowed.path().into()]),
+        );
         assert!(
             credentials
                 .client(&mutual(cert.clone(), key.clone()))
@@ -291,7 +331,7 @@ mod tests {
         std::os::unix::fs::symlink(&other_key, &link).unwrap();
         assert!(credentials.client(&mutual(cert.clone(), link)).is_err());
         // No roots: no file paths at all.
-        let closed = Credentials::new(allowed.path().join("none"), Vec::new());
+        let closed = Credentials::new(allowed.path().join("none"), CredentialRoots::default());
         let refused = closed.client(&mutual(cert, key)).err().unwrap();
         assert!(refused.to_string().contains("is not set"), "{refused:#}");
     }
@@ -302,7 +342,7 @@ mod tests {
         let shop = dir.path().join("shop/billing");
         std::fs::create_dir_all(&shop).unwrap();
         pair(&shop);
-        let credentials = Credentials::new(dir.path().into(), Vec::new());
+        let credentials = Credentials::new(dir.path().into(), CredentialRoots::default());
         let named = |scoped: &str| ClientTls {
             credential_name: Some(scoped.into()),
             ..mutual(PathBuf::new(), PathBuf::new())

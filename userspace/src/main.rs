@@ -5,10 +5,12 @@ use clap::{Parser, Subcommand};
 use hawser::{
     admin::cli::{self, AdminClient},
     ca::{self, CaConfig},
+    credentials::CredentialRoots,
     egress::OutboundPolicy,
     identity::pki::{self, CaSpec, KeyType},
     logging::{self, LogFormat},
     node::{self, CaSettings, NodeConfig},
+    proxy::sockets::Keepalive,
     redirect::dataplane,
     svid::SvidConfig,
     workload,
@@ -161,6 +163,11 @@ struct NodeArgs {
     /// Keep tunnel TLS in userspace even where the kernel has kTLS (to compare the two).
     #[arg(long, env = "HAWSER_NO_KTLS")]
     no_ktls: bool,
+    /// Seconds a relayed connection may be silent before the kernel probes its peer (4
+    /// probes, a quarter of this apart); a peer that stopped answering ends the connection
+    /// with a reset to the app.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    keepalive_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -191,6 +198,9 @@ struct CaClientArgs {
 struct CaArgs {
     #[arg(long, default_value = "0.0.0.0:15012", env = "HAWSER_CA_LISTEN")]
     listen: SocketAddr,
+    /// Where Prometheus scrapes the CA's `/metrics` (istiod's monitoring port).
+    #[arg(long, default_value = "0.0.0.0:15014", env = "HAWSER_CA_METRICS_ADDR")]
+    metrics_addr: SocketAddr,
     #[arg(long, default_value = "cluster.local", env = "HAWSER_TRUST_DOMAIN")]
     trust_domain: String,
     /// Plug-in CA directory (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem).
@@ -322,6 +332,7 @@ async fn main() -> Result<()> {
 }
 
 fn node_config(args: NodeArgs, log_level: logging::LogLevel) -> Result<NodeConfig> {
+    let roots = CredentialRoots::new(args.credential_roots);
     let ca = match (
         &args.ca.ca_address,
         &args.ca.ca_root,
@@ -348,7 +359,7 @@ fn node_config(args: NodeArgs, log_level: logging::LogLevel) -> Result<NodeConfi
         metrics_addr: args.metrics_addr,
         series_grace: Duration::from_secs(args.metrics_grace_secs),
         credentials_dir: args.credentials_dir,
-        credential_roots: args.credential_roots,
+        credential_roots: roots.clone(),
         outbound_policy: args.outbound_traffic_policy,
         dns_server: args.dns_server,
         cni_socket: args.cni_socket,
@@ -357,6 +368,7 @@ fn node_config(args: NodeArgs, log_level: logging::LogLevel) -> Result<NodeConfi
             (SourceKind::Local, Some(dir)) => workload::Source::Directory {
                 dir,
                 interval: Duration::from_millis(args.reload_interval_ms),
+                credential_roots: Some(roots),
             },
             (SourceKind::Local, None) => anyhow::bail!("--config-dir is required"),
             (SourceKind::Kubernetes, _) => workload::Source::Kubernetes,
@@ -364,6 +376,9 @@ fn node_config(args: NodeArgs, log_level: logging::LogLevel) -> Result<NodeConfi
         pin_dir: args.bpf.pin_dir,
         cgroup: args.cgroup,
         kernel_tls: !args.no_ktls,
+        keepalive: Keepalive {
+            idle: Duration::from_secs(args.keepalive_secs),
+        },
         ca,
     })
 }
@@ -371,6 +386,7 @@ fn node_config(args: NodeArgs, log_level: logging::LogLevel) -> Result<NodeConfi
 fn ca_config(args: CaArgs) -> CaConfig {
     CaConfig {
         listen: args.listen,
+        metrics_addr: Some(args.metrics_addr),
         trust_domain: args.trust_domain,
         cacerts: args.cacerts,
         state_dir: args.state_dir,

@@ -101,6 +101,7 @@ pub struct Metrics {
     pub policy_denials: IntCounterVec,
     pub ebpf_map_entries: IntGaugeVec,
     pub unenforceable_policies: IntGaugeVec,
+    pub ca_token_reviews: IntCounterVec,
     series: Mutex<Series>,
 }
 
@@ -208,6 +209,12 @@ impl Metrics {
                 "hawser_policy_unenforceable",
                 "AuthorizationPolicies hawser cannot enforce (1 each): their workloads deny all",
                 &["namespace", "name"],
+            ),
+            ca_token_reviews: counter(
+                &r,
+                "hawser_ca_token_reviews_total",
+                "TokenReviews the CA asked of the API server, by result (throttled: over the caller's budget, not sent)",
+                &["result"],
             ),
             registry: r,
             series: Mutex::default(),

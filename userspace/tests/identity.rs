@@ -76,6 +76,7 @@ impl TestCa {
     fn config(&self) -> CaConfig {
         CaConfig {
             listen: self.addr,
+            metrics_addr: None,
             trust_domain: "cluster.local".into(),
             cacerts: self.cacerts.clone(),
             state_dir: self.dir.path().join("state"),

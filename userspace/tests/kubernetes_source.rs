@@ -200,14 +200,18 @@ async fn token_review_names_the_node_of_a_daemons_token_and_refuses_others() {
         service_account: "hawser-system/hawser-node".into(),
         budget: Default::default(),
     };
-    assert_eq!(reviewer.node_of("node1-daemon").await.unwrap(), "node1");
+    let source = Some("10.0.0.9".parse().unwrap());
+    assert_eq!(
+        reviewer.review(source, "node1-daemon").await.unwrap(),
+        "node1"
+    );
     for (token, says) in [
         ("stolen", "rejected by the API server: invalid bearer token"),
         ("other-account", "not of the node daemons' ServiceAccount"),
         ("unbound", "names no node"),
         ("for-the-api-server", "not for audience hawser-ca"),
     ] {
-        let refused = reviewer.node_of(token).await.unwrap_err();
+        let refused = reviewer.review(source, token).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unauthenticated);
         assert!(
             refused.message().contains(says),
@@ -215,6 +219,28 @@ async fn token_review_names_the_node_of_a_daemons_token_and_refuses_others() {
             refused.message()
         );
     }
+    // The source's budget (20 per 10 s) is spent: no more reviews are sent for it.
+    for _ in 0..20 {
+        let _ = reviewer.review(source, "stolen").await;
+    }
+    let counted = |result: &str| {
+        hawser::metrics::METRICS
+            .ca_token_reviews
+            .with_label_values(&[result])
+            .get()
+    };
+    assert_eq!(counted("authenticated"), 1);
+    assert_eq!(
+        counted("refused"),
+        19,
+        "4 refused above, then 15 within the budget"
+    );
+    assert_eq!(counted("throttled"), 5);
+    assert!(
+        hawser::metrics::METRICS
+            .render()
+            .contains("hawser_ca_token_reviews_total{result=\"throttled\"} 5")
+    );
 }
 
 #[tokio::test]

@@ -23,12 +23,15 @@ use crate::{
         istio::istio_certificate_service_server::IstioCertificateServiceServer,
     },
     identity::authority::Authority,
+    metrics::METRICS,
     workload,
     workload::Registry,
 };
 
 pub struct CaConfig {
     pub listen: SocketAddr,
+    /// Where `/metrics` is served; None: nowhere.
+    pub metrics_addr: Option<SocketAddr>,
     pub trust_domain: String,
     /// Istio-style plug-in material (`ca-cert.pem`, `ca-key.pem`, `cert-chain.pem`,
     /// `root-cert.pem`); without it, a self-signed root in `state_dir`.
@@ -73,6 +76,8 @@ impl Nodes {
                 let source = workload::Source::Directory {
                     dir: config_dir.clone(),
                     interval: reload_interval,
+                    // The CA reads no credential files.
+                    credential_roots: None,
                 };
                 let tokens = node_auth::NodeTokens::load(node_tokens)?;
                 (
@@ -104,6 +109,9 @@ impl Nodes {
 
 /// Runs the CA until SIGINT/SIGTERM.
 pub async fn run(config: CaConfig) -> Result<()> {
+    if let Some(addr) = config.metrics_addr {
+        serve_metrics(addr).await?;
+    }
     let ca = Ca::load(config).await?;
     let listener = TcpListener::bind(ca.listen)
         .await
@@ -114,6 +122,23 @@ pub async fn run(config: CaConfig) -> Result<()> {
         tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
     };
     ca.serve(listener, shutdown).await
+}
+
+/// Serves the process's metrics (TokenReviews, among others) on `addr`.
+async fn serve_metrics(addr: SocketAddr) -> Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("metrics: bind {addr} (taken? set --metrics-addr)"))?;
+    let routes = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async { METRICS.render() }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, routes).await {
+            tracing::error!("metrics server stopped: {e}");
+        }
+    });
+    Ok(())
 }
 
 /// How long a client has to complete its TLS handshake (a slow or silent one is closed).

@@ -20,6 +20,8 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::{Api, api::PostParams};
 use tonic::{Request, Status};
 
+use crate::metrics::METRICS;
+
 /// How node daemons prove which node they run on.
 #[derive(Clone)]
 pub enum NodeAuth {
@@ -35,8 +37,7 @@ impl NodeAuth {
             NodeAuth::Tokens(tokens) => tokens.node_of(&token),
             NodeAuth::TokenReview(reviewer) => {
                 let source = request.remote_addr().map(|a| a.ip());
-                reviewer.budget.spend(source)?;
-                reviewer.node_of(&token).await
+                reviewer.review(source, &token).await
             }
         }
     }
@@ -97,7 +98,26 @@ impl ReviewBudget {
 const NODE_NAME: &str = "authentication.kubernetes.io/node-name";
 
 impl TokenReviewer {
-    pub async fn node_of(&self, token: &str) -> Result<String, Status> {
+    /// The node of `token`, sent from `source`, within that source's budget; every call is
+    /// counted by its result (`hawser_ca_token_reviews_total`).
+    pub async fn review(&self, source: Option<IpAddr>, token: &str) -> Result<String, Status> {
+        let reviewed = match self.budget.spend(source) {
+            Ok(()) => self.node_of(token).await,
+            Err(throttled) => Err(throttled),
+        };
+        let result = match &reviewed {
+            Ok(_) => "authenticated",
+            Err(status) => match status.code() {
+                tonic::Code::ResourceExhausted => "throttled",
+                tonic::Code::Unauthenticated => "refused",
+                _ => "unavailable",
+            },
+        };
+        METRICS.ca_token_reviews.with_label_values(&[result]).inc();
+        reviewed
+    }
+
+    async fn node_of(&self, token: &str) -> Result<String, Status> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.into()),

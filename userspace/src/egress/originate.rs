@@ -38,7 +38,7 @@ pub async fn dial(pod: &PodContext, o: &Origination) -> Result<TcpStream> {
         .netns
         .run(move || sockets::outbound(upstream, None))
         .await?;
-    sockets::connect(socket, upstream).await
+    sockets::connect(socket, upstream, pod.shared.keepalive).await
 }
 
 /// Dials and originates TLS as `settings` say.

@@ -18,7 +18,7 @@ use tokio::{
 use crate::{
     admin::{self, server::Admin},
     cni,
-    credentials::Credentials,
+    credentials::{CredentialRoots, Credentials},
     egress::{
         OutboundPolicy,
         dns::{self, Resolved},
@@ -27,7 +27,7 @@ use crate::{
     identity::SpiffeId,
     logging::LogLevel,
     metrics::METRICS,
-    proxy::same_node::Originated,
+    proxy::{same_node::Originated, sockets::Keepalive},
     redirect::Dataplane,
     svid::{CaClient, CaClientConfig, SvidConfig, SvidManager},
     tunnel::offload::Offload,
@@ -50,7 +50,7 @@ pub struct NodeConfig {
     /// Where `credentialName` directories live.
     pub credentials_dir: PathBuf,
     /// Where certificate file paths may point.
-    pub credential_roots: Vec<PathBuf>,
+    pub credential_roots: CredentialRoots,
     pub outbound_policy: OutboundPolicy,
     /// Where the CNI plugin hands over pods' network namespaces; None: no hand-offs
     /// (workloads declare their namespace).
@@ -59,6 +59,8 @@ pub struct NodeConfig {
     pub dns_server: Option<std::net::SocketAddr>,
     /// Whether tunnels may offload to kernel TLS (off: always rustls in userspace).
     pub kernel_tls: bool,
+    /// Keep-alive probing of relayed connections.
+    pub keepalive: Keepalive,
     /// Where identities come from; without it the daemon relays without identities.
     pub ca: Option<CaSettings>,
 }
@@ -88,6 +90,7 @@ pub struct Shared {
     pub resolved: watch::Receiver<Arc<Resolved>>,
     /// Same-node connections the daemon opened, the only proof of a same-node caller.
     pub originated: Arc<Originated>,
+    pub keepalive: Keepalive,
 }
 
 /// How a captured outbound connection leaves the node.
@@ -214,6 +217,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         outbound_policy: config.outbound_policy,
         resolved: dns::follow(dns::resolver(config.dns_server)?, registry.clone()),
         originated: Arc::default(),
+        keepalive: config.keepalive,
     });
     let (status_tx, status) = watch::channel(NodeStatus::default());
     if let (Some(socket), Some(state)) = (&config.cni_socket, cni_state) {

@@ -178,7 +178,7 @@ async fn deliver(pod: &PodContext, caller: &Caller, settings: &PortSettings) -> 
     // Announced, sk_lookup lets this connection through to the app instead of steering it
     // back to us.
     pod.dataplane.announce_delivery(bound, dst)?;
-    let connected = sockets::connect(socket, dst).await;
+    let connected = sockets::connect(socket, dst, pod.shared.keepalive).await;
     pod.dataplane.forget_delivery(bound, dst);
     let mut app = connected?;
     if settings.proxy_protocol {

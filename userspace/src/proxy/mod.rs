@@ -31,7 +31,7 @@ where
     loop {
         match listener.accept().await {
             Ok((conn, peer)) => {
-                sockets::no_delay(&conn);
+                sockets::tune(&conn, pod.shared.keepalive);
                 tokio::spawn(handle(conn, sockets::canonical(peer), pod.clone()));
             }
             Err(e) => {

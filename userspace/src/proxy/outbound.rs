@@ -79,7 +79,7 @@ async fn egress(conn: Connection, client: TcpStream, pod: &PodContext, o: &Origi
 /// Connects to `dst` with a socket made inside the pod's namespace.
 async fn connect(pod: &PodContext, dst: SocketAddr) -> Result<TcpStream> {
     let socket = pod.netns.run(move || sockets::outbound(dst, None)).await?;
-    sockets::connect(socket, dst).await
+    sockets::connect(socket, dst, pod.shared.keepalive).await
 }
 
 /// Connects to a pod of this node, recording the exact connection as this pod's before it
@@ -104,5 +104,8 @@ async fn connect_local(pod: &PodContext, dst: SocketAddr) -> Result<(TcpStream, 
         )),
         None => None,
     };
-    Ok((sockets::connect(socket, dst).await?, record))
+    Ok((
+        sockets::connect(socket, dst, pod.shared.keepalive).await?,
+        record,
+    ))
 }

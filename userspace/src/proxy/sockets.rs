@@ -15,22 +15,59 @@ use tokio::net::{TcpSocket, TcpStream};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects a socket made by one of the functions below, within a bounded time.
-pub async fn connect(socket: std::net::TcpStream, dst: SocketAddr) -> Result<TcpStream> {
+pub async fn connect(
+    socket: std::net::TcpStream,
+    dst: SocketAddr,
+    keepalive: Keepalive,
+) -> Result<TcpStream> {
     let connecting = TcpSocket::from_std_stream(socket).connect(dst);
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .with_context(|| format!("connect {dst}: timed out"))?
         .with_context(|| format!("connect {dst}"))?;
-    no_delay(&stream);
+    tune(&stream, keepalive);
     Ok(stream)
 }
 
-/// The daemon relays what the app already chose to send: it must not hold a small segment
-/// back (Nagle) waiting for an ACK the peer delays, which costs 40 ms per exchange where a
-/// handshake's last flight is followed by the preamble or a request.
-pub fn no_delay(stream: &TcpStream) {
+/// How long a relayed connection may go silent before the kernel probes its peer. An idle
+/// app connection is legitimate and stays; a peer that vanished (node gone, link cut, no
+/// RST ever coming) is found by the probes, and the relay then ends the other side with a
+/// reset instead of holding both sockets forever.
+#[derive(Clone, Copy, Debug)]
+pub struct Keepalive {
+    pub idle: Duration,
+}
+
+impl Keepalive {
+    const PROBES: u32 = 4;
+
+    fn interval(self) -> Duration {
+        (self.idle / Self::PROBES).max(Duration::from_secs(1))
+    }
+
+    /// Unacknowledged data is not probed; TCP_USER_TIMEOUT bounds it the same way.
+    fn user_timeout(self) -> Duration {
+        self.idle + self.interval() * Self::PROBES
+    }
+}
+
+/// Options of every relayed socket: no Nagle (the daemon relays what the app already chose
+/// to send: holding a small segment back for an ACK the peer delays costs 40 ms where a
+/// handshake's last flight is followed by the preamble or a request) and keep-alives.
+pub fn tune(stream: &TcpStream, keepalive: Keepalive) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!("TCP_NODELAY: {e}");
+    }
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(keepalive.idle)
+        .with_interval(keepalive.interval())
+        .with_retries(Keepalive::PROBES);
+    let socket = socket2::SockRef::from(stream);
+    let tuned = socket
+        .set_tcp_keepalive(&probes)
+        .and_then(|()| socket.set_tcp_user_timeout(Some(keepalive.user_timeout())));
+    if let Err(e) = tuned {
+        tracing::debug!("TCP keep-alive: {e}");
     }
 }
 

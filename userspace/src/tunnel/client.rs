@@ -28,7 +28,7 @@ pub async fn connect(pod: &PodContext, dst: SocketAddr, peer: &SpiffeId) -> Resu
         .netns
         .run(move || sockets::outbound(tunnel, None))
         .await?;
-    let tcp = sockets::connect(socket, tunnel).await?;
+    let tcp = sockets::connect(socket, tunnel, pod.shared.keepalive).await?;
     // Names play no part in the check (see `tls::SecureNaming`); an IP sends no SNI.
     let name = ServerName::IpAddress(dst.ip().into());
     let handshake = TlsConnector::from(config).connect(name, offload.prepare(tcp));

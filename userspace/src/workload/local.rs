@@ -21,6 +21,7 @@ use std::{
 use serde::Deserialize;
 
 use super::model::{Registry, Workload};
+use crate::credentials::CredentialRoots;
 use crate::egress::{
     self, DestinationRule, ServiceEntry,
     istio::{DestinationRuleDoc, ServiceEntryDoc},
@@ -91,7 +92,10 @@ pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigErrors> {
 }
 
 /// Reads every YAML file of `dir` into a registry.
-pub fn load_dir(dir: &Path) -> Result<Registry, ConfigErrors> {
+pub fn load_dir(
+    dir: &Path,
+    credential_roots: Option<&CredentialRoots>,
+) -> Result<Registry, ConfigErrors> {
     let mut errors = Vec::new();
     let mut found: Vec<(Document, PathBuf, usize)> = Vec::new();
     for file in config_files(dir)? {
@@ -102,6 +106,15 @@ pub fn load_dir(dir: &Path) -> Result<Registry, ConfigErrors> {
             },
             Err(e) => errors.push(whole_file(&file, e).0.remove(0)),
         }
+    }
+    if let Some(roots) = credential_roots {
+        errors.extend(found.iter().flat_map(|(doc, file, line)| {
+            outside_roots(doc, roots).map(|message| ConfigError {
+                file: file.clone(),
+                line: Some(*line),
+                message,
+            })
+        }));
     }
     let registry = assemble(found, &mut errors);
     if errors.is_empty() {
@@ -123,6 +136,42 @@ pub fn parse_registry(file: &Path, text: &str) -> Result<Registry, ConfigErrors>
         true => Ok(registry),
         false => Err(ConfigErrors(errors)),
     }
+}
+
+/// The certificate files `doc` names that the operator does not let tenants name.
+fn outside_roots(doc: &Document, roots: &CredentialRoots) -> impl Iterator<Item = String> {
+    let paths: Vec<&PathBuf> = match doc {
+        Document::DestinationRule(rule) => rule
+            .tls
+            .iter()
+            .chain(rule.port_tls.values())
+            .flat_map(|tls| {
+                [
+                    &tls.client_certificate,
+                    &tls.private_key,
+                    &tls.ca_certificates,
+                ]
+            })
+            .flatten()
+            .collect(),
+        Document::InboundPorts(ports) => ports
+            .ports
+            .values()
+            .filter_map(|port| port.tls.as_ref())
+            .flat_map(|tls| {
+                [
+                    &tls.server_certificate,
+                    &tls.private_key,
+                    &tls.ca_certificates,
+                ]
+            })
+            .flatten()
+            .collect(),
+        _ => Vec::new(),
+    };
+    paths
+        .into_iter()
+        .filter_map(|path| roots.admits(path).err())
 }
 
 /// One object of another source (the Kubernetes API), parsed as a document of this

@@ -13,12 +13,19 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context;
 use tokio::sync::watch;
 
+use crate::credentials::CredentialRoots;
+
 pub use model::{Registry, Service, Workload};
 
 /// Where workloads and policies come from.
 pub enum Source {
-    /// A directory of YAML, polled every `interval`.
-    Directory { dir: PathBuf, interval: Duration },
+    /// A directory of YAML, polled every `interval`; with `credential_roots`, resources
+    /// naming certificate files outside them are refused (file:line).
+    Directory {
+        dir: PathBuf,
+        interval: Duration,
+        credential_roots: Option<CredentialRoots>,
+    },
     /// The Kubernetes API (in-cluster configuration, or the kubeconfig).
     Kubernetes,
 }
@@ -26,7 +33,11 @@ pub enum Source {
 /// Starts `source`; returns once it has a complete first registry.
 pub async fn start(source: &Source) -> anyhow::Result<watch::Receiver<Arc<Registry>>> {
     match source {
-        Source::Directory { dir, interval } => follow(dir.clone(), *interval)
+        Source::Directory {
+            dir,
+            interval,
+            credential_roots,
+        } => follow(dir.clone(), *interval, credential_roots.clone())
             .with_context(|| format!("reading workloads from {}", dir.display())),
         Source::Kubernetes => {
             let client = kube::Client::try_default()
@@ -41,12 +52,13 @@ pub async fn start(source: &Source) -> anyhow::Result<watch::Receiver<Arc<Regist
 pub fn follow(
     dir: PathBuf,
     interval: Duration,
+    credential_roots: Option<CredentialRoots>,
 ) -> Result<tokio::sync::watch::Receiver<Arc<Registry>>, local::ConfigErrors> {
     let listing = dir.clone();
     crate::reload::follow(
         "workload configuration",
         move || local::config_files(&listing).unwrap_or_default(),
-        move || local::load_dir(&dir),
+        move || local::load_dir(&dir, credential_roots.as_ref()),
         interval,
     )
 }
