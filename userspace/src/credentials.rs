@@ -24,7 +24,7 @@ use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
 
-use crate::{
+use hawser_model::{
     egress::{ClientTls, TlsMode},
     ports::ServerTls,
 };
@@ -357,7 +357,7 @@ mod tests {
         ] {
             assert!(credentials.client(&named(sneaky)).is_err(), "{sneaky}");
         }
-        let scoped = crate::policy::istio::scoped_credential;
+        let scoped = hawser_model::policy::istio::scoped_credential;
         assert_eq!(scoped("shop", "billing").unwrap(), "shop/billing");
         for bad in ["../billing", "other/billing", ".hidden", "", "Billing"] {
             assert!(scoped("shop", bad).is_err(), "{bad}");

@@ -4,8 +4,8 @@
 //!   network namespaces handed over by the CNI plugin;
 //! - `redirect`: the eBPF programs that steer pods' TCP traffic, and per-pod routing;
 //! - `netns`: doing things inside a pod's network namespace;
-//! - `policy`: Istio's L4 security policy; `ports`: what a workload's ports ask for
-//!   (TLS for clients outside the mesh, the caller told to the app);
+//! - `hawser_model` (its own crate, no I/O): identities, workloads, Istio's L4 policy,
+//!   ports and egress resources, their YAML and the decisions on them;
 //! - `proxy`: the daemon's listeners and the byte relay;
 //! - `node`: the daemon that ties them together.
 
@@ -20,8 +20,6 @@ pub mod logging;
 pub mod metrics;
 pub mod netns;
 pub mod node;
-pub mod policy;
-pub mod ports;
 pub mod proxy;
 pub mod redirect;
 pub mod reload;

@@ -6,7 +6,6 @@ use hawser::{
     admin::cli::{self, AdminClient},
     ca::{self, CaConfig},
     credentials::CredentialRoots,
-    egress::OutboundPolicy,
     identity::pki::{self, CaSpec, KeyType},
     logging::{self, LogFormat},
     node::{self, CaSettings, NodeConfig},
@@ -15,6 +14,7 @@ use hawser::{
     svid::SvidConfig,
     workload,
 };
+use hawser_model::egress::OutboundPolicy;
 
 /// hawser: sidecar-less mTLS for every pod on the node.
 #[derive(Parser)]
@@ -140,10 +140,10 @@ struct NodeArgs {
     /// `credentialName`s (tenants write those resources; the daemon reads the files).
     #[arg(long, value_delimiter = ',', env = "HAWSER_CREDENTIAL_ROOTS")]
     credential_roots: Vec<PathBuf>,
-    /// Istio's outbound traffic policy for destinations no ServiceEntry declares.
+    /// Istio's outbound traffic policy for destinations no ServiceEntry declares: ALLOW_ANY
+    /// or REGISTRY_ONLY.
     #[arg(
         long,
-        value_enum,
         default_value = "ALLOW_ANY",
         env = "HAWSER_OUTBOUND_TRAFFIC_POLICY"
     )]

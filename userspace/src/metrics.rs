@@ -237,7 +237,7 @@ impl Metrics {
     }
 
     /// The policies in force that hawser cannot enforce, replacing the last set.
-    pub fn unenforceable(&self, policies: &crate::policy::Policies) {
+    pub fn unenforceable(&self, policies: &hawser_model::policy::Policies) {
         self.unenforceable_policies.reset();
         for p in policies.authorization_policies.iter() {
             if p.unenforceable.is_some() {

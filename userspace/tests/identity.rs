@@ -15,9 +15,10 @@ use hawser::{
     grpc::istio::{
         IstioCertificateRequest, istio_certificate_service_client::IstioCertificateServiceClient,
     },
-    identity::{SpiffeId, certs},
+    identity::certs,
     svid::{CaClient, CaClientConfig, Svid, SvidConfig, SvidManager},
 };
+use hawser_model::SpiffeId;
 use rcgen::{CertificateParams, IsCa, KeyPair, SanType};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{

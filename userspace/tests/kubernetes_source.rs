@@ -6,7 +6,8 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::Router;
-use hawser::workload::{Registry, kubernetes};
+use hawser::workload::kubernetes;
+use hawser_model::Registry;
 use hawser_testbed::fake_api::FakeApi;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -75,7 +76,7 @@ async fn recorded_objects_and_watch_events_make_the_registry() {
     names.sort();
     assert_eq!(names, [("broken", true), ("cart", false)]);
     let frontend = &registry.workloads["shop/frontend-5c4b-abcde"];
-    let verdict = hawser::policy::evaluate::authorize(&registry.policies, frontend, 80, None);
+    let verdict = hawser_model::policy::evaluate::authorize(&registry.policies, frontend, 80, None);
     assert!(
         verdict.to_string().contains("cannot be enforced"),
         "{verdict}"

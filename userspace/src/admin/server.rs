@@ -16,10 +16,13 @@ use tokio::{net::TcpListener, sync::watch};
 
 use super::views::{Cert, Certs, ConfigDump, IdentityCerts, PodStatus, PolicyCheck, Status};
 use crate::{
-    identity::{SpiffeId, certs},
+    identity::certs,
     logging::LogLevel,
     metrics::METRICS,
     node::{NodeStatus, Shared},
+};
+use hawser_model::{
+    SpiffeId,
     policy::{self, MtlsMode},
 };
 

@@ -2,11 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    egress::{Egress, dns::Resolved},
+use hawser_model::{
+    Workload,
+    egress::{Egress, Resolved},
     policy::Policies,
     ports::InboundPorts,
-    workload::Workload,
 };
 
 /// `/status`: is the daemon ready, and what it serves.

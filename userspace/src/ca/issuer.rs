@@ -12,9 +12,9 @@ use crate::{
         IstioCertificateRequest, IstioCertificateResponse,
         istio_certificate_service_server::IstioCertificateService,
     },
-    identity::{SpiffeId, authority::Authority, certs},
-    workload::Registry,
+    identity::{authority::Authority, certs},
 };
+use hawser_model::{Registry, SpiffeId};
 
 pub struct Issuer {
     authority: Arc<Authority>,

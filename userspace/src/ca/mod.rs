@@ -25,8 +25,8 @@ use crate::{
     identity::authority::Authority,
     metrics::METRICS,
     workload,
-    workload::Registry,
 };
+use hawser_model::Registry;
 
 pub struct CaConfig {
     pub listen: SocketAddr,

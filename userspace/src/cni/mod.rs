@@ -2,7 +2,7 @@
 //! cluster's own, hands each new pod's network namespace to the node daemon over a Unix
 //! socket, and the daemon enrolls the pod before its containers start.
 //!
-//! - `protocol`: the messages on the socket;
+//! - the messages on the socket are `hawser_model::cni`'s;
 //! - `plugin`: the plugin as the runtime runs it (CNI environment, JSON on stdin);
 //! - `install`: copies the plugin into the host's CNI directory and chains it;
 //! - `server`: the daemon's side: the socket, the hand-offs (persisted across restarts),
@@ -10,5 +10,4 @@
 
 pub mod install;
 pub mod plugin;
-pub mod protocol;
 pub mod server;

@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::protocol::{Reply, Request};
+use hawser_model::cni::{Reply, Request};
 
 /// Where the daemon listens unless the configuration says otherwise.
 pub const DEFAULT_SOCKET: &str = "/var/run/hawser/cni.sock";

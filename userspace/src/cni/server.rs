@@ -19,11 +19,9 @@ use tokio::{
     sync::watch,
 };
 
-use super::protocol::{Reply, Request};
-use crate::{
-    node::{NodeStatus, pod::PodContext},
-    workload::Registry,
-};
+use crate::node::{NodeStatus, pod::PodContext};
+use hawser_model::Registry;
+use hawser_model::cni::{Reply, Request};
 
 /// How long the daemon waits for a handed-over pod to appear in its registry (the API
 /// watch may trail the runtime) before answering that it is not in the mesh.
@@ -159,11 +157,9 @@ impl Server {
             .read_line(&mut line)
             .await
         {
-            Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(_) => match Request::parse(&line) {
                 Ok(request) => self.answer(request).await,
-                Err(e) => Reply::Failed {
-                    reason: format!("bad request: {e}"),
-                },
+                Err(reason) => Reply::Failed { reason },
             },
             Err(e) => Reply::Failed {
                 reason: format!("read: {e}"),

@@ -8,7 +8,7 @@
 //! declared service into an undeclared destination.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Duration,
@@ -23,12 +23,11 @@ use hickory_resolver::{
 };
 use tokio::sync::watch;
 
-use crate::workload::Registry;
+use hawser_model::Registry;
 
 const REFRESH: Duration = Duration::from_secs(5);
 
-/// Addresses of each name, as last resolved.
-pub type Resolved = BTreeMap<String, Vec<IpAddr>>;
+pub use hawser_model::egress::Resolved;
 
 /// A resolver: the system's configuration (`/etc/resolv.conf`, `/etc/hosts`), or one
 /// name server.

@@ -22,7 +22,6 @@ use tokio::{
 };
 use tokio_rustls::TlsConnector;
 
-use super::{ClientTls, TlsMode, route::Origination};
 use crate::{
     identity::certs,
     metrics::{METRICS, timed},
@@ -30,6 +29,7 @@ use crate::{
     proxy::sockets,
     tunnel::{HANDSHAKE_TIMEOUT, offload::TunnelStream, tls},
 };
+use hawser_model::egress::{ClientTls, TlsMode, route::Origination};
 
 /// Connects from inside the pod's namespace to the upstream.
 pub async fn dial(pod: &PodContext, o: &Origination) -> Result<TcpStream> {

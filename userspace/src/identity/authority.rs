@@ -14,8 +14,9 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
+use hawser_model::SpiffeId;
+
 use super::{
-    SpiffeId,
     certs::{self, write_private},
     pki::{self, CaSpec, KeyType},
 };

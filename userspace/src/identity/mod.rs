@@ -1,6 +1,5 @@
-//! Workload identity: SPIFFE IDs, CA material, certificate issuance and PKI tooling.
+//! Workload identity (SPIFFE IDs are `hawser_model::spiffe`'s): CA material, certificate issuance and PKI tooling.
 //!
-//! - `spiffe`: the `spiffe://<td>/ns/<ns>/sa/<sa>` identity;
 //! - `pki`: creating root and intermediate CAs (`hawser pki`);
 //! - `authority`: a CA's signing material (plug-in `cacerts` or self-signed) and issuing
 //!   SVIDs from CSRs;
@@ -9,6 +8,3 @@
 pub mod authority;
 pub mod certs;
 pub mod pki;
-pub mod spiffe;
-
-pub use spiffe::SpiffeId;

@@ -19,19 +19,21 @@ use crate::{
     admin::{self, server::Admin},
     cni,
     credentials::{CredentialRoots, Credentials},
-    egress::{
-        OutboundPolicy,
-        dns::{self, Resolved},
-        route::{EgressRoute, Origination},
-    },
-    identity::SpiffeId,
+    egress::dns,
     logging::LogLevel,
     metrics::METRICS,
     proxy::{same_node::Originated, sockets::Keepalive},
     redirect::Dataplane,
     svid::{CaClient, CaClientConfig, SvidConfig, SvidManager},
     tunnel::offload::Offload,
-    workload::{self, Registry, Workload},
+    workload,
+};
+use hawser_model::{
+    Registry, SpiffeId, Workload,
+    egress::{
+        OutboundPolicy, Resolved,
+        route::{EgressRoute, Origination},
+    },
 };
 use pod::{EnrolledPod, PodContext};
 

@@ -8,11 +8,8 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use super::Shared;
 use crate::{
-    identity::SpiffeId,
     metrics::METRICS,
     netns::Netns,
-    policy::{self, Principal},
-    ports::{self, PortSettings},
     proxy::{
         inbound,
         live::{Admitted, Live, Ticket},
@@ -22,7 +19,11 @@ use crate::{
     redirect::{Dataplane, pod_routing},
     svid::{Svid, TrustBundle},
     tunnel::configs::TlsConfigs,
-    workload::Workload,
+};
+use hawser_model::{
+    SpiffeId, Workload,
+    policy::{self, Principal},
+    ports::{self, PortSettings},
 };
 
 /// What a connection handler needs to know about the pod it serves.

@@ -19,7 +19,7 @@ use ppp::v2::{Builder, Command, Protocol, Type, Version};
 use rustls::{CommonState, pki_types::CertificateDer};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use crate::policy::Principal;
+use hawser_model::policy::Principal;
 
 /// The custom TLV with the peer's URI SAN (`spiffe://…` for mesh clients).
 pub const TLV_URI_SAN: u8 = 0xE0;
@@ -210,7 +210,7 @@ mod tests {
     use ppp::v2::{Header, Type};
 
     use super::*;
-    use crate::identity::SpiffeId;
+    use hawser_model::SpiffeId;
 
     fn certificate() -> ClientCertificate {
         ClientCertificate {

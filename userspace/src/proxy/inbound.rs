@@ -17,11 +17,8 @@ use super::{
     relay::{Connection, Direction},
     sockets, terminate,
 };
-use crate::{
-    node::pod::PodContext,
-    ports::{PortSettings, ServerTls},
-    tunnel,
-};
+use crate::{node::pod::PodContext, tunnel};
+use hawser_model::ports::{PortSettings, ServerTls};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
     accept_loop(listener, pod, |conn, peer, pod| async move {

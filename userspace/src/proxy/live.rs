@@ -14,7 +14,7 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use crate::policy::Principal;
+use hawser_model::policy::Principal;
 
 /// What a connection was admitted as.
 #[derive(Clone, Debug)]

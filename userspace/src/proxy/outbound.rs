@@ -13,10 +13,11 @@ use super::{
     sockets,
 };
 use crate::{
-    egress::{originate, route::Origination},
+    egress::originate,
     node::{Route, pod::PodContext},
     tunnel,
 };
+use hawser_model::egress::route::Origination;
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
     accept_loop(listener, pod, |client, peer, pod| async move {

@@ -10,7 +10,6 @@ use super::{
     live::Ticket,
 };
 use crate::{
-    egress::{TlsMode, route::Origination},
     metrics::{self, ConnectionLabels, METRICS, Peer},
     node::pod::PodContext,
     tunnel::{
@@ -18,6 +17,7 @@ use crate::{
         splice,
     },
 };
+use hawser_model::egress::{TlsMode, route::Origination};
 
 /// Which listener a connection came through.
 #[derive(Clone, Copy, Debug)]

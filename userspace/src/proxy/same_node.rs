@@ -13,7 +13,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::identity::SpiffeId;
+use hawser_model::SpiffeId;
 
 /// Who opened a same-node connection: the pod's identity and the serial of the SVID it
 /// held then (revocation applies to it as to a tunnel's client certificate).

@@ -18,11 +18,10 @@ use tokio::net::TcpStream;
 use super::caller::ClientCertificate;
 use crate::{
     node::pod::PodContext,
-    policy::Principal,
-    ports::ServerTls,
     svid::TrustBundle,
     tunnel::{self, offload::TunnelStream, tls},
 };
+use hawser_model::{policy::Principal, ports::ServerTls};
 
 /// A client that proved who it is.
 pub struct Terminated {

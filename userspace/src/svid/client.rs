@@ -20,9 +20,10 @@ use crate::{
             istio_certificate_service_client::IstioCertificateServiceClient,
         },
     },
-    identity::{SpiffeId, certs},
+    identity::certs,
     metrics::{METRICS, timed},
 };
+use hawser_model::SpiffeId;
 
 pub struct CaClientConfig {
     /// `https://host:port`.

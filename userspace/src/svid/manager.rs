@@ -17,10 +17,8 @@ use tokio::{
 };
 
 use super::client::{CaClient, TrustBundle};
-use crate::{
-    identity::{SpiffeId, certs},
-    metrics::METRICS,
-};
+use crate::{identity::certs, metrics::METRICS};
+use hawser_model::SpiffeId;
 
 /// An X.509 SVID with its private key (in memory only, never written to disk).
 pub struct Svid {

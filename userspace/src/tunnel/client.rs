@@ -9,11 +9,11 @@ use tokio_rustls::TlsConnector;
 
 use super::{HANDSHAKE_TIMEOUT, offload::TunnelStream, preamble::Preamble};
 use crate::{
-    identity::SpiffeId,
     metrics::{METRICS, timed},
     node::pod::PodContext,
     proxy::sockets,
 };
+use hawser_model::SpiffeId;
 
 /// Opens the tunnel to `dst`'s pod, proves `peer` is there, names the port, and hands the
 /// session to the kernel where it can take it.

@@ -11,10 +11,8 @@ use anyhow::Result;
 use rustls::{ClientConfig, ServerConfig, crypto::CryptoProvider};
 
 use super::tls;
-use crate::{
-    identity::SpiffeId,
-    svid::{Svid, TrustBundle},
-};
+use crate::svid::{Svid, TrustBundle};
+use hawser_model::SpiffeId;
 
 /// Client configurations kept per peer identity, at most (a pod talks to a bounded set
 /// of services; past this the map starts over).

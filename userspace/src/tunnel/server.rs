@@ -15,15 +15,14 @@ use tokio_rustls::{TlsAcceptor, server};
 use super::{
     HANDSHAKE_TIMEOUT,
     offload::{Offload, TunnelStream},
-    preamble::Preamble,
-    tls,
+    preamble, tls,
 };
 use crate::{
-    identity::SpiffeId,
     metrics::{METRICS, timed},
     node::pod::PodContext,
     proxy::caller::ClientCertificate,
 };
+use hawser_model::SpiffeId;
 
 /// An accepted, authenticated tunnel: the client's identity and where it wants to go.
 pub struct Accepted {
@@ -68,7 +67,7 @@ pub async fn accept(pod: &PodContext, conn: TcpStream, dialed: IpAddr) -> Result
         .context("no client certificate")?;
     let client = tls::peer_identity(leaf, &bundle)?;
     let certificate = ClientCertificate::new(leaf, session)?;
-    let preamble = tokio::time::timeout(HANDSHAKE_TIMEOUT, Preamble::read(&mut stream))
+    let preamble = tokio::time::timeout(HANDSHAKE_TIMEOUT, preamble::read(&mut stream))
         .await
         .context("preamble: timed out")?
         .context("preamble")?;

@@ -18,9 +18,10 @@ use rustls::{
 
 use super::preamble::ALPN;
 use crate::{
-    identity::{SpiffeId, certs},
+    identity::certs,
     svid::{Svid, TrustBundle},
 };
+use hawser_model::SpiffeId;
 
 pub(crate) fn chain(svid: &Svid) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let certs = svid

@@ -6,16 +6,14 @@
 
 pub mod kubernetes;
 pub mod local;
-pub mod model;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use hawser_model::Registry;
 use tokio::sync::watch;
 
 use crate::credentials::CredentialRoots;
-
-pub use model::{Registry, Service, Workload};
 
 /// Where workloads and policies come from.
 pub enum Source {
@@ -53,7 +51,7 @@ pub fn follow(
     dir: PathBuf,
     interval: Duration,
     credential_roots: Option<CredentialRoots>,
-) -> Result<tokio::sync::watch::Receiver<Arc<Registry>>, local::ConfigErrors> {
+) -> Result<tokio::sync::watch::Receiver<Arc<Registry>>, hawser_model::config::ConfigErrors> {
     let listing = dir.clone();
     crate::reload::follow(
         "workload configuration",

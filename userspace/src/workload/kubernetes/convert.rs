@@ -16,10 +16,9 @@ use k8s_openapi::api::{
 use kube::api::DynamicObject;
 use serde_json::{Value, json};
 
-use crate::workload::{
-    Registry, Workload,
-    local::{self, ConfigError},
-    model::Service,
+use hawser_model::{
+    Registry, Service, Workload,
+    config::{self, ConfigError},
 };
 
 /// Namespace or pod labels that put pods in the mesh (Istio ambient's, or hawser's).
@@ -55,7 +54,7 @@ pub fn registry(snapshot: &Snapshot) -> (Registry, Vec<ConfigError>) {
     for pod in &snapshot.pods {
         if let Some(w) = workload(pod, &meshed) {
             found.push((
-                local::Document::Workload(w),
+                config::Document::Workload(w),
                 source("Pod", &pod.metadata),
                 1,
             ));
@@ -66,7 +65,7 @@ pub fn registry(snapshot: &Snapshot) -> (Registry, Vec<ConfigError>) {
             object.types.as_ref().map_or("?", |t| t.kind.as_str()),
             &object.metadata,
         );
-        match local::parse_object(&manifest(object)) {
+        match config::parse_object(&manifest(object)) {
             Ok(Some(doc)) => found.push((doc, origin, 1)),
             Ok(None) => {}
             Err(message) => errors.push(ConfigError {
@@ -76,7 +75,7 @@ pub fn registry(snapshot: &Snapshot) -> (Registry, Vec<ConfigError>) {
             }),
         }
     }
-    let mut registry = local::assemble(found, &mut errors);
+    let mut registry = config::assemble(found, &mut errors);
     registry.services = services(&snapshot.services, &snapshot.slices);
     (registry, errors)
 }

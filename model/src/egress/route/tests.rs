@@ -1,7 +1,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, path::Path};
 
 use super::*;
-use crate::workload::local::parse_registry;
+use crate::config::parse_registry;
 
 /// The egress configuration of `yaml` (Istio documents).
 fn egress(yaml: &str) -> Egress {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::SpiffeId;
+use crate::spiffe::SpiffeId;
 
 /// The mesh-wide policy namespace (Istio's default root namespace).
 pub const ROOT_NAMESPACE: &str = "istio-system";

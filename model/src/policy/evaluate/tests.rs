@@ -1,14 +1,14 @@
 use std::path::Path;
 
 use super::*;
-use crate::workload::{local::parse_registry, model::test_workload as workload};
+use crate::{config::parse_registry, workload::test_workload as workload};
 
 fn policies(yaml: &str) -> Policies {
     parse_registry(Path::new("p.yaml"), yaml).unwrap().policies
 }
 
 fn id(ns: &str, sa: &str) -> Principal {
-    crate::identity::SpiffeId::new("cluster.local", ns, sa).into()
+    crate::spiffe::SpiffeId::new("cluster.local", ns, sa).into()
 }
 
 #[test]

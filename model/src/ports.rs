@@ -185,7 +185,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::workload::{local::parse_registry, model::test_workload as workload};
+    use crate::{config::parse_registry, workload::test_workload as workload};
 
     const DOCS: &str = "apiVersion: hawser.dev/v1alpha1\nkind: InboundPorts\n\
         metadata: {name: mesh, namespace: istio-system}\n\

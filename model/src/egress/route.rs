@@ -5,8 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::{
-    ClientTls, DestinationRule, Egress, OutboundPolicy, Resolution, ServiceEntry, TlsMode,
-    dns::Resolved,
+    ClientTls, DestinationRule, Egress, OutboundPolicy, Resolution, Resolved, ServiceEntry, TlsMode,
 };
 use crate::{policy::ROOT_NAMESPACE, workload::Workload};
 
