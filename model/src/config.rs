@@ -169,7 +169,10 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<(Document, usize)>, Con
             Ok(Some(d)) => workloads.push((d, first_line)),
             Ok(None) => {}
             Err(DocError { line, message }) => {
-                errors.push(error_at(line.map(|l| l + first_line - 1), message))
+                // The YAML parser places "unexpected end" one line past the document.
+                let last_line = first_line + doc.lines().count().max(1) - 1;
+                let line = line.map(|l| (l + first_line - 1).min(last_line));
+                errors.push(error_at(line, message))
             }
         }
     }

@@ -6,7 +6,8 @@
 //! - `policy`: Istio's L4 security policy and its evaluation; `ports`: what a workload's
 //!   ports ask for; `egress`: ServiceEntries, DestinationRules and the route decision;
 //! - `config`: the YAML documents all of the above are read from;
-//! - `preamble`: the tunnel's preamble codec; `cni`: the CNI hand-off messages.
+//! - `preamble`: the tunnel's preamble codec; `proxy_v2`: the PROXY v2 header that tells
+//!   an app who called; `cni`: the CNI hand-off messages.
 
 pub mod cni;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod egress;
 pub mod policy;
 pub mod ports;
 pub mod preamble;
+pub mod proxy_v2;
 pub mod registry;
 pub mod spiffe;
 pub mod workload;

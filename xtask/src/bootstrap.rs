@@ -30,12 +30,15 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "kmod",
+    // libFuzzer, which the fuzz targets link, is C++.
+    "g++",
 ];
 
 pub fn run() -> Result<()> {
     debian_packages()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     kubernetes_validate()
 }
 
@@ -145,6 +148,15 @@ fn bpf_linker() -> Result<()> {
         bail!("cargo install bpf-linker failed ({status})");
     }
     Ok(())
+}
+
+/// `cargo fuzz`, which builds and runs the fuzz targets (fuzz/).
+fn cargo_fuzz() -> Result<()> {
+    if succeeds("cargo", &["fuzz", "--version"]) {
+        return Ok(());
+    }
+    step("installing cargo-fuzz");
+    cmd::cargo(&["install", "cargo-fuzz", "--locked"])
 }
 
 fn is_root() -> bool {

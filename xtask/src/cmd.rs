@@ -32,6 +32,30 @@ pub fn run(program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Runs a command with its output held back: the last lines of it are shown only when it
+/// fails; on success, the last line that contains `summary`.
+pub fn run_quietly(program: &str, args: &[&str], summary: &str) -> Result<()> {
+    let out = command(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    if !out.status.success() {
+        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+        bail!(
+            "`{program} {}` failed ({}):\n{tail}",
+            args.join(" "),
+            out.status
+        );
+    }
+    if let Some(line) = lines.iter().rev().find(|l| l.contains(summary)) {
+        eprintln!("    {line}");
+    }
+    Ok(())
+}
+
 /// Runs a command and returns whether it succeeded, quietly.
 pub fn succeeds(program: &str, args: &[&str]) -> bool {
     command(program)

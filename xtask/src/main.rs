@@ -3,7 +3,9 @@
 //! - `bootstrap`: installs what is missing (rust-src for nightly, llvm-22-dev, bpf-linker,
 //!   the Debian packages the tests use), and only that;
 //! - `build`: bootstrap, then the eBPF object, the daemon and the test tools;
-//! - `test`: build, then formatting, lints, unit and end-to-end tests, and `vm-test`;
+//! - `test`: build, then formatting, lints, unit and end-to-end tests, 30 s of fuzzing per
+//!   parser (`fuzz`), and `vm-test`;
+//! - `fuzz`: the parsers that take bytes from the network or from tenants, for longer;
 //! - `demo`: build, then a local mesh on network namespaces with real curl and nginx;
 //! - `vm-test`: the tunnel, egress, inbound-ports and capture-attack suites in a QEMU VM on Debian's stock kernel, with kernel TLS;
 //! - `bench`: hawser against plain TCP, here and in the VM with kernel TLS (docs/BENCHMARKS.md).
@@ -12,6 +14,7 @@ mod bench;
 mod bootstrap;
 mod cmd;
 mod demo;
+mod fuzz;
 mod vm;
 
 use anyhow::Result;
@@ -34,6 +37,14 @@ enum Command {
     Test {
         /// Only run tests whose name contains this.
         filter: Option<String>,
+    },
+    /// Fuzz the parsers that take bytes from the network or from tenants.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 600)]
+        secs: u64,
+        /// Only this target (preamble, proxy_v2, cni_request, config_yaml).
+        target: Option<String>,
     },
     /// Build, then run the local mesh demo (needs root).
     Demo,
@@ -59,6 +70,10 @@ fn main() -> Result<()> {
         Command::Bootstrap => bootstrap::run(),
         Command::Build => build(),
         Command::Test { filter } => test(filter),
+        Command::Fuzz { secs, target } => {
+            bootstrap::run()?;
+            fuzz::run(secs, target.as_deref())
+        }
         Command::Demo => {
             build()?;
             demo::run()
@@ -92,6 +107,9 @@ fn build() -> Result<()> {
     ])
 }
 
+/// Seconds of fuzzing per target in every test run (`cargo xtask fuzz` runs longer).
+const FUZZ_SECS: u64 = 30;
+
 fn test(filter: Option<String>) -> Result<()> {
     build()?;
     cmd::step("checking formatting");
@@ -104,6 +122,7 @@ fn test(filter: Option<String>) -> Result<()> {
         args.push(filter);
     }
     cmd::cargo(&args)?;
+    fuzz::run(FUZZ_SECS, None)?;
     cmd::step(
         "running the tunnel, egress, inbound-ports and capture tests in a VM with kernel TLS",
     );

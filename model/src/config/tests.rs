@@ -113,3 +113,10 @@ fn refuses_bad_names_and_relative_netns() {
     );
     assert!(only_error(&POD_A.replace("/run/netns/pod-a", "pod-a")).contains("absolute path"));
 }
+
+#[test]
+fn an_error_at_the_end_of_a_document_names_its_last_line() {
+    let text =
+        "apiVersion: hawser.dev/v1alpha1\nkind: Workload\nmetadata: {name: a, labels: {app:\n";
+    assert_eq!(only_error(text).split(':').nth(1), Some("3"));
+}

@@ -15,12 +15,13 @@ use rustls::{
 };
 use tokio::net::TcpStream;
 
-use super::caller::ClientCertificate;
+use super::caller::client_certificate;
 use crate::{
     node::pod::PodContext,
     svid::TrustBundle,
     tunnel::{self, offload::TunnelStream, tls},
 };
+use hawser_model::proxy_v2::ClientCertificate;
 use hawser_model::{policy::Principal, ports::ServerTls};
 
 /// A client that proved who it is.
@@ -42,7 +43,7 @@ pub async fn accept(pod: &PodContext, conn: TcpStream, settings: &ServerTls) -> 
         .context("no client certificate")?
         .to_vec();
     let leaf = chain.first().context("an empty client certificate chain")?;
-    let certificate = ClientCertificate::new(leaf, session)?;
+    let certificate = client_certificate(leaf, session)?;
     let principal = trust.principal(&chain, &certificate, &provider)?;
     Ok(Terminated {
         stream: offload.server(stream).await?,

@@ -20,9 +20,9 @@ use super::{
 use crate::{
     metrics::{METRICS, timed},
     node::pod::PodContext,
-    proxy::caller::ClientCertificate,
+    proxy::caller::client_certificate,
 };
-use hawser_model::SpiffeId;
+use hawser_model::{SpiffeId, proxy_v2::ClientCertificate};
 
 /// An accepted, authenticated tunnel: the client's identity and where it wants to go.
 pub struct Accepted {
@@ -66,7 +66,7 @@ pub async fn accept(pod: &PodContext, conn: TcpStream, dialed: IpAddr) -> Result
         .and_then(|c| c.first())
         .context("no client certificate")?;
     let client = tls::peer_identity(leaf, &bundle)?;
-    let certificate = ClientCertificate::new(leaf, session)?;
+    let certificate = client_certificate(leaf, session)?;
     let preamble = tokio::time::timeout(HANDSHAKE_TIMEOUT, preamble::read(&mut stream))
         .await
         .context("preamble: timed out")?

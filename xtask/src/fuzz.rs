@@ -1,0 +1,57 @@
+//! Bounded fuzzing of the parsers that take bytes from the network or from tenants: the
+//! `cargo fuzz` targets in `fuzz/`, built with the nightly toolchain (libFuzzer, address
+//! sanitizer). New inputs go to `target/fuzz/corpus/<target>` (kept between runs), crashes
+//! to `target/fuzz/artifacts/`; `fuzz/seeds/<target>` holds the committed starting points.
+
+use anyhow::{Result, bail};
+
+use crate::cmd::{self, step, workspace};
+
+/// Each target and what it takes.
+pub const TARGETS: [(&str, &str); 4] = [
+    ("preamble", "the tunnel preamble a peer sends"),
+    (
+        "proxy_v2",
+        "the PROXY v2 header written for an app, read back",
+    ),
+    ("cni_request", "a request line on the CNI socket"),
+    (
+        "config_yaml",
+        "tenants' Workload, InboundPorts and Istio YAML",
+    ),
+];
+
+/// Fuzzes each target (or `only`) for `seconds`.
+pub fn run(seconds: u64, only: Option<&str>) -> Result<()> {
+    if let Some(name) = only.filter(|n| !TARGETS.iter().any(|(t, _)| t == n)) {
+        let names: Vec<&str> = TARGETS.iter().map(|(t, _)| *t).collect();
+        bail!("no fuzz target {name:?} (there are {names:?})");
+    }
+    for (target, what) in TARGETS.iter().filter(|(t, _)| only.is_none_or(|o| o == *t)) {
+        let corpus = workspace().join("target/fuzz/corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        std::fs::create_dir_all(workspace().join("target/fuzz/artifacts"))?;
+        let (corpus, seeds) = (corpus.display().to_string(), format!("fuzz/seeds/{target}"));
+        step(&format!("fuzzing {target} ({what}) for {seconds} s"));
+        cmd::run_quietly(
+            "rustup",
+            &[
+                "run",
+                "nightly",
+                "cargo",
+                "fuzz",
+                "run",
+                "--target-dir",
+                "target/fuzz",
+                target,
+                &corpus,
+                &seeds,
+                "--",
+                &format!("-max_total_time={seconds}"),
+                &format!("-artifact_prefix=target/fuzz/artifacts/{target}-"),
+            ],
+            "Done",
+        )?;
+    }
+    Ok(())
+}
