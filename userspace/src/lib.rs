@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod ca;
 pub mod cni;
+pub mod context;
 pub mod credentials;
 pub mod egress;
 pub mod grpc;

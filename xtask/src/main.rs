@@ -15,6 +15,8 @@ mod bootstrap;
 mod cmd;
 mod demo;
 mod fuzz;
+#[cfg(test)]
+mod layers;
 mod vm;
 
 use anyhow::Result;

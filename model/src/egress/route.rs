@@ -19,7 +19,7 @@ pub enum EgressRoute {
 }
 
 /// How one connection leaves for an external service.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origination {
     /// `namespace/name` of the ServiceEntry.
     pub service_entry: String,

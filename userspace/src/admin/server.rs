@@ -16,10 +16,10 @@ use tokio::{net::TcpListener, sync::watch};
 
 use super::views::{Cert, Certs, ConfigDump, IdentityCerts, PodStatus, PolicyCheck, Status};
 use crate::{
+    context::{shared::Shared, status::NodeStatus},
     identity::certs,
     logging::LogLevel,
     metrics::METRICS,
-    node::{NodeStatus, Shared},
 };
 use hawser_model::{
     SpiffeId,

@@ -19,7 +19,7 @@ use tokio::{
     sync::watch,
 };
 
-use crate::node::{NodeStatus, pod::PodContext};
+use crate::context::{pod::PodContext, status::NodeStatus};
 use hawser_model::Registry;
 use hawser_model::cni::{Reply, Request};
 

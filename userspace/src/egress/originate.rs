@@ -23,9 +23,9 @@ use tokio::{
 use tokio_rustls::TlsConnector;
 
 use crate::{
+    context::pod::PodContext,
     identity::certs,
     metrics::{METRICS, timed},
-    node::pod::PodContext,
     proxy::sockets,
     tunnel::{HANDSHAKE_TIMEOUT, offload::TunnelStream, tls},
 };

@@ -18,24 +18,19 @@ use tokio::{
 use crate::{
     admin::{self, server::Admin},
     cni,
+    context::{shared::Shared, status::NodeStatus},
     credentials::{CredentialRoots, Credentials},
     egress::dns,
     logging::LogLevel,
     metrics::METRICS,
-    proxy::{same_node::Originated, sockets::Keepalive},
+    proxy::sockets::Keepalive,
     redirect::Dataplane,
     svid::{CaClient, CaClientConfig, SvidConfig, SvidManager},
     tunnel::offload::Offload,
     workload,
 };
-use hawser_model::{
-    Registry, SpiffeId, Workload,
-    egress::{
-        OutboundPolicy, Resolved,
-        route::{EgressRoute, Origination},
-    },
-};
-use pod::{EnrolledPod, PodContext};
+use hawser_model::{Registry, Workload, egress::OutboundPolicy};
+use pod::EnrolledPod;
 
 pub struct NodeConfig {
     pub node_name: String,
@@ -77,103 +72,12 @@ pub struct CaSettings {
     pub svid: SvidConfig,
 }
 
-/// What every pod's enrollment shares.
-pub struct Shared {
-    pub node_name: String,
-    pub dataplane: Arc<Dataplane>,
-    pub svids: Option<Arc<SvidManager>>,
-    pub trust_domain: String,
-    pub registry: tokio::sync::watch::Receiver<Arc<Registry>>,
-    pub offload: Offload,
-    /// Certificates from files: for originated TLS, and for inbound ports' TLS.
-    pub credentials: Credentials,
-    pub outbound_policy: OutboundPolicy,
-    /// Addresses of the names of `resolution: DNS` ServiceEntries.
-    pub resolved: watch::Receiver<Arc<Resolved>>,
-    /// Same-node connections the daemon opened, the only proof of a same-node caller.
-    pub originated: Arc<Originated>,
-    pub keepalive: Keepalive,
-}
-
-/// How a captured outbound connection leaves the node.
-pub enum Route {
-    /// Straight to `to`: not a mesh workload, or the daemon has no CA.
-    Direct { to: std::net::SocketAddr },
-    /// To an enrolled pod of this node: no wire to protect, and the daemon's inbound side
-    /// knows the caller because the daemon opens the connection (see `same_node`).
-    Local { to: std::net::SocketAddr },
-    /// Through the mTLS tunnel to `to`, a workload on another node, which must prove
-    /// `peer`.
-    Tunnel {
-        to: std::net::SocketAddr,
-        peer: SpiffeId,
-    },
-    /// To an external service a ServiceEntry declares, with TLS when a rule says so.
-    Egress(Box<Origination>),
-    /// Nowhere: the outbound policy refuses undeclared destinations.
-    Refused(String),
-}
-
-impl Shared {
-    /// The identity the registry gives an enrolled pod of this node at `ip`: where the
-    /// daemon sends a connection, never proof of who sent one.
-    pub fn local_workload_identity(&self, ip: std::net::IpAddr) -> Option<SpiffeId> {
-        let registry = self.registry.borrow();
-        let w = registry
-            .by_ip(ip)
-            .filter(|w| w.node_name == self.node_name)?;
-        Some(SpiffeId::new(
-            &self.trust_domain,
-            &w.namespace,
-            &w.service_account,
-        ))
-    }
-
-    /// Where a connection `client` dialed to `dst` goes: mesh workloads first, then
-    /// what the egress configuration declares.
-    pub fn route(&self, client: &Workload, dst: std::net::SocketAddr) -> Route {
-        let registry = self.registry.borrow();
-        let dst = match registry.destination(dst) {
-            Ok(dst) => dst,
-            Err(why) => return Route::Refused(why),
-        };
-        match registry.by_ip(dst.ip()) {
-            Some(w) if w.node_name != self.node_name && self.svids.is_some() => Route::Tunnel {
-                to: dst,
-                peer: SpiffeId::new(&self.trust_domain, &w.namespace, &w.service_account),
-            },
-            Some(w) if w.node_name == self.node_name => Route::Local { to: dst },
-            Some(_) => Route::Direct { to: dst },
-            None => match registry.egress.route(
-                client,
-                dst,
-                self.outbound_policy,
-                &self.resolved.borrow(),
-            ) {
-                EgressRoute::Declared(o) => Route::Egress(o),
-                EgressRoute::PassThrough => Route::Direct { to: dst },
-                EgressRoute::Refused(why) => Route::Refused(why),
-            },
-        }
-    }
-}
-
 /// Pods this daemon has enrolled, by `namespace/name`.
 type Pods = BTreeMap<String, EnrolledPod>;
 
 /// Configured pods whose enrollment failed, with the cookie of the namespace they are
 /// held closed in (when it could be captured).
 type Closed = BTreeMap<String, Option<u64>>;
-
-/// What the admin API shows of the enrolled set.
-#[derive(Clone, Default)]
-pub struct NodeStatus {
-    pub pods: Vec<Arc<PodContext>>,
-    /// The first reconciliation is done.
-    pub reconciled: bool,
-    /// Pods whose enrollment failed and is being retried.
-    pub failing: Vec<String>,
-}
 
 pub async fn run(config: NodeConfig) -> Result<()> {
     raise_open_files_limit();

@@ -4,124 +4,16 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use hawser_common::{LISTENER_INBOUND, LISTENER_OUTBOUND, LISTENER_TUNNEL};
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{net::TcpListener, task::JoinHandle};
 
-use super::Shared;
 use crate::{
-    metrics::METRICS,
+    context::{pod::PodContext, shared::Shared},
     netns::Netns,
-    proxy::{
-        inbound,
-        live::{Admitted, Live, Ticket},
-        outbound, sockets,
-        unauthenticated::Unauthenticated,
-    },
+    proxy::{inbound, outbound, sockets},
     redirect::{Dataplane, pod_routing},
-    svid::{Svid, TrustBundle},
     tunnel::configs::TlsConfigs,
 };
-use hawser_model::{
-    SpiffeId, Workload,
-    policy::{self, Principal},
-    ports::{self, PortSettings},
-};
-
-/// What a connection handler needs to know about the pod it serves.
-pub struct PodContext {
-    /// `namespace/name`.
-    pub key: String,
-    pub workload: Workload,
-    pub identity: SpiffeId,
-    pub netns: Netns,
-    pub netns_cookie: u64,
-    /// The ports of the daemon's own listeners in the pod: never an app's.
-    pub listener_ports: Vec<u16>,
-    pub dataplane: Arc<Dataplane>,
-    /// The pod's SVID (None while it is fetched, or when the daemon runs without a CA).
-    svid: Option<watch::Receiver<Option<Arc<Svid>>>>,
-    /// The tunnel's TLS configurations for the current SVID and bundle.
-    pub tls_configs: TlsConfigs,
-    /// Inbound connections admitted and still open, checked again on every change.
-    pub live: Arc<Live>,
-    /// TLS handshakes in progress, capped (see `unauthenticated`).
-    pub unauthenticated: Arc<Unauthenticated>,
-    pub shared: Arc<Shared>,
-}
-
-impl PodContext {
-    /// Whether a connection to this pod's `port` from `principal` may go on: plaintext
-    /// without a proven identity must pass PeerAuthentication, then every connection
-    /// passes AuthorizationPolicy. Ok and Err both carry the reason.
-    pub fn admit(&self, port: u16, principal: Option<&Principal>) -> Result<String, String> {
-        let registry = self.shared.registry.borrow();
-        let decision = policy::evaluate::admit(&registry.policies, &self.workload, port, principal);
-        if let Err(denial) = &decision {
-            let w = &self.workload;
-            METRICS
-                .policy_denials
-                .with_label_values(&[&w.name, &w.namespace, denial.by])
-                .inc();
-        }
-        decision.map_err(|denial| denial.to_string())
-    }
-
-    /// Whether a connection as `a` may go on now: its caller's identity not revoked, and
-    /// admitted by policy. The reason says which refused.
-    fn allowed(&self, a: &Admitted) -> Result<(), String> {
-        if let (Some(svids), Some(Principal::Spiffe(id))) = (&self.shared.svids, &a.principal) {
-            let bundle = svids.trust_bundle().borrow().clone();
-            bundle
-                .check_revoked(a.serial.as_deref(), &id.to_string())
-                .map_err(|e| format!("{e:#}"))?;
-        }
-        self.admit(a.port, a.principal.as_ref())
-            .map(|_| ())
-            .map_err(|why| format!("policy: {why}"))
-    }
-
-    /// Admits a connection and keeps it where a later change can cut it.
-    pub fn admit_live(&self, admitted: Admitted) -> Result<Ticket, String> {
-        self.allowed(&admitted)?;
-        Ok(self.live.admit(admitted))
-    }
-
-    /// Checks the pod's open inbound connections again against the policy and the trust
-    /// bundle in force now, and cuts those no longer allowed.
-    pub fn recheck(&self) {
-        let cut = self.live.recheck(|a| {
-            self.allowed(a)
-                .map_err(|why| format!("no longer allowed: {why}"))
-        });
-        if cut > 0 {
-            tracing::info!(pod = %self.key, cut, "open connections no longer allowed were cut");
-        }
-    }
-
-    /// What `port` of this pod asks for (`InboundPorts`); the defaults when nothing does.
-    pub fn port_settings(&self, port: u16) -> PortSettings {
-        let registry = self.shared.registry.borrow();
-        ports::settings(&registry.ports, &self.workload, port)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// The pod's SVID, when one is held.
-    pub fn svid(&self) -> Option<Arc<Svid>> {
-        self.svid.as_ref().and_then(|svid| svid.borrow().clone())
-    }
-
-    /// The pod's SVID and the trust bundle to check peers with, or why there are none.
-    pub fn credentials(&self) -> Result<(Arc<Svid>, Arc<TrustBundle>)> {
-        let (Some(svid), Some(svids)) = (&self.svid, &self.shared.svids) else {
-            anyhow::bail!("the daemon runs without a CA");
-        };
-        let svid = svid
-            .borrow()
-            .clone()
-            .with_context(|| format!("no SVID for {} yet", self.identity))?;
-        Ok((svid, svids.trust_bundle().borrow().clone()))
-    }
-}
+use hawser_model::{SpiffeId, Workload};
 
 /// An enrolled pod: while this exists, the pod's TCP traffic flows through the daemon.
 pub struct EnrolledPod {

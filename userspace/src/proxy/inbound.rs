@@ -17,7 +17,7 @@ use super::{
     relay::{Connection, Direction},
     sockets, terminate,
 };
-use crate::{node::pod::PodContext, tunnel};
+use crate::{context::pod::PodContext, tunnel};
 use hawser_model::ports::{PortSettings, ServerTls};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {

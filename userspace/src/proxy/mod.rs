@@ -19,7 +19,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::node::pod::PodContext;
+use crate::context::pod::PodContext;
 
 /// Accepts forever, one task per connection. Accept errors (e.g. EMFILE) are logged and
 /// retried after a pause rather than ending the listener.

@@ -12,12 +12,8 @@ use super::{
     same_node::{Origin, Record},
     sockets,
 };
-use crate::{
-    egress::originate,
-    node::{Route, pod::PodContext},
-    tunnel,
-};
-use hawser_model::egress::route::Origination;
+use crate::{context::pod::PodContext, egress::originate, tunnel};
+use hawser_model::{egress::route::Origination, route::Route};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
     accept_loop(listener, pod, |client, peer, pod| async move {

@@ -10,8 +10,8 @@ use super::{
     live::Ticket,
 };
 use crate::{
+    context::pod::PodContext,
     metrics::{self, ConnectionLabels, METRICS, Peer},
-    node::pod::PodContext,
     tunnel::{
         offload::{TlsPath, TunnelStream},
         splice,

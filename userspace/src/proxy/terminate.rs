@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 use super::caller::client_certificate;
 use crate::{
-    node::pod::PodContext,
+    context::pod::PodContext,
     svid::TrustBundle,
     tunnel::{self, offload::TunnelStream, tls},
 };

@@ -11,7 +11,7 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
-use super::manager::Svid;
+use super::held::Svid;
 use crate::{
     grpc::{
         hawser::{TrustBundleRequest, trust_service_client::TrustServiceClient},

@@ -9,72 +9,17 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Result, bail};
-use time::OffsetDateTime;
 use tokio::{
     sync::{Notify, watch},
     task::JoinHandle,
 };
 
-use super::client::{CaClient, TrustBundle};
-use crate::{identity::certs, metrics::METRICS};
+use super::{
+    client::{CaClient, TrustBundle},
+    held::Svid,
+};
+use crate::metrics::METRICS;
 use hawser_model::SpiffeId;
-
-/// An X.509 SVID with its private key (in memory only, never written to disk).
-pub struct Svid {
-    pub id: SpiffeId,
-    /// Leaf first, root last; PEM each.
-    pub chain: Vec<String>,
-    pub key_pem: String,
-    pub serial: String,
-    pub not_before: OffsetDateTime,
-    pub not_after: OffsetDateTime,
-    /// When this daemon received it: renewal is timed from here, so the CA's back-dating of
-    /// `not_before` (for clock skew) does not bring renewals forward.
-    received: OffsetDateTime,
-}
-
-impl Svid {
-    /// Checks that the chain's leaf is for `id` before accepting it.
-    pub fn new(id: SpiffeId, chain: Vec<String>, key_pem: String) -> Result<Self> {
-        let Some(leaf) = chain.first() else {
-            bail!("the CA sent an empty chain")
-        };
-        let leaf = certs::info(leaf)?;
-        if leaf.uri_sans != [id.to_string()] {
-            bail!(
-                "the CA sent a certificate for {:?}, not {id}",
-                leaf.uri_sans
-            );
-        }
-        Ok(Self {
-            id,
-            chain,
-            key_pem,
-            serial: leaf.serial,
-            not_before: leaf.not_before,
-            not_after: leaf.not_after,
-            received: OffsetDateTime::now_utc(),
-        })
-    }
-
-    pub fn expired(&self) -> bool {
-        OffsetDateTime::now_utc() >= self.not_after
-    }
-
-    /// When to renew: half-way through the remaining lifetime, jittered by ±10% of it so
-    /// that a node's identities (and a cluster's nodes) do not all renew at once.
-    fn refresh_in(&self) -> Duration {
-        let lifetime = (self.not_after - self.received).as_seconds_f64().max(0.0);
-        let jitter = (rand::random::<f64>() - 0.5) * 0.2 * lifetime;
-        let at = self.received + time::Duration::seconds_f64(lifetime / 2.0 + jitter);
-        Duration::try_from(at - OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO)
-    }
-
-    fn until_expiry(&self) -> Duration {
-        Duration::try_from(self.not_after - OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO)
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct SvidConfig {

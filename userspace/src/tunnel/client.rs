@@ -9,8 +9,8 @@ use tokio_rustls::TlsConnector;
 
 use super::{HANDSHAKE_TIMEOUT, offload::TunnelStream, preamble::Preamble};
 use crate::{
+    context::pod::PodContext,
     metrics::{METRICS, timed},
-    node::pod::PodContext,
     proxy::sockets,
 };
 use hawser_model::SpiffeId;

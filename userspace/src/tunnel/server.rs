@@ -18,8 +18,8 @@ use super::{
     preamble, tls,
 };
 use crate::{
+    context::pod::PodContext,
     metrics::{METRICS, timed},
-    node::pod::PodContext,
     proxy::caller::client_certificate,
 };
 use hawser_model::{SpiffeId, proxy_v2::ClientCertificate};
