@@ -1,7 +1,11 @@
 //! A consistent snapshot of everything the workload source knows: workloads, Services,
 //! and the policy, egress and port resources that apply to them.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    sync::OnceLock,
+};
 
 use crate::{
     egress::Egress,
@@ -20,9 +24,71 @@ pub struct Registry {
     pub ports: Vec<InboundPorts>,
     /// Kubernetes Services (from the API source): virtual addresses and their endpoints.
     pub services: Vec<Service>,
+    /// Lookups by address and identity, built on the first lookup of a snapshot.
+    index: Index,
+}
+
+/// The registry's lookups, built once: a snapshot is shared read-only (in an `Arc`) after
+/// it is assembled, and a clone (which may be changed) starts without one.
+#[derive(Default)]
+struct Index(OnceLock<Lookups>);
+
+#[derive(Default)]
+struct Lookups {
+    /// Pod address → `namespace/name`.
+    by_ip: HashMap<IpAddr, String>,
+    /// Cluster IP → index in `services`.
+    service_by_ip: HashMap<IpAddr, usize>,
+    /// (node, namespace, service account) of every workload.
+    identities: HashSet<(String, String, String)>,
+}
+
+impl Clone for Index {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+/// Derived data: equal registries are equal whatever was looked up in them.
+impl PartialEq for Index {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Index {}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Index")
+    }
 }
 
 impl Registry {
+    fn lookups(&self) -> &Lookups {
+        self.index.0.get_or_init(|| Lookups {
+            by_ip: self
+                .workloads
+                .iter()
+                .flat_map(|(key, w)| w.ips.iter().map(move |ip| (*ip, key.clone())))
+                .collect(),
+            service_by_ip: self
+                .services
+                .iter()
+                .enumerate()
+                .flat_map(|(i, s)| s.cluster_ips.iter().map(move |ip| (*ip, i)))
+                .collect(),
+            identities: self
+                .workloads
+                .values()
+                .map(|w| {
+                    let (node, ns, sa) = (&w.node_name, &w.namespace, &w.service_account);
+                    (node.clone(), ns.clone(), sa.clone())
+                })
+                .collect(),
+        })
+    }
+
     /// Workloads scheduled on `node`.
     pub fn on_node<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Workload> + 'a {
         self.workloads.values().filter(move |w| w.node_name == node)
@@ -30,10 +96,12 @@ impl Registry {
 
     /// The Service whose virtual address `dst` is, with the endpoints for its port.
     pub fn service_at(&self, dst: SocketAddr) -> Option<(&Service, &[SocketAddr])> {
-        self.services
-            .iter()
-            .find(|s| s.cluster_ips.contains(&dst.ip()))
-            .map(|s| (s, s.ports.get(&dst.port()).map_or(&[][..], Vec::as_slice)))
+        let service = &self.services[*self.lookups().service_by_ip.get(&dst.ip())?];
+        let endpoints = service
+            .ports
+            .get(&dst.port())
+            .map_or(&[][..], Vec::as_slice);
+        Some((service, endpoints))
     }
 
     /// Where a connection to `dst` really goes: for a Service's virtual address, one of
@@ -55,7 +123,13 @@ impl Registry {
 
     /// The workload that owns `ip`, if any.
     pub fn by_ip(&self, ip: IpAddr) -> Option<&Workload> {
-        self.workloads.values().find(|w| w.ips.contains(&ip))
+        self.workloads.get(self.lookups().by_ip.get(&ip)?)
+    }
+
+    /// Whether some workload on `node` runs as `service_account` of `namespace`.
+    pub fn hosts(&self, node: &str, namespace: &str, service_account: &str) -> bool {
+        let key = (node.into(), namespace.into(), service_account.into());
+        self.lookups().identities.contains(&key)
     }
 }
 
@@ -94,5 +168,24 @@ mod tests {
         );
         let other = "10.1.0.9:80".parse().unwrap();
         assert_eq!(registry.destination(other), Ok(other));
+    }
+
+    #[test]
+    fn lookups_follow_the_snapshot_and_a_changed_clone_is_looked_up_afresh() {
+        let mut registry = Registry::default();
+        let a = crate::workload::test_workload("shop", "a");
+        registry.workloads.insert(a.key(), a.clone());
+        let ip = a.ips[0];
+        assert_eq!(registry.by_ip(ip).map(|w| &w.name), Some(&a.name));
+        assert!(registry.hosts("n", "shop", "a"));
+        assert!(!registry.hosts("other-node", "shop", "a"));
+        let mut changed = registry.clone();
+        changed.workloads.clear();
+        assert!(
+            changed.by_ip(ip).is_none(),
+            "a stale index would still find a"
+        );
+        assert!(!changed.hosts("n", "shop", "a"));
+        assert_eq!(registry.by_ip(ip).map(|w| &w.name), Some(&a.name));
     }
 }

@@ -56,8 +56,7 @@ impl Issuer {
         let hosted = self
             .registry
             .borrow()
-            .on_node(node)
-            .any(|w| w.namespace == id.namespace && w.service_account == id.service_account);
+            .hosts(node, &id.namespace, &id.service_account);
         if !hosted {
             return Err(Status::permission_denied(format!(
                 "node {node} runs no workload as {id}"
