@@ -161,6 +161,8 @@ fn a_revoked_client_is_refused() -> Result<()> {
     m.d2.wait_for("the refusal", Duration::from_secs(5), |log| {
         log.lines().any(|l| {
             l.contains("connection refused")
+                // The handshake's certificate check refuses it.
+                && l.contains("refusal=\"handshake\"")
                 && l.contains(&format!("the peer identity {A} is revoked"))
         })
     })?;
@@ -276,9 +278,17 @@ spec:
     m.d2.wait_for("the authorization refusal", Duration::from_secs(5), |log| {
         log.lines().any(|l| {
             l.contains("connection refused")
+                && l.contains("refusal=\"policy\"")
                 && l.contains("no rule of ALLOW policies default/b-from-c-only matches")
         })
     })?;
+    let (_, metrics) = m.node2.http_get("http://127.0.0.1:15020/metrics")?;
+    for refused in [
+        "hawser_connections_refused_total{direction=\"inbound\",reason=\"policy\"} 1",
+        "hawser_connections_refused_total{direction=\"tunnel\",reason=\"policy\"} 1",
+    ] {
+        assert!(metrics.contains(refused), "{refused} in\n{metrics}");
+    }
     assert_eq!(
         nginx.clients(),
         vec![c.ip.clone()],

@@ -102,6 +102,7 @@ pub struct Metrics {
     pub ebpf_map_entries: IntGaugeVec,
     pub unenforceable_policies: IntGaugeVec,
     pub ca_token_reviews: IntCounterVec,
+    refused: IntCounterVec,
     series: Mutex<Series>,
 }
 
@@ -210,6 +211,12 @@ impl Metrics {
                 "AuthorizationPolicies hawser cannot enforce (1 each): their workloads deny all",
                 &["namespace", "name"],
             ),
+            refused: counter(
+                &r,
+                "hawser_connections_refused_total",
+                "Connections refused before any byte was relayed, by listener and kind of refusal",
+                &["direction", "reason"],
+            ),
             ca_token_reviews: counter(
                 &r,
                 "hawser_ca_token_reviews_total",
@@ -219,6 +226,11 @@ impl Metrics {
             registry: r,
             series: Mutex::default(),
         }
+    }
+
+    /// Counts a refused connection (`reason`: the kind of refusal, a short fixed word).
+    pub fn connection_refused(&self, direction: &str, reason: &str) {
+        self.refused.with_label_values(&[direction, reason]).inc();
     }
 
     /// Counts a connection as opened.

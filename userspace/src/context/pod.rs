@@ -18,6 +18,7 @@ use crate::{
     netns::Netns,
     proxy::{
         live::{Admitted, Live, Ticket},
+        refusal::Refusal,
         unauthenticated::Unauthenticated,
     },
     redirect::Dataplane,
@@ -65,21 +66,21 @@ impl PodContext {
     }
 
     /// Whether a connection as `a` may go on now: its caller's identity not revoked, and
-    /// admitted by policy. The reason says which refused.
-    fn allowed(&self, a: &Admitted) -> Result<(), String> {
+    /// admitted by policy.
+    fn allowed(&self, a: &Admitted) -> Result<(), Refusal> {
         if let (Some(svids), Some(Principal::Spiffe(id))) = (&self.shared.svids, &a.principal) {
             let bundle = svids.trust_bundle().borrow().clone();
             bundle
                 .check_revoked(a.serial.as_deref(), &id.to_string())
-                .map_err(|e| format!("{e:#}"))?;
+                .map_err(|e| Refusal::Revoked(format!("{e:#}")))?;
         }
         self.admit(a.port, a.principal.as_ref())
             .map(|_| ())
-            .map_err(|why| format!("policy: {why}"))
+            .map_err(Refusal::Policy)
     }
 
     /// Admits a connection and keeps it where a later change can cut it.
-    pub fn admit_live(&self, admitted: Admitted) -> Result<Ticket, String> {
+    pub fn admit_live(&self, admitted: Admitted) -> Result<Ticket, Refusal> {
         self.allowed(&admitted)?;
         Ok(self.live.admit(admitted))
     }
@@ -89,7 +90,7 @@ impl PodContext {
     pub fn recheck(&self) {
         let cut = self.live.recheck(|a| {
             self.allowed(a)
-                .map_err(|why| format!("no longer allowed: {why}"))
+                .map_err(|refusal| format!("no longer allowed: {refusal}"))
         });
         if cut > 0 {
             tracing::info!(pod = %self.key, cut, "open connections no longer allowed were cut");

@@ -14,6 +14,7 @@ use super::{
     accept_loop,
     caller::Caller,
     live::Admitted,
+    refusal::Refusal,
     relay::{Connection, Direction},
     sockets, terminate,
 };
@@ -33,16 +34,18 @@ pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
     accept_loop(listener, pod, |conn, peer, pod| async move {
         let dst = conn.local_addr().map_or(peer, sockets::canonical);
         let record = Connection::new(Direction::Tunnel, &pod, peer, dst);
-        if let Err(why) = steered(dst) {
-            return record.refuse(why);
+        if let Err(refusal) = steered(dst) {
+            return record.refuse(refusal);
         }
         let permit = match pod.unauthenticated.enter(peer.ip()) {
             Ok(permit) => permit,
-            Err(why) => return record.refuse_unauthenticated(&why, &pod),
+            Err(why) => {
+                return record.refuse_unauthenticated(Refusal::TooManyHandshakes(why), &pod);
+            }
         };
         let accepted = match tunnel::server::accept(&pod, conn, dst.ip()).await {
             Ok(accepted) => accepted,
-            Err(e) => return record.refuse_unauthenticated(&format!("{e:#}"), &pod),
+            Err(e) => return record.refuse_unauthenticated(Refusal::Handshake(e), &pod),
         };
         drop(permit);
         let record = Connection::new(Direction::Tunnel, &pod, peer, accepted.dst)
@@ -55,7 +58,7 @@ pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
         };
         let ticket = match pod.admit_live(caller.admitted()) {
             Ok(ticket) => ticket,
-            Err(why) => return record.refuse(&why),
+            Err(refusal) => return record.refuse(refusal),
         };
         let settings = pod.port_settings(caller.dst.port());
         match deliver(&pod, &caller, &settings).await {
@@ -65,7 +68,7 @@ pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
                     .relay_tunnel(app, accepted.stream)
                     .await
             }
-            Err(e) => record.refuse(&format!("{e:#}")),
+            Err(e) => record.refuse(Refusal::Connect(e)),
         }
     })
     .await
@@ -78,8 +81,8 @@ async fn handle(conn: TcpStream, peer: SocketAddr, pod: &PodContext) {
         Err(e) => return tracing::warn!(pod = %pod.key, "inbound local_addr: {e}"),
     };
     let record = Connection::new(Direction::Inbound, pod, peer, dst);
-    if let Err(why) = steered(dst) {
-        return record.refuse(why);
+    if let Err(refusal) = steered(dst) {
+        return record.refuse(refusal);
     }
     let settings = pod.port_settings(dst.port());
     if let Some(tls) = &settings.tls {
@@ -104,21 +107,21 @@ async fn handle(conn: TcpStream, peer: SocketAddr, pod: &PodContext) {
     };
     let ticket = match pod.admit_live(admitted) {
         Ok(ticket) => ticket,
-        Err(why) => return record.refuse(&why),
+        Err(refusal) => return record.refuse(refusal),
     };
     match deliver(pod, &caller, &settings).await {
         Ok(app) => record.watched(ticket).relay(conn, app).await,
-        Err(e) => record.refuse(&format!("{e:#}")),
+        Err(e) => record.refuse(Refusal::Connect(e)),
     }
 }
 
 /// Steered connections come from the network; one to the listener's own loopback
 /// address is a process in the pod dialing the daemon directly.
-fn steered(dst: SocketAddr) -> Result<(), &'static str> {
-    if dst.ip().is_loopback() {
-        return Err("not steered: a direct connection to the daemon's listener");
+fn steered(dst: SocketAddr) -> Result<(), Refusal> {
+    match dst.ip().is_loopback() {
+        true => Err(Refusal::NotSteered),
+        false => Ok(()),
     }
-    Ok(())
 }
 
 /// A port with TLS for clients outside the mesh: the daemon does the handshake, policy
@@ -133,11 +136,11 @@ async fn terminated(
     let (src, dst) = (record.src, record.dst);
     let permit = match pod.unauthenticated.enter(src.ip()) {
         Ok(permit) => permit,
-        Err(why) => return record.refuse_unauthenticated(&why, pod),
+        Err(why) => return record.refuse_unauthenticated(Refusal::TooManyHandshakes(why), pod),
     };
     let client = match terminate::accept(pod, conn, tls).await {
         Ok(client) => client,
-        Err(e) => return record.refuse_unauthenticated(&format!("{e:#}"), pod),
+        Err(e) => return record.refuse_unauthenticated(Refusal::Handshake(e), pod),
     };
     drop(permit);
     let record = record.mtls(&client.principal, pod.shared.offload.path());
@@ -149,7 +152,7 @@ async fn terminated(
     };
     let ticket = match pod.admit_live(caller.admitted()) {
         Ok(ticket) => ticket,
-        Err(why) => return record.refuse(&why),
+        Err(refusal) => return record.refuse(refusal),
     };
     match deliver(pod, &caller, settings).await {
         Ok(app) => {
@@ -158,7 +161,7 @@ async fn terminated(
                 .relay_tunnel(app, client.stream)
                 .await
         }
-        Err(e) => record.refuse(&format!("{e:#}")),
+        Err(e) => record.refuse(Refusal::Connect(e)),
     }
 }
 

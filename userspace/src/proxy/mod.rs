@@ -2,13 +2,15 @@
 //!
 //! `outbound` serves connections the connect hooks captured in a pod, `inbound` serves
 //! connections sk_lookup steered to a pod from the network (`terminate` does the TLS of
-//! ports that ask for it, `caller` tells the app who called), `relay` moves the bytes.
+//! ports that ask for it, `caller` tells the app who called), `relay` moves the bytes and
+//! logs each connection (`refusal`: why one was refused).
 
 pub mod caller;
 pub mod copy;
 pub mod inbound;
 pub mod live;
 pub mod outbound;
+pub mod refusal;
 pub mod relay;
 pub mod same_node;
 pub mod sockets;

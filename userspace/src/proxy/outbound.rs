@@ -8,6 +8,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{
     accept_loop,
+    refusal::Refusal,
     relay::{Connection, Direction},
     same_node::{Origin, Record},
     sockets,
@@ -26,29 +27,29 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext) {
     let Some(dst) = pod.dataplane.take_original_dst(pod.netns_cookie, peer) else {
         let local = client.local_addr().map_or(peer, sockets::canonical);
         Connection::new(Direction::Outbound, pod, peer, local)
-            .refuse("no original destination recorded for this connection");
+            .refuse(Refusal::NoOriginalDestination);
         return;
     };
     let conn = Connection::new(Direction::Outbound, pod, peer, dst);
     match pod.shared.route(&pod.workload, dst) {
         Route::Direct { to } => match connect(pod, to).await {
             Ok(upstream) => conn.relay(client, upstream).await,
-            Err(e) => conn.refuse(&format!("{e:#}")),
+            Err(e) => conn.refuse(Refusal::Connect(e)),
         },
         Route::Local { to } => match connect_local(pod, to).await {
             Ok((upstream, _record)) => conn.relay(client, upstream).await,
-            Err(e) => conn.refuse(&format!("{e:#}")),
+            Err(e) => conn.refuse(Refusal::Connect(e)),
         },
         // Never falls back to plaintext: a mesh peer is reached through the tunnel or not.
         Route::Tunnel { to, peer } => {
             let conn = conn.mtls(&peer, pod.shared.offload.path());
             match tunnel::client::connect(pod, to, &peer).await {
                 Ok(upstream) => conn.relay_tunnel(client, upstream).await,
-                Err(e) => conn.refuse(&format!("{e:#}")),
+                Err(e) => conn.refuse(Refusal::Tunnel(e)),
             }
         }
         Route::Egress(o) => egress(conn, client, pod, &o).await,
-        Route::Refused(why) => conn.refuse(&why),
+        Route::Refused(why) => conn.refuse(Refusal::NoRoute(why)),
     }
 }
 
@@ -60,14 +61,17 @@ async fn egress(conn: Connection, client: TcpStream, pod: &PodContext, o: &Origi
             let conn = conn.egress(o, None);
             match originate::dial(pod, o).await {
                 Ok(upstream) => conn.relay(client, upstream).await,
-                Err(e) => conn.refuse(&format!("{e:#}")),
+                Err(e) => conn.refuse(Refusal::Connect(e)),
             }
         }
         Some((rule, settings)) => {
             let conn = conn.egress(o, Some((settings.mode, pod.shared.offload.path())));
             match originate::tls(pod, o, settings).await {
                 Ok(upstream) => conn.relay_tunnel(client, upstream).await,
-                Err(e) => conn.refuse(&format!("DestinationRule {rule}: {e:#}")),
+                Err(error) => conn.refuse(Refusal::Origination {
+                    rule: rule.clone(),
+                    error,
+                }),
             }
         }
     }

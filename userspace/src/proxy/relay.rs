@@ -8,6 +8,7 @@ use tokio::net::TcpStream;
 use super::{
     copy::{self, Endpoint, Outcome},
     live::Ticket,
+    refusal::Refusal,
 };
 use crate::{
     context::pod::PodContext,
@@ -28,7 +29,7 @@ pub enum Direction {
 }
 
 impl Direction {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Direction::Outbound => "outbound",
             Direction::Inbound => "inbound",
@@ -186,29 +187,29 @@ impl Connection {
     fn closed(&self, outcome: Outcome) {
         METRICS.connection_closed(&self.labels, outcome.request, outcome.response);
         let cut = outcome.error.map(|e| format!("cut short: {e}"));
-        self.log(
-            outcome.request,
-            outcome.response,
-            cut.as_deref(),
-            "connection cut",
-        );
+        self.log(outcome.request, outcome.response, cut.as_deref(), None);
     }
 
-    /// Logs a connection that was refused before any byte moved.
-    pub fn refuse(self, reason: &str) {
-        self.log(0, 0, Some(reason), "connection refused");
+    /// Counts and logs a connection that was refused before any byte moved.
+    pub fn refuse(self, refusal: Refusal) {
+        METRICS.connection_refused(self.direction.as_str(), refusal.reason());
+        let details = refusal.to_string();
+        self.log(0, 0, Some(&details), Some(refusal.reason()));
     }
 
-    /// Refuses a connection that never authenticated: logged only within the pod's rate
-    /// (anyone can cause these, as fast as they can connect).
-    pub fn refuse_unauthenticated(self, reason: &str, pod: &PodContext) {
+    /// Refuses a connection that never authenticated: counted always, logged only within
+    /// the pod's rate (anyone can cause these, as fast as they can connect).
+    pub fn refuse_unauthenticated(self, refusal: Refusal, pod: &PodContext) {
         if pod.unauthenticated.may_log() {
-            self.refuse(reason);
+            self.refuse(refusal);
+        } else {
+            METRICS.connection_refused(self.direction.as_str(), refusal.reason());
         }
     }
 
-    /// The access log line: `connection closed`, or `what` with the reason.
-    fn log(&self, sent: u64, received: u64, reason: Option<&str>, what: &str) {
+    /// The access log line: `connection closed`; `connection cut` with the reason; or
+    /// `connection refused` with the kind of refusal and the reason.
+    fn log(&self, sent: u64, received: u64, reason: Option<&str>, refusal: Option<&str>) {
         let duration_ms = self.started.elapsed().as_millis() as u64;
         let direction = self.direction.as_str();
         let (l, security) = (&self.labels, self.wire);
@@ -221,12 +222,20 @@ impl Connection {
                 upstream = %upstream, security, tls = self.tls, bytes_sent = sent, bytes_received = received, duration_ms,
                 "connection closed"
             ),
-            Some(reason) => tracing::warn!(
-                target: "hawser::access",
-                direction, pod = %self.pod, src = %self.src, src_identity, dst = %self.dst, dst_identity,
-                upstream = %upstream, security, tls = self.tls, bytes_sent = sent, bytes_received = received, duration_ms, reason,
-                "{what}"
-            ),
+            Some(reason) => match refusal {
+                None => tracing::warn!(
+                    target: "hawser::access",
+                    direction, pod = %self.pod, src = %self.src, src_identity, dst = %self.dst, dst_identity,
+                    upstream = %upstream, security, tls = self.tls, bytes_sent = sent, bytes_received = received, duration_ms, reason,
+                    "connection cut"
+                ),
+                Some(refusal) => tracing::warn!(
+                    target: "hawser::access",
+                    direction, pod = %self.pod, src = %self.src, src_identity, dst = %self.dst, dst_identity,
+                    upstream = %upstream, security, tls = self.tls, duration_ms, refusal, reason,
+                    "connection refused"
+                ),
+            },
         }
     }
 }

@@ -1,0 +1,99 @@
+//! Why a connection was refused before any byte was relayed: one kind per cause, whose
+//! `reason()` is the access log's `refusal` field and the metric label
+//! (`hawser_connections_refused_total{direction, reason}`); the details follow in the log.
+
+use std::fmt;
+
+/// A refused connection.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The connect hook recorded no destination for a connection on the outbound listener.
+    NoOriginalDestination,
+    /// A connection to the daemon's listener from inside the pod, not steered to it.
+    NotSteered,
+    /// Too many connections from one source (or to one pod) still authenticating.
+    TooManyHandshakes(String),
+    /// The client did not complete an acceptable TLS handshake (or preamble).
+    Handshake(anyhow::Error),
+    /// PeerAuthentication or AuthorizationPolicy does not admit the caller.
+    Policy(String),
+    /// The caller's identity or certificate is revoked.
+    Revoked(String),
+    /// No route: the outbound traffic policy refuses the destination, or a Service has
+    /// no ready endpoint.
+    NoRoute(String),
+    /// The tunnel to the destination's node could not be built (connect, handshake, the
+    /// peer's identity).
+    Tunnel(anyhow::Error),
+    /// TLS originated for an external service failed (the DestinationRule named).
+    Origination { rule: String, error: anyhow::Error },
+    /// The destination (an upstream, or the app in the pod) could not be reached.
+    Connect(anyhow::Error),
+}
+
+impl Refusal {
+    /// The kind, for the access log and the metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::NoOriginalDestination => "no_original_destination",
+            Refusal::NotSteered => "not_steered",
+            Refusal::TooManyHandshakes(_) => "too_many_handshakes",
+            Refusal::Handshake(_) => "handshake",
+            Refusal::Policy(_) => "policy",
+            Refusal::Revoked(_) => "revoked",
+            Refusal::NoRoute(_) => "no_route",
+            Refusal::Tunnel(_) => "tunnel",
+            Refusal::Origination { .. } => "origination",
+            Refusal::Connect(_) => "connect",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::NoOriginalDestination => {
+                f.write_str("no original destination recorded for this connection")
+            }
+            Refusal::NotSteered => {
+                f.write_str("not steered: a direct connection to the daemon's listener")
+            }
+            Refusal::TooManyHandshakes(why) | Refusal::Revoked(why) | Refusal::NoRoute(why) => {
+                f.write_str(why)
+            }
+            Refusal::Policy(why) => write!(f, "policy: {why}"),
+            Refusal::Handshake(e) | Refusal::Tunnel(e) | Refusal::Connect(e) => {
+                write!(f, "{e:#}")
+            }
+            Refusal::Origination { rule, error } => write!(f, "DestinationRule {rule}: {error:#}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_has_its_own_label_and_the_details_follow() {
+        let all = [
+            Refusal::NoOriginalDestination,
+            Refusal::NotSteered,
+            Refusal::TooManyHandshakes("32 from 10.0.0.1".into()),
+            Refusal::Handshake(anyhow::anyhow!("bad certificate")),
+            Refusal::Policy("DENY policy default/no-a".into()),
+            Refusal::Revoked("the peer identity spiffe://x is revoked".into()),
+            Refusal::NoRoute("REGISTRY_ONLY".into()),
+            Refusal::Tunnel(anyhow::anyhow!("peer is not b")),
+            Refusal::Origination {
+                rule: "shop/api".into(),
+                error: anyhow::anyhow!("unknown CA"),
+            },
+            Refusal::Connect(anyhow::anyhow!("connection refused")),
+        ];
+        let labels: std::collections::BTreeSet<&str> = all.iter().map(Refusal::reason).collect();
+        assert_eq!(labels.len(), all.len());
+        assert_eq!(all[8].to_string(), "DestinationRule shop/api: unknown CA");
+        assert!(all.iter().all(|r| !r.to_string().is_empty()));
+    }
+}
