@@ -388,6 +388,65 @@ fn a_peer_that_vanishes_without_a_word_is_found_by_keepalives() -> Result<()> {
 }
 
 #[test]
+fn sigterm_lets_open_streams_finish_in_the_drain_window_and_cuts_the_rest() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mut m = Mesh::with_node_args(&["--drain-secs", "6"])?;
+    let _slow = m.b.spawn(&[
+        "socat",
+        "TCP-LISTEN:7400,reuseaddr,fork",
+        "SYSTEM:echo hello; sleep 2; echo bye",
+    ])?;
+    let _endless = m.b.spawn(&[
+        "socat",
+        "TCP-LISTEN:7401,reuseaddr,fork",
+        "SYSTEM:echo hello; sleep 600",
+    ])?;
+    wait_listening(&m.b, 7400, "the slow server")?;
+    wait_listening(&m.b, 7401, "the endless server")?;
+    let finishing = Reader::start(&m.bed, &m.a, &m.b.ip, 7400)?;
+    let endless = Reader::start(&m.bed, &m.a, &m.b.ip, 7401)?;
+    finishing.wait_started("the slow greeting")?;
+    endless.wait_started("the endless greeting")?;
+    // A connection a opens while its daemon drains is refused, never let around it.
+    let a = m.a.clone();
+    let to_b = format!("TCP:{}:7400,connect-timeout=5", m.b.ip);
+    let during = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        a.run(&["socat", "-u", "-T", "5", &to_b, "STDOUT"])
+    });
+    let stopping = std::time::Instant::now();
+    m.d1.stop()?; // SIGTERM; returns when the daemon has exited
+    let stopped = stopping.elapsed();
+    let said = finishing.outcome()?;
+    assert!(said.starts_with("EOF 10"), "the slow stream read {said:?}");
+    let said = endless.outcome()?;
+    assert!(
+        said.starts_with("ERROR ECONNRESET"),
+        "the endless stream read {said:?}"
+    );
+    assert!(
+        stopped >= Duration::from_secs(5) && stopped < Duration::from_secs(20),
+        "the daemon took {stopped:?} to stop with a 6 s drain window"
+    );
+    let during = during.join().expect("the thread")?;
+    assert!(
+        !during.status.success() || during.stdout.is_empty(),
+        "a new connection got through a draining daemon: {during:?}"
+    );
+    let log = m.d1.log();
+    assert!(log.contains("draining: no new connections"), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("connection cut")
+            && l.contains("drain window ended")
+            && l.contains("dst=10.2.0.2:7401")),
+        "{log}"
+    );
+    Ok(())
+}
+
+#[test]
 fn open_connections_are_cut_when_policy_or_revocation_no_longer_allows_them() -> Result<()> {
     if !can_run() {
         return Ok(());

@@ -168,6 +168,10 @@ struct NodeArgs {
     /// with a reset to the app.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     keepalive_secs: u64,
+    /// On SIGTERM: seconds open connections may run on (no new ones are accepted) before
+    /// the rest are cut; keep it below the pod's terminationGracePeriodSeconds.
+    #[arg(long, default_value_t = 30, env = "HAWSER_DRAIN_SECS")]
+    drain_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -379,6 +383,7 @@ fn node_config(args: NodeArgs, log_level: logging::LogLevel) -> Result<NodeConfi
         keepalive: Keepalive {
             idle: Duration::from_secs(args.keepalive_secs),
         },
+        drain: Duration::from_secs(args.drain_secs),
         ca,
     })
 }

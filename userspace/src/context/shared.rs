@@ -10,6 +10,7 @@ use hawser_model::{
 };
 use tokio::sync::watch;
 
+use super::drain::Drain;
 use crate::{
     credentials::Credentials,
     proxy::{same_node::Originated, sockets::Keepalive},
@@ -34,6 +35,8 @@ pub struct Shared {
     /// Same-node connections the daemon opened, the only proof of a same-node caller.
     pub originated: Arc<Originated>,
     pub keepalive: Keepalive,
+    /// Every relayed connection, for a shutdown that lets them finish.
+    pub drain: Drain,
 }
 
 impl Shared {

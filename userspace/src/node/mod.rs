@@ -58,6 +58,8 @@ pub struct NodeConfig {
     pub kernel_tls: bool,
     /// Keep-alive probing of relayed connections.
     pub keepalive: Keepalive,
+    /// How long open connections may run on after SIGTERM before they are cut.
+    pub drain: Duration,
     /// Where identities come from; without it the daemon relays without identities.
     pub ca: Option<CaSettings>,
 }
@@ -124,6 +126,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         resolved: dns::follow(dns::resolver(config.dns_server)?, registry.clone()),
         originated: Arc::default(),
         keepalive: config.keepalive,
+        drain: Default::default(),
     });
     let (status_tx, status) = watch::channel(NodeStatus::default());
     if let (Some(socket), Some(state)) = (&config.cni_socket, cni_state) {
@@ -185,10 +188,14 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         }
     }
     // Pins stay: enrolled pods keep being steered to listeners that are now gone, so their
-    // connections fail until a daemon is back.
+    // new connections fail until a daemon is back.
     tracing::info!(
         "shutting down; enrolled pods stay captured (fail closed) until the daemon returns"
     );
+    for pod in pods.values() {
+        pod.stop_accepting();
+    }
+    shared.drain.finish(config.drain).await;
     Ok(())
 }
 

@@ -130,11 +130,16 @@ impl EnrolledPod {
     /// Closes the listeners and lets go of the SVID. The pod stays captured: with no
     /// listener its connections are refused. Connections already relayed run to their end.
     fn stop(&self) {
-        for server in &self.servers {
-            server.abort();
-        }
+        self.stop_accepting();
         if let Some(svids) = &self.ctx.shared.svids {
             svids.release(&self.ctx.identity);
+        }
+    }
+
+    /// Closes the pod's listeners; connections already accepted run on (see `drain`).
+    pub fn stop_accepting(&self) {
+        for server in &self.servers {
+            server.abort();
         }
     }
 

@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::context::pod::PodContext;
 
-/// Accepts forever, one task per connection. Accept errors (e.g. EMFILE) are logged and
+/// Accepts until stopped, one task per connection (tracked, for the drain at shutdown). Accept errors (e.g. EMFILE) are logged and
 /// retried after a pause rather than ending the listener.
 pub async fn accept_loop<F, Fut>(listener: TcpListener, pod: Arc<PodContext>, handle: F)
 where
@@ -34,7 +34,8 @@ where
         match listener.accept().await {
             Ok((conn, peer)) => {
                 sockets::tune(&conn, pod.shared.keepalive);
-                tokio::spawn(handle(conn, sockets::canonical(peer), pod.clone()));
+                let handled = handle(conn, sockets::canonical(peer), pod.clone());
+                pod.shared.drain.spawn(handled);
             }
             Err(e) => {
                 tracing::warn!(pod = %pod.key, "accept: {e}");

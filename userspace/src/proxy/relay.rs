@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, time::Instant};
 
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use super::{
     copy::{self, Endpoint, Outcome},
@@ -11,7 +12,7 @@ use super::{
     refusal::Refusal,
 };
 use crate::{
-    context::pod::PodContext,
+    context::{drain::CUT_AT_DEADLINE, pod::PodContext},
     metrics::{self, ConnectionLabels, METRICS, Peer},
     tunnel::{
         offload::{TlsPath, TunnelStream},
@@ -55,6 +56,8 @@ pub struct Connection {
     pub started: Instant,
     /// Its place among the pod's admitted connections, when a change can cut it.
     ticket: Option<Ticket>,
+    /// Cancelled when the daemon's drain window ends.
+    deadline: CancellationToken,
 }
 
 impl Connection {
@@ -85,6 +88,7 @@ impl Connection {
             },
             started: Instant::now(),
             ticket: None,
+            deadline: pod.shared.drain.deadline(),
         }
     }
 
@@ -94,11 +98,18 @@ impl Connection {
         self
     }
 
-    /// Resolves with the reason when the connection is no longer allowed.
-    async fn cut(ticket: &mut Option<Ticket>) -> String {
-        match ticket {
-            Some(ticket) => ticket.cut().await,
-            None => std::future::pending().await,
+    /// Resolves with the reason when the connection must end: no longer allowed, or the
+    /// daemon's drain window ended.
+    async fn cut(ticket: &mut Option<Ticket>, deadline: &CancellationToken) -> String {
+        let changed = async {
+            match ticket {
+                Some(ticket) => ticket.cut().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            why = changed => why,
+            () = deadline.cancelled() => CUT_AT_DEADLINE.into(),
         }
     }
 
@@ -145,7 +156,8 @@ impl Connection {
     pub async fn relay(mut self, client: impl Endpoint, server: impl Endpoint) {
         METRICS.connection_opened(&self.labels);
         let mut ticket = self.ticket.take();
-        let outcome = copy::bidirectional(client, server, Self::cut(&mut ticket)).await;
+        let outcome =
+            copy::bidirectional(client, server, Self::cut(&mut ticket, &self.deadline)).await;
         self.closed(outcome);
     }
 
@@ -167,7 +179,8 @@ impl Connection {
             TunnelStream::Kernel(stream) => {
                 METRICS.connection_opened(&self.labels);
                 let mut ticket = self.ticket.take();
-                let spliced = splice::relay(app, stream, Self::cut(&mut ticket)).await;
+                let spliced =
+                    splice::relay(app, stream, Self::cut(&mut ticket, &self.deadline)).await;
                 // An inbound record counts from the peer.
                 let (request, response) = match self.direction {
                     Direction::Outbound => (spliced.to_peer, spliced.to_app),
