@@ -20,6 +20,7 @@ use crate::{
     identity::certs,
     logging::LogLevel,
     metrics::METRICS,
+    redirect::Dataplane,
 };
 use hawser_model::{
     SpiffeId,
@@ -29,6 +30,8 @@ use hawser_model::{
 #[derive(Clone)]
 pub struct Admin {
     pub shared: Arc<Shared>,
+    /// The eBPF programs and maps (readiness, map occupancy).
+    pub dataplane: Arc<Dataplane>,
     pub status: watch::Receiver<NodeStatus>,
     pub log_level: LogLevel,
     pub started: Instant,
@@ -120,7 +123,7 @@ fn status_of(admin: &Admin) -> Status {
 /// SVID of every local identity is held.
 fn not_ready(admin: &Admin, node: &NodeStatus) -> Vec<String> {
     let mut missing = Vec::new();
-    if let Err(e) = admin.shared.dataplane.attached() {
+    if let Err(e) = admin.dataplane.attached() {
         missing.push(e);
     }
     if !node.reconciled {
@@ -318,7 +321,7 @@ async fn logging(
 
 async fn metrics_text(State(admin): State<Admin>) -> String {
     METRICS.sweep(admin.series_grace);
-    for (map, entries) in admin.shared.dataplane.map_entries() {
+    for (map, entries) in admin.dataplane.map_entries() {
         METRICS
             .ebpf_map_entries
             .with_label_values(&[map])

@@ -12,16 +12,14 @@ use hawser_model::{
 };
 use tokio::sync::watch;
 
-use super::shared::Shared;
+use super::{shared::Shared, steering::Steering};
 use crate::{
     metrics::METRICS,
-    netns::Netns,
     proxy::{
         live::{Admitted, Live, Ticket},
         refusal::Refusal,
         unauthenticated::Unauthenticated,
     },
-    redirect::Dataplane,
     svid::{Svid, TrustBundle},
     tunnel::configs::TlsConfigs,
 };
@@ -32,11 +30,10 @@ pub struct PodContext {
     pub key: String,
     pub workload: Workload,
     pub identity: SpiffeId,
-    pub netns: Netns,
-    pub netns_cookie: u64,
+    /// Its connections as the kernel steers them, and sockets in its namespace.
+    pub net: Arc<dyn Steering>,
     /// The ports of the daemon's own listeners in the pod: never an app's.
     pub listener_ports: Vec<u16>,
-    pub dataplane: Arc<Dataplane>,
     /// The pod's SVID (None while it is fetched, or when the daemon runs without a CA).
     pub(crate) svid: Option<watch::Receiver<Option<Arc<Svid>>>>,
     /// The tunnel's TLS configurations for the current SVID and bundle.

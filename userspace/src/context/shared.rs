@@ -14,7 +14,6 @@ use super::drain::Drain;
 use crate::{
     credentials::Credentials,
     proxy::{same_node::Originated, sockets::Keepalive},
-    redirect::Dataplane,
     svid::SvidManager,
     tunnel::offload::Offload,
 };
@@ -22,7 +21,6 @@ use crate::{
 /// What every pod's enrollment shares.
 pub struct Shared {
     pub node_name: String,
-    pub dataplane: Arc<Dataplane>,
     pub svids: Option<Arc<SvidManager>>,
     pub trust_domain: String,
     pub registry: tokio::sync::watch::Receiver<Arc<Registry>>,

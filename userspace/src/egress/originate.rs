@@ -34,10 +34,7 @@ use hawser_model::egress::{ClientTls, TlsMode, route::Origination};
 /// Connects from inside the pod's namespace to the upstream.
 pub async fn dial(pod: &PodContext, o: &Origination) -> Result<TcpStream> {
     let upstream = o.upstream;
-    let socket = pod
-        .netns
-        .run(move || sockets::outbound(upstream, None))
-        .await?;
+    let socket = pod.net.outbound_socket(upstream, None).await?;
     sockets::connect(socket, upstream, pod.shared.keepalive).await
 }
 

@@ -103,7 +103,6 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     }
     let shared = Arc::new(Shared {
         node_name: config.node_name.clone(),
-        dataplane,
         svids: config.ca.as_ref().map(start_svid_manager).transpose()?,
         trust_domain: config
             .ca
@@ -144,6 +143,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         config.metrics_addr,
         Admin {
             shared: shared.clone(),
+            dataplane: dataplane.clone(),
             status,
             log_level: config.log_level.clone(),
             started: Instant::now(),
@@ -160,10 +160,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         &mut pods,
         &mut closed,
         &shared,
+        &dataplane,
         &status_tx,
     )
     .await;
-    prune_earlier_runs(&shared.dataplane, &pods, &closed);
+    prune_earlier_runs(&dataplane, &pods, &closed);
     tracing::info!(node = %config.node_name, pods = pods.len(), "node ready");
 
     let mut terminate = signal(SignalKind::terminate())?;
@@ -174,14 +175,14 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             changed = registry.changed() => {
                 if changed.is_err() { break; }
                 let snapshot = registry.borrow_and_update().clone();
-                pending = reconcile(&config.node_name, &snapshot, &mut pods, &mut closed, &shared, &status_tx).await;
+                pending = reconcile(&config.node_name, &snapshot, &mut pods, &mut closed, &shared, &dataplane, &status_tx).await;
                 recheck(&pods);
             }
             // Roots and revocations: open connections are checked against them too.
             Ok(()) = bundle_changed(&mut bundle) => recheck(&pods),
             _ = retry.tick(), if pending => {
                 let snapshot = registry.borrow().clone();
-                pending = reconcile(&config.node_name, &snapshot, &mut pods, &mut closed, &shared, &status_tx).await;
+                pending = reconcile(&config.node_name, &snapshot, &mut pods, &mut closed, &shared, &dataplane, &status_tx).await;
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
@@ -257,6 +258,7 @@ async fn reconcile(
     pods: &mut Pods,
     closed: &mut Closed,
     shared: &Arc<Shared>,
+    dataplane: &Arc<Dataplane>,
     status: &watch::Sender<NodeStatus>,
 ) -> bool {
     // A pod whose namespace the CNI plugin has not handed over yet has not started.
@@ -290,7 +292,7 @@ async fn reconcile(
         }
         if let Some(cookie) = cookie {
             tracing::info!(pod = %key, "releasing a pod that left the workload source");
-            shared.dataplane.unenroll(*cookie);
+            dataplane.unenroll(*cookie);
         }
         false
     });
@@ -298,7 +300,7 @@ async fn reconcile(
         if pods.contains_key(&key) {
             continue;
         }
-        match EnrolledPod::enroll(workload.clone(), shared.clone()).await {
+        match EnrolledPod::enroll(workload.clone(), shared.clone(), dataplane).await {
             Ok(pod) => {
                 closed.remove(&key);
                 pods.insert(key, pod);
@@ -343,7 +345,7 @@ async fn reconcile(
 fn prune_earlier_runs(dataplane: &Dataplane, pods: &Pods, closed: &Closed) {
     let keep: Vec<u64> = pods
         .values()
-        .map(|p| p.ctx.netns_cookie)
+        .map(EnrolledPod::netns_cookie)
         .chain(closed.values().flatten().copied())
         .collect();
     dataplane.prune(&keep);

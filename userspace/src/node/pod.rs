@@ -10,7 +10,7 @@ use crate::{
     context::{pod::PodContext, shared::Shared},
     netns::Netns,
     proxy::{inbound, outbound, sockets},
-    redirect::{Dataplane, pod_routing},
+    redirect::{Dataplane, captured::Captured, pod_routing},
     tunnel::configs::TlsConfigs,
 };
 use hawser_model::{SpiffeId, Workload};
@@ -18,6 +18,8 @@ use hawser_model::{SpiffeId, Workload};
 /// An enrolled pod: while this exists, the pod's TCP traffic flows through the daemon.
 pub struct EnrolledPod {
     pub ctx: Arc<PodContext>,
+    /// Its namespace and eBPF state.
+    captured: Arc<Captured>,
     servers: Vec<JoinHandle<()>>,
 }
 
@@ -39,7 +41,11 @@ struct Listeners {
 }
 
 impl EnrolledPod {
-    pub async fn enroll(workload: Workload, shared: Arc<Shared>) -> Result<Self, Failed> {
+    pub async fn enroll(
+        workload: Workload,
+        shared: Arc<Shared>,
+        dataplane: &Arc<Dataplane>,
+    ) -> Result<Self, Failed> {
         let fail = |netns_cookie, error| Failed {
             netns_cookie,
             error,
@@ -58,7 +64,7 @@ impl EnrolledPod {
             .map_err(|e| fail(None, e))?;
         // Closed first: from here on, whatever fails, the pod's traffic goes to the daemon
         // or nowhere.
-        close(&shared.dataplane, &netns, netns_cookie).map_err(|e| fail(None, e))?;
+        close(dataplane, &netns, netns_cookie).map_err(|e| fail(None, e))?;
         let opened = async {
             netns.run(pod_routing::install).await?;
             netns.run(open_listeners).await.map_err(anyhow::Error::from)
@@ -70,14 +76,17 @@ impl EnrolledPod {
             &workload.service_account,
         );
         let svid = shared.svids.as_ref().map(|svids| svids.acquire(&identity));
+        let captured = Arc::new(Captured {
+            dataplane: dataplane.clone(),
+            netns,
+            netns_cookie,
+        });
         let ctx = Arc::new(PodContext {
             key: workload.key(),
             workload,
             identity,
-            netns,
-            netns_cookie,
+            net: captured.clone(),
             listener_ports: listeners.ports(),
-            dataplane: shared.dataplane.clone(),
             svid,
             tls_configs: TlsConfigs::default(),
             live: Arc::default(),
@@ -86,12 +95,14 @@ impl EnrolledPod {
         });
         let mut pod = EnrolledPod {
             ctx,
+            captured,
             servers: Vec::new(),
         };
         match pod.serve(listeners) {
             Ok(()) => {
                 let ctx = &pod.ctx;
-                tracing::info!(pod = %ctx.key, ips = %ctx.workload.ips_text(), netns = %ctx.netns.path().display(), "pod enrolled");
+                let netns = pod.captured.netns.path().display();
+                tracing::info!(pod = %ctx.key, ips = %ctx.workload.ips_text(), %netns, "pod enrolled");
                 Ok(pod)
             }
             Err(e) => {
@@ -104,14 +115,15 @@ impl EnrolledPod {
     /// Serves the listeners, then registers them for steering (a connection that is
     /// steered must find a listener).
     fn serve(&mut self, l: Listeners) -> Result<()> {
-        let ctx = &self.ctx;
-        let cookie = ctx.netns_cookie;
-        ctx.dataplane
-            .set_listener(cookie, LISTENER_OUTBOUND, &l.outbound)?;
-        ctx.dataplane
-            .set_listener(cookie, LISTENER_INBOUND, &l.inbound)?;
-        ctx.dataplane
-            .set_listener(cookie, LISTENER_TUNNEL, &l.tunnel)?;
+        let (ctx, captured) = (&self.ctx, &self.captured);
+        let cookie = captured.netns_cookie;
+        for (kind, listener) in [
+            (LISTENER_OUTBOUND, &l.outbound),
+            (LISTENER_INBOUND, &l.inbound),
+            (LISTENER_TUNNEL, &l.tunnel),
+        ] {
+            captured.dataplane.set_listener(cookie, kind, listener)?;
+        }
         self.servers.push(tokio::spawn(outbound::serve(
             TcpListener::from_std(l.outbound)?,
             ctx.clone(),
@@ -136,6 +148,11 @@ impl EnrolledPod {
         }
     }
 
+    /// The cookie of the pod's network namespace, which keys its eBPF state.
+    pub fn netns_cookie(&self) -> u64 {
+        self.captured.netns_cookie
+    }
+
     /// Closes the pod's listeners; connections already accepted run on (see `drain`).
     pub fn stop_accepting(&self) {
         for server in &self.servers {
@@ -154,12 +171,12 @@ impl EnrolledPod {
     /// through the daemon.
     pub async fn unenroll(self) {
         self.stop();
-        let ctx = &self.ctx;
-        ctx.dataplane.unenroll(ctx.netns_cookie);
-        if let Err(e) = ctx.netns.run(pod_routing::remove).await {
-            tracing::debug!(pod = %ctx.key, "remove pod routing: {e}");
+        let (key, captured) = (&self.ctx.key, &self.captured);
+        captured.dataplane.unenroll(captured.netns_cookie);
+        if let Err(e) = captured.netns.run(pod_routing::remove).await {
+            tracing::debug!(pod = %key, "remove pod routing: {e}");
         }
-        tracing::info!(pod = %ctx.key, "pod unenrolled");
+        tracing::info!(pod = %key, "pod unenrolled");
     }
 }
 

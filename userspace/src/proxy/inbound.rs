@@ -32,11 +32,12 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
 /// preamble names, as the client pod's own address.
 pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
     accept_loop(listener, pod, |conn, peer, pod| async move {
-        let dst = conn.local_addr().map_or(peer, sockets::canonical);
+        let local = conn.local_addr().map_or(peer, sockets::canonical);
+        let Some(dst) = pod.net.dialed(local, peer) else {
+            return Connection::new(Direction::Tunnel, &pod, peer, local)
+                .refuse(Refusal::NotSteered);
+        };
         let record = Connection::new(Direction::Tunnel, &pod, peer, dst);
-        if let Err(refusal) = steered(dst) {
-            return record.refuse(refusal);
-        }
         let permit = match pod.unauthenticated.enter(peer.ip()) {
             Ok(permit) => permit,
             Err(why) => {
@@ -75,15 +76,11 @@ pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
 }
 
 async fn handle(conn: TcpStream, peer: SocketAddr, pod: &PodContext) {
-    // sk_lookup keeps the address the client dialed as the socket's local address.
-    let dst = match conn.local_addr() {
-        Ok(dst) => sockets::canonical(dst),
-        Err(e) => return tracing::warn!(pod = %pod.key, "inbound local_addr: {e}"),
+    let local = conn.local_addr().map_or(peer, sockets::canonical);
+    let Some(dst) = pod.net.dialed(local, peer) else {
+        return Connection::new(Direction::Inbound, pod, peer, local).refuse(Refusal::NotSteered);
     };
     let record = Connection::new(Direction::Inbound, pod, peer, dst);
-    if let Err(refusal) = steered(dst) {
-        return record.refuse(refusal);
-    }
     let settings = pod.port_settings(dst.port());
     if let Some(tls) = &settings.tls {
         return terminated(record, conn, pod, tls, &settings).await;
@@ -112,15 +109,6 @@ async fn handle(conn: TcpStream, peer: SocketAddr, pod: &PodContext) {
     match deliver(pod, &caller, &settings).await {
         Ok(app) => record.watched(ticket).relay(conn, app).await,
         Err(e) => record.refuse(Refusal::Connect(e)),
-    }
-}
-
-/// Steered connections come from the network; one to the listener's own loopback
-/// address is a process in the pod dialing the daemon directly.
-fn steered(dst: SocketAddr) -> Result<(), Refusal> {
-    match dst.ip().is_loopback() {
-        true => Err(Refusal::NotSteered),
-        false => Ok(()),
     }
 }
 
@@ -173,13 +161,13 @@ async fn deliver(pod: &PodContext, caller: &Caller, settings: &PortSettings) -> 
     if own.contains(&dst.port()) || pod.listener_ports.contains(&dst.port()) {
         bail!("port {} is the daemon's own", dst.port());
     }
-    let socket = pod.netns.run(move || sockets::transparent(client)).await?;
+    let socket = pod.net.delivery_socket(client).await?;
     let bound = socket.local_addr()?;
     // Announced, sk_lookup lets this connection through to the app instead of steering it
     // back to us.
-    pod.dataplane.announce_delivery(bound, dst)?;
+    pod.net.announce_delivery(bound, dst)?;
     let connected = sockets::connect(socket, dst, pod.shared.keepalive).await;
-    pod.dataplane.forget_delivery(bound, dst);
+    pod.net.forget_delivery(bound, dst);
     let mut app = connected?;
     if settings.proxy_protocol {
         let header = caller.proxy_header()?;

@@ -17,6 +17,9 @@ pub mod sockets;
 pub mod terminate;
 pub mod unauthenticated;
 
+#[cfg(test)]
+mod tests;
+
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::{TcpListener, TcpStream};

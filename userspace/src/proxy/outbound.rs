@@ -24,7 +24,7 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
 }
 
 async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext) {
-    let Some(dst) = pod.dataplane.take_original_dst(pod.netns_cookie, peer) else {
+    let Some(dst) = pod.net.original_dst(peer) else {
         let local = client.local_addr().map_or(peer, sockets::canonical);
         Connection::new(Direction::Outbound, pod, peer, local)
             .refuse(Refusal::NoOriginalDestination);
@@ -79,7 +79,7 @@ async fn egress(conn: Connection, client: TcpStream, pod: &PodContext, o: &Origi
 
 /// Connects to `dst` with a socket made inside the pod's namespace.
 async fn connect(pod: &PodContext, dst: SocketAddr) -> Result<TcpStream> {
-    let socket = pod.netns.run(move || sockets::outbound(dst, None)).await?;
+    let socket = pod.net.outbound_socket(dst, None).await?;
     sockets::connect(socket, dst, pod.shared.keepalive).await
 }
 
@@ -90,10 +90,7 @@ async fn connect_local(pod: &PodContext, dst: SocketAddr) -> Result<(TcpStream, 
     // The pod's address of the destination's family; without one (an address not yet
     // known, a dual-stack pod declared with one family) it goes unauthenticated.
     let source = pod.workload.ip_like(dst.ip());
-    let socket = pod
-        .netns
-        .run(move || sockets::outbound(dst, source))
-        .await?;
+    let socket = pod.net.outbound_socket(dst, source).await?;
     let record = match source {
         Some(_) => Some(pod.shared.originated.record(
             sockets::canonical(socket.local_addr()?),

@@ -24,10 +24,7 @@ pub async fn connect(pod: &PodContext, dst: SocketAddr, peer: &SpiffeId) -> Resu
         .tls_configs
         .client(&svid, &bundle, peer, || offload.provider())?;
     let tunnel = SocketAddr::new(dst.ip(), hawser_common::TUNNEL_PORT);
-    let socket = pod
-        .netns
-        .run(move || sockets::outbound(tunnel, None))
-        .await?;
+    let socket = pod.net.outbound_socket(tunnel, None).await?;
     let tcp = sockets::connect(socket, tunnel, pod.shared.keepalive).await?;
     // Names play no part in the check (see `tls::SecureNaming`); an IP sends no SNI.
     let name = ServerName::IpAddress(dst.ip().into());

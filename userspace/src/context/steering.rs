@@ -1,0 +1,40 @@
+//! The seam between a pod's connection handlers and the kernel: where a captured
+//! connection was going, whether a connection was steered to the daemon, sockets made in
+//! the pod's namespace, and deliveries announced to the steering program. The daemon's
+//! is `redirect::captured::Captured` (eBPF maps, the pod's namespace); tests of the
+//! handlers put one of their own in its place, without eBPF or root.
+
+use std::{
+    future::Future,
+    io,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+};
+
+/// A socket being made (in the pod's namespace, on its own thread).
+pub type SocketFuture<'a> =
+    Pin<Box<dyn Future<Output = io::Result<std::net::TcpStream>> + Send + 'a>>;
+
+pub trait Steering: Send + Sync {
+    /// Where the captured outbound connection from `peer` was going (asked once: taken).
+    fn original_dst(&self, peer: SocketAddr) -> Option<SocketAddr>;
+
+    /// The address a connection from `peer`, accepted at `local` by one of the pod's
+    /// listeners, was dialed to; None when it was not steered there from the network but
+    /// dialed at the daemon's listener from inside the pod.
+    fn dialed(&self, local: SocketAddr, peer: SocketAddr) -> Option<SocketAddr>;
+
+    /// An unconnected socket in the pod for `dst`, bound to `source` when given (so the
+    /// 4-tuple is known before the connection exists).
+    fn outbound_socket(&self, dst: SocketAddr, source: Option<IpAddr>) -> SocketFuture<'_>;
+
+    /// An unconnected socket in the pod bound to the remote `client`'s address, to deliver
+    /// a connection to the app as that client.
+    fn delivery_socket(&self, client: SocketAddr) -> SocketFuture<'_>;
+
+    /// Lets the delivery from `bound` reach the app at `dst` instead of being steered
+    /// back to the daemon, until forgotten.
+    fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> anyhow::Result<()>;
+
+    fn forget_delivery(&self, bound: SocketAddr, dst: SocketAddr);
+}

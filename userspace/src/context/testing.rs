@@ -1,0 +1,98 @@
+//! A pod for tests of the connection handlers, in-process: steering and sockets faked
+//! (no eBPF, no namespace, no root), everything else the daemon's own.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use hawser_model::{Registry, SpiffeId, Workload, egress::OutboundPolicy};
+use tokio::sync::watch;
+
+use super::{
+    pod::PodContext,
+    shared::Shared,
+    steering::{SocketFuture, Steering},
+};
+use crate::{
+    credentials::{CredentialRoots, Credentials},
+    proxy::sockets::{self, Keepalive},
+    tunnel::{configs::TlsConfigs, offload::Offload},
+};
+
+/// Steering as a test sets it up, by the client's address: the original destinations of
+/// outbound connections, the dialed addresses of steered inbound ones (others count as
+/// dialed at the listener); and the deliveries announced.
+#[derive(Default)]
+pub struct FakeSteering {
+    pub original: Mutex<HashMap<SocketAddr, SocketAddr>>,
+    pub dialed: Mutex<HashMap<SocketAddr, SocketAddr>>,
+    pub announced: Mutex<Vec<(SocketAddr, SocketAddr)>>,
+    pub forgotten: Mutex<Vec<(SocketAddr, SocketAddr)>>,
+}
+
+impl Steering for FakeSteering {
+    fn original_dst(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        self.original.lock().unwrap().remove(&peer)
+    }
+
+    fn dialed(&self, _local: SocketAddr, peer: SocketAddr) -> Option<SocketAddr> {
+        self.dialed.lock().unwrap().remove(&peer)
+    }
+
+    fn outbound_socket(&self, dst: SocketAddr, source: Option<IpAddr>) -> SocketFuture<'_> {
+        Box::pin(async move { sockets::outbound(dst, source) })
+    }
+
+    /// Without IP_TRANSPARENT (root): the app sees the test's address, not the client's.
+    fn delivery_socket(&self, client: SocketAddr) -> SocketFuture<'_> {
+        Box::pin(async move { sockets::outbound(client, None) })
+    }
+
+    fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> anyhow::Result<()> {
+        self.announced.lock().unwrap().push((bound, dst));
+        Ok(())
+    }
+
+    fn forget_delivery(&self, bound: SocketAddr, dst: SocketAddr) {
+        self.forgotten.lock().unwrap().push((bound, dst));
+    }
+}
+
+/// Pod `a` of `registry` (which must declare `default/a`), on a node without a CA.
+pub fn pod(
+    registry: Registry,
+    outbound_policy: OutboundPolicy,
+    net: Arc<FakeSteering>,
+) -> Arc<PodContext> {
+    let workload: Workload = registry.workloads["default/a"].clone();
+    let shared = Arc::new(Shared {
+        node_name: workload.node_name.clone(),
+        svids: None,
+        trust_domain: "cluster.local".into(),
+        registry: watch::channel(Arc::new(registry)).1,
+        offload: Offload::userspace(),
+        credentials: Credentials::new("/nonexistent".into(), CredentialRoots::default()),
+        outbound_policy,
+        resolved: watch::channel(Arc::default()).1,
+        originated: Arc::default(),
+        keepalive: Keepalive {
+            idle: Duration::from_secs(60),
+        },
+        drain: Default::default(),
+    });
+    Arc::new(PodContext {
+        key: workload.key(),
+        identity: SpiffeId::new("cluster.local", "default", &workload.service_account),
+        workload,
+        net,
+        listener_ports: Vec::new(),
+        svid: None,
+        tls_configs: TlsConfigs::default(),
+        live: Arc::default(),
+        unauthenticated: Arc::default(),
+        shared,
+    })
+}

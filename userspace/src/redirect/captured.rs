@@ -1,0 +1,48 @@
+//! A captured pod as its connection handlers see it (`context::steering`): the eBPF maps
+//! that record and steer its connections, and sockets made inside its namespace.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use super::dataplane::Dataplane;
+use crate::{
+    context::steering::{SocketFuture, Steering},
+    netns::Netns,
+    proxy::sockets,
+};
+
+pub struct Captured {
+    pub dataplane: Arc<Dataplane>,
+    pub netns: Netns,
+    pub netns_cookie: u64,
+}
+
+impl Steering for Captured {
+    fn original_dst(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        self.dataplane.take_original_dst(self.netns_cookie, peer)
+    }
+
+    /// sk_lookup keeps the address the client dialed as the socket's local address; one
+    /// to the listener's own loopback address is a process in the pod dialing the daemon.
+    fn dialed(&self, local: SocketAddr, _peer: SocketAddr) -> Option<SocketAddr> {
+        (!local.ip().is_loopback()).then_some(local)
+    }
+
+    fn outbound_socket(&self, dst: SocketAddr, source: Option<IpAddr>) -> SocketFuture<'_> {
+        Box::pin(self.netns.run(move || sockets::outbound(dst, source)))
+    }
+
+    fn delivery_socket(&self, client: SocketAddr) -> SocketFuture<'_> {
+        Box::pin(self.netns.run(move || sockets::transparent(client)))
+    }
+
+    fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> anyhow::Result<()> {
+        self.dataplane.announce_delivery(bound, dst)
+    }
+
+    fn forget_delivery(&self, bound: SocketAddr, dst: SocketAddr) {
+        self.dataplane.forget_delivery(bound, dst);
+    }
+}
