@@ -2,18 +2,11 @@ use std::path::Path;
 
 use super::*;
 
-const POD_A: &str = "apiVersion: hawser.dev/v1alpha1
-kind: Workload
-metadata:
-  name: pod-a
-  namespace: shop
-  labels: {app: a}
-spec:
-  serviceAccount: sa-a
-  podIP: 10.0.1.2
-  nodeName: node1
-  netns: /run/netns/pod-a
-";
+/// One workload per file: the directory's reading is under test here, the document's in
+/// `hawser_model::config`.
+const POD_A: &str = "apiVersion: hawser.dev/v1alpha1\nkind: Workload\n\
+    metadata: {name: pod-a, namespace: shop, labels: {app: a}}\n\
+    spec: {serviceAccount: sa-a, podIP: 10.0.1.2, nodeName: node1, netns: /run/netns/pod-a}\n";
 
 #[test]
 fn load_dir_reports_every_bad_file_and_duplicates() {
