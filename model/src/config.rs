@@ -102,6 +102,8 @@ pub fn parse_object(object: &serde_json::Value) -> Result<Option<Document>, Stri
 pub fn assemble(found: Vec<(Document, PathBuf, usize)>, errors: &mut Vec<ConfigError>) -> Registry {
     let mut registry = Registry::default();
     let mut first_seen: BTreeMap<String, String> = BTreeMap::new();
+    // Where each ServiceEntry kept so far was declared.
+    let mut entries_at: Vec<String> = Vec::new();
     for (doc, file, line) in found {
         let keys = match &doc {
             Document::Workload(w) => std::iter::once(format!("workload {}", w.key()))
@@ -131,6 +133,16 @@ pub fn assemble(found: Vec<(Document, PathBuf, usize)>, errors: &mut Vec<ConfigE
             });
             continue;
         }
+        if let Document::ServiceEntry(e) = &doc
+            && let Some(taken) = overlap(e, &registry.egress.service_entries, &entries_at)
+        {
+            errors.push(ConfigError {
+                file: file.clone(),
+                line: Some(line),
+                message: taken,
+            });
+            continue;
+        }
         for key in keys {
             first_seen.insert(key, format!("{}:{line}", file.display()));
         }
@@ -147,12 +159,28 @@ pub fn assemble(found: Vec<(Document, PathBuf, usize)>, errors: &mut Vec<ConfigE
                 }
                 registry.policies.authorization_policies.push(p)
             }
-            Document::ServiceEntry(e) => registry.egress.service_entries.push(e),
+            Document::ServiceEntry(e) => {
+                entries_at.push(format!("{}:{line}", file.display()));
+                registry.egress.service_entries.push(e)
+            }
             Document::DestinationRule(r) => registry.egress.destination_rules.push(r),
             Document::InboundPorts(p) => registry.ports.push(p),
         }
     }
     registry
+}
+
+/// Why `entry` cannot join `kept` (declared at `kept_at`): an address and port one of them
+/// declares already.
+fn overlap(entry: &ServiceEntry, kept: &[ServiceEntry], kept_at: &[String]) -> Option<String> {
+    kept.iter().zip(kept_at).find_map(|(other, at)| {
+        let (net, port) = entry.overlap(other)?;
+        Some(format!(
+            "ServiceEntry {}/{} declares {net} port {port}, as ServiceEntry {}/{} at {at} does: \
+             at L4 nothing tells the two apart (give each its own address or port)",
+            entry.namespace, entry.name, other.namespace, other.name
+        ))
+    })
 }
 
 /// Parses one file; returns each workload with the line its document starts on.

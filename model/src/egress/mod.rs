@@ -48,6 +48,30 @@ impl ServiceEntry {
     }
 }
 
+impl ServiceEntry {
+    /// An address and port that both `self` and `other` declare (addresses or endpoints
+    /// given as IPs): a connection there could be either service, and nothing at L4 (no
+    /// SNI, no Host) tells which.
+    pub fn overlap(&self, other: &ServiceEntry) -> Option<(ipnet::IpNet, u16)> {
+        let port = self
+            .ports
+            .iter()
+            .map(|p| p.number)
+            .find(|n| other.ports.iter().any(|p| p.number == *n))?;
+        let nets = |se: &ServiceEntry| -> Vec<ipnet::IpNet> {
+            let endpoints = se.endpoints.iter().map(|ip| ipnet::IpNet::from(*ip));
+            se.addresses.iter().copied().chain(endpoints).collect()
+        };
+        let theirs = nets(other);
+        nets(self).into_iter().find_map(|a| {
+            theirs
+                .iter()
+                .any(|b| a.contains(&b.network()) || b.contains(&a.network()))
+                .then_some((a, port))
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServicePort {
     pub number: u16,

@@ -9,6 +9,7 @@ use super::{
 };
 use crate::{policy::ROOT_NAMESPACE, workload::Workload};
 
+#[derive(Debug)]
 pub enum EgressRoute {
     /// Declared by a ServiceEntry: connect to the upstream, with TLS when a rule says so.
     Declared(Box<Origination>),
@@ -39,11 +40,20 @@ impl Egress {
         policy: OutboundPolicy,
         resolved: &Resolved,
     ) -> EgressRoute {
-        let declared = self
+        let mut declared = self
             .service_entries
             .iter()
-            .find_map(|se| declares(se, dst, resolved).map(|upstream| (se, upstream)));
-        let Some((se, upstream)) = declared else {
+            .filter_map(|se| declares(se, dst, resolved).map(|upstream| (se, upstream)));
+        let first = declared.next();
+        // Names resolved to one address can make two entries declare it (the load refuses
+        // overlaps it can see): refused, never guessed.
+        if let (Some((se, _)), Some((other, _))) = (&first, declared.next()) {
+            return EgressRoute::Refused(format!(
+                "ServiceEntries {}/{} and {}/{} both declare {dst}: refused, as nothing at L4 tells them apart",
+                se.namespace, se.name, other.namespace, other.name
+            ));
+        }
+        let Some((se, upstream)) = first else {
             return match policy {
                 OutboundPolicy::AllowAny => EgressRoute::PassThrough,
                 OutboundPolicy::RegistryOnly => {

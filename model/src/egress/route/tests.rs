@@ -209,6 +209,70 @@ fn a_dns_service_is_recognised_by_its_hosts_resolved_addresses() {
     assert!(wildcard.unwrap_err().to_string().contains("wildcard"));
 }
 
+/// A STATIC entry `name` at `address`, its endpoint a documentation address of its own.
+fn static_entry(name: &str, address: &str, port: u16) -> String {
+    let endpoint = format!("192.0.2.{}", name.len() * 10);
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}}}\n\
+         spec: {{hosts: [{name}.example.com], addresses: [{address}], resolution: STATIC, \
+         endpoints: [{{address: {endpoint}}}], ports: [{{number: {port}, name: tcp, protocol: TCP}}]}}\n"
+    )
+}
+
+#[test]
+fn two_entries_for_one_address_and_port_are_refused_at_load_with_the_later_ones_line() {
+    let first = static_entry("billing", "203.0.113.0/24", 443);
+    // Another service on an address inside the first one's range, same port.
+    let second = static_entry("ledger", "203.0.113.7", 443);
+    let both = format!("{first}---\n{second}");
+    let refused = parse_registry(Path::new("se.yaml"), &both)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.starts_with("se.yaml:6: ServiceEntry default/ledger declares")
+            && refused.contains("as ServiceEntry default/billing at se.yaml:1"),
+        "{refused}"
+    );
+    // Another port, or a separate address: no ambiguity.
+    let other_port = format!(
+        "{first}---\n{}",
+        static_entry("ledger", "203.0.113.7", 8443)
+    );
+    assert!(parse_registry(Path::new("se.yaml"), &other_port).is_ok());
+    let apart = format!(
+        "{first}---\n{}",
+        static_entry("ledger", "198.51.100.7", 443)
+    );
+    assert!(parse_registry(Path::new("se.yaml"), &apart).is_ok());
+}
+
+#[test]
+fn names_resolving_to_one_address_make_it_ambiguous_and_refused_at_connect() {
+    let entry = |name: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}}}\n\
+             spec: {{hosts: [{name}.example.com], resolution: DNS, \
+             ports: [{{number: 443, name: tls, protocol: TLS}}]}}\n"
+        )
+    };
+    let e = egress(&format!("{}---\n{}", entry("one"), entry("two")));
+    let shared_ip = vec!["198.51.100.7".parse().unwrap()];
+    let resolved = Resolved::from([
+        ("one.example.com".to_string(), shared_ip.clone()),
+        ("two.example.com".to_string(), shared_ip),
+    ]);
+    let routed = e.route(
+        &client("a"),
+        addr("198.51.100.7:443"),
+        OutboundPolicy::AllowAny,
+        &resolved,
+    );
+    assert!(
+        matches!(&routed, EgressRoute::Refused(why) if why.contains("both declare")),
+        "{routed:?}"
+    );
+}
+
 /// The "different CA" scenario of Istio's egress mTLS guide (sidecar variant) and the
 /// plug-in CA guide's PeerAuthentication, as written there.
 #[test]
