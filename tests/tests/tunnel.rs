@@ -161,8 +161,10 @@ fn a_revoked_client_is_refused() -> Result<()> {
     m.d2.wait_for("the refusal", Duration::from_secs(5), |log| {
         log.lines().any(|l| {
             l.contains("connection refused")
-                // The handshake's certificate check refuses it.
+                // The handshake's certificate check refuses it: an mTLS connection refused,
+                // nothing plaintext.
                 && l.contains("refusal=\"handshake\"")
+                && l.contains("security=\"mtls\"")
                 && l.contains(&format!("the peer identity {A} is revoked"))
         })
     })?;
@@ -334,6 +336,7 @@ fn a_stream_cut_by_a_dead_peer_daemon_reaches_the_app_as_a_reset() -> Result<()>
         said.starts_with("ERROR ECONNRESET"),
         "the app read {said:?}"
     );
+    let a_itself = format!("src={}:", m.a.ip);
     m.d1.wait_for(
         "the cut in the access log",
         Duration::from_secs(10),
@@ -341,6 +344,7 @@ fn a_stream_cut_by_a_dead_peer_daemon_reaches_the_app_as_a_reset() -> Result<()>
             log.lines().any(|l| {
                 l.contains("connection cut")
                     && l.contains("direction=\"outbound\"")
+                    && l.contains(&a_itself)
                     && l.contains("close_notify")
                     && !l.contains("bytes_received=0 ")
             })

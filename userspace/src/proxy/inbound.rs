@@ -83,7 +83,7 @@ async fn handle(conn: TcpStream, peer: SocketAddr, pod: &PodContext) {
     let record = Connection::new(Direction::Inbound, pod, peer, dst);
     let settings = pod.port_settings(dst.port());
     if let Some(tls) = &settings.tls {
-        return terminated(record, conn, pod, tls, &settings).await;
+        return terminated(record.expecting_mtls(), conn, pod, tls, &settings).await;
     }
     // Plaintext: only a connection the daemon opened for a pod of this node has an
     // identity (see `same_node`); an address alone proves nothing.

@@ -30,7 +30,15 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext) {
             .refuse(Refusal::NoOriginalDestination);
         return;
     };
-    let conn = Connection::new(Direction::Outbound, pod, peer, dst);
+    // The app's socket is on loopback (its connect was redirected to the daemon): the
+    // log names the pod's own address, with the app's port.
+    let src = pod.workload.ip_like(dst.ip()).unwrap_or(peer.ip());
+    let conn = Connection::new(
+        Direction::Outbound,
+        pod,
+        SocketAddr::new(src, peer.port()),
+        dst,
+    );
     match pod.shared.route(&pod.workload, dst) {
         Route::Direct { to } => match connect(pod, to).await {
             Ok(upstream) => conn.relay(client, upstream).await,

@@ -77,7 +77,11 @@ impl Connection {
             src,
             dst,
             tls: "none",
-            wire: "plaintext",
+            // The tunnel listener speaks nothing else: a refused handshake is one of mTLS.
+            wire: match direction {
+                Direction::Tunnel => "mtls",
+                Direction::Outbound | Direction::Inbound => "plaintext",
+            },
             upstream: None,
             labels: ConnectionLabels {
                 reporter,
@@ -111,6 +115,13 @@ impl Connection {
             why = changed => why,
             () = deadline.cancelled() => CUT_AT_DEADLINE.into(),
         }
+    }
+
+    /// Marks a connection to a port that asks for TLS (client certificate required): what
+    /// its log says, even when the handshake is refused.
+    pub fn expecting_mtls(mut self) -> Self {
+        self.wire = "mtls";
+        self
     }
 
     /// Marks the connection as carried by the mTLS tunnel, the other side having proved
