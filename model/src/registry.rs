@@ -39,6 +39,8 @@ struct Lookups {
     by_ip: HashMap<IpAddr, String>,
     /// Cluster IP → index in `services`.
     service_by_ip: HashMap<IpAddr, usize>,
+    /// Ready endpoint → index in `services`.
+    service_by_endpoint: HashMap<SocketAddr, usize>,
     /// (node, namespace, service account) of every workload.
     identities: HashSet<(String, String, String)>,
 }
@@ -77,6 +79,12 @@ impl Registry {
                 .iter()
                 .enumerate()
                 .flat_map(|(i, s)| s.cluster_ips.iter().map(move |ip| (*ip, i)))
+                .collect(),
+            service_by_endpoint: self
+                .services
+                .iter()
+                .enumerate()
+                .flat_map(|(i, s)| s.ports.values().flatten().map(move |e| (*e, i)))
                 .collect(),
             identities: self
                 .workloads
@@ -119,6 +127,15 @@ impl Registry {
             )),
             Some((_, endpoints)) => Ok(endpoints[rand::random_range(0..endpoints.len())]),
         }
+    }
+
+    /// The Service a connection to `addr` is for: the one at that virtual address, or the
+    /// one `addr` is a ready endpoint of.
+    pub fn service_for(&self, addr: SocketAddr) -> Option<&Service> {
+        let lookups = self.lookups();
+        let at = lookups.service_by_ip.get(&addr.ip());
+        let index = at.or_else(|| lookups.service_by_endpoint.get(&addr))?;
+        Some(&self.services[*index])
     }
 
     /// The workload that owns `ip`, if any.

@@ -16,7 +16,7 @@ use prometheus::{
 };
 
 /// Istio's connection labels, in Istio's order.
-const CONNECTION_LABELS: [&str; 10] = [
+const CONNECTION_LABELS: [&str; 12] = [
     "reporter",
     "source_workload",
     "source_workload_namespace",
@@ -25,6 +25,8 @@ const CONNECTION_LABELS: [&str; 10] = [
     "destination_workload_namespace",
     "destination_principal",
     "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
     "connection_security_policy",
     "request_protocol",
 ];
@@ -53,6 +55,34 @@ impl Peer {
     }
 }
 
+/// The service a connection was for, as Istio's dashboards key on it: a Kubernetes
+/// Service (`name.namespace.svc.cluster.local`, its name and namespace) or a ServiceEntry's
+/// host (the host, and the entry's namespace).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DestinationService {
+    pub host: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+impl DestinationService {
+    pub fn unknown() -> Self {
+        Self {
+            host: UNKNOWN.into(),
+            name: UNKNOWN.into(),
+            namespace: UNKNOWN.into(),
+        }
+    }
+
+    pub fn kubernetes(name: &str, namespace: &str) -> Self {
+        Self {
+            host: format!("{name}.{namespace}.svc.cluster.local"),
+            name: name.into(),
+            namespace: namespace.into(),
+        }
+    }
+}
+
 /// The labels of one connection series.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ConnectionLabels {
@@ -60,13 +90,13 @@ pub struct ConnectionLabels {
     pub reporter: &'static str,
     pub source: Peer,
     pub destination: Peer,
-    pub destination_service: String,
+    pub destination_service: DestinationService,
     /// `mutual_tls` or `none`.
     pub security: &'static str,
 }
 
 impl ConnectionLabels {
-    fn values(&self) -> [&str; 10] {
+    fn values(&self) -> [&str; 12] {
         [
             self.reporter,
             &self.source.workload,
@@ -75,7 +105,9 @@ impl ConnectionLabels {
             &self.destination.workload,
             &self.destination.namespace,
             &self.destination.principal,
-            &self.destination_service,
+            &self.destination_service.host,
+            &self.destination_service.name,
+            &self.destination_service.namespace,
             self.security,
             "tcp",
         ]
@@ -346,7 +378,7 @@ mod tests {
                 principal: UNKNOWN.into(),
             },
             destination: Peer::unknown(),
-            destination_service: UNKNOWN.into(),
+            destination_service: DestinationService::unknown(),
             security: "none",
         }
     }

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     context::{drain::CUT_AT_DEADLINE, pod::PodContext},
-    metrics::{self, ConnectionLabels, METRICS, Peer},
+    metrics::{self, ConnectionLabels, DestinationService, METRICS, Peer},
     tunnel::{
         offload::{TlsPath, TunnelStream},
         splice,
@@ -87,7 +87,7 @@ impl Connection {
                 reporter,
                 source,
                 destination,
-                destination_service: metrics::UNKNOWN.into(),
+                destination_service: service_of(pod, dst),
                 security: "none",
             },
             started: Instant::now(),
@@ -148,7 +148,15 @@ impl Connection {
     /// daemon when `mode` is set.
     pub fn egress(mut self, o: &Origination, tls: Option<(TlsMode, TlsPath)>) -> Self {
         self.upstream = Some(o.upstream);
-        self.labels.destination_service = o.host.clone();
+        self.labels.destination_service = DestinationService {
+            host: o.host.clone(),
+            name: o.host.clone(),
+            namespace: o
+                .service_entry
+                .split_once('/')
+                .map_or(metrics::UNKNOWN, |(ns, _)| ns)
+                .into(),
+        };
         if let Some((mode, path)) = tls {
             self.tls = path.as_str();
             self.wire = match mode {
@@ -262,6 +270,17 @@ impl Connection {
             },
         }
     }
+}
+
+/// The Kubernetes Service a connection to `dst` is for: the Service at that virtual
+/// address, or the one `dst` is a ready endpoint of.
+fn service_of(pod: &PodContext, dst: SocketAddr) -> DestinationService {
+    let registry = pod.shared.registry.borrow();
+    registry
+        .service_for(dst)
+        .map_or_else(DestinationService::unknown, |s| {
+            DestinationService::kubernetes(&s.name, &s.namespace)
+        })
 }
 
 /// The enrolled pod itself. Its principal is known when the daemon holds identities.

@@ -104,6 +104,57 @@ async fn outbound_relays_a_captured_connection_to_where_it_was_going() {
     assert_eq!(exchange(conn, "ping").await, "ping");
 }
 
+/// Whether the metrics hold a connection series with all of `labels`.
+fn series_with(labels: &[(&str, &str)]) -> bool {
+    METRICS.render().lines().any(|l| {
+        l.starts_with("istio_tcp_connections_opened_total{")
+            && labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+    })
+}
+
+#[tokio::test]
+async fn outbound_names_the_service_a_connection_is_for() {
+    let (upstream, _) = echo().await;
+    let mut with_services = registry(&format!(
+        "{A}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: api}}\nspec: {{hosts: [api.example.com], addresses: [192.0.2.80], \
+         resolution: STATIC, endpoints: [{{address: 127.0.0.1}}], \
+         ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {}}}]}}\n",
+        upstream.port()
+    ));
+    with_services.services.push(hawser_model::Service {
+        name: "cart".into(),
+        namespace: "shop".into(),
+        cluster_ips: vec!["10.96.0.9".parse().unwrap()],
+        ports: [(80, vec![upstream])].into(),
+    });
+    let net = Arc::new(FakeSteering::default());
+    let pod = pod(with_services, OutboundPolicy::AllowAny, net.clone());
+    let at = listener(|l| outbound::serve(l, pod)).await;
+    for dialed in ["10.96.0.9:80", "192.0.2.80:80"] {
+        let conn = connect_from(at, |me| {
+            net.original
+                .lock()
+                .unwrap()
+                .insert(me, dialed.parse().unwrap());
+        })
+        .await;
+        assert_eq!(exchange(conn, "ping").await, "ping", "via {dialed}");
+    }
+    assert!(series_with(&[
+        ("destination_service", "cart.shop.svc.cluster.local"),
+        ("destination_service_name", "cart"),
+        ("destination_service_namespace", "shop"),
+    ]));
+    assert!(series_with(&[
+        ("destination_service", "api.example.com"),
+        ("destination_service_name", "api.example.com"),
+        ("destination_service_namespace", "default"),
+    ]));
+}
+
 #[tokio::test]
 async fn outbound_refuses_without_a_recorded_destination_or_a_route() {
     let (upstream, mut reached) = echo().await;
