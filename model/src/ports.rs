@@ -168,6 +168,16 @@ impl TlsDoc {
         if self.credential_name.is_some() && self.server_certificate.is_some() {
             return Err("tls: credentialName or serverCertificate, not both".into());
         }
+        // The SVID names a SPIFFE ID only: curl, browsers and other clients outside the mesh
+        // check a server by DNS name or IP, so it cannot be the default.
+        if self.credential_name.is_none() && self.server_certificate.is_none() {
+            return Err(
+                "tls: needs serverCertificate and privateKey, or credentialName: \
+                        clients outside the mesh verify the server by a DNS name or IP, which \
+                        the SVID does not carry"
+                    .into(),
+            );
+        }
         Ok(ServerTls {
             server_certificate: self.server_certificate,
             private_key: self.private_key,
@@ -192,7 +202,7 @@ mod tests {
         spec: {ports: [{port: 80, proxyProtocol: v2}]}\n---\n\
         apiVersion: hawser.dev/v1alpha1\nkind: InboundPorts\nmetadata: {name: billing, namespace: shop}\n\
         spec:\n  selector: {matchLabels: {app: billing}}\n  ports:\n\
-        \x20 - port: 8443\n    tls: {caCertificates: /company/root.pem}\n    proxyProtocol: v2\n\
+        \x20 - port: 8443\n    tls: {caCertificates: /company/root.pem, credentialName: billing-tls}\n    proxyProtocol: v2\n\
         \x20 - port: 80\n";
 
     #[test]
@@ -221,6 +231,10 @@ mod tests {
             ("{port: 1, proxyProtocol: v1}", "only v2"),
             ("{port: 1, tls: {mode: SIMPLE}}", "MUTUAL"),
             ("{port: 1, tls: {serverCertificate: /a}}", "go together"),
+            (
+                "{port: 1, tls: {caCertificates: /a}}",
+                "the SVID does not carry",
+            ),
             (
                 "{port: 1, tls: {minProtocolVersion: TLSV1_2}}",
                 "unknown field",

@@ -66,11 +66,10 @@ impl Trust {
     fn new(pod: &PodContext, settings: &ServerTls) -> Result<Self> {
         let material = pod.shared.credentials.server(settings)?;
         let credentials = pod.credentials();
-        let (chain, key) = match (&material.key, &credentials) {
-            (Some(key), _) => (material.chain.clone(), key.clone_key()),
-            (None, Ok((svid, _))) => tls::chain(svid)?,
-            (None, Err(e)) => bail!("no server certificate configured, and no SVID: {e:#}"),
+        let Some(key) = &material.key else {
+            bail!("no server certificate and key in what the port names");
         };
+        let (chain, key) = (material.chain.clone(), key.clone_key());
         let mesh = match credentials {
             Ok((_, bundle)) => {
                 let roots = tls::roots(&bundle)?;
