@@ -202,6 +202,63 @@ fn the_cli_and_certs_show_what_the_daemon_holds_and_the_peer_presents() -> Resul
     let table = m.node2.hawser(&["certs"])?;
     assert!(table.contains(B) && table.contains(&presented), "{table}");
 
+    // The same chain, fetched and checked by the CLI of a's node against its own bundle.
+    let peer: serde_json::Value =
+        serde_json::from_str(&m.node1.hawser(&["certs", "--peer", &tunnel, "--json"])?)?;
+    assert_eq!(peer["identity"], B, "{peer}");
+    assert_eq!(peer["chain"][0]["serial"], presented.as_str(), "{peer}");
+    let table = m.node1.hawser(&["certs", "--peer", &tunnel])?;
+    assert!(
+        table.contains(&format!("verified against this node's trust bundle: {B}")),
+        "{table}"
+    );
+    // A server whose certificate is not the mesh's: refused.
+    let (crt, key) = (m.bed.dir().join("other.crt"), m.bed.dir().join("other.key"));
+    let (crt, key) = (crt.to_str().context("path")?, key.to_str().context("path")?);
+    let made = m.node1.run(&[
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=elsewhere",
+        "-days",
+        "1",
+        "-keyout",
+        key,
+        "-out",
+        crt,
+    ])?;
+    anyhow::ensure!(made.status.success(), "openssl req: {made:?}");
+    let _other = m.node1.spawn(&[
+        "openssl",
+        "s_server",
+        "-quiet",
+        "-accept",
+        "127.0.0.1:15443",
+        "-alpn",
+        "hawser-tunnel/1",
+        "-cert",
+        crt,
+        "-key",
+        key,
+    ])?;
+    wait_until(Duration::from_secs(10), "openssl s_server", || {
+        m.node1
+            .run(&["socat", "-u", "/dev/null", "TCP:127.0.0.1:15443"])
+            .is_ok_and(|o| o.status.success())
+    })?;
+    let why = m.node1.hawser(&["certs", "--peer", "127.0.0.1:15443"]);
+    let why = why.expect_err("a chain from elsewhere passed").to_string();
+    assert!(
+        why.contains("does not pass") && why.contains("server chain"),
+        "{why}"
+    );
+
     let status: serde_json::Value = serde_json::from_str(&m.node1.hawser(&["status", "--json"])?)?;
     assert_eq!(status["ready"], true, "{status}");
     assert_eq!(status["pods"][0]["pod"], "default/a");

@@ -49,13 +49,23 @@ enum Command {
     },
     /// Is the daemon ready; its pods and their SVIDs.
     Status(AdminArgs),
-    /// The certificates the daemon holds, per identity, and the trust roots.
-    Certs(AdminArgs),
+    /// The certificates the daemon holds, per identity, and the trust roots; with
+    /// `--peer`, what another daemon's tunnel port presents, checked against them.
+    Certs(CertsArgs),
     /// The workloads the daemon knows, and which are enrolled on this node.
     Workloads(AdminArgs),
     /// Policy questions to the daemon.
     #[command(subcommand)]
     Policy(PolicyCommand),
+}
+
+#[derive(clap::Args)]
+struct CertsArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// A peer daemon's tunnel port (a pod's IP and 15008).
+    #[arg(long)]
+    peer: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -326,7 +336,14 @@ async fn main() -> Result<()> {
         }
         Command::Uninstall { bpf } => dataplane::uninstall(&bpf.pin_dir),
         Command::Status(a) => cli::status(&AdminClient::new(&a.admin), a.json).await,
-        Command::Certs(a) => cli::certs(&AdminClient::new(&a.admin), a.json).await,
+        Command::Certs(CertsArgs {
+            admin: a,
+            peer: None,
+        }) => cli::certs(&AdminClient::new(&a.admin), a.json).await,
+        Command::Certs(CertsArgs {
+            admin: a,
+            peer: Some(peer),
+        }) => cli::peer_certs(&AdminClient::new(&a.admin), peer, a.json).await,
         Command::Workloads(a) => cli::workloads(&AdminClient::new(&a.admin), a.json).await,
         Command::Policy(PolicyCommand::Check { from, to, admin }) => {
             let client = AdminClient::new(&admin.admin);

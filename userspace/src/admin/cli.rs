@@ -5,7 +5,13 @@ use anyhow::{Context, Result, bail};
 use comfy_table::{Table, presets::NOTHING};
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::views::{Certs, ConfigDump, PolicyCheck, Status};
+use std::net::SocketAddr;
+
+use super::{
+    peer,
+    views::{Certs, ConfigDump, PeerCerts, PolicyCheck, Status},
+};
+use crate::svid::TrustBundle;
 
 pub struct AdminClient {
     base: String,
@@ -125,6 +131,49 @@ pub async fn certs(client: &AdminClient, json: bool) -> Result<()> {
         }
         println!("\n{roots}");
     })
+}
+
+/// The chain `peer`'s tunnel port presents, checked against this daemon's trust bundle;
+/// fails (after showing it) when the chain does not pass.
+pub async fn peer_certs(client: &AdminClient, peer: SocketAddr, json: bool) -> Result<()> {
+    let held: Certs = client.get("/certs", &[]).await?;
+    let bundle = TrustBundle {
+        trust_domain: held.trust_domain,
+        roots: held.trust_roots.into_iter().map(|r| r.pem).collect(),
+        revoked_serials: held.revoked_serials,
+        revoked_identities: held.revoked_identities,
+    };
+    let chain = peer::presented(peer).await?;
+    let verdict = peer::check(&chain, &bundle);
+    let view = PeerCerts {
+        peer: peer.to_string(),
+        chain: chain
+            .iter()
+            .filter_map(|der| {
+                let pem = pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref().to_vec()));
+                super::server::cert(&pem)
+            })
+            .collect(),
+        identity: verdict.as_ref().ok().map(ToString::to_string),
+        refused: verdict.as_ref().err().map(|e| format!("{e:#}")),
+    };
+    show(&view, json, |v| {
+        let mut t = table(&["SUBJECT", "URI SAN", "SERIAL", "NOT AFTER"]);
+        for c in &v.chain {
+            let uri = c.uri_sans.first().map_or("-", String::as_str);
+            t.add_row(vec![c.subject.as_str(), uri, &c.serial, &c.not_after]);
+        }
+        println!("{t}");
+        match (&v.identity, &v.refused) {
+            (Some(id), _) => println!("\nverified against this node's trust bundle: {id}"),
+            (None, Some(why)) => println!("\nREFUSED by this node's trust bundle: {why}"),
+            (None, None) => {}
+        }
+    })?;
+    match verdict {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.context(format!("{peer}'s chain does not pass"))),
+    }
 }
 
 pub async fn workloads(client: &AdminClient, json: bool) -> Result<()> {

@@ -182,10 +182,11 @@ async fn certs_view(State(admin): State<Admin>) -> Result<Json<Certs>, Problem> 
         identities,
         trust_roots: bundle.roots.iter().filter_map(|c| cert(c)).collect(),
         revoked_serials: bundle.revoked_serials.clone(),
+        revoked_identities: bundle.revoked_identities.clone(),
     }))
 }
 
-fn cert(pem: &str) -> Option<Cert> {
+pub(super) fn cert(pem: &str) -> Option<Cert> {
     let info = certs::info(pem).ok()?;
     Some(Cert {
         serial: info.serial,

@@ -43,6 +43,20 @@ pub struct Certs {
     pub identities: Vec<IdentityCerts>,
     pub trust_roots: Vec<Cert>,
     pub revoked_serials: Vec<String>,
+    #[serde(default)]
+    pub revoked_identities: Vec<String>,
+}
+
+/// `hawser certs --peer`: what a peer's tunnel port presents, and this node's verdict.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerCerts {
+    pub peer: String,
+    /// Leaf first.
+    pub chain: Vec<Cert>,
+    /// The peer's SPIFFE ID, when the chain passes.
+    pub identity: Option<String>,
+    /// Why the chain does not pass.
+    pub refused: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

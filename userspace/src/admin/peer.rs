@@ -1,0 +1,115 @@
+//! `hawser certs --peer IP:PORT`: the chain a peer daemon's tunnel port presents, checked
+//! against this node's trust bundle as a tunnel client checks it (chain to a root, the
+//! client-side EKU, one SPIFFE ID, not revoked). What `istioctl proxy-config secret` users
+//! look at when a rotation is under way.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use hawser_model::SpiffeId;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, ServerName, UnixTime},
+};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::{
+    svid::TrustBundle,
+    tunnel::{preamble::ALPN, tls},
+};
+
+/// The chain `addr` presents in its TLS handshake (the handshake is abandoned as soon as
+/// the chain is in: this client has no certificate to show).
+pub async fn presented(addr: SocketAddr) -> Result<Vec<CertificateDer<'static>>> {
+    let recorder = Arc::new(Recorder::default());
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(recorder.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+        .await
+        .with_context(|| format!("connect {addr}: timed out"))?
+        .with_context(|| format!("connect {addr}"))?;
+    let name = ServerName::IpAddress(addr.ip().into());
+    let handshake = TlsConnector::from(Arc::new(config)).connect(name, tcp);
+    let ended = tokio::time::timeout(Duration::from_secs(10), handshake).await;
+    let chain = recorder.chain.lock().unwrap().take();
+    match (chain, ended) {
+        (Some(chain), _) => Ok(chain),
+        (None, Ok(Err(e))) => bail!("{addr} presented no certificate: {e}"),
+        (None, _) => bail!("{addr} presented no certificate"),
+    }
+}
+
+/// The peer's SPIFFE ID, if `chain` passes the checks a tunnel client makes.
+pub fn check(chain: &[CertificateDer<'_>], bundle: &TrustBundle) -> Result<SpiffeId> {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        bail!("an empty chain");
+    };
+    let roots = tls::roots(bundle)?;
+    tls::verify_chain(leaf, intermediates, &roots, &provider(), UnixTime::now())?;
+    tls::peer_identity(leaf, bundle)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Keeps the server's chain and ends the handshake there.
+#[derive(Debug, Default)]
+struct Recorder {
+    chain: Mutex<Option<Vec<CertificateDer<'static>>>>,
+}
+
+impl ServerCertVerifier for Recorder {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let chain = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| c.clone().into_owned())
+            .collect();
+        *self.chain.lock().unwrap() = Some(chain);
+        Err(rustls::Error::General("chain recorded".into()))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General(
+            "not reached: the chain ends the handshake".into(),
+        ))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
