@@ -191,10 +191,12 @@ impl Capture {
     }
 
     fn spawn(file: PathBuf, iface: &str, spawn: impl Fn(&[&str]) -> Result<Proc>) -> Result<Self> {
-        let f = file.display().to_string();
-        let proc = spawn(&[
-            "tcpdump", "-i", iface, "-U", "-n", "-s", "0", "-w", &f, "tcp",
-        ])?;
+        // Its closing statistics (on standard error) say nothing the capture does not.
+        let tcpdump = format!(
+            "exec tcpdump -i {iface} -U -n -s 0 -w {} tcp 2>/dev/null",
+            file.display()
+        );
+        let proc = spawn(&["sh", "-c", &tcpdump])?;
         // tcpdump creates the file once it is capturing.
         wait_until(Duration::from_secs(10), "tcpdump to start", || {
             file.exists()

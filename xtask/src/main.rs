@@ -6,7 +6,8 @@
 //! - `test`: build, then formatting, lints, unit and end-to-end tests, 30 s of fuzzing per
 //!   parser (`fuzz`), and `vm-test`;
 //! - `fuzz`: the parsers that take bytes from the network or from tenants, for longer;
-//! - `demo`: build, then a local mesh on network namespaces with real curl and nginx;
+//! - `demo`: build (quietly), then two nodes on network namespaces with real curl and nginx:
+//!   mTLS across the link, a refusal by policy, the same-node path;
 //! - `vm-test`: the tunnel, egress, inbound-ports and capture-attack suites in a QEMU VM on Debian's stock kernel, with kernel TLS;
 //! - `bench`: hawser against plain TCP, here and in the VM with kernel TLS (docs/BENCHMARKS.md).
 
@@ -77,7 +78,7 @@ fn main() -> Result<()> {
             fuzz::run(secs, target.as_deref())
         }
         Command::Demo => {
-            build()?;
+            quiet_build()?;
             demo::run()
         }
         Command::VmTest => {
@@ -96,17 +97,27 @@ fn main() -> Result<()> {
     }
 }
 
+/// The build, its compiler lines shown only when it fails.
+fn quiet_build() -> Result<()> {
+    bootstrap::run()?;
+    cmd::step("building the eBPF programs, the daemon and the test tools (quietly)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    cmd::run_quietly(&cargo, &BUILD, "Finished")
+}
+
+const BUILD: [&str; 6] = [
+    "build",
+    "--package",
+    "hawser",
+    "--package",
+    "hawser-testbed",
+    "--bins",
+];
+
 fn build() -> Result<()> {
     bootstrap::run()?;
     cmd::step("building the eBPF programs, the daemon and the test tools");
-    cmd::cargo(&[
-        "build",
-        "--package",
-        "hawser",
-        "--package",
-        "hawser-testbed",
-        "--bins",
-    ])
+    cmd::cargo(&BUILD)
 }
 
 /// Seconds of fuzzing per target in every test run (`cargo xtask fuzz` runs longer).
