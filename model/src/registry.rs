@@ -24,6 +24,9 @@ pub struct Registry {
     pub ports: Vec<InboundPorts>,
     /// Kubernetes Services (from the API source): virtual addresses and their endpoints.
     pub services: Vec<Service>,
+    /// Resources a source refused while the rest of this snapshot stands, each `where: why`
+    /// (the Kubernetes source; the directory source refuses an edit as a whole).
+    pub refused: Vec<String>,
     /// Lookups by address and identity, built on the first lookup of a snapshot.
     index: Index,
 }

@@ -75,6 +75,20 @@ async fn recorded_objects_and_watch_events_make_the_registry() {
         .collect();
     names.sort();
     assert_eq!(names, [("broken", true), ("cart", false)]);
+    // Two ServiceEntries for one address and port: the later is refused and listed.
+    let entries: Vec<&str> = registry
+        .egress
+        .service_entries
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(entries, ["payments"]);
+    assert!(
+        matches!(&registry.refused[..], [why] if why.contains("payments-legacy")
+            && why.contains("nothing tells the two apart")),
+        "{:?}",
+        registry.refused
+    );
     let frontend = &registry.workloads["shop/frontend-5c4b-abcde"];
     let verdict = hawser_model::policy::evaluate::authorize(&registry.policies, frontend, 80, None);
     assert!(

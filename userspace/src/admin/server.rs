@@ -221,6 +221,7 @@ async fn config_dump(State(admin): State<Admin>) -> Json<ConfigDump> {
         egress: registry.egress.clone(),
         inbound_ports: registry.ports.clone(),
         resolved_names: admin.shared.resolved.borrow().as_ref().clone(),
+        refused: registry.refused.clone(),
     })
 }
 

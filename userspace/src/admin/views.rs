@@ -95,6 +95,10 @@ pub struct ConfigDump {
     pub inbound_ports: Vec<InboundPorts>,
     /// Addresses of the `resolution: DNS` ServiceEntry names, as last resolved.
     pub resolved_names: Resolved,
+    /// Resources refused, each `where: why` (e.g. a ServiceEntry for an address and port
+    /// another one declares).
+    #[serde(default)]
+    pub refused: Vec<String>,
 }
 
 /// `/policy/check`: would a connection be admitted, and which rule decides.

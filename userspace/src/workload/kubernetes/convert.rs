@@ -60,7 +60,18 @@ pub fn registry(snapshot: &Snapshot) -> (Registry, Vec<ConfigError>) {
             ));
         }
     }
-    for object in &snapshot.resources {
+    // Where two resources conflict the older one wins, as in Istio (then by name, for
+    // objects created in the same second).
+    let mut resources: Vec<&DynamicObject> = snapshot.resources.iter().collect();
+    resources.sort_by_key(|o| {
+        let m = &o.metadata;
+        (
+            m.creation_timestamp.clone(),
+            m.namespace.clone(),
+            m.name.clone(),
+        )
+    });
+    for object in resources {
         let origin = source(
             object.types.as_ref().map_or("?", |t| t.kind.as_str()),
             &object.metadata,

@@ -251,15 +251,16 @@ where
     .boxed()
 }
 
-/// The registry now; refusals are logged when they change.
+/// The registry now, with the objects it refused (`/config_dump` shows them); refusals are
+/// logged when they change.
 fn rebuild(stores: &Stores, reported: &mut Vec<String>) -> Registry {
-    let (registry, errors) = convert::registry(&stores.snapshot());
-    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    if errors != *reported {
-        for error in &errors {
+    let (mut registry, errors) = convert::registry(&stores.snapshot());
+    registry.refused = errors.iter().map(ToString::to_string).collect();
+    if registry.refused != *reported {
+        for error in &registry.refused {
             tracing::error!(%error, "Kubernetes object refused");
         }
-        *reported = errors;
+        reported.clone_from(&registry.refused);
     }
     registry
 }
