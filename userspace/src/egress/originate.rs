@@ -9,7 +9,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
@@ -25,9 +25,8 @@ use tokio_rustls::TlsConnector;
 use crate::{
     context::pod::PodContext,
     identity::certs,
-    metrics::{METRICS, timed},
     proxy::sockets,
-    tunnel::{HANDSHAKE_TIMEOUT, offload::TunnelStream, tls},
+    tunnel::{self, offload::TunnelStream, tls},
 };
 use hawser_model::egress::{ClientTls, TlsMode, route::Origination};
 
@@ -50,13 +49,7 @@ pub async fn tls(pod: &PodContext, o: &Origination, settings: &ClientTls) -> Res
         .unwrap_or_else(|| ServerName::IpAddress(o.upstream.ip().into()));
     let tcp = dial(pod, o).await?;
     let handshake = TlsConnector::from(Arc::new(config)).connect(name, offload.prepare(tcp));
-    let stream = timed(&METRICS.handshake_seconds, "egress", async {
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-            .await
-            .with_context(|| format!("TLS handshake with {}: timed out", o.upstream))?
-            .with_context(|| format!("TLS handshake with {}", o.upstream))
-    })
-    .await?;
+    let stream = tunnel::bounded("egress", o.upstream, handshake).await?;
     Ok(match offload.client(stream).await? {
         TunnelStream::Userspace(s) => TunnelStream::Userspace(Box::new(EofWithoutCloseNotify(s))),
         kernel => kernel,

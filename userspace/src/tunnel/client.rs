@@ -2,17 +2,13 @@
 
 use std::net::SocketAddr;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio_rustls::TlsConnector;
 
-use super::{HANDSHAKE_TIMEOUT, offload::TunnelStream, preamble::Preamble};
-use crate::{
-    context::pod::PodContext,
-    metrics::{METRICS, timed},
-    proxy::sockets,
-};
+use super::{offload::TunnelStream, preamble::Preamble};
+use crate::{context::pod::PodContext, proxy::sockets};
 use hawser_model::SpiffeId;
 
 /// Opens the tunnel to `dst`'s pod, proves `peer` is there, names the port, and hands the
@@ -29,13 +25,7 @@ pub async fn connect(pod: &PodContext, dst: SocketAddr, peer: &SpiffeId) -> Resu
     // Names play no part in the check (see `tls::SecureNaming`); an IP sends no SNI.
     let name = ServerName::IpAddress(dst.ip().into());
     let handshake = TlsConnector::from(config).connect(name, offload.prepare(tcp));
-    let mut stream = timed(&METRICS.handshake_seconds, "client", async {
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-            .await
-            .with_context(|| format!("TLS handshake with {tunnel}: timed out"))?
-            .with_context(|| format!("TLS handshake with {tunnel}"))
-    })
-    .await?;
+    let mut stream = super::bounded("client", tunnel, handshake).await?;
     stream
         .write_all(&Preamble { port: dst.port() }.encode())
         .await?;

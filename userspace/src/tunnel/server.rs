@@ -17,11 +17,7 @@ use super::{
     offload::{Offload, TunnelStream},
     preamble, tls,
 };
-use crate::{
-    context::pod::PodContext,
-    metrics::{METRICS, timed},
-    proxy::caller::client_certificate,
-};
+use crate::{context::pod::PodContext, proxy::caller::client_certificate};
 use hawser_model::{SpiffeId, proxy_v2::ClientCertificate};
 
 /// An accepted, authenticated tunnel: the client's identity and where it wants to go.
@@ -40,14 +36,11 @@ pub(crate) async fn handshake(
     offload: &Offload,
     side: &'static str,
 ) -> Result<server::TlsStream<CorkStream<TcpStream>>> {
+    let peer = conn
+        .peer_addr()
+        .map_or("the client".into(), |a| a.to_string());
     let handshake = TlsAcceptor::from(config).accept(offload.prepare(conn));
-    timed(&METRICS.handshake_seconds, side, async {
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-            .await
-            .context("TLS handshake: timed out")?
-            .context("TLS handshake")
-    })
-    .await
+    super::bounded(side, peer, handshake).await
 }
 
 /// Handshake (client certificate required), identity and revocation checks, preamble,
