@@ -12,8 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use hawser_model::SpiffeId;
 use rustls::{
-    ClientConfig, DigitallySignedStruct, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    ClientConfig,
     crypto::CryptoProvider,
     pki_types::{CertificateDer, ServerName, UnixTime},
 };
@@ -22,13 +21,19 @@ use tokio_rustls::TlsConnector;
 
 use crate::{
     svid::TrustBundle,
-    tunnel::{preamble::ALPN, tls},
+    tunnel::{
+        preamble::ALPN,
+        tls::{self, ServerCheck, Verifier},
+    },
 };
 
 /// The chain `addr` presents in its TLS handshake (the handshake is abandoned as soon as
 /// the chain is in: this client has no certificate to show).
 pub async fn presented(addr: SocketAddr) -> Result<Vec<CertificateDer<'static>>> {
-    let recorder = Arc::new(Recorder::default());
+    let recorder = Arc::new(Verifier {
+        check: Recorder::default(),
+        provider: provider(),
+    });
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -42,7 +47,7 @@ pub async fn presented(addr: SocketAddr) -> Result<Vec<CertificateDer<'static>>>
     let name = ServerName::IpAddress(addr.ip().into());
     let handshake = TlsConnector::from(Arc::new(config)).connect(name, tcp);
     let ended = tokio::time::timeout(Duration::from_secs(10), handshake).await;
-    let chain = recorder.chain.lock().unwrap().take();
+    let chain = recorder.check.chain.lock().unwrap().take();
     match (chain, ended) {
         (Some(chain), _) => Ok(chain),
         (None, Ok(Err(e))) => bail!("{addr} presented no certificate: {e}"),
@@ -70,46 +75,18 @@ struct Recorder {
     chain: Mutex<Option<Vec<CertificateDer<'static>>>>,
 }
 
-impl ServerCertVerifier for Recorder {
-    fn verify_server_cert(
+impl ServerCheck for Recorder {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
         _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+    ) -> Result<(), rustls::Error> {
         let chain = std::iter::once(end_entity)
             .chain(intermediates)
             .map(|c| c.clone().into_owned())
             .collect();
         *self.chain.lock().unwrap() = Some(chain);
         Err(rustls::Error::General("chain recorded".into()))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(
-            "not reached: the chain ends the handshake".into(),
-        ))
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }

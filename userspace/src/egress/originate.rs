@@ -11,8 +11,7 @@ use std::{
 
 use anyhow::Result;
 use rustls::{
-    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    ClientConfig, RootCertStore,
     crypto::CryptoProvider,
     pki_types::{CertificateDer, ServerName, UnixTime},
 };
@@ -26,7 +25,11 @@ use crate::{
     context::pod::PodContext,
     identity::certs,
     proxy::sockets,
-    tunnel::{self, offload::TunnelStream, tls},
+    tunnel::{
+        self,
+        offload::TunnelStream,
+        tls::{self, ServerCheck, Verifier},
+    },
 };
 use hawser_model::egress::{ClientTls, TlsMode, route::Origination};
 
@@ -118,9 +121,12 @@ fn client_config(
             (roots, client)
         }
     };
-    let verifier = Arc::new(ExpectedServer {
-        roots,
-        names: expected_names(o, settings),
+    let verifier = Arc::new(Verifier {
+        check: ExpectedServer {
+            roots,
+            names: expected_names(o, settings),
+            provider: provider.clone(),
+        },
         provider: provider.clone(),
     });
     let builder = ClientConfig::builder_with_provider(provider)
@@ -180,52 +186,24 @@ impl ExpectedServer {
     }
 }
 
-impl ServerCertVerifier for ExpectedServer {
-    fn verify_server_cert(
+impl ServerCheck for ExpectedServer {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
         now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+    ) -> Result<(), rustls::Error> {
         let cert = tls::verify_chain(end_entity, intermediates, &self.roots, &self.provider, now)?;
         if self
             .names
             .iter()
             .any(|n| self.carries(&cert, end_entity, n))
         {
-            return Ok(ServerCertVerified::assertion());
+            return Ok(());
         }
         Err(rustls::Error::General(format!(
             "the server certificate is for none of {:?}",
             self.names
         )))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }

@@ -68,10 +68,13 @@ pub fn client_config(
     provider: Arc<CryptoProvider>,
 ) -> Result<ClientConfig> {
     let (certs, key) = chain(svid)?;
-    let verifier = Arc::new(SecureNaming {
-        roots: Arc::new(roots(bundle)?),
-        bundle: bundle.clone(),
-        expected,
+    let verifier = Arc::new(Verifier {
+        check: SecureNaming {
+            roots: Arc::new(roots(bundle)?),
+            bundle: bundle.clone(),
+            expected,
+            provider: provider.clone(),
+        },
         provider: provider.clone(),
     });
     let mut config = ClientConfig::builder_with_provider(provider)
@@ -162,18 +165,26 @@ fn verify_for<'a>(
     Ok(cert)
 }
 
-/// Chain validation against the bundle, then the server's SPIFFE ID against the one the
-/// destination must have. Host names play no part.
-
-#[derive(Debug)]
-struct SecureNaming {
-    roots: Arc<RootCertStore>,
-    bundle: TrustBundle,
-    expected: SpiffeId,
-    provider: Arc<CryptoProvider>,
+/// What one kind of server check decides; `Verifier` does the rest (signatures) the same
+/// way for every kind.
+pub(crate) trait ServerCheck: std::fmt::Debug + Send + Sync {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error>;
 }
 
-impl ServerCertVerifier for SecureNaming {
+/// A server certificate verifier: `check` decides on the chain, the provider's algorithms
+/// verify the handshake signatures.
+#[derive(Debug)]
+pub(crate) struct Verifier<C> {
+    pub check: C,
+    pub provider: Arc<CryptoProvider>,
+}
+
+impl<C: ServerCheck> ServerCertVerifier for Verifier<C> {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -182,6 +193,54 @@ impl ServerCertVerifier for SecureNaming {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check.check(end_entity, intermediates, now)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Chain validation against the bundle, then the server's SPIFFE ID against the one the
+/// destination must have. Host names play no part.
+#[derive(Debug)]
+struct SecureNaming {
+    roots: Arc<RootCertStore>,
+    bundle: TrustBundle,
+    expected: SpiffeId,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCheck for SecureNaming {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
         verify_chain(end_entity, intermediates, &self.roots, &self.provider, now)?;
         let id = peer_identity(end_entity, &self.bundle)
             .map_err(|e| rustls::Error::General(e.to_string()))?;
@@ -191,35 +250,6 @@ impl ServerCertVerifier for SecureNaming {
                 self.expected
             )));
         }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        Ok(())
     }
 }
