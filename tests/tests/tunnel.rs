@@ -319,6 +319,34 @@ spec:
 }
 
 #[test]
+fn a_closed_app_port_is_refused_at_once_through_the_tunnel_and_on_the_node() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let m = Mesh::new()?;
+    let c = m.bed.pod(&m.node2, "c")?; // outside the mesh, beside b
+    for (from, path) in [(&m.a, "tunnel"), (&c, "inbound")] {
+        let started = std::time::Instant::now();
+        let url = format!("http://{}:7999/", m.b.ip);
+        assert!(curl(from, &url).is_err(), "nothing listens on 7999");
+        // The app's kernel answers the daemon's delivery with a reset: no connect timeout.
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "{path}: refused after {took:?}"
+        );
+        m.d2.wait_for("the refusal", Duration::from_secs(5), |log| {
+            log.lines().any(|l| {
+                l.contains("connection refused")
+                    && l.contains(&format!("direction=\"{path}\""))
+                    && l.contains("Connection refused")
+            })
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
 fn a_stream_cut_by_a_dead_peer_daemon_reaches_the_app_as_a_reset() -> Result<()> {
     if !can_run() {
         return Ok(());

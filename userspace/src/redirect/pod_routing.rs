@@ -3,10 +3,14 @@
 //! The daemon hands an inbound connection to the app from inside the pod, bound to the
 //! remote client's address (IP_TRANSPARENT) and marked with `MARK_DELIVER`. The app's
 //! replies are addressed to that remote client, so without help they would leave through
-//! the pod's interface. Two settings, made by the daemon inside the pod's namespace, bring
+//! the pod's interface. These settings, made by the daemon inside the pod's namespace, bring
 //! them back over loopback to the daemon:
 //! - `net.ipv4.tcp_fwmark_accept=1`: the app's accepted socket inherits the mark of the
 //!   SYN that opened it (the daemon's mark);
+//! - `net.ipv{4,6}.fwmark_reflect=1`: the kernel's own replies (a reset from a port nobody
+//!   listens on, ICMP errors) carry it too, so a delivery to a closed port is refused at
+//!   once instead of waiting out the connect timeout (marks never cross namespaces, so
+//!   only the daemon's deliveries carry it);
 //! - `ip rule fwmark MARK_DELIVER lookup MARK_DELIVER` with `local 0.0.0.0/0 dev lo` in that
 //!   table: marked packets are delivered locally; the same for IPv6 (`local ::/0`) where
 //!   the pod has IPv6 (without it, IPv6 deliveries fail: refused, never bypassed).
@@ -37,8 +41,11 @@ const LOOPBACK_IFINDEX: u32 = 1;
 
 /// Prepares the current thread's network namespace (idempotent).
 pub fn install() -> io::Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1")
-        .map_err(|e| io::Error::new(e.kind(), format!("set net.ipv4.tcp_fwmark_accept: {e}")))?;
+    sysctl("net/ipv4/tcp_fwmark_accept")?;
+    sysctl("net/ipv4/fwmark_reflect")?;
+    if let Err(e) = sysctl("net/ipv6/fwmark_reflect") {
+        tracing::debug!("no IPv6 in this pod: {e}");
+    }
     let mut nl = Netlink::connect()?;
     let create = NLM_F_CREATE | NLM_F_EXCL;
     for msg in messages(AddressFamily::Inet, &[LOOPBACK_IFINDEX]) {
@@ -52,6 +59,12 @@ pub fn install() -> io::Result<()> {
         tracing::debug!("no IPv6 delivery routes in this pod: {e}");
     }
     Ok(())
+}
+
+/// Sets one of the pod namespace's own sysctls to 1.
+fn sysctl(name: &str) -> io::Result<()> {
+    std::fs::write(format!("/proc/sys/{name}"), "1")
+        .map_err(|e| io::Error::new(e.kind(), format!("set {}: {e}", name.replace('/', "."))))
 }
 
 /// Undoes `install` where the namespace still exists; missing pieces are fine.
