@@ -347,6 +347,31 @@ fn a_closed_app_port_is_refused_at_once_through_the_tunnel_and_on_the_node() -> 
 }
 
 #[test]
+fn a_connection_made_before_the_pods_svid_arrives_waits_for_it() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mut m = Mesh::new()?;
+    let nginx = Nginx::start(&m.bed, &m.b)?;
+    // a's daemon restarts while the CA is down: it captures a, but holds no SVID.
+    m.ca_service.stop()?;
+    m.d1.stop()?;
+    m.d1.restart()?;
+    let (a, url) = (m.a.clone(), format!("http://{}/hello.txt", m.b.ip));
+    let started = std::time::Instant::now();
+    let request = std::thread::spawn(move || curl(&a, &url));
+    std::thread::sleep(Duration::from_secs(2));
+    m.ca_service.restart()?;
+    let body = request.join().expect("the curl thread")?;
+    assert_eq!(
+        body, nginx.body,
+        "the request waited for a's SVID and went through"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    Ok(())
+}
+
+#[test]
 fn a_stream_cut_by_a_dead_peer_daemon_reaches_the_app_as_a_reset() -> Result<()> {
     if !can_run() {
         return Ok(());

@@ -13,6 +13,9 @@ use hawser_model::{
 use tokio::sync::watch;
 
 use super::{shared::Shared, steering::Steering};
+
+/// How long a connection waits for its pod's SVID (and the trust bundle) to arrive.
+pub const SVID_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::{
     metrics::METRICS,
     proxy::{
@@ -105,6 +108,23 @@ impl PodContext {
     /// The pod's SVID, when one is held.
     pub fn svid(&self) -> Option<Arc<Svid>> {
         self.svid.as_ref().and_then(|svid| svid.borrow().clone())
+    }
+
+    /// The pod's SVID and a trust bundle with roots, waiting up to `SVID_WAIT` for them:
+    /// a connection made just after the pod was captured (or the daemon started) waits for
+    /// its identity rather than failing.
+    pub async fn credentials_soon(&self) -> Result<(Arc<Svid>, Arc<TrustBundle>)> {
+        if let (Some(svid), Some(svids)) = (&self.svid, &self.shared.svids) {
+            let (mut svid, mut bundle) = (svid.clone(), svids.trust_bundle());
+            let held = async {
+                let _ = svid.wait_for(Option::is_some).await;
+                let _ = bundle.wait_for(|b| !b.roots.is_empty()).await;
+            };
+            if tokio::time::timeout(SVID_WAIT, held).await.is_err() {
+                tracing::debug!(pod = %self.key, "no SVID or trust bundle after {SVID_WAIT:?}");
+            }
+        }
+        self.credentials()
     }
 
     /// The pod's SVID and the trust bundle to check peers with, or why there are none.

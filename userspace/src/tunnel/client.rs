@@ -14,7 +14,7 @@ use hawser_model::SpiffeId;
 /// Opens the tunnel to `dst`'s pod, proves `peer` is there, names the port, and hands the
 /// session to the kernel where it can take it.
 pub async fn connect(pod: &PodContext, dst: SocketAddr, peer: &SpiffeId) -> Result<TunnelStream> {
-    let (svid, bundle) = pod.credentials()?;
+    let (svid, bundle) = pod.credentials_soon().await?;
     let offload = &pod.shared.offload;
     let config = pod
         .tls_configs

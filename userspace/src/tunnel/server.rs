@@ -47,7 +47,7 @@ pub(crate) async fn handshake(
 /// then the session goes to the kernel where it can. The app is reached at the address the
 /// client dialed, with the port the preamble names.
 pub async fn accept(pod: &PodContext, conn: TcpStream, dialed: IpAddr) -> Result<Accepted> {
-    let (svid, bundle) = pod.credentials()?;
+    let (svid, bundle) = pod.credentials_soon().await?;
     let offload = &pod.shared.offload;
     let config = pod
         .tls_configs
