@@ -10,6 +10,10 @@ fn main() -> anyhow::Result<()> {
         concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf/common")
     );
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf/programs");
+    // aya-build passes every line of the inner cargo's output on as a build warning: keep
+    // its progress lines ("Compiling …") out; its diagnostics still come through.
+    // SAFETY: the build script has no other threads at this point.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [Package {
             name: "hawser-ebpf",
