@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use super::{
     peer,
-    views::{Certs, ConfigDump, PeerCerts, PolicyCheck, Status},
+    views::{Cert, Certs, ConfigDump, PeerCerts, PolicyCheck, Status},
 };
 use crate::svid::TrustBundle;
 
@@ -151,7 +151,7 @@ pub async fn peer_certs(client: &AdminClient, peer: SocketAddr, json: bool) -> R
             .iter()
             .filter_map(|der| {
                 let pem = pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref().to_vec()));
-                super::server::cert(&pem)
+                Cert::from_pem(&pem)
             })
             .collect(),
         identity: verdict.as_ref().ok().map(ToString::to_string),

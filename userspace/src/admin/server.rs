@@ -11,13 +11,13 @@ use axum::{
     routing::get,
 };
 use serde::Deserialize;
-use time::format_description::well_known::Rfc3339;
 use tokio::{net::TcpListener, sync::watch};
 
-use super::views::{Cert, Certs, ConfigDump, IdentityCerts, PodStatus, PolicyCheck, Status};
+use super::views::{
+    Cert, Certs, ConfigDump, IdentityCerts, PodStatus, PolicyCheck, Status, rfc3339,
+};
 use crate::{
     context::{shared::Shared, status::NodeStatus},
-    identity::certs,
     logging::LogLevel,
     metrics::METRICS,
     redirect::Dataplane,
@@ -173,34 +173,21 @@ async fn certs_view(State(admin): State<Admin>) -> Result<Json<Certs>, Problem> 
             identity: id.to_string(),
             state: if svid.is_some() { "valid" } else { "pending" }.into(),
             chain: svid.map_or(Vec::new(), |s| {
-                s.chain.iter().filter_map(|c| cert(c)).collect()
+                s.chain.iter().filter_map(|c| Cert::from_pem(c)).collect()
             }),
         })
         .collect();
     Ok(Json(Certs {
         trust_domain: admin.shared.trust_domain.clone(),
         identities,
-        trust_roots: bundle.roots.iter().filter_map(|c| cert(c)).collect(),
+        trust_roots: bundle
+            .roots
+            .iter()
+            .filter_map(|c| Cert::from_pem(c))
+            .collect(),
         revoked_serials: bundle.revoked_serials.clone(),
         revoked_identities: bundle.revoked_identities.clone(),
     }))
-}
-
-pub(super) fn cert(pem: &str) -> Option<Cert> {
-    let info = certs::info(pem).ok()?;
-    Some(Cert {
-        serial: info.serial,
-        subject: info.subject,
-        issuer: info.issuer,
-        uri_sans: info.uri_sans,
-        not_before: rfc3339(info.not_before),
-        not_after: rfc3339(info.not_after),
-        pem: pem.to_string(),
-    })
-}
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 async fn config_dump(State(admin): State<Admin>) -> Json<ConfigDump> {

@@ -1,7 +1,9 @@
 //! What the admin API answers, as JSON: the same types serve the daemon and the CLI.
 
 use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
 
+use crate::identity::certs;
 use hawser_model::{
     Workload,
     egress::{Egress, Resolved},
@@ -115,4 +117,25 @@ pub struct PolicyCheck {
     /// `PeerAuthentication` or `AuthorizationPolicy`.
     pub decided_by: String,
     pub reason: String,
+}
+
+/// A time as the views show it.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+impl Cert {
+    /// The view of one PEM certificate; None when it does not parse.
+    pub fn from_pem(pem: &str) -> Option<Self> {
+        let info = certs::info(pem).ok()?;
+        Some(Cert {
+            serial: info.serial,
+            subject: info.subject,
+            issuer: info.issuer,
+            uri_sans: info.uri_sans,
+            not_before: rfc3339(info.not_before),
+            not_after: rfc3339(info.not_after),
+            pem: pem.to_string(),
+        })
+    }
 }

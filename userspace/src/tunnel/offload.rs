@@ -24,7 +24,7 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite},
     net::TcpStream,
 };
-use tokio_rustls::{client, server};
+use tokio_rustls::{TlsStream, client, server};
 
 use super::kernel_tls::KernelTls;
 use crate::metrics::METRICS;
@@ -32,6 +32,9 @@ use crate::metrics::METRICS;
 /// A tunnel stream after the handshake in rustls.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A TCP socket as its TLS session runs on it, ready for the kernel's TLS ULP.
+type Socket = CorkStream<TcpStream>;
 
 /// An established tunnel: the kernel encrypts (bytes are spliced), or rustls does.
 pub enum TunnelStream {
@@ -123,27 +126,16 @@ impl Offload {
     }
 
     /// Hands a client session to the kernel, or keeps it in rustls.
-    pub async fn client(
-        &self,
-        mut stream: client::TlsStream<CorkStream<TcpStream>>,
-    ) -> Result<TunnelStream> {
-        if !self.offloads(&stream.get_ref().0.io) {
-            return Ok(counted(
-                TunnelStream::Userspace(Box::new(stream)),
-                "no_kernel_tls",
-            ));
-        }
-        stream.get_mut().0.corked = true;
-        let drained = drain(&mut stream).await;
-        let (io, session) = stream.into_inner();
-        offloaded(io.io, drained, session.into())
+    pub async fn client(&self, stream: client::TlsStream<Socket>) -> Result<TunnelStream> {
+        self.hand_off(stream.into()).await
     }
 
     /// Hands a server session to the kernel, or keeps it in rustls.
-    pub async fn server(
-        &self,
-        mut stream: server::TlsStream<CorkStream<TcpStream>>,
-    ) -> Result<TunnelStream> {
+    pub async fn server(&self, stream: server::TlsStream<Socket>) -> Result<TunnelStream> {
+        self.hand_off(stream.into()).await
+    }
+
+    async fn hand_off(&self, mut stream: TlsStream<Socket>) -> Result<TunnelStream> {
         if !self.offloads(&stream.get_ref().0.io) {
             return Ok(counted(
                 TunnelStream::Userspace(Box::new(stream)),
@@ -152,8 +144,17 @@ impl Offload {
         }
         stream.get_mut().0.corked = true;
         let drained = drain(&mut stream).await;
-        let (io, session) = stream.into_inner();
-        offloaded(io.io, drained, session.into())
+        let (io, session): (Socket, rustls::Connection) = match stream {
+            TlsStream::Client(s) => {
+                let (io, session) = s.into_inner();
+                (io, session.into())
+            }
+            TlsStream::Server(s) => {
+                let (io, session) = s.into_inner();
+                (io, session.into())
+            }
+        };
+        offloaded(io.io, drained, session)
     }
 
     /// Whether this session goes to the kernel: it has TLS, and the socket got its ULP.
