@@ -55,3 +55,28 @@ pub fn run(seconds: u64, only: Option<&str>) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// libFuzzer exits when a corpus directory is missing, and git does not keep an
+    /// empty one: every target needs a committed seed file, or a fresh clone cannot fuzz.
+    #[test]
+    fn every_target_has_a_committed_seed() {
+        let tracked = std::process::Command::new("git")
+            .args(["ls-files", "fuzz/seeds"])
+            .current_dir(workspace())
+            .output()
+            .expect("git runs");
+        assert!(tracked.status.success(), "git ls-files failed");
+        let tracked = String::from_utf8_lossy(&tracked.stdout);
+        for (target, _) in TARGETS {
+            let prefix = format!("fuzz/seeds/{target}/");
+            assert!(
+                tracked.lines().any(|f| f.starts_with(&prefix)),
+                "no committed seed under {prefix}"
+            );
+        }
+    }
+}
