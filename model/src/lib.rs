@@ -5,6 +5,7 @@
 //! - `workload`: pods and Services; `registry`: one consistent snapshot of everything;
 //! - `policy`: Istio's L4 security policy and its evaluation; `ports`: what a workload's
 //!   ports ask for; `egress`: ServiceEntries, DestinationRules and the route decision;
+//! - `scope`: which workloads a resource applies to, and the precedence all kinds share;
 //! - `route`: where a captured outbound connection goes (mesh, egress, refused);
 //! - `config`: the YAML documents all of the above are read from;
 //! - `preamble`: the tunnel's preamble codec; `proxy_v2`: the PROXY v2 header that tells
@@ -19,6 +20,7 @@ pub mod preamble;
 pub mod proxy_v2;
 pub mod registry;
 pub mod route;
+pub mod scope;
 pub mod spiffe;
 pub mod workload;
 

@@ -30,7 +30,6 @@ use serde::{Deserialize, Serialize};
 use crate::{
     policy::{
         Scope,
-        evaluate::covers,
         istio::{Metadata, Selector, scoped_credential},
     },
     workload::Workload,
@@ -70,15 +69,11 @@ pub fn settings<'a>(
     workload: &Workload,
     port: u16,
 ) -> Option<&'a PortSettings> {
-    let rank = |p: &InboundPorts| match (p.scope.selector.is_some(), &p.scope.namespace) {
-        (true, ns) if *ns == workload.namespace => 0,
-        (false, ns) if *ns == workload.namespace => 1,
-        _ => 2,
-    };
     all.iter()
-        .filter(|p| covers(&p.scope, workload) && p.ports.contains_key(&port))
-        .min_by_key(|p| rank(p))
-        .and_then(|p| p.ports.get(&port))
+        .filter(|p| p.ports.contains_key(&port))
+        .filter_map(|p| Some((p.scope.reach(workload)?, p)))
+        .min_by_key(|(reach, _)| *reach)
+        .and_then(|(_, p)| p.ports.get(&port))
 }
 
 #[derive(Deserialize)]

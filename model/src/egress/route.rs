@@ -7,7 +7,10 @@ use std::net::{IpAddr, SocketAddr};
 use super::{
     ClientTls, DestinationRule, Egress, OutboundPolicy, Resolution, Resolved, ServiceEntry, TlsMode,
 };
-use crate::{policy::ROOT_NAMESPACE, workload::Workload};
+use crate::{
+    scope::{self, Reach},
+    workload::Workload,
+};
 
 #[derive(Debug)]
 pub enum EgressRoute {
@@ -82,26 +85,24 @@ impl Egress {
         }))
     }
 
-    /// The DestinationRule for `se`'s hosts that applies to `client`: one selecting the
-    /// client's labels first, then one in the client's namespace, then one in the root
-    /// namespace, then any other.
+    /// The DestinationRule for `se`'s hosts that applies to `client`: the closest by
+    /// `Reach` (a selector only within its own namespace, as in Istio), then one exported
+    /// from any other namespace.
     fn rule_for(&self, client: &Workload, se: &ServiceEntry) -> Option<&DestinationRule> {
         self.destination_rules
             .iter()
             .filter(|r| se.hosts.iter().any(|h| host_matches(&r.host, h)))
             .filter_map(|r| {
-                let rank = match &r.workload_selector {
-                    Some(labels) if r.namespace == client.namespace && selects(labels, client) => 3,
-                    Some(_) => return None,
-                    None if r.namespace == client.namespace => 2,
-                    None if r.namespace == ROOT_NAMESPACE => 1,
-                    None => 0,
-                };
-                Some((rank, r))
+                let selector = r.workload_selector.as_ref();
+                match scope::reach(&r.namespace, selector, client) {
+                    Some(Reach::MeshSelected) => None,
+                    Some(reach) => Some((Some(reach), r)),
+                    None => selector.is_none().then_some((None, r)),
+                }
             })
-            // max_by_key keeps the last of equals: reverse so the first declared wins.
-            .rev()
-            .max_by_key(|(rank, _)| *rank)
+            // None (exported from elsewhere) sorts first: it must come last. min_by_key
+            // keeps the first of equals, so the first declared wins.
+            .min_by_key(|(reach, _)| (reach.is_none(), *reach))
             .map(|(_, r)| r)
     }
 }
@@ -141,10 +142,6 @@ fn declares(se: &ServiceEntry, dst: SocketAddr, resolved: &Resolved) -> Option<S
         upstream,
         port.target_port.unwrap_or(port.number),
     ))
-}
-
-fn selects(labels: &std::collections::BTreeMap<String, String>, w: &Workload) -> bool {
-    labels.iter().all(|(k, v)| w.labels.get(k) == Some(v))
 }
 
 /// Istio host matching: exact, or a `*.suffix` wildcard.

@@ -4,9 +4,9 @@ use std::fmt;
 
 use super::{
     Action, AuthorizationPolicy, MtlsMode, Operation, PeerAuthentication, Policies, Principal,
-    ROOT_NAMESPACE, Rule, Scope, Source,
+    Rule, Source,
 };
-use crate::workload::Workload;
+use crate::{scope::Reach, workload::Workload};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -62,43 +62,22 @@ pub fn admit(
     }
 }
 
-pub(crate) fn covers(scope: &Scope, workload: &Workload) -> bool {
-    let namespace_ok = scope.namespace == workload.namespace || scope.namespace == ROOT_NAMESPACE;
-    let labels_ok = scope
-        .selector
-        .as_ref()
-        .is_none_or(|sel| sel.iter().all(|(k, v)| workload.labels.get(k) == Some(v)));
-    namespace_ok && labels_ok
-}
-
 /// The mTLS mode for `port` of `workload`: workload policy (its port-level setting
 /// first), then namespace, then mesh-wide; PERMISSIVE when nothing says otherwise, as in
 /// Istio.
 pub fn mtls_mode(policies: &Policies, workload: &Workload, port: u16) -> MtlsMode {
-    let applicable = |namespace: &str, with_selector: bool| -> Vec<&PeerAuthentication> {
-        policies
-            .peer_authentications
-            .iter()
-            .filter(|p| {
-                p.scope.namespace == namespace
-                    && p.scope.selector.is_some() == with_selector
-                    && covers(&p.scope, workload)
-            })
-            .collect()
-    };
-    let mut candidates = Vec::new();
-    for p in applicable(&workload.namespace, true) {
-        candidates.push(p.port_level.get(&port).copied().unwrap_or(MtlsMode::Unset));
-        candidates.push(p.mode);
-    }
-    candidates.extend(
-        applicable(&workload.namespace, false)
-            .iter()
-            .map(|p| p.mode),
-    );
-    candidates.extend(applicable(ROOT_NAMESPACE, false).iter().map(|p| p.mode));
-    candidates
-        .into_iter()
+    // A PeerAuthentication selector does not cross namespaces, as in Istio.
+    let mut applicable: Vec<(Reach, &PeerAuthentication)> = policies
+        .peer_authentications
+        .iter()
+        .filter_map(|p| Some((p.scope.reach(workload)?, p)))
+        .filter(|(reach, _)| *reach != Reach::MeshSelected)
+        .collect();
+    applicable.sort_by_key(|(reach, _)| *reach);
+    applicable
+        .iter()
+        .flat_map(|(_, p)| [p.port_level.get(&port).copied(), Some(p.mode)])
+        .flatten()
         .find(|m| *m != MtlsMode::Unset)
         .unwrap_or(MtlsMode::Permissive)
 }
@@ -115,7 +94,7 @@ pub fn authorize(
     let applicable: Vec<&AuthorizationPolicy> = policies
         .authorization_policies
         .iter()
-        .filter(|p| covers(&p.scope, workload))
+        .filter(|p| p.scope.reach(workload).is_some())
         .collect();
     let name = |p: &AuthorizationPolicy| format!("{}/{}", p.scope.namespace, p.name);
     if let Some(p) = applicable.iter().find(|p| p.unenforceable.is_some()) {

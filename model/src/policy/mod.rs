@@ -13,17 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::spiffe::SpiffeId;
 
-/// The mesh-wide policy namespace (Istio's default root namespace).
-pub const ROOT_NAMESPACE: &str = "istio-system";
-
-/// Which workloads a policy covers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Scope {
-    pub namespace: String,
-    /// `spec.selector.matchLabels`; None covers the whole namespace (or the mesh, in the
-    /// root namespace).
-    pub selector: Option<BTreeMap<String, String>>,
-}
+pub use crate::scope::{ROOT_NAMESPACE, Scope};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]

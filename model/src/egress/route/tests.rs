@@ -358,3 +358,44 @@ spec:
         "{refused}"
     );
 }
+
+#[test]
+fn without_a_closer_rule_the_root_namespace_then_an_exported_rule_applies() {
+    let rule_in = |namespace: &str, name: &str, selector: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+             metadata: {{name: {name}, namespace: {namespace}}}\n\
+             spec: {{host: nginx-mtls.common-ca.local,{selector}\n\
+             trafficPolicy: {{tls: {{mode: SIMPLE}}}}}}\n"
+        )
+    };
+    let se = &COMMON_CA[..COMMON_CA.find("---").unwrap()];
+    let chosen = |rules: &[String]| {
+        let e = egress(&format!("{se}{}", rules.concat()));
+        match e.route(
+            &client("a"),
+            addr("10.1.1.4:8443"),
+            OutboundPolicy::AllowAny,
+            &Resolved::new(),
+        ) {
+            EgressRoute::Declared(o) => o.tls.map(|(rule, _)| rule),
+            _ => None,
+        }
+    };
+    let exported = rule_in("other", "exported", "");
+    // A selector in the root namespace does not reach another namespace's clients.
+    let root_selecting = rule_in(
+        "istio-system",
+        "root-a",
+        " workloadSelector: {matchLabels: {app: a}},",
+    );
+    let root = rule_in("istio-system", "root", "");
+    assert_eq!(
+        chosen(&[exported.clone(), root_selecting.clone(), root]).as_deref(),
+        Some("istio-system/root")
+    );
+    assert_eq!(
+        chosen(&[exported, root_selecting]).as_deref(),
+        Some("other/exported")
+    );
+}
