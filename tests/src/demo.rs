@@ -269,8 +269,8 @@ fn tls_summary(m: &Mesh) -> Result<Vec<String>> {
 fn tls_path(d: &Service) -> String {
     d.log()
         .lines()
-        .find(|l| l.contains("hawser::tunnel::offload"))
-        .and_then(|l| l.split("hawser::tunnel::offload: ").nth(1))
+        .find(|l| l.contains("hawser::tls::offload"))
+        .and_then(|l| l.split("hawser::tls::offload: ").nth(1))
         .unwrap_or("the daemon said nothing about kernel TLS")
         .to_string()
 }

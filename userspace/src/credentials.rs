@@ -18,7 +18,7 @@ use std::{
     time::SystemTime,
 };
 
-use anyhow::{Context, Result, bail};
+use crate::failure::{Failure, Result};
 use rustls::{
     RootCertStore,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
@@ -43,14 +43,14 @@ impl CredentialRoots {
     pub fn resolve(&self, path: &Path) -> Result<PathBuf> {
         let real = path
             .canonicalize()
-            .with_context(|| format!("read {}", path.display()))?;
+            .map_err(|e| unusable(format!("read {}: {e}", path.display())))?;
         let inside = self
             .0
             .iter()
             .any(|root| root.canonicalize().is_ok_and(|root| real.starts_with(root)));
         match inside {
             true => Ok(real),
-            false => bail!(self.outside(path)),
+            false => Err(unusable(self.outside(path))),
         }
     }
 
@@ -184,7 +184,7 @@ impl Credentials {
             }
             Err(e) => match cache.get(&files) {
                 Some((_, last_good)) => {
-                    tracing::warn!(files = ?files, "TLS files changed but do not load; keeping the last good ones: {e:#}");
+                    tracing::warn!(files = ?files, "TLS files changed but do not load; keeping the last good ones: {e}");
                     Ok(last_good.clone())
                 }
                 None => Err(e),
@@ -203,7 +203,11 @@ impl Credentials {
         let plain = |part: &str| !part.is_empty() && !part.starts_with('.');
         match scoped.split_once('/') {
             Some((namespace, name)) if plain(namespace) && plain(name) && !name.contains('/') => {}
-            _ => bail!("credential {scoped:?} is not <namespace>/<name>"),
+            _ => {
+                return Err(unusable(format!(
+                    "credential {scoped:?} is not <namespace>/<name>"
+                )));
+            }
         }
         let ca_override = match ca_override {
             Some(ca) => {
@@ -219,7 +223,10 @@ impl Credentials {
         let name = scoped;
         let dir = self.dir.join(scoped);
         if !dir.is_dir() {
-            bail!("credential {name:?}: no directory {}", dir.display());
+            return Err(unusable(format!(
+                "credential {name:?}: no directory {}",
+                dir.display()
+            )));
         }
         let present = |file: &str| Some(dir.join(file)).filter(|p| p.exists());
         Ok(Files {
@@ -249,7 +256,7 @@ fn read(files: &Files) -> Result<Material> {
     let key = match &files.key {
         Some(path) => Some(
             PrivateKeyDer::from_pem_file(path)
-                .with_context(|| format!("no private key in {}", path.display()))?,
+                .map_err(|e| unusable(format!("no private key in {}: {e}", path.display())))?,
         ),
         None => None,
     };
@@ -257,9 +264,9 @@ fn read(files: &Files) -> Result<Material> {
         Some(path) => {
             let mut store = RootCertStore::empty();
             for cert in certificates(path)? {
-                store
-                    .add(cert)
-                    .with_context(|| format!("a CA certificate in {}", path.display()))?;
+                store.add(cert).map_err(|e| {
+                    unusable(format!("a CA certificate in {}: {e}", path.display()))
+                })?;
             }
             Some(Arc::new(store))
         }
@@ -270,13 +277,17 @@ fn read(files: &Files) -> Result<Material> {
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("read {}", path.display()))?
+        .map_err(|e| unusable(format!("read {}: {e}", path.display())))?
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("malformed PEM in {}", path.display()))?;
+        .map_err(|e| unusable(format!("malformed PEM in {}: {e}", path.display())))?;
     if certs.is_empty() {
-        bail!("no certificate in {}", path.display());
+        return Err(unusable(format!("no certificate in {}", path.display())));
     }
     Ok(certs)
+}
+
+fn unusable(why: String) -> Failure {
+    Failure::Credentials(why)
 }
 
 #[cfg(test)]

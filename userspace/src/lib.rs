@@ -10,11 +10,13 @@
 //! - `node`: the daemon that ties them together.
 
 pub mod admin;
+pub mod app;
 pub mod ca;
 pub mod cni;
 pub mod context;
 pub mod credentials;
 pub mod egress;
+pub mod failure;
 pub mod grpc;
 pub mod identity;
 pub mod logging;
@@ -25,5 +27,6 @@ pub mod proxy;
 pub mod redirect;
 pub mod reload;
 pub mod svid;
+pub mod tls;
 pub mod tunnel;
 pub mod workload;

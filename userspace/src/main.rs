@@ -4,11 +4,12 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hawser::{
     admin::cli::{self, AdminClient},
+    app,
     ca::{self, CaConfig},
     credentials::CredentialRoots,
     identity::pki::{self, CaSpec, KeyType},
     logging::{self, LogFormat},
-    node::{self, CaSettings, NodeConfig},
+    node::{CaSettings, NodeConfig},
     proxy::sockets::Keepalive,
     redirect::dataplane,
     svid::SvidConfig,
@@ -320,12 +321,19 @@ struct BpfArgs {
     pin_dir: PathBuf,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let cli = Cli::parse();
     let log_level = logging::init(cli.log_format);
     match cli.command {
-        Command::Node(args) => node::run(node_config(args, log_level)?).await,
+        Command::Node(args) => app::run_node(node_config(args, log_level)?),
+        command => tokio::runtime::Runtime::new()?.block_on(run(command)),
+    }
+}
+
+/// Every command but `node`, which has runtimes of its own (`app`).
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Node(_) => unreachable!("`hawser node` runs in app::run_node"),
         Command::Ca(args) => ca::run(ca_config(args)).await,
         Command::Pki(PkiCommand::RootCa { dir, spec }) => {
             pki::write_root_ca(&dir, &spec.spec("Root CA".into(), 3650))

@@ -12,7 +12,6 @@ use std::{
 use anyhow::{Context, Result, bail};
 use hawser_model::SpiffeId;
 use rustls::{
-    ClientConfig,
     crypto::CryptoProvider,
     pki_types::{CertificateDer, ServerName, UnixTime},
 };
@@ -21,25 +20,17 @@ use tokio_rustls::TlsConnector;
 
 use crate::{
     svid::TrustBundle,
-    tunnel::{
-        preamble::ALPN,
-        tls::{self, ServerCheck, Verifier},
+    tls::{
+        configs,
+        verify::{self, ServerCheck},
     },
 };
 
 /// The chain `addr` presents in its TLS handshake (the handshake is abandoned as soon as
 /// the chain is in: this client has no certificate to show).
 pub async fn presented(addr: SocketAddr) -> Result<Vec<CertificateDer<'static>>> {
-    let recorder = Arc::new(Verifier {
-        check: Recorder::default(),
-        provider: provider(),
-    });
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(recorder.clone())
-        .with_no_client_auth();
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    let recorder = Recorder::default();
+    let config = configs::mesh_probe(recorder.clone(), provider())?;
     let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
         .await
         .with_context(|| format!("connect {addr}: timed out"))?
@@ -47,7 +38,7 @@ pub async fn presented(addr: SocketAddr) -> Result<Vec<CertificateDer<'static>>>
     let name = ServerName::IpAddress(addr.ip().into());
     let handshake = TlsConnector::from(Arc::new(config)).connect(name, tcp);
     let ended = tokio::time::timeout(Duration::from_secs(10), handshake).await;
-    let chain = recorder.check.chain.lock().unwrap().take();
+    let chain = recorder.chain.lock().unwrap().take();
     match (chain, ended) {
         (Some(chain), _) => Ok(chain),
         (None, Ok(Err(e))) => bail!("{addr} presented no certificate: {e}"),
@@ -60,9 +51,9 @@ pub fn check(chain: &[CertificateDer<'_>], bundle: &TrustBundle) -> Result<Spiff
     let Some((leaf, intermediates)) = chain.split_first() else {
         bail!("an empty chain");
     };
-    let roots = tls::roots(bundle)?;
-    tls::verify_chain(leaf, intermediates, &roots, &provider(), UnixTime::now())?;
-    tls::peer_identity(leaf, bundle)
+    let roots = configs::roots(bundle)?;
+    verify::verify_chain(leaf, intermediates, &roots, &provider(), UnixTime::now())?;
+    Ok(verify::peer_identity(leaf, bundle)?)
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -70,9 +61,9 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Keeps the server's chain and ends the handshake there.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Recorder {
-    chain: Mutex<Option<Vec<CertificateDer<'static>>>>,
+    chain: Arc<Mutex<Option<Vec<CertificateDer<'static>>>>>,
 }
 
 impl ServerCheck for Recorder {

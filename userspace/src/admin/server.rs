@@ -39,14 +39,20 @@ pub struct Admin {
     pub series_grace: std::time::Duration,
 }
 
-/// Binds both servers (so that a taken port fails start-up), then serves them.
-pub async fn serve(admin: SocketAddr, metrics: SocketAddr, state: Admin) -> Result<()> {
+/// Binds both servers (so that a taken port fails start-up), then serves them; returns
+/// the addresses they are bound to (a port 0 asked for any).
+pub async fn serve(
+    admin: SocketAddr,
+    metrics: SocketAddr,
+    state: Admin,
+) -> Result<(SocketAddr, SocketAddr)> {
     let admin_listener = TcpListener::bind(admin)
         .await
         .with_context(|| format!("admin API: bind {admin} (taken? set --admin-addr)"))?;
     let metrics_listener = TcpListener::bind(metrics)
         .await
         .with_context(|| format!("metrics: bind {metrics} (taken? set --metrics-addr)"))?;
+    let (admin, metrics) = (admin_listener.local_addr()?, metrics_listener.local_addr()?);
     tracing::info!(%admin, %metrics, "admin API and metrics listening");
     let admin_routes = Router::new()
         .route("/status", get(status))
@@ -63,7 +69,7 @@ pub async fn serve(admin: SocketAddr, metrics: SocketAddr, state: Admin) -> Resu
         .with_state(state);
     tokio::spawn(run(admin_listener, admin_routes));
     tokio::spawn(run(metrics_listener, metrics_routes));
-    Ok(())
+    Ok((admin, metrics))
 }
 
 async fn run(listener: TcpListener, routes: Router) {

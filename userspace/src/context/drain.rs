@@ -1,9 +1,13 @@
-//! Shutting down without cutting what can finish. Every connection is a task of one
-//! tracker; on SIGTERM the daemon stops accepting, lets open connections run to their end
-//! for the drain window, then cuts the rest (each logs why) and exits.
+//! The data plane's tasks, and shutting down without cutting what can finish. Listeners
+//! and connections run on the data-plane runtime (the control runtime keeps sources, the
+//! CA client, reconciling and the admin API, so a busy relay never delays a policy
+//! change or a probe). Every connection is a task of one tracker; on SIGTERM the daemon
+//! stops accepting, lets open connections run to their end for the drain window, then
+//! cuts the rest (each logs why) and exits.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, io, time::Duration};
 
+use tokio::{net::TcpListener, runtime::Handle, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// Why a connection still open at the deadline was cut (its access log says so).
@@ -12,16 +16,36 @@ pub const CUT_AT_DEADLINE: &str = "the daemon is shutting down and its drain win
 /// How long cut connections get to reset their sockets and log.
 const CUT_GRACE: Duration = Duration::from_secs(5);
 
-#[derive(Default)]
 pub struct Drain {
+    /// The data-plane runtime.
+    runtime: Handle,
     connections: TaskTracker,
     deadline: CancellationToken,
 }
 
 impl Drain {
-    /// Runs one connection's handling as a tracked task.
+    pub fn new(runtime: Handle) -> Self {
+        Self {
+            runtime,
+            connections: TaskTracker::new(),
+            deadline: CancellationToken::new(),
+        }
+    }
+
+    /// A listener whose readiness the data-plane runtime watches.
+    pub fn listener(&self, listener: std::net::TcpListener) -> io::Result<TcpListener> {
+        let _data = self.runtime.enter();
+        TcpListener::from_std(listener)
+    }
+
+    /// Runs a listener's accept loop on the data-plane runtime (stopped by aborting it).
+    pub fn serve(&self, accepting: impl Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+        self.runtime.spawn(accepting)
+    }
+
+    /// Runs one connection's handling as a tracked task on the data-plane runtime.
     pub fn spawn(&self, connection: impl Future<Output = ()> + Send + 'static) {
-        self.connections.spawn(connection);
+        self.connections.spawn_on(connection, &self.runtime);
     }
 
     /// Cancelled when the drain window ends: a connection still open must end now.
@@ -62,7 +86,7 @@ mod tests {
 
     #[tokio::test]
     async fn open_connections_finish_within_the_window_and_the_rest_are_cut() {
-        let drain = Drain::default();
+        let drain = Drain::new(Handle::current());
         let (finished_tx, finished) = tokio::sync::oneshot::channel();
         drain.spawn(async move {
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -2,29 +2,33 @@
 //! it: admission by policy (checked again while the connection lives), port settings,
 //! the pod's SVID.
 
-use std::sync::Arc;
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
-use anyhow::{Context, Result};
 use hawser_model::{
     SpiffeId, Workload,
     policy::{self, Principal},
     ports::{self, PortSettings},
 };
-use tokio::sync::watch;
+use tokio::{net::TcpStream, sync::watch};
 
 use super::{shared::Shared, steering::Steering};
 
 /// How long a connection waits for its pod's SVID (and the trust bundle) to arrive.
 pub const SVID_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::{
+    failure::{Failure, Result},
     metrics::METRICS,
     proxy::{
         live::{Admitted, Live, Ticket},
         refusal::Refusal,
+        sockets,
         unauthenticated::Unauthenticated,
     },
     svid::{Svid, TrustBundle},
-    tunnel::configs::TlsConfigs,
+    tls::cache::TlsConfigs,
 };
 
 /// What a connection handler needs to know about the pod it serves.
@@ -72,7 +76,7 @@ impl PodContext {
             let bundle = svids.trust_bundle().borrow().clone();
             bundle
                 .check_revoked(a.serial.as_deref(), &id.to_string())
-                .map_err(|e| Refusal::Revoked(format!("{e:#}")))?;
+                .map_err(|e| Refusal::Revoked(e.to_string()))?;
         }
         self.admit(a.port, a.principal.as_ref())
             .map(|_| ())
@@ -95,6 +99,23 @@ impl PodContext {
         if cut > 0 {
             tracing::info!(pod = %self.key, cut, "open connections no longer allowed were cut");
         }
+    }
+
+    /// An unconnected socket in the pod's namespace for `dst`, bound to `source` when
+    /// given.
+    pub async fn socket(
+        &self,
+        dst: SocketAddr,
+        source: Option<IpAddr>,
+    ) -> Result<std::net::TcpStream> {
+        let socket = self.net.outbound_socket(dst, source).await;
+        socket.map_err(|e| Failure::io(format!("a socket in {} for {dst}", self.key), e))
+    }
+
+    /// Connects from inside the pod's namespace to `dst`.
+    pub async fn connect(&self, dst: SocketAddr) -> Result<TcpStream> {
+        let socket = self.socket(dst, None).await?;
+        sockets::connect(socket, dst, self.shared.keepalive).await
     }
 
     /// What `port` of this pod asks for (`InboundPorts`); the defaults when nothing does.
@@ -130,12 +151,11 @@ impl PodContext {
     /// The pod's SVID and the trust bundle to check peers with, or why there are none.
     pub fn credentials(&self) -> Result<(Arc<Svid>, Arc<TrustBundle>)> {
         let (Some(svid), Some(svids)) = (&self.svid, &self.shared.svids) else {
-            anyhow::bail!("the daemon runs without a CA");
+            return Err(Failure::NotReady("the daemon runs without a CA".into()));
         };
-        let svid = svid
-            .borrow()
-            .clone()
-            .with_context(|| format!("no SVID for {} yet", self.identity))?;
+        let svid = svid.borrow().clone();
+        let svid =
+            svid.ok_or_else(|| Failure::NotReady(format!("no SVID for {} yet", self.identity)))?;
         Ok((svid, svids.trust_bundle().borrow().clone()))
     }
 }

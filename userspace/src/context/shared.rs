@@ -15,7 +15,7 @@ use crate::{
     credentials::Credentials,
     proxy::{same_node::Originated, sockets::Keepalive},
     svid::SvidManager,
-    tunnel::offload::Offload,
+    tls::offload::Offload,
 };
 
 /// What every pod's enrollment shares.

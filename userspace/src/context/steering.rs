@@ -11,6 +11,8 @@ use std::{
     pin::Pin,
 };
 
+use crate::failure::Failure;
+
 /// A socket being made (in the pod's namespace, on its own thread).
 pub type SocketFuture<'a> =
     Pin<Box<dyn Future<Output = io::Result<std::net::TcpStream>> + Send + 'a>>;
@@ -34,7 +36,7 @@ pub trait Steering: Send + Sync {
 
     /// Lets the delivery from `bound` reach the app at `dst` instead of being steered
     /// back to the daemon, until forgotten.
-    fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> anyhow::Result<()>;
+    fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> Result<(), Failure>;
 
     fn forget_delivery(&self, bound: SocketAddr, dst: SocketAddr);
 }

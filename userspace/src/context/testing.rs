@@ -12,14 +12,16 @@ use hawser_model::{Registry, SpiffeId, Workload, egress::OutboundPolicy};
 use tokio::sync::watch;
 
 use super::{
+    drain::Drain,
     pod::PodContext,
     shared::Shared,
     steering::{SocketFuture, Steering},
 };
 use crate::{
     credentials::{CredentialRoots, Credentials},
+    failure::Failure,
     proxy::sockets::{self, Keepalive},
-    tunnel::{configs::TlsConfigs, offload::Offload},
+    tls::{cache::TlsConfigs, offload::Offload},
 };
 
 /// Steering as a test sets it up, by the client's address: the original destinations of
@@ -51,7 +53,7 @@ impl Steering for FakeSteering {
         Box::pin(async move { sockets::outbound(client, None) })
     }
 
-    fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> anyhow::Result<()> {
+    fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> Result<(), Failure> {
         self.announced.lock().unwrap().push((bound, dst));
         Ok(())
     }
@@ -81,7 +83,7 @@ pub fn pod(
         keepalive: Keepalive {
             idle: Duration::from_secs(60),
         },
-        drain: Default::default(),
+        drain: Drain::new(tokio::runtime::Handle::current()),
     });
     Arc::new(PodContext {
         key: workload.key(),

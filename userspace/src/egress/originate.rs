@@ -9,35 +9,22 @@ use std::{
     task::{Context, Poll},
 };
 
-use anyhow::Result;
-use rustls::{
-    ClientConfig, RootCertStore,
-    crypto::CryptoProvider,
-    pki_types::{CertificateDer, ServerName, UnixTime},
-};
+use rustls::{ClientConfig, RootCertStore, crypto::CryptoProvider, pki_types::ServerName};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
-use tokio_rustls::TlsConnector;
 
 use crate::{
     context::pod::PodContext,
-    identity::certs,
-    proxy::sockets,
-    tunnel::{
-        self,
-        offload::TunnelStream,
-        tls::{self, ServerCheck, Verifier},
-    },
+    failure::{Failure, Result},
+    tls::{self, configs, offload::TunnelStream, verify::ExpectedServer},
 };
 use hawser_model::egress::{ClientTls, TlsMode, route::Origination};
 
 /// Connects from inside the pod's namespace to the upstream.
 pub async fn dial(pod: &PodContext, o: &Origination) -> Result<TcpStream> {
-    let upstream = o.upstream;
-    let socket = pod.net.outbound_socket(upstream, None).await?;
-    sockets::connect(socket, upstream, pod.shared.keepalive).await
+    pod.connect(o.upstream).await
 }
 
 /// Dials and originates TLS as `settings` say.
@@ -51,8 +38,7 @@ pub async fn tls(pod: &PodContext, o: &Origination, settings: &ClientTls) -> Res
         .filter(|_| !sni.starts_with('*'))
         .unwrap_or_else(|| ServerName::IpAddress(o.upstream.ip().into()));
     let tcp = dial(pod, o).await?;
-    let handshake = TlsConnector::from(Arc::new(config)).connect(name, offload.prepare(tcp));
-    let stream = tunnel::bounded("egress", o.upstream, handshake).await?;
+    let stream = tls::connect("egress", o.upstream, tcp, Arc::new(config), name, offload).await?;
     Ok(match offload.client(stream).await? {
         TunnelStream::Userspace(s) => TunnelStream::Userspace(Box::new(EofWithoutCloseNotify(s))),
         kernel => kernel,
@@ -103,10 +89,11 @@ fn client_config(
     settings: &ClientTls,
     provider: Arc<CryptoProvider>,
 ) -> Result<ClientConfig> {
-    let (roots, client) = match settings.mode {
+    let (roots, identity) = match settings.mode {
         TlsMode::IstioMutual => {
             let (svid, bundle) = pod.credentials()?;
-            (Arc::new(tls::roots(&bundle)?), Some(tls::chain(&svid)?))
+            let roots = Arc::new(configs::roots(&bundle)?);
+            (roots, Some(configs::svid_identity(&svid)?))
         }
         _ => {
             let material = pod.shared.credentials.client(settings)?;
@@ -114,32 +101,19 @@ fn client_config(
                 Some(roots) => roots.clone(),
                 None => system_roots()?,
             };
-            let client = match (&material.key, settings.mode) {
+            let identity = match (&material.key, settings.mode) {
                 (Some(key), TlsMode::Mutual) => Some((material.chain.clone(), key.clone_key())),
                 _ => None,
             };
-            (roots, client)
+            (roots, identity)
         }
     };
-    let verifier = Arc::new(Verifier {
-        check: ExpectedServer {
-            roots,
-            names: expected_names(o, settings),
-            provider: provider.clone(),
-        },
+    let check = ExpectedServer {
+        roots,
+        names: expected_names(o, settings),
         provider: provider.clone(),
-    });
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier);
-    let mut config = match client {
-        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
-        None => builder.with_no_client_auth(),
     };
-    config.resumption = rustls::client::Resumption::disabled();
-    config.enable_secret_extraction = true;
-    Ok(config)
+    configs::origination(check, identity, provider)
 }
 
 /// `subjectAltNames` when given, else the SNI (or the host): one must be in the server's
@@ -155,55 +129,10 @@ fn system_roots() -> Result<Arc<RootCertStore>> {
     let found = rustls_native_certs::load_native_certs();
     let mut store = RootCertStore::empty();
     store.add_parsable_certificates(found.certs);
-    anyhow::ensure!(
-        !store.is_empty(),
-        "no caCertificates given and no system CA roots found"
-    );
+    if store.is_empty() {
+        return Err(Failure::Credentials(
+            "no caCertificates given and no system CA roots found".into(),
+        ));
+    }
     Ok(Arc::new(store))
-}
-
-/// The server's chain must reach `roots`, and its certificate must carry one of `names`
-/// (DNS names or IPs checked as TLS clients do; `spiffe://` URIs against its URI SANs).
-#[derive(Debug)]
-struct ExpectedServer {
-    roots: Arc<RootCertStore>,
-    names: Vec<String>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ExpectedServer {
-    fn carries(
-        &self,
-        cert: &webpki::EndEntityCert<'_>,
-        der: &CertificateDer<'_>,
-        name: &str,
-    ) -> bool {
-        if name.starts_with("spiffe://") {
-            let pem = pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref().to_vec()));
-            return certs::info(&pem).is_ok_and(|info| info.uri_sans.iter().any(|u| u == name));
-        }
-        ServerName::try_from(name).is_ok_and(|n| cert.verify_is_valid_for_subject_name(&n).is_ok())
-    }
-}
-
-impl ServerCheck for ExpectedServer {
-    fn check(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<(), rustls::Error> {
-        let cert = tls::verify_chain(end_entity, intermediates, &self.roots, &self.provider, now)?;
-        if self
-            .names
-            .iter()
-            .any(|n| self.carries(&cert, end_entity, n))
-        {
-            return Ok(());
-        }
-        Err(rustls::Error::General(format!(
-            "the server certificate is for none of {:?}",
-            self.names
-        )))
-    }
 }

@@ -1,24 +1,25 @@
 //! The node daemon: follows the workload source and keeps the node's pods enrolled.
+//! `start` brings it up on the caller's (control) runtime with its listeners and
+//! connections on the data-plane runtime it is given, and returns a handle to stop it.
 
 pub mod pod;
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::watch,
-};
+use tokio::{runtime::Handle, sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     admin::{self, server::Admin},
     cni,
-    context::{shared::Shared, status::NodeStatus},
+    context::{drain::Drain, shared::Shared, status::NodeStatus},
     credentials::{CredentialRoots, Credentials},
     egress::dns,
     logging::LogLevel,
@@ -26,7 +27,7 @@ use crate::{
     proxy::sockets::Keepalive,
     redirect::Dataplane,
     svid::{CaClient, CaClientConfig, SvidConfig, SvidManager},
-    tunnel::offload::Offload,
+    tls::offload::Offload,
     workload,
 };
 use hawser_model::{Registry, Workload, egress::OutboundPolicy};
@@ -81,7 +82,38 @@ type Pods = BTreeMap<String, EnrolledPod>;
 /// held closed in (when it could be captured).
 type Closed = BTreeMap<String, Option<u64>>;
 
-pub async fn run(config: NodeConfig) -> Result<()> {
+/// A running node daemon.
+pub struct Bound {
+    /// Where the admin API and the metrics listen.
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    shutdown: CancellationToken,
+    /// Cancelled when the daemon has ended (shut down, or its workload source ended).
+    ended: CancellationToken,
+    running: JoinHandle<()>,
+}
+
+impl Bound {
+    /// Stops accepting and drains (see `context::drain`); `wait` sees the end.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Once the daemon has ended on its own (its workload source ended).
+    pub async fn ended(&self) {
+        self.ended.cancelled().await
+    }
+
+    /// Until the daemon has shut down (or its workload source ended).
+    pub async fn wait(self) -> Result<()> {
+        Ok(self.running.await?)
+    }
+}
+
+/// Brings the daemon up: eBPF, sources, identities, the admin API, the first
+/// reconcile; then follows changes in a task of the calling runtime. Listeners and
+/// relayed connections run on `data`.
+pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
     raise_open_files_limit();
     let dataplane = Arc::new(Dataplane::load(&config.pin_dir, &config.cgroup)?);
     let source = workload::start(&config.source).await?;
@@ -125,7 +157,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         resolved: dns::follow(dns::resolver(config.dns_server)?, registry.clone()),
         originated: Arc::default(),
         keepalive: config.keepalive,
-        drain: Default::default(),
+        drain: Drain::new(data),
     });
     let (status_tx, status) = watch::channel(NodeStatus::default());
     if let (Some(socket), Some(state)) = (&config.cni_socket, cni_state) {
@@ -138,7 +170,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         }
         .serve(socket)?;
     }
-    admin::server::serve(
+    let (admin, metrics) = admin::server::serve(
         config.admin_addr,
         config.metrics_addr,
         Admin {
@@ -151,53 +183,178 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         },
     )
     .await?;
-    let mut pods = Pods::new();
-    let mut closed = Closed::new();
+    let mut node = Reconciler {
+        name: config.node_name.clone(),
+        pods: Pods::new(),
+        closed: Closed::new(),
+        shared,
+        dataplane,
+        status: status_tx,
+    };
     let snapshot = registry.borrow_and_update().clone();
-    let mut pending = reconcile(
-        &config.node_name,
-        &snapshot,
-        &mut pods,
-        &mut closed,
-        &shared,
-        &dataplane,
-        &status_tx,
-    )
-    .await;
-    prune_earlier_runs(&dataplane, &pods, &closed);
-    tracing::info!(node = %config.node_name, pods = pods.len(), "node ready");
+    let pending = node.reconcile(&snapshot).await;
+    prune_earlier_runs(&node.dataplane, &node.pods, &node.closed);
+    tracing::info!(node = %node.name, pods = node.pods.len(), "node ready");
+    let (shutdown, ended) = (CancellationToken::new(), CancellationToken::new());
+    let following = node.follow(registry, pending, shutdown.clone(), config.drain);
+    let done = ended.clone().drop_guard();
+    let running = tokio::spawn(async move {
+        following.await;
+        drop(done);
+    });
+    Ok(Bound {
+        admin,
+        metrics,
+        shutdown,
+        ended,
+        running,
+    })
+}
 
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut retry = tokio::time::interval(Duration::from_secs(2));
-    let mut bundle = shared.svids.as_ref().map(|svids| svids.trust_bundle());
-    loop {
-        tokio::select! {
-            changed = registry.changed() => {
-                if changed.is_err() { break; }
-                let snapshot = registry.borrow_and_update().clone();
-                pending = reconcile(&config.node_name, &snapshot, &mut pods, &mut closed, &shared, &dataplane, &status_tx).await;
-                recheck(&pods);
+/// The reconcile loop's state.
+struct Reconciler {
+    name: String,
+    pods: Pods,
+    closed: Closed,
+    shared: Arc<Shared>,
+    dataplane: Arc<Dataplane>,
+    status: watch::Sender<NodeStatus>,
+}
+
+impl Reconciler {
+    /// Follows the registry, the trust bundle and failed enrollments until `shutdown`,
+    /// then drains for `drain`.
+    async fn follow(
+        mut self,
+        mut registry: watch::Receiver<Arc<Registry>>,
+        mut pending: bool,
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) {
+        let mut retry = tokio::time::interval(Duration::from_secs(2));
+        let mut bundle = self.shared.svids.as_ref().map(|svids| svids.trust_bundle());
+        loop {
+            tokio::select! {
+                changed = registry.changed() => {
+                    if changed.is_err() { break; }
+                    let snapshot = registry.borrow_and_update().clone();
+                    pending = self.reconcile(&snapshot).await;
+                    recheck(&self.pods);
+                }
+                // Roots and revocations: open connections are checked against them too.
+                Ok(()) = bundle_changed(&mut bundle) => recheck(&self.pods),
+                _ = retry.tick(), if pending => {
+                    let snapshot = registry.borrow().clone();
+                    pending = self.reconcile(&snapshot).await;
+                }
+                _ = shutdown.cancelled() => break,
             }
-            // Roots and revocations: open connections are checked against them too.
-            Ok(()) = bundle_changed(&mut bundle) => recheck(&pods),
-            _ = retry.tick(), if pending => {
-                let snapshot = registry.borrow().clone();
-                pending = reconcile(&config.node_name, &snapshot, &mut pods, &mut closed, &shared, &dataplane, &status_tx).await;
-            }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
         }
+        self.shut_down(drain).await;
     }
-    // Pins stay: enrolled pods keep being steered to listeners that are now gone, so their
-    // new connections fail until a daemon is back.
-    tracing::info!(
-        "shutting down; enrolled pods stay captured (fail closed) until the daemon returns"
-    );
-    for pod in pods.values() {
-        pod.stop_accepting();
+
+    /// Brings the enrolled set in line with the workloads on this node, and publishes it.
+    /// Returns whether some enrollment failed and should be retried. Only a pod that left the
+    /// workload source is released; one whose enrollment fails stays closed.
+    async fn reconcile(&mut self, registry: &Registry) -> bool {
+        let Reconciler {
+            name: node,
+            pods,
+            closed,
+            shared,
+            dataplane,
+            status,
+        } = self;
+        // A pod whose namespace the CNI plugin has not handed over yet has not started.
+        let desired: BTreeMap<String, &Workload> = registry
+            .on_node(node)
+            .filter(|w| w.netns.is_some())
+            .map(|w| (w.key(), w))
+            .collect();
+        let stale: Vec<String> = pods
+            .iter()
+            .filter(|(key, pod)| desired.get(*key) != Some(&&pod.ctx.workload))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            let Some(pod) = pods.remove(&key) else {
+                continue;
+            };
+            // Same pod, same namespace, new settings: re-enrolled below without a release.
+            let same_netns = desired
+                .get(&key)
+                .is_some_and(|w| w.netns == pod.ctx.workload.netns);
+            if same_netns {
+                pod.retire();
+            } else {
+                pod.unenroll().await;
+            }
+        }
+        closed.retain(|key, cookie| {
+            if desired.contains_key(key) {
+                return true;
+            }
+            if let Some(cookie) = cookie {
+                tracing::info!(pod = %key, "releasing a pod that left the workload source");
+                dataplane.unenroll(*cookie);
+            }
+            false
+        });
+        for (key, workload) in desired {
+            if pods.contains_key(&key) {
+                continue;
+            }
+            match EnrolledPod::enroll(workload.clone(), shared.clone(), dataplane).await {
+                Ok(pod) => {
+                    closed.remove(&key);
+                    pods.insert(key, pod);
+                }
+                Err(failed) => {
+                    let state = if failed.netns_cookie.is_some() {
+                        "held closed"
+                    } else {
+                        "not capturable yet"
+                    };
+                    tracing::error!(pod = %key, "enrollment failed ({state}), will retry: {:#}", failed.error);
+                    let known = closed.get(&key).copied().flatten();
+                    closed.insert(key, failed.netns_cookie.or(known));
+                }
+            }
+        }
+        // Metric series may name this node's enrolled pods and the mesh's other workloads.
+        let present = pods
+            .keys()
+            .cloned()
+            .chain(
+                registry
+                    .workloads
+                    .values()
+                    .filter(|w| w.node_name != *node)
+                    .map(Workload::key),
+            )
+            .collect();
+        METRICS.workloads_present(&present);
+        METRICS.unenforceable(&registry.policies);
+        let pending = !closed.is_empty();
+        status.send_replace(NodeStatus {
+            pods: pods.values().map(|p| p.ctx.clone()).collect(),
+            reconciled: true,
+            failing: closed.keys().cloned().collect(),
+        });
+        pending
     }
-    shared.drain.finish(config.drain).await;
-    Ok(())
+
+    async fn shut_down(self, drain: Duration) {
+        // Pins stay: enrolled pods keep being steered to listeners that are now gone, so their
+        // new connections fail until a daemon is back.
+        tracing::info!(
+            "shutting down; enrolled pods stay captured (fail closed) until the daemon returns"
+        );
+        for pod in self.pods.values() {
+            pod.stop_accepting();
+        }
+        self.shared.drain.finish(drain).await;
+    }
 }
 
 /// Every relayed connection holds two or three descriptors: at the usual soft limit of
@@ -247,97 +404,6 @@ async fn bundle_changed(
         Some(bundle) => bundle.changed().await,
         None => std::future::pending().await,
     }
-}
-
-/// Brings the enrolled set in line with the workloads on this node, and publishes it.
-/// Returns whether some enrollment failed and should be retried. Only a pod that left the
-/// workload source is released; one whose enrollment fails stays closed.
-async fn reconcile(
-    node: &str,
-    registry: &Registry,
-    pods: &mut Pods,
-    closed: &mut Closed,
-    shared: &Arc<Shared>,
-    dataplane: &Arc<Dataplane>,
-    status: &watch::Sender<NodeStatus>,
-) -> bool {
-    // A pod whose namespace the CNI plugin has not handed over yet has not started.
-    let desired: BTreeMap<String, &Workload> = registry
-        .on_node(node)
-        .filter(|w| w.netns.is_some())
-        .map(|w| (w.key(), w))
-        .collect();
-    let stale: Vec<String> = pods
-        .iter()
-        .filter(|(key, pod)| desired.get(*key) != Some(&&pod.ctx.workload))
-        .map(|(key, _)| key.clone())
-        .collect();
-    for key in stale {
-        let Some(pod) = pods.remove(&key) else {
-            continue;
-        };
-        // Same pod, same namespace, new settings: re-enrolled below without a release.
-        let same_netns = desired
-            .get(&key)
-            .is_some_and(|w| w.netns == pod.ctx.workload.netns);
-        if same_netns {
-            pod.retire();
-        } else {
-            pod.unenroll().await;
-        }
-    }
-    closed.retain(|key, cookie| {
-        if desired.contains_key(key) {
-            return true;
-        }
-        if let Some(cookie) = cookie {
-            tracing::info!(pod = %key, "releasing a pod that left the workload source");
-            dataplane.unenroll(*cookie);
-        }
-        false
-    });
-    for (key, workload) in desired {
-        if pods.contains_key(&key) {
-            continue;
-        }
-        match EnrolledPod::enroll(workload.clone(), shared.clone(), dataplane).await {
-            Ok(pod) => {
-                closed.remove(&key);
-                pods.insert(key, pod);
-            }
-            Err(failed) => {
-                let state = if failed.netns_cookie.is_some() {
-                    "held closed"
-                } else {
-                    "not capturable yet"
-                };
-                tracing::error!(pod = %key, "enrollment failed ({state}), will retry: {:#}", failed.error);
-                let known = closed.get(&key).copied().flatten();
-                closed.insert(key, failed.netns_cookie.or(known));
-            }
-        }
-    }
-    // Metric series may name this node's enrolled pods and the mesh's other workloads.
-    let present = pods
-        .keys()
-        .cloned()
-        .chain(
-            registry
-                .workloads
-                .values()
-                .filter(|w| w.node_name != node)
-                .map(Workload::key),
-        )
-        .collect();
-    METRICS.workloads_present(&present);
-    METRICS.unenforceable(&registry.policies);
-    let pending = !closed.is_empty();
-    status.send_replace(NodeStatus {
-        pods: pods.values().map(|p| p.ctx.clone()).collect(),
-        reconciled: true,
-        failing: closed.keys().cloned().collect(),
-    });
-    pending
 }
 
 /// Releases eBPF state left by an earlier run for pods that are no longer configured.

@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use hawser_common::{LISTENER_INBOUND, LISTENER_OUTBOUND, LISTENER_TUNNEL};
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::task::JoinHandle;
 
 use crate::{
     context::{pod::PodContext, shared::Shared},
     netns::Netns,
     proxy::{inbound, outbound, sockets},
     redirect::{Dataplane, captured::Captured, pod_routing},
-    tunnel::configs::TlsConfigs,
+    tls::cache::TlsConfigs,
 };
 use hawser_model::{SpiffeId, Workload};
 
@@ -124,18 +124,17 @@ impl EnrolledPod {
         ] {
             captured.dataplane.set_listener(cookie, kind, listener)?;
         }
-        self.servers.push(tokio::spawn(outbound::serve(
-            TcpListener::from_std(l.outbound)?,
-            ctx.clone(),
-        )));
-        self.servers.push(tokio::spawn(inbound::serve(
-            TcpListener::from_std(l.inbound)?,
-            ctx.clone(),
-        )));
-        self.servers.push(tokio::spawn(inbound::serve_tunnel(
-            TcpListener::from_std(l.tunnel)?,
-            ctx.clone(),
-        )));
+        let data = &ctx.shared.drain;
+        let (outbound, inbound, tunnel) = (
+            data.listener(l.outbound)?,
+            data.listener(l.inbound)?,
+            data.listener(l.tunnel)?,
+        );
+        self.servers.extend([
+            data.serve(outbound::serve(outbound, ctx.clone())),
+            data.serve(inbound::serve(inbound, ctx.clone())),
+            data.serve(inbound::serve_tunnel(tunnel, ctx.clone())),
+        ]);
         Ok(())
     }
 

@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 
-use anyhow::{Context, Result};
 use hawser_model::{
     policy::Principal,
     proxy_v2::{self, ClientCertificate},
@@ -16,6 +15,7 @@ use rustls::{CommonState, pki_types::CertificateDer};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::live::Admitted;
+use crate::failure::{Failure, Result};
 
 /// An inbound connection's client, as far as it was proven.
 #[derive(Clone, Debug)]
@@ -45,7 +45,7 @@ pub fn client_certificate(
     session: &CommonState,
 ) -> Result<ClientCertificate> {
     let (_, cert) = X509Certificate::from_der(leaf.as_ref())
-        .map_err(|e| anyhow::anyhow!("malformed client certificate: {e}"))?;
+        .map_err(|e| Failure::Peer(format!("malformed client certificate: {e}")))?;
     let sans = cert
         .subject_alternative_name()
         .ok()
@@ -69,10 +69,9 @@ pub fn client_certificate(
         .next()
         .and_then(|cn| cn.as_str().ok())
         .map(str::to_string);
-    let version = session.protocol_version().context("no TLS version")?;
-    let cipher = session
-        .negotiated_cipher_suite()
-        .context("no cipher suite")?;
+    let unfinished = || Failure::Peer("the TLS session negotiated no version or cipher".into());
+    let version = session.protocol_version().ok_or_else(unfinished)?;
+    let cipher = session.negotiated_cipher_suite().ok_or_else(unfinished)?;
     Ok(ClientCertificate {
         serial: cert.tbs_certificate.raw_serial_as_string().replace(':', ""),
         common_name,

@@ -17,10 +17,8 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::tunnel::{
-    offload::Stream,
-    splice::{self, unless_gone},
-};
+use super::splice::{self, unless_gone};
+use crate::tls::offload::Stream;
 
 const BUFFER: usize = 16 * 1024;
 

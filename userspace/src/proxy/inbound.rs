@@ -3,7 +3,6 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use anyhow::{Context, Result, bail};
 use hawser_common::{INBOUND_PORT, OUTBOUND_PORT, TUNNEL_PORT};
 use tokio::{
     io::AsyncWriteExt,
@@ -18,7 +17,11 @@ use super::{
     relay::{Connection, Direction},
     sockets, terminate,
 };
-use crate::{context::pod::PodContext, tunnel};
+use crate::{
+    context::pod::PodContext,
+    failure::{Failure, Result},
+    tunnel,
+};
 use hawser_model::ports::{PortSettings, ServerTls};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
@@ -159,10 +162,15 @@ async fn deliver(pod: &PodContext, caller: &Caller, settings: &PortSettings) -> 
     let (client, dst) = (caller.src, caller.dst);
     let own = [OUTBOUND_PORT, INBOUND_PORT, TUNNEL_PORT];
     if own.contains(&dst.port()) || pod.listener_ports.contains(&dst.port()) {
-        bail!("port {} is the daemon's own", dst.port());
+        return Err(Failure::Peer(format!(
+            "port {} is the daemon's own",
+            dst.port()
+        )));
     }
-    let socket = pod.net.delivery_socket(client).await?;
-    let bound = socket.local_addr()?;
+    let socket = pod.net.delivery_socket(client).await;
+    let socket = socket.map_err(|e| Failure::io("a delivery socket in the pod", e))?;
+    let bound = socket.local_addr();
+    let bound = bound.map_err(|e| Failure::io("the bound address", e))?;
     // Announced, sk_lookup lets this connection through to the app instead of steering it
     // back to us.
     pod.net.announce_delivery(bound, dst)?;
@@ -170,10 +178,10 @@ async fn deliver(pod: &PodContext, caller: &Caller, settings: &PortSettings) -> 
     pod.net.forget_delivery(bound, dst);
     let mut app = connected?;
     if settings.proxy_protocol {
-        let header = caller.proxy_header()?;
-        app.write_all(&header)
-            .await
-            .context("PROXY header to the app")?;
+        let header = caller.proxy_header();
+        let header = header.map_err(|e| Failure::Peer(format!("PROXY header: {e}")))?;
+        let written = app.write_all(&header).await;
+        written.map_err(|e| Failure::io("PROXY header to the app", e))?;
     }
     Ok(app)
 }

@@ -2,7 +2,7 @@
 //!
 //! `outbound` serves connections the connect hooks captured in a pod, `inbound` serves
 //! connections sk_lookup steered to a pod from the network (`terminate` does the TLS of
-//! ports that ask for it, `caller` tells the app who called), `relay` moves the bytes and
+//! ports that ask for it, `caller` tells the app who called), `relay` moves the bytes (`copy` in userspace, `splice` under kernel TLS) and
 //! logs each connection (`refusal`: why one was refused).
 
 pub mod caller;
@@ -14,6 +14,7 @@ pub mod refusal;
 pub mod relay;
 pub mod same_node;
 pub mod sockets;
+pub mod splice;
 pub mod terminate;
 pub mod unauthenticated;
 

@@ -3,7 +3,6 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use anyhow::Result;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{
@@ -13,7 +12,12 @@ use super::{
     same_node::{Origin, Record},
     sockets,
 };
-use crate::{context::pod::PodContext, egress::originate, tunnel};
+use crate::{
+    context::pod::PodContext,
+    egress::originate,
+    failure::{Failure, Result},
+    tunnel,
+};
 use hawser_model::{egress::route::Origination, route::Route};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
@@ -40,7 +44,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext) {
         dst,
     );
     match pod.shared.route(&pod.workload, dst) {
-        Route::Direct { to } => match connect(pod, to).await {
+        Route::Direct { to } => match pod.connect(to).await {
             Ok(upstream) => conn.relay(client, upstream).await,
             Err(e) => conn.refuse(Refusal::Connect(e)),
         },
@@ -85,12 +89,6 @@ async fn egress(conn: Connection, client: TcpStream, pod: &PodContext, o: &Origi
     }
 }
 
-/// Connects to `dst` with a socket made inside the pod's namespace.
-async fn connect(pod: &PodContext, dst: SocketAddr) -> Result<TcpStream> {
-    let socket = pod.net.outbound_socket(dst, None).await?;
-    sockets::connect(socket, dst, pod.shared.keepalive).await
-}
-
 /// Connects to a pod of this node, recording the exact connection as this pod's before it
 /// exists, so the other pod's inbound side can tell it from one with a borrowed address.
 /// The record lives as long as the returned guard.
@@ -98,18 +96,15 @@ async fn connect_local(pod: &PodContext, dst: SocketAddr) -> Result<(TcpStream, 
     // The pod's address of the destination's family; without one (an address not yet
     // known, a dual-stack pod declared with one family) it goes unauthenticated.
     let source = pod.workload.ip_like(dst.ip());
-    let socket = pod.net.outbound_socket(dst, source).await?;
-    let record = match source {
-        Some(_) => Some(pod.shared.originated.record(
-            sockets::canonical(socket.local_addr()?),
-            dst,
-            Origin {
-                identity: pod.identity.clone(),
-                serial: pod.svid().map(|svid| svid.serial.clone()),
-            },
-        )),
-        None => None,
+    let socket = pod.socket(dst, source).await?;
+    let bound = socket.local_addr();
+    let bound = bound.map_err(|e| Failure::io("the bound address", e))?;
+    let origin = || Origin {
+        identity: pod.identity.clone(),
+        serial: pod.svid().map(|svid| svid.serial.clone()),
     };
+    let bound = sockets::canonical(bound);
+    let record = source.map(|_| pod.shared.originated.record(bound, dst, origin()));
     Ok((
         sockets::connect(socket, dst, pod.shared.keepalive).await?,
         record,

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::failure::Failure;
+
 /// A refused connection.
 #[derive(Debug)]
 pub enum Refusal {
@@ -14,7 +16,7 @@ pub enum Refusal {
     /// Too many connections from one source (or to one pod) still authenticating.
     TooManyHandshakes(String),
     /// The client did not complete an acceptable TLS handshake (or preamble).
-    Handshake(anyhow::Error),
+    Handshake(Failure),
     /// PeerAuthentication or AuthorizationPolicy does not admit the caller.
     Policy(String),
     /// The caller's identity or certificate is revoked.
@@ -24,11 +26,11 @@ pub enum Refusal {
     NoRoute(String),
     /// The tunnel to the destination's node could not be built (connect, handshake, the
     /// peer's identity).
-    Tunnel(anyhow::Error),
+    Tunnel(Failure),
     /// TLS originated for an external service failed (the DestinationRule named).
-    Origination { rule: String, error: anyhow::Error },
+    Origination { rule: String, error: Failure },
     /// The destination (an upstream, or the app in the pod) could not be reached.
-    Connect(anyhow::Error),
+    Connect(Failure),
 }
 
 impl Refusal {
@@ -63,9 +65,9 @@ impl fmt::Display for Refusal {
             }
             Refusal::Policy(why) => write!(f, "policy: {why}"),
             Refusal::Handshake(e) | Refusal::Tunnel(e) | Refusal::Connect(e) => {
-                write!(f, "{e:#}")
+                write!(f, "{e}")
             }
-            Refusal::Origination { rule, error } => write!(f, "DestinationRule {rule}: {error:#}"),
+            Refusal::Origination { rule, error } => write!(f, "DestinationRule {rule}: {error}"),
         }
     }
 }
@@ -80,20 +82,21 @@ mod tests {
             Refusal::NoOriginalDestination,
             Refusal::NotSteered,
             Refusal::TooManyHandshakes("32 from 10.0.0.1".into()),
-            Refusal::Handshake(anyhow::anyhow!("bad certificate")),
+            Refusal::Handshake(Failure::Peer("bad certificate".into())),
             Refusal::Policy("DENY policy default/no-a".into()),
             Refusal::Revoked("the peer identity spiffe://x is revoked".into()),
             Refusal::NoRoute("REGISTRY_ONLY".into()),
-            Refusal::Tunnel(anyhow::anyhow!("peer is not b")),
+            Refusal::Tunnel(Failure::Peer("peer is not b".into())),
             Refusal::Origination {
                 rule: "shop/api".into(),
-                error: anyhow::anyhow!("unknown CA"),
+                error: Failure::Credentials("unknown CA".into()),
             },
-            Refusal::Connect(anyhow::anyhow!("connection refused")),
+            Refusal::Connect(Failure::TimedOut("connect 10.0.0.2:80".into())),
         ];
         let labels: std::collections::BTreeSet<&str> = all.iter().map(Refusal::reason).collect();
         assert_eq!(labels.len(), all.len());
         assert_eq!(all[8].to_string(), "DestinationRule shop/api: unknown CA");
+        assert_eq!(all[9].to_string(), "connect 10.0.0.2:80: timed out");
         assert!(all.iter().all(|r| !r.to_string().is_empty()));
     }
 }

@@ -14,10 +14,8 @@ use super::{
 use crate::{
     context::{drain::CUT_AT_DEADLINE, pod::PodContext},
     metrics::{self, ConnectionLabels, DestinationService, METRICS, Peer},
-    tunnel::{
-        offload::{TlsPath, TunnelStream},
-        splice,
-    },
+    proxy::splice,
+    tls::offload::{TlsPath, TunnelStream},
 };
 use hawser_model::egress::{TlsMode, route::Origination};
 

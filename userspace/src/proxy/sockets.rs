@@ -7,10 +7,11 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
 use hawser_common::MARK_DELIVER;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream};
+
+use crate::failure::{Failure, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -23,8 +24,8 @@ pub async fn connect(
     let connecting = TcpSocket::from_std_stream(socket).connect(dst);
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
-        .with_context(|| format!("connect {dst}: timed out"))?
-        .with_context(|| format!("connect {dst}"))?;
+        .map_err(|_| Failure::TimedOut(format!("connect {dst}")))?
+        .map_err(|e| Failure::io(format!("connect {dst}"), e))?;
     tune(&stream, keepalive);
     Ok(stream)
 }

@@ -6,20 +6,20 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
-use rustls::{
-    RootCertStore, ServerConfig,
-    crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer},
-    server::WebPkiClientVerifier,
-};
+use rustls::{RootCertStore, crypto::CryptoProvider, pki_types::CertificateDer};
 use tokio::net::TcpStream;
 
 use super::caller::client_certificate;
 use crate::{
     context::pod::PodContext,
+    failure::{Failure, Result},
     svid::TrustBundle,
-    tunnel::{self, offload::TunnelStream, tls},
+    tls::{
+        self,
+        configs::{self, Identity},
+        offload::TunnelStream,
+        verify,
+    },
 };
 use hawser_model::proxy_v2::ClientCertificate;
 use hawser_model::{policy::Principal, ports::ServerTls};
@@ -35,14 +35,13 @@ pub async fn accept(pod: &PodContext, conn: TcpStream, settings: &ServerTls) -> 
     let offload = &pod.shared.offload;
     let trust = Trust::new(pod, settings)?;
     let provider = offload.provider();
-    let config = trust.server_config(provider.clone())?;
-    let stream = tunnel::server::handshake(conn, Arc::new(config), offload, "inbound").await?;
+    let config = configs::port_server(trust.identity(), trust.client_roots(), provider.clone())?;
+    let stream = tls::accept("inbound", conn, Arc::new(config), offload).await?;
     let session = stream.get_ref().1;
-    let chain = session
-        .peer_certificates()
-        .context("no client certificate")?
-        .to_vec();
-    let leaf = chain.first().context("an empty client certificate chain")?;
+    let chain = session.peer_certificates().unwrap_or_default().to_vec();
+    let leaf = chain
+        .first()
+        .ok_or_else(|| Failure::Peer("no client certificate".into()))?;
     let certificate = client_certificate(leaf, session)?;
     let principal = trust.principal(&chain, &certificate, &provider)?;
     Ok(Terminated {
@@ -57,8 +56,7 @@ struct Trust {
     /// The mesh's bundle, when the daemon holds one.
     mesh: Option<(Arc<TrustBundle>, RootCertStore)>,
     extra: Option<Arc<RootCertStore>>,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    identity: Identity,
     trust_domain: String,
 }
 
@@ -67,12 +65,14 @@ impl Trust {
         let material = pod.shared.credentials.server(settings)?;
         let credentials = pod.credentials();
         let Some(key) = &material.key else {
-            bail!("no server certificate and key in what the port names");
+            return Err(Failure::Credentials(
+                "no server certificate and key in what the port names".into(),
+            ));
         };
-        let (chain, key) = (material.chain.clone(), key.clone_key());
+        let identity = (material.chain.clone(), key.clone_key());
         let mesh = match credentials {
             Ok((_, bundle)) => {
-                let roots = tls::roots(&bundle)?;
+                let roots = configs::roots(&bundle)?;
                 Some((bundle, roots))
             }
             Err(_) => None,
@@ -80,13 +80,17 @@ impl Trust {
         Ok(Self {
             mesh,
             extra: material.roots.clone(),
-            chain,
-            key,
+            identity,
             trust_domain: pod.shared.trust_domain.clone(),
         })
     }
 
-    fn server_config(&self, provider: Arc<CryptoProvider>) -> Result<ServerConfig> {
+    fn identity(&self) -> Identity {
+        (self.identity.0.clone(), self.identity.1.clone_key())
+    }
+
+    /// The mesh's roots and the port's own anchors: a client may chain to either.
+    fn client_roots(&self) -> RootCertStore {
         let mut all = RootCertStore::empty();
         if let Some((_, mesh)) = &self.mesh {
             all.roots.extend(mesh.roots.iter().cloned());
@@ -94,17 +98,7 @@ impl Trust {
         if let Some(extra) = &self.extra {
             all.roots.extend(extra.roots.iter().cloned());
         }
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(all), provider.clone()).build()?;
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
-        // No resumption: kernel TLS takes over the session.
-        config.send_tls13_tickets = 0;
-        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-        config.enable_secret_extraction = true;
-        Ok(config)
+        all
     }
 
     /// A chain to the mesh's roots is a mesh identity; otherwise it went to the extra
@@ -116,16 +110,18 @@ impl Trust {
         provider: &CryptoProvider,
     ) -> Result<Principal> {
         if let Some((bundle, roots)) = &self.mesh
-            && tls::chains_as_client(chain, roots, provider)
+            && verify::chains_as_client(chain, roots, provider)
         {
             // A chain that verified is not empty.
-            return Ok(tls::peer_identity(&chain[0], bundle)?.into());
+            return Ok(verify::peer_identity(&chain[0], bundle)?.into());
         }
         let own = format!("spiffe://{}/", self.trust_domain);
         if let Some(uri) = &certificate.uri_san
             && uri.starts_with(&own)
         {
-            bail!("a certificate outside the mesh's CA claims the mesh identity {uri}");
+            return Err(Failure::Peer(format!(
+                "a certificate outside the mesh's CA claims the mesh identity {uri}"
+            )));
         }
         Ok(Principal::Certificate(certificate.principal_name()))
     }

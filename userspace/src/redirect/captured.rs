@@ -9,6 +9,7 @@ use std::{
 use super::dataplane::Dataplane;
 use crate::{
     context::steering::{SocketFuture, Steering},
+    failure::Failure,
     netns::Netns,
     proxy::sockets,
 };
@@ -38,8 +39,9 @@ impl Steering for Captured {
         Box::pin(self.netns.run(move || sockets::transparent(client)))
     }
 
-    fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> anyhow::Result<()> {
-        self.dataplane.announce_delivery(bound, dst)
+    fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> Result<(), Failure> {
+        let announced = self.dataplane.announce_delivery(bound, dst);
+        announced.map_err(|e| Failure::Steering(format!("the delivery pass: {e}")))
     }
 
     fn forget_delivery(&self, bound: SocketAddr, dst: SocketAddr) {

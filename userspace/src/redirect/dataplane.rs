@@ -174,10 +174,13 @@ impl Dataplane {
 
     /// Tells sk_lookup that the connection `client` -> `app` about to be opened is the
     /// daemon delivering to the app, to be let through.
-    pub fn announce_delivery(&self, client: SocketAddr, app: SocketAddr) -> Result<()> {
+    pub fn announce_delivery(
+        &self,
+        client: SocketAddr,
+        app: SocketAddr,
+    ) -> Result<(), aya::maps::MapError> {
         let key = delivery_key(client, app);
-        self.deliveries.lock().unwrap().insert(key, 1, 0)?;
-        Ok(())
+        self.deliveries.lock().unwrap().insert(key, 1, 0)
     }
 
     /// Once connected (or failed), the delivery needs no pass any more.

@@ -13,6 +13,7 @@ use tonic::{
 
 use super::held::Svid;
 use crate::{
+    failure::Failure,
     grpc::{
         hawser::{TrustBundleRequest, trust_service_client::TrustServiceClient},
         istio::{
@@ -54,12 +55,16 @@ pub struct TrustBundle {
 
 impl TrustBundle {
     /// Refuses a revoked certificate serial or identity.
-    pub fn check_revoked(&self, serial: Option<&str>, identity: &str) -> Result<()> {
+    pub fn check_revoked(&self, serial: Option<&str>, identity: &str) -> Result<(), Failure> {
         if let Some(serial) = serial.filter(|s| self.revoked_serials.iter().any(|r| r == s)) {
-            bail!("the peer certificate (serial {serial}) is revoked");
+            return Err(Failure::Peer(format!(
+                "the peer certificate (serial {serial}) is revoked"
+            )));
         }
         if self.revoked_identities.iter().any(|r| r == identity) {
-            bail!("the peer identity {identity} is revoked");
+            return Err(Failure::Peer(format!(
+                "the peer identity {identity} is revoked"
+            )));
         }
         Ok(())
     }

@@ -2,13 +2,15 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Result;
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
-use tokio_rustls::TlsConnector;
 
-use super::{offload::TunnelStream, preamble::Preamble};
-use crate::{context::pod::PodContext, proxy::sockets};
+use super::preamble::Preamble;
+use crate::{
+    context::pod::PodContext,
+    failure::{Failure, Result},
+    tls::{self, offload::TunnelStream},
+};
 use hawser_model::SpiffeId;
 
 /// Opens the tunnel to `dst`'s pod, proves `peer` is there, names the port, and hands the
@@ -20,15 +22,16 @@ pub async fn connect(pod: &PodContext, dst: SocketAddr, peer: &SpiffeId) -> Resu
         .tls_configs
         .client(&svid, &bundle, peer, || offload.provider())?;
     let tunnel = SocketAddr::new(dst.ip(), hawser_common::TUNNEL_PORT);
-    let socket = pod.net.outbound_socket(tunnel, None).await?;
-    let tcp = sockets::connect(socket, tunnel, pod.shared.keepalive).await?;
-    // Names play no part in the check (see `tls::SecureNaming`); an IP sends no SNI.
+    let tcp = pod.connect(tunnel).await?;
+    // Names play no part in the check (see `tls::verify::SecureNaming`); an IP sends no SNI.
     let name = ServerName::IpAddress(dst.ip().into());
-    let handshake = TlsConnector::from(config).connect(name, offload.prepare(tcp));
-    let mut stream = super::bounded("client", tunnel, handshake).await?;
-    stream
-        .write_all(&Preamble { port: dst.port() }.encode())
-        .await?;
-    stream.flush().await?;
+    let mut stream = tls::connect("client", tunnel, tcp, config, name, offload).await?;
+    let preamble = Preamble { port: dst.port() }.encode();
+    let sent = async {
+        stream.write_all(&preamble).await?;
+        stream.flush().await
+    };
+    sent.await
+        .map_err(|e| Failure::io(format!("preamble to {tunnel}"), e))?;
     offload.client(stream).await
 }

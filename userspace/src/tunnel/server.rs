@@ -1,23 +1,17 @@
 //! The server end: a pod's 15008 listener, in front of the pod's apps.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-};
+use std::net::{IpAddr, SocketAddr};
 
-use anyhow::{Context, Result, bail};
 use hawser_common::{INBOUND_PORT, OUTBOUND_PORT, TUNNEL_PORT};
-use ktls::CorkStream;
-use rustls::ServerConfig;
 use tokio::net::TcpStream;
-use tokio_rustls::{TlsAcceptor, server};
 
-use super::{
-    HANDSHAKE_TIMEOUT,
-    offload::{Offload, TunnelStream},
-    preamble, tls,
+use super::preamble;
+use crate::{
+    context::pod::PodContext,
+    failure::{Failure, Result},
+    proxy::caller::client_certificate,
+    tls::{self, HANDSHAKE_TIMEOUT, offload::TunnelStream, verify::peer_identity},
 };
-use crate::{context::pod::PodContext, proxy::caller::client_certificate};
 use hawser_model::{SpiffeId, proxy_v2::ClientCertificate};
 
 /// An accepted, authenticated tunnel: the client's identity and where it wants to go.
@@ -26,21 +20,6 @@ pub struct Accepted {
     pub client: SpiffeId,
     pub certificate: ClientCertificate,
     pub dst: SocketAddr,
-}
-
-/// The server's side of a handshake, within `HANDSHAKE_TIMEOUT`; `side` names it in the
-/// handshake metric.
-pub(crate) async fn handshake(
-    conn: TcpStream,
-    config: Arc<ServerConfig>,
-    offload: &Offload,
-    side: &'static str,
-) -> Result<server::TlsStream<CorkStream<TcpStream>>> {
-    let peer = conn
-        .peer_addr()
-        .map_or("the client".into(), |a| a.to_string());
-    let handshake = TlsAcceptor::from(config).accept(offload.prepare(conn));
-    super::bounded(side, peer, handshake).await
 }
 
 /// Handshake (client certificate required), identity and revocation checks, preamble,
@@ -52,20 +31,23 @@ pub async fn accept(pod: &PodContext, conn: TcpStream, dialed: IpAddr) -> Result
     let config = pod
         .tls_configs
         .server(&svid, &bundle, || offload.provider())?;
-    let mut stream = handshake(conn, config, offload, "server").await?;
+    let mut stream = tls::accept("server", conn, config, offload).await?;
     let session = stream.get_ref().1;
     let leaf = session
         .peer_certificates()
         .and_then(|c| c.first())
-        .context("no client certificate")?;
-    let client = tls::peer_identity(leaf, &bundle)?;
+        .ok_or_else(|| Failure::Peer("no client certificate".into()))?;
+    let client = peer_identity(leaf, &bundle)?;
     let certificate = client_certificate(leaf, session)?;
     let preamble = tokio::time::timeout(HANDSHAKE_TIMEOUT, preamble::read(&mut stream))
         .await
-        .context("preamble: timed out")?
-        .context("preamble")?;
+        .map_err(|_| Failure::TimedOut("preamble".into()))?
+        .map_err(|e| Failure::io("preamble", e))?;
     if [OUTBOUND_PORT, INBOUND_PORT, TUNNEL_PORT].contains(&preamble.port) {
-        bail!("port {} is the daemon's own", preamble.port);
+        return Err(Failure::Peer(format!(
+            "port {} is the daemon's own",
+            preamble.port
+        )));
     }
     // Bytes the client sent after the preamble may still sit in rustls: the offload
     // drains them into the stream it returns.

@@ -1,118 +1,41 @@
-//! TLS 1.3 configurations for the tunnel, from an SVID and the trust bundle.
-//!
-//! The client checks the server's chain against the bundle and then its SPIFFE ID against
-//! the identity expected at the destination (secure naming). The server requires a client
-//! chain to the bundle (client-auth EKU); the caller then reads the client's identity from
-//! its certificate. Both ends refuse revoked serials and identities.
+//! Deciding on a peer's certificate: the chain checks, the identity in a mesh leaf
+//! (refused when revoked), and the two server checks: secure naming for the tunnel (the
+//! server's SPIFFE ID must be the one expected at the destination) and the expected names
+//! of an external server for originated TLS. Host names play no part in the mesh.
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
 use rustls::{
-    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
+    DigitallySignedStruct, RootCertStore, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
-    server::WebPkiClientVerifier,
+    pki_types::{CertificateDer, ServerName, UnixTime},
 };
 
-use super::preamble::ALPN;
 use crate::{
+    failure::{Failure, Result},
     identity::certs,
-    svid::{Svid, TrustBundle},
+    svid::TrustBundle,
 };
 use hawser_model::SpiffeId;
-
-pub(crate) fn chain(svid: &Svid) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-    let certs = svid
-        .chain
-        .iter()
-        .map(|pem| Ok(CertificateDer::from(certs::der(pem)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let key = PrivateKeyDer::from_pem_slice(svid.key_pem.as_bytes()).context("the SVID's key")?;
-    Ok((certs, key))
-}
-
-pub(crate) fn roots(bundle: &TrustBundle) -> Result<RootCertStore> {
-    let mut store = RootCertStore::empty();
-    for pem in &bundle.roots {
-        store
-            .add(CertificateDer::from(certs::der(pem)?))
-            .context("a root of the trust bundle")?;
-    }
-    if store.is_empty() {
-        bail!("the trust bundle has no roots yet");
-    }
-    Ok(store)
-}
 
 /// The identity in a peer's leaf certificate, refused if revoked.
 pub fn peer_identity(leaf: &CertificateDer<'_>, bundle: &TrustBundle) -> Result<SpiffeId> {
     let pem = pem::encode(&pem::Pem::new("CERTIFICATE", leaf.as_ref().to_vec()));
-    let info = certs::info(&pem)?;
+    let info = certs::info(&pem).map_err(|e| Failure::Peer(format!("{e:#}")))?;
     let [uri] = &info.uri_sans[..] else {
-        bail!(
+        return Err(Failure::Peer(format!(
             "the peer certificate carries {} URI SANs, not one SPIFFE ID",
             info.uri_sans.len()
-        );
+        )));
     };
     bundle.check_revoked(Some(&info.serial), uri)?;
-    uri.parse().map_err(|e: String| anyhow!(e))
-}
-
-/// Client side: present `svid`, accept only a server that is `expected`.
-pub fn client_config(
-    svid: &Svid,
-    bundle: &TrustBundle,
-    expected: SpiffeId,
-    provider: Arc<CryptoProvider>,
-) -> Result<ClientConfig> {
-    let (certs, key) = chain(svid)?;
-    let verifier = Arc::new(Verifier {
-        check: SecureNaming {
-            roots: Arc::new(roots(bundle)?),
-            bundle: bundle.clone(),
-            expected,
-            provider: provider.clone(),
-        },
-        provider: provider.clone(),
-    });
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(certs, key)?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    config.resumption = rustls::client::Resumption::disabled();
-    config.enable_secret_extraction = true;
-    Ok(config)
-}
-
-/// Server side: present `svid`, require a client chaining to the bundle.
-pub fn server_config(
-    svid: &Svid,
-    bundle: &TrustBundle,
-    provider: Arc<CryptoProvider>,
-) -> Result<ServerConfig> {
-    let (certs, key) = chain(svid)?;
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(bundle)?), provider.clone())
-            .build()?;
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    // No resumption: kernel TLS takes over the session, and tickets would be records it
-    // has to carry.
-    config.send_tls13_tickets = 0;
-    config.enable_secret_extraction = true;
-    Ok(config)
+    uri.parse().map_err(Failure::Peer)
 }
 
 /// Checks that `end_entity` chains to `roots` for server authentication; returns it
 /// parsed for name checks.
-pub(crate) fn verify_chain<'a>(
+pub fn verify_chain<'a>(
     end_entity: &'a CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     roots: &RootCertStore,
@@ -131,7 +54,7 @@ pub(crate) fn verify_chain<'a>(
 }
 
 /// Whether a client's chain goes to `roots` (for a verifier that trusts several sets).
-pub(crate) fn chains_as_client(
+pub fn chains_as_client(
     chain: &[CertificateDer<'_>],
     roots: &RootCertStore,
     provider: &CryptoProvider,
@@ -167,7 +90,7 @@ fn verify_for<'a>(
 
 /// What one kind of server check decides; `Verifier` does the rest (signatures) the same
 /// way for every kind.
-pub(crate) trait ServerCheck: std::fmt::Debug + Send + Sync {
+pub trait ServerCheck: std::fmt::Debug + Send + Sync {
     fn check(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -179,7 +102,7 @@ pub(crate) trait ServerCheck: std::fmt::Debug + Send + Sync {
 /// A server certificate verifier: `check` decides on the chain, the provider's algorithms
 /// verify the handshake signatures.
 #[derive(Debug)]
-pub(crate) struct Verifier<C> {
+pub struct Verifier<C> {
     pub check: C,
     pub provider: Arc<CryptoProvider>,
 }
@@ -227,11 +150,11 @@ impl<C: ServerCheck> ServerCertVerifier for Verifier<C> {
 /// Chain validation against the bundle, then the server's SPIFFE ID against the one the
 /// destination must have. Host names play no part.
 #[derive(Debug)]
-struct SecureNaming {
-    roots: Arc<RootCertStore>,
-    bundle: TrustBundle,
-    expected: SpiffeId,
-    provider: Arc<CryptoProvider>,
+pub struct SecureNaming {
+    pub roots: Arc<RootCertStore>,
+    pub bundle: TrustBundle,
+    pub expected: SpiffeId,
+    pub provider: Arc<CryptoProvider>,
 }
 
 impl ServerCheck for SecureNaming {
@@ -251,5 +174,51 @@ impl ServerCheck for SecureNaming {
             )));
         }
         Ok(())
+    }
+}
+
+/// The server's chain must reach `roots`, and its certificate must carry one of `names`
+/// (DNS names or IPs checked as TLS clients do; `spiffe://` URIs against its URI SANs).
+#[derive(Debug)]
+pub struct ExpectedServer {
+    pub roots: Arc<RootCertStore>,
+    pub names: Vec<String>,
+    pub provider: Arc<CryptoProvider>,
+}
+
+impl ExpectedServer {
+    fn carries(
+        &self,
+        cert: &webpki::EndEntityCert<'_>,
+        der: &CertificateDer<'_>,
+        name: &str,
+    ) -> bool {
+        if name.starts_with("spiffe://") {
+            let pem = pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref().to_vec()));
+            return certs::info(&pem).is_ok_and(|info| info.uri_sans.iter().any(|u| u == name));
+        }
+        ServerName::try_from(name).is_ok_and(|n| cert.verify_is_valid_for_subject_name(&n).is_ok())
+    }
+}
+
+impl ServerCheck for ExpectedServer {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        let cert = verify_chain(end_entity, intermediates, &self.roots, &self.provider, now)?;
+        if self
+            .names
+            .iter()
+            .any(|n| self.carries(&cert, end_entity, n))
+        {
+            return Ok(());
+        }
+        Err(rustls::Error::General(format!(
+            "the server certificate is for none of {:?}",
+            self.names
+        )))
     }
 }

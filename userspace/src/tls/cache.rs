@@ -7,11 +7,13 @@
 
 use std::{collections::HashMap, sync::Arc, sync::Mutex};
 
-use anyhow::Result;
 use rustls::{ClientConfig, ServerConfig, crypto::CryptoProvider};
 
-use super::tls;
-use crate::svid::{Svid, TrustBundle};
+use super::configs;
+use crate::{
+    failure::Result,
+    svid::{Svid, TrustBundle},
+};
 use hawser_model::SpiffeId;
 
 /// Client configurations kept per peer identity, at most (a pod talks to a bounded set
@@ -43,7 +45,7 @@ impl TlsConfigs {
         if let Some(server) = &built.server {
             return Ok(server.clone());
         }
-        let server = Arc::new(tls::server_config(svid, bundle, provider())?);
+        let server = Arc::new(configs::mesh_server(svid, bundle, provider())?);
         built.server = Some(server.clone());
         Ok(server)
     }
@@ -61,7 +63,12 @@ impl TlsConfigs {
         if let Some(client) = built.clients.get(peer) {
             return Ok(client.clone());
         }
-        let client = Arc::new(tls::client_config(svid, bundle, peer.clone(), provider())?);
+        let client = Arc::new(configs::mesh_client(
+            svid,
+            bundle,
+            peer.clone(),
+            provider(),
+        )?);
         if built.clients.len() >= MAX_PEERS {
             built.clients.clear();
         }

@@ -17,7 +17,6 @@ use std::{
     sync::Arc,
 };
 
-use anyhow::Result;
 use ktls::{CompatibleCiphers, CorkStream, CryptoInfo};
 use rustls::{ConnectionTrafficSecrets, SupportedCipherSuite, crypto::CryptoProvider};
 use tokio::{
@@ -27,7 +26,10 @@ use tokio::{
 use tokio_rustls::{TlsStream, client, server};
 
 use super::kernel_tls::KernelTls;
-use crate::metrics::METRICS;
+use crate::{
+    failure::{Failure, Result},
+    metrics::METRICS,
+};
 
 /// A tunnel stream after the handshake in rustls.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -267,7 +269,7 @@ fn offloaded(
                 .tls_offload
                 .with_label_values(&["failed", step])
                 .inc();
-            Err(anyhow::anyhow!("kernel TLS offload ({step}): {e}"))
+            Err(Failure::Offload { step, error: e })
         }
     }
 }

@@ -23,7 +23,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::kernel_tls::{KernelTls, close_write, read_control_record};
+use crate::tls::kernel_tls::{KernelTls, close_write, read_control_record};
 
 /// Bytes asked of the kernel per splice.
 const CHUNK: usize = 256 * 1024;

@@ -1,0 +1,186 @@
+//! Every rustls configuration the daemon uses is built here: the tunnel's two ends (TLS
+//! 1.3 only, the tunnel's ALPN, secure naming), a workload port's server for clients
+//! outside the mesh, TLS originated to external services, and the probe that shows what a
+//! peer presents. All of them may hand their
+//! session to the kernel (secrets extractable) and none resumes sessions: tickets would be
+//! records kernel TLS has to carry.
+
+use std::sync::Arc;
+
+use rustls::{
+    ClientConfig, RootCertStore, ServerConfig,
+    client::danger::ServerCertVerifier,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::{WebPkiClientVerifier, danger::ClientCertVerifier},
+};
+
+use super::verify::{SecureNaming, ServerCheck, Verifier};
+use crate::{
+    failure::{Failure, Result},
+    identity::certs,
+    svid::{Svid, TrustBundle},
+};
+use hawser_model::{SpiffeId, preamble::ALPN};
+
+/// A certificate chain and its key, as a TLS end presents them.
+pub type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// The tunnel's client end: present `svid`, accept only a server that is `expected`.
+pub fn mesh_client(
+    svid: &Svid,
+    bundle: &TrustBundle,
+    expected: SpiffeId,
+    provider: Arc<CryptoProvider>,
+) -> Result<ClientConfig> {
+    let check = SecureNaming {
+        roots: Arc::new(roots(bundle)?),
+        bundle: bundle.clone(),
+        expected,
+        provider: provider.clone(),
+    };
+    let mut config = client(check, Some(svid_identity(svid)?), Versions::Tls13, provider)?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// The tunnel's server end: present `svid`, require a client chaining to the bundle (the
+/// caller reads its identity from the certificate).
+pub fn mesh_server(
+    svid: &Svid,
+    bundle: &TrustBundle,
+    provider: Arc<CryptoProvider>,
+) -> Result<ServerConfig> {
+    let clients = client_verifier(roots(bundle)?, &provider)?;
+    let mut config = server(clients, svid_identity(svid)?, Versions::Tls13, provider)?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// A workload port's TLS for clients outside the mesh: present `identity`, require a
+/// client certificate chaining to `client_roots` (the mesh's and the port's own anchors).
+pub fn port_server(
+    identity: Identity,
+    client_roots: RootCertStore,
+    provider: Arc<CryptoProvider>,
+) -> Result<ServerConfig> {
+    let clients = client_verifier(client_roots, &provider)?;
+    server(clients, identity, Versions::Default, provider)
+}
+
+/// TLS originated to an external service, checked by `check`; a client certificate when
+/// `identity` is given.
+pub fn origination(
+    check: impl ServerCheck + 'static,
+    identity: Option<Identity>,
+    provider: Arc<CryptoProvider>,
+) -> Result<ClientConfig> {
+    client(check, identity, Versions::Default, provider)
+}
+
+/// A client of the tunnel that shows no certificate, for looking at the chain a peer
+/// presents (`hawser certs --peer`); `check` decides on it.
+pub fn mesh_probe(
+    check: impl ServerCheck + 'static,
+    provider: Arc<CryptoProvider>,
+) -> Result<ClientConfig> {
+    let mut config = client(check, None, Versions::Tls13, provider)?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// The SVID's chain and key.
+pub fn svid_identity(svid: &Svid) -> Result<Identity> {
+    let chain = svid
+        .chain
+        .iter()
+        .map(|pem| certs::der(pem).map(CertificateDer::from))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure::Credentials(format!("the SVID's chain: {e:#}")))?;
+    let key = PrivateKeyDer::from_pem_slice(svid.key_pem.as_bytes())
+        .map_err(|e| Failure::Credentials(format!("the SVID's key: {e}")))?;
+    Ok((chain, key))
+}
+
+/// The trust bundle's roots; refused while it has none.
+pub fn roots(bundle: &TrustBundle) -> Result<RootCertStore> {
+    let mut store = RootCertStore::empty();
+    for pem in &bundle.roots {
+        let der = certs::der(pem)
+            .map_err(|e| Failure::Credentials(format!("a root of the trust bundle: {e:#}")))?;
+        store
+            .add(CertificateDer::from(der))
+            .map_err(|e| Failure::Credentials(format!("a root of the trust bundle: {e}")))?;
+    }
+    if store.is_empty() {
+        return Err(Failure::NotReady(
+            "the trust bundle has no roots yet".into(),
+        ));
+    }
+    Ok(store)
+}
+
+/// The tunnel speaks TLS 1.3 only; peers outside the mesh may speak 1.2.
+enum Versions {
+    Tls13,
+    Default,
+}
+
+impl Versions {
+    fn all(&self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        const TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+        match self {
+            Versions::Tls13 => TLS13,
+            Versions::Default => rustls::DEFAULT_VERSIONS,
+        }
+    }
+}
+
+fn client(
+    check: impl ServerCheck + 'static,
+    identity: Option<Identity>,
+    versions: Versions,
+    provider: Arc<CryptoProvider>,
+) -> Result<ClientConfig> {
+    let verifier: Arc<dyn ServerCertVerifier> = Arc::new(Verifier {
+        check,
+        provider: provider.clone(),
+    });
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions.all())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
+    config.resumption = rustls::client::Resumption::disabled();
+    config.enable_secret_extraction = true;
+    Ok(config)
+}
+
+fn server(
+    clients: Arc<dyn ClientCertVerifier>,
+    (chain, key): Identity,
+    versions: Versions,
+    provider: Arc<CryptoProvider>,
+) -> Result<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions.all())?
+        .with_client_cert_verifier(clients)
+        .with_single_cert(chain, key)?;
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.enable_secret_extraction = true;
+    Ok(config)
+}
+
+/// Client certificates are required and must chain to `roots` (client-auth EKU).
+fn client_verifier(
+    roots: RootCertStore,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>> {
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| Failure::Credentials(format!("client certificate verifier: {e}")))
+}
