@@ -291,7 +291,8 @@ enum PkiCommand {
 
 #[derive(clap::Args)]
 struct SpecArgs {
-    /// Subject common name (default: "Root CA", or "Intermediate CA <name>").
+    /// Subject common name (default: "Root CA <date> <random tag>", so that no two roots
+    /// share a subject, or "Intermediate CA <name>").
     #[arg(long)]
     common_name: Option<String>,
     #[arg(long, default_value = "hawser")]
@@ -336,7 +337,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Node(_) => unreachable!("`hawser node` runs in app::run_node"),
         Command::Ca(args) => ca::run(ca_config(args)).await,
         Command::Pki(PkiCommand::RootCa { dir, spec }) => {
-            pki::write_root_ca(&dir, &spec.spec("Root CA".into(), 3650))
+            pki::write_root_ca(&dir, &spec.spec(pki::distinct_root_name("Root CA"), 3650))
         }
         Command::Pki(PkiCommand::Intermediate { dir, name, spec }) => {
             let spec = spec.spec(format!("Intermediate CA {name}"), 730);

@@ -17,7 +17,8 @@ use crate::{
 use hawser_model::{Registry, SpiffeId};
 
 pub struct Issuer {
-    authority: Arc<Authority>,
+    /// The signing material in force (followed from its files).
+    authority: watch::Receiver<Arc<Authority>>,
     registry: watch::Receiver<Arc<Registry>>,
     nodes: NodeAuth,
     revocations: watch::Receiver<Arc<Revocations>>,
@@ -26,7 +27,7 @@ pub struct Issuer {
 
 impl Issuer {
     pub fn new(
-        authority: Arc<Authority>,
+        authority: watch::Receiver<Arc<Authority>>,
         registry: watch::Receiver<Arc<Registry>>,
         nodes: NodeAuth,
         revocations: watch::Receiver<Arc<Revocations>>,
@@ -46,8 +47,9 @@ impl Issuer {
         node: &str,
         request: &IstioCertificateRequest,
     ) -> Result<(SpiffeId, Vec<String>), Status> {
-        let (id, _) = self
-            .authority
+        // One version of the material for the checks and the signature.
+        let authority = self.authority.borrow().clone();
+        let (id, _) = authority
             .check_csr(&request.csr)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if self.revocations.borrow().revokes_identity(&id.to_string()) {
@@ -62,7 +64,7 @@ impl Issuer {
                 "node {node} runs no workload as {id}"
             )));
         }
-        self.authority
+        authority
             .sign_csr(&request.csr, self.ttl(request.validity_duration))
             .map_err(|e| Status::invalid_argument(e.to_string()))
     }

@@ -8,21 +8,21 @@
 
 pub mod issuer;
 pub mod node_auth;
+pub mod serving;
 pub mod trust;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::{
     grpc::{
         hawser::trust_service_server::TrustServiceServer,
         istio::istio_certificate_service_server::IstioCertificateServiceServer,
     },
-    identity::authority::Authority,
+    identity::authority,
     metrics::METRICS,
     workload,
 };
@@ -156,26 +156,25 @@ pub struct Ca {
     trust_domain: String,
     issuer: issuer::Issuer,
     trust: trust::TrustServer,
-    tls: Identity,
+    serving: Arc<serving::ServingCert>,
 }
 
 impl Ca {
     /// Loads signing material (creating a self-signed root on first start), the workload
     /// registry, node credentials and revocations.
     pub async fn load(config: CaConfig) -> Result<Self> {
-        let authority = Arc::new(
-            Authority::load(
-                config.cacerts.as_deref(),
-                &config.state_dir,
-                &config.trust_domain,
-            )
-            .context("loading the CA's signing material")?,
-        );
+        let authority = authority::follow(
+            config.cacerts.as_deref(),
+            &config.state_dir,
+            &config.trust_domain,
+            config.reload_interval,
+        )
+        .context("loading the CA's signing material")?;
         let (registry, nodes) = config.nodes.load(config.reload_interval).await?;
         let revocations =
             trust::follow_revocations(config.revocations.clone(), config.reload_interval)?;
-        let (chain, key) = authority
-            .server_certificate(&config.server_names, Duration::from_secs(365 * 24 * 3600))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let serving = serving::follow(authority.clone(), config.server_names, provider)?;
         Ok(Self {
             listen: config.listen,
             trust_domain: config.trust_domain,
@@ -187,7 +186,7 @@ impl Ca {
                 config.max_ttl,
             ),
             trust: trust::TrustServer::new(authority, nodes, revocations),
-            tls: Identity::from_pem(chain, key),
+            serving,
         })
     }
 
@@ -200,12 +199,8 @@ impl Ca {
         tracing::info!(addr = %listener.local_addr()?, trust_domain = %self.trust_domain, "CA serving");
         // Anyone who reaches the CA may open connections: none may sit in a handshake, a
         // request or idle forever, and dead peers are found by keep-alives.
+        let incoming = serving::incoming(listener, self.serving)?;
         Server::builder()
-            .tls_config(
-                ServerTlsConfig::new()
-                    .identity(self.tls)
-                    .timeout(HANDSHAKE_TIMEOUT),
-            )?
             .timeout(REQUEST_TIMEOUT)
             .tcp_keepalive(Some(KEEPALIVE))
             .http2_keepalive_interval(Some(KEEPALIVE))
@@ -214,7 +209,7 @@ impl Ca {
             .max_connection_age_grace(HANDSHAKE_TIMEOUT)
             .add_service(IstioCertificateServiceServer::new(self.issuer))
             .add_service(TrustServiceServer::new(self.trust))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
         Ok(())
     }

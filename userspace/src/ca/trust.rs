@@ -65,14 +65,14 @@ fn load(path: &std::path::Path) -> Result<Revocations, String> {
 }
 
 pub struct TrustServer {
-    authority: Arc<Authority>,
+    authority: watch::Receiver<Arc<Authority>>,
     nodes: NodeAuth,
     revocations: watch::Receiver<Arc<Revocations>>,
 }
 
 impl TrustServer {
     pub fn new(
-        authority: Arc<Authority>,
+        authority: watch::Receiver<Arc<Authority>>,
         nodes: NodeAuth,
         revocations: watch::Receiver<Arc<Revocations>>,
     ) -> Self {
@@ -92,9 +92,10 @@ impl TrustService for TrustServer {
     ) -> Result<Response<TrustBundle>, Status> {
         self.nodes.authenticate(&request).await?;
         let revoked = self.revocations.borrow().clone();
+        let authority = self.authority.borrow().clone();
         Ok(Response::new(TrustBundle {
-            trust_domain: self.authority.trust_domain.clone(),
-            roots: self.authority.roots().to_vec(),
+            trust_domain: authority.trust_domain.clone(),
+            roots: authority.roots().to_vec(),
             revoked_serials: revoked.serials.clone(),
             revoked_identities: revoked.identities.clone(),
         }))

@@ -4,8 +4,16 @@
 //! `cert-chain.pem` is the chain from `ca-cert.pem` up to the root, `root-cert.pem` holds
 //! the trusted roots (more than one while a root is being rotated). Without plug-in files
 //! the CA creates a self-signed root once, in the same layout, and reuses it.
+//!
+//! The CA follows the directory (`follow`): roots added to `root-cert.pem` join the trust
+//! bundle at once, a new `ca-cert.pem`/`ca-key.pem` signs from the next CSR on, and a
+//! broken or half-written update keeps the material in force.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 use rcgen::{
@@ -13,6 +21,7 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, SanType,
 };
 use time::OffsetDateTime;
+use tokio::sync::watch;
 
 use hawser_model::SpiffeId;
 
@@ -20,6 +29,14 @@ use super::{
     certs::{self, write_private},
     pki::{self, CaSpec, KeyType},
 };
+
+/// The files of a `cacerts` directory, all of which make up the material.
+const FILES: [&str; 4] = [
+    "ca-cert.pem",
+    "ca-key.pem",
+    "cert-chain.pem",
+    "root-cert.pem",
+];
 
 /// Largest CSR the CA reads (a P-256 CSR is ~0.5 KiB, RSA-4096 ~1.7 KiB).
 pub const MAX_CSR_BYTES: usize = 16 * 1024;
@@ -31,6 +48,40 @@ pub struct Authority {
     /// Trusted roots, PEM each.
     roots: Vec<String>,
     pub trust_domain: String,
+}
+
+/// Material is the same when it signs with the same chain and trusts the same roots.
+impl PartialEq for Authority {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.chain, &self.roots, &self.trust_domain)
+            == (&other.chain, &other.roots, &other.trust_domain)
+    }
+}
+
+/// Loads the material (as `Authority::load`), then reloads it whenever its files change.
+pub fn follow(
+    cacerts: Option<&Path>,
+    state_dir: &Path,
+    trust_domain: &str,
+    interval: Duration,
+) -> Result<watch::Receiver<Arc<Authority>>> {
+    // Creates the self-signed root on first start; later changes are only ever read.
+    Authority::load(cacerts, state_dir, trust_domain)?;
+    let dir: PathBuf = cacerts.unwrap_or(state_dir).to_path_buf();
+    let files = FILES.map(|f| dir.join(f)).to_vec();
+    let trust_domain = trust_domain.to_string();
+    let followed = crate::reload::follow(
+        "CA material",
+        move || files.clone(),
+        move || {
+            let loaded = Authority::from_dir(&dir, &trust_domain).map_err(|e| format!("{e:#}"))?;
+            let roots = loaded.roots.len();
+            tracing::info!(signing = %loaded.signer(), roots, "CA material loaded");
+            Ok::<_, String>(loaded)
+        },
+        interval,
+    );
+    followed.map_err(anyhow::Error::msg)
 }
 
 /// Why a CSR was refused; every variant is the caller's error (InvalidArgument).
@@ -88,6 +139,11 @@ impl Authority {
 
     pub fn roots(&self) -> &[String] {
         &self.roots
+    }
+
+    /// The signing certificate's subject, for the log.
+    pub fn signer(&self) -> String {
+        certs::info(&self.chain[0]).map_or_else(|e| format!("{e:#}"), |i| i.subject)
     }
 
     /// The signing certificate's chain up to its root.
@@ -266,7 +322,7 @@ fn check_key_matches(cert_pem: &str, key: &KeyPair) -> Result<()> {
 fn create_self_signed(dir: &Path, trust_domain: &str) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let spec = CaSpec {
-        common_name: format!("hawser root CA ({trust_domain})"),
+        common_name: pki::distinct_root_name(&format!("hawser root CA ({trust_domain})")),
         organization: "hawser".into(),
         validity: Duration::from_secs(10 * 365 * 24 * 3600),
         key_type: KeyType::EcdsaP256,

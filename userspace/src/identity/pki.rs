@@ -34,6 +34,14 @@ pub struct CaSpec {
     pub key_type: KeyType,
 }
 
+/// A root's default common name, `<what> <date> <tag>`: a new root never has the subject
+/// of the one it replaces. Chains are built by subject, so two trusted roots of one name
+/// (as during a rotation) would make a chain's root ambiguous.
+pub fn distinct_root_name(what: &str) -> String {
+    let tag: u32 = rand::random();
+    format!("{what} {} {tag:08x}", OffsetDateTime::now_utc().date())
+}
+
 /// A certificate and its private key, PEM.
 pub struct Generated {
     pub cert_pem: String,

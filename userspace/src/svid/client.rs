@@ -5,13 +5,17 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
+use rustls::pki_types::ServerName;
 use tonic::{
     Request,
     metadata::MetadataValue,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+    transport::{Channel, Endpoint},
 };
 
-use super::held::Svid;
+use super::{
+    connector::{self, CaRoots},
+    held::Svid,
+};
 use crate::{
     failure::Failure,
     grpc::{
@@ -42,6 +46,8 @@ pub struct CaClientConfig {
 pub struct CaClient {
     channel: Channel,
     token_file: PathBuf,
+    /// What the CA's certificate must chain to: follows the bundle.
+    roots: CaRoots,
 }
 
 /// The roots and revocations the CA publishes.
@@ -75,18 +81,23 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 impl CaClient {
     /// Connects lazily: a CA that is down now is retried by each call.
     pub fn new(config: &CaClientConfig) -> Result<Self> {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&config.root_pem))
-            .domain_name(&config.server_name);
-        let channel = Endpoint::from_shared(config.address.clone())
+        let roots = CaRoots::new(&config.root_pem)?;
+        let name = ServerName::try_from(config.server_name.clone())
+            .with_context(|| format!("--ca-server-name {:?}", config.server_name))?;
+        let tls = roots.clone();
+        let connect =
+            tower::service_fn(move |uri| connector::connect(uri, name.clone(), tls.clone()));
+        // The connector does the TLS: tonic sees a plain HTTP/2 endpoint.
+        let plain = plain_http(&config.address)?;
+        let channel = Endpoint::from_shared(plain)
             .with_context(|| format!("CA address {:?}", config.address))?
-            .tls_config(tls)?
             .connect_timeout(Duration::from_secs(5))
             .timeout(REQUEST_TIMEOUT)
-            .connect_lazy();
+            .connect_with_connector_lazy(connect);
         let client = Self {
             channel,
             token_file: config.token_file.clone(),
+            roots,
         };
         client.authorization()?;
         Ok(client)
@@ -149,6 +160,7 @@ impl CaClient {
         for root in &bundle.roots {
             certs::info(root).context("a root in the trust bundle")?;
         }
+        self.roots.follow_bundle(&bundle.roots);
         Ok(TrustBundle {
             trust_domain: bundle.trust_domain,
             roots: bundle.roots,
@@ -156,6 +168,19 @@ impl CaClient {
             revoked_identities: bundle.revoked_identities,
         })
     }
+}
+
+/// `address` (`https://host:port`, or `host:port`) as the `http://` URI the channel uses.
+fn plain_http(address: &str) -> Result<String> {
+    let authority = address
+        .strip_prefix("https://")
+        .or_else(|| address.strip_prefix("http://"))
+        .unwrap_or(address)
+        .trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        bail!("CA address {address:?} is not https://host:port");
+    }
+    Ok(format!("http://{authority}"))
 }
 
 /// A CA error for people: an unreachable CA says so, with what to check.

@@ -16,6 +16,8 @@ pub struct Svid {
     pub chain: Vec<String>,
     pub key_pem: String,
     pub serial: String,
+    /// The subject of the CA that signed it (which intermediate, during a rotation).
+    pub issuer: String,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
     /// When this daemon received it: renewal is timed from here, so the CA's back-dating of
@@ -41,10 +43,26 @@ impl Svid {
             chain,
             key_pem,
             serial: leaf.serial,
+            issuer: leaf.issuer,
             not_before: leaf.not_before,
             not_after: leaf.not_after,
             received: OffsetDateTime::now_utc(),
         })
+    }
+
+    /// Whether `roots` (PEM) still vouch for it: its chain ends at one of them, or (a CA
+    /// that leaves the root out) at a certificate one of them issued.
+    pub fn chains_to(&self, roots: &[String]) -> bool {
+        let Some(last) = self.chain.last().and_then(|pem| certs::info(pem).ok()) else {
+            return false;
+        };
+        roots
+            .iter()
+            .filter_map(|pem| certs::info(pem).ok())
+            .any(|root| {
+                (root.serial, &root.subject) == (last.serial.clone(), &last.subject)
+                    || root.subject == last.issuer
+            })
     }
 
     pub fn expired(&self) -> bool {
@@ -62,5 +80,53 @@ impl Svid {
 
     pub(super) fn until_expiry(&self) -> Duration {
         Duration::try_from(self.not_after - OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::pki::{self, CaSpec, KeyType};
+
+    fn root(name: &str) -> pki::Generated {
+        let spec = CaSpec {
+            common_name: pki::distinct_root_name(name),
+            organization: "test".into(),
+            validity: Duration::from_secs(3600),
+            key_type: KeyType::EcdsaP256,
+        };
+        pki::root_ca(&spec).unwrap()
+    }
+
+    /// An SVID whose chain is `[leaf, rest...]`, signed by `signer`.
+    fn svid(signer: &pki::Generated, rest: &[&str]) -> Svid {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(
+            &signer.cert_pem,
+            rcgen::KeyPair::from_pem(&signer.key_pem).unwrap(),
+        )
+        .unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://cluster.local/ns/default/sa/a".try_into().unwrap(),
+        )];
+        let leaf = params.signed_by(&key, &issuer).unwrap().pem();
+        let chain = std::iter::once(leaf)
+            .chain(rest.iter().map(|s| s.to_string()))
+            .collect();
+        let id = "spiffe://cluster.local/ns/default/sa/a".parse().unwrap();
+        Svid::new(id, chain, key.serialize_pem()).unwrap()
+    }
+
+    #[test]
+    fn an_svid_is_vouched_for_only_while_its_root_is_in_the_bundle() {
+        let (root1, root2) = (root("one"), root("two"));
+        let with_root = svid(&root1, &[&root1.cert_pem]);
+        assert!(with_root.chains_to(&[root1.cert_pem.clone(), root2.cert_pem.clone()]));
+        assert!(!with_root.chains_to(std::slice::from_ref(&root2.cert_pem)));
+        // A CA that leaves the root out of the chain: judged by who issued the last one.
+        let without_root = svid(&root1, &[]);
+        assert!(without_root.chains_to(std::slice::from_ref(&root1.cert_pem)));
+        assert!(!without_root.chains_to(std::slice::from_ref(&root2.cert_pem)));
     }
 }

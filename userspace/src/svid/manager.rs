@@ -138,15 +138,14 @@ impl SvidManager {
         self.bundle.clone()
     }
 
-    /// Replaces every held SVID whose serial the bundle revokes.
-    fn refresh_revoked(&self, bundle: &TrustBundle) {
+    /// Replaces at once every held SVID the bundle no longer vouches for: its serial is
+    /// revoked, or its root left the bundle (a rotation finished before it was renewed).
+    fn refresh_unusable(&self, bundle: &TrustBundle) {
         for entry in self.entries.lock().unwrap().values() {
-            let revoked = entry
-                .current
-                .borrow()
-                .as_ref()
-                .is_some_and(|s| bundle.revoked_serials.contains(&s.serial));
-            if revoked {
+            let unusable = entry.current.borrow().as_ref().is_some_and(|s| {
+                bundle.revoked_serials.contains(&s.serial) || !s.chains_to(&bundle.roots)
+            });
+            if unusable {
                 entry.refresh_now.notify_one();
             }
         }
@@ -174,7 +173,7 @@ async fn lifecycle(
     loop {
         let wait = match client.fetch_svid(&id, config.ttl).await {
             Ok(svid) => {
-                tracing::info!(identity = %id, serial = svid.serial, not_after = %svid.not_after, "SVID issued");
+                tracing::info!(identity = %id, serial = svid.serial, issuer = svid.issuer, not_after = %svid.not_after, "SVID issued");
                 backoff = config.retry_min;
                 expiry_gauge(&id).set(svid.not_after.unix_timestamp());
                 let wait = svid.refresh_in();
@@ -234,7 +233,7 @@ async fn poll_bundle(
                     "trust bundle updated"
                 );
                 if let Some(manager) = manager.upgrade() {
-                    manager.refresh_revoked(&bundle);
+                    manager.refresh_unusable(&bundle);
                 }
                 tx.send_replace(Arc::new(bundle));
             }

@@ -1,7 +1,7 @@
 //! Every rustls configuration the daemon uses is built here: the tunnel's two ends (TLS
 //! 1.3 only, the tunnel's ALPN, secure naming), a workload port's server for clients
-//! outside the mesh, TLS originated to external services, and the probe that shows what a
-//! peer presents. All of them may hand their
+//! outside the mesh, TLS originated to external services, the probe that shows what a
+//! peer presents, and both ends of the CA's gRPC connection. All of them may hand their
 //! session to the kernel (secrets extractable) and none resumes sessions: tickets would be
 //! records kernel TLS has to carry.
 
@@ -86,6 +86,31 @@ pub fn mesh_probe(
 ) -> Result<ClientConfig> {
     let mut config = client(check, None, Versions::Tls13, provider)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// The CA's gRPC server: whatever certificate `serving` holds now (it follows the CA's
+/// signing material), HTTP/2, no client certificate (callers prove themselves with their
+/// node credential).
+pub fn ca_server(
+    serving: Arc<dyn rustls::server::ResolvesServerCert>,
+    provider: Arc<CryptoProvider>,
+) -> Result<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(Versions::Default.all())?
+        .with_no_client_auth()
+        .with_cert_resolver(serving);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A node daemon's connection to the CA: the server's name checked against `roots`.
+pub fn ca_client(roots: RootCertStore, provider: Arc<CryptoProvider>) -> Result<ClientConfig> {
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(Versions::Default.all())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
 
