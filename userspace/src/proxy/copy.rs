@@ -20,7 +20,12 @@ use tokio::{
 use super::splice::{self, unless_gone};
 use crate::tls::offload::Stream;
 
-const BUFFER: usize = 16 * 1024;
+/// A direction's buffer starts small, so an idle connection holds little, and grows
+/// sixteenfold each time a read fills it, up to `MAX_BUFFER`: a bulk flow then moves in
+/// few, large reads and writes (a full 16 KiB TLS record at the second step).
+const FIRST_BUFFER: usize = 1024;
+const MAX_BUFFER: usize = 256 * 1024;
+const GROWTH: usize = 16;
 
 /// One end of a relayed connection.
 pub trait Endpoint: AsyncRead + AsyncWrite + Unpin + Send {
@@ -86,7 +91,7 @@ async fn one_way(
     to: &mut (impl AsyncWrite + Unpin),
     moved: &AtomicU64,
 ) -> io::Result<()> {
-    let mut buffer = vec![0; BUFFER];
+    let mut buffer = vec![0; FIRST_BUFFER];
     loop {
         let n = from.read(&mut buffer).await?;
         if n == 0 {
@@ -94,5 +99,8 @@ async fn one_way(
         }
         to.write_all(&buffer[..n]).await?;
         moved.fetch_add(n as u64, Ordering::Relaxed);
+        if n == buffer.len() && buffer.len() < MAX_BUFFER {
+            buffer.resize(buffer.len() * GROWTH, 0);
+        }
     }
 }
