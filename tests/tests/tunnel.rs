@@ -566,3 +566,53 @@ fn open_connections_are_cut_when_policy_or_revocation_no_longer_allows_them() ->
     )?;
     Ok(())
 }
+
+/// A daemon's `hawser_tls_handshakes_total` for `side` and `kind` (0 before any).
+fn handshakes(node: &hawser_testbed::Node, side: &str, kind: &str) -> Result<u64> {
+    let (_, metrics) = node.http_get("http://127.0.0.1:15020/metrics")?;
+    let series = format!("hawser_tls_handshakes_total{{kind=\"{kind}\",side=\"{side}\"}} ");
+    Ok(metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(Ok(0), str::parse)?)
+}
+
+#[test]
+fn tunnels_between_the_same_pods_resume_until_the_bundle_changes() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let m = Mesh::new()?;
+    let nginx = Nginx::start(&m.bed, &m.b)?;
+    let url = format!("http://{}/hello.txt", m.b.ip);
+    for _ in 0..3 {
+        assert_eq!(curl(&m.a, &url)?, nginx.body);
+    }
+    // Userspace tunnels resume from tickets; kernel TLS could not carry them, so never.
+    let resumed = |node, side| handshakes(node, side, "resumed");
+    if hawser_testbed::expected_tls_path() == "userspace" {
+        assert_eq!(handshakes(&m.node1, "client", "full")?, 1);
+        assert_eq!(resumed(&m.node1, "client")?, 2);
+        assert_eq!(resumed(&m.node2, "server")?, 2);
+    } else {
+        assert_eq!(handshakes(&m.node1, "client", "full")?, 3);
+        assert_eq!(
+            resumed(&m.node1, "client")? + resumed(&m.node2, "server")?,
+            0
+        );
+    }
+
+    // A new bundle (here: a revoked serial no one holds) ends every session: the next
+    // tunnel is a full handshake, checked against the bundle in force.
+    let full = handshakes(&m.node1, "client", "full")?;
+    std::fs::write(&m.ca.revocations, "serials: [\"0badc0de\"]\n")?;
+    for d in [&m.d1, &m.d2] {
+        d.wait_for("the new bundle", Duration::from_secs(10), |log| {
+            log.lines()
+                .any(|l| l.contains("trust bundle updated") && l.contains("0badc0de"))
+        })?;
+    }
+    assert_eq!(curl(&m.a, &url)?, nginx.body);
+    assert_eq!(handshakes(&m.node1, "client", "full")?, full + 1);
+    Ok(())
+}

@@ -128,6 +128,7 @@ pub struct Metrics {
     received: IntCounterVec,
     pub handshake_seconds: HistogramVec,
     pub tls_offload: IntCounterVec,
+    pub handshakes: IntCounterVec,
     pub svid_expiry: IntGaugeVec,
     pub ca_request_seconds: HistogramVec,
     pub policy_denials: IntCounterVec,
@@ -208,6 +209,12 @@ impl Metrics {
                 "hawser_tls_offload_total",
                 "Where established tunnels' TLS runs: ktls, userspace, or failed (with reason)",
                 &["result", "reason"],
+            ),
+            handshakes: counter(
+                &r,
+                "hawser_tls_handshakes_total",
+                "Completed TLS handshakes, by side and kind (full, or resumed from a ticket)",
+                &["side", "kind"],
             ),
             svid_expiry: gauge(
                 &r,

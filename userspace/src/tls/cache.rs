@@ -3,13 +3,17 @@
 //! (a signature check of its own), which cost as much as a good part of the handshake.
 //!
 //! A renewed SVID or a new bundle (new roots, new revocations) is a new `Arc`, which
-//! rebuilds everything on the next connection.
+//! rebuilds everything on the next connection: with it the server's ticket key and the
+//! clients' session stores, so no session resumes past such a change.
 
 use std::{collections::HashMap, sync::Arc, sync::Mutex};
 
-use rustls::{ClientConfig, ServerConfig, crypto::CryptoProvider};
+use rustls::{ClientConfig, ServerConfig};
 
-use super::configs;
+use super::{
+    configs::{self, Resume},
+    offload::{Offload, TlsPath},
+};
 use crate::{
     failure::Result,
     svid::{Svid, TrustBundle},
@@ -38,14 +42,15 @@ impl TlsConfigs {
         &self,
         svid: &Arc<Svid>,
         bundle: &Arc<TrustBundle>,
-        provider: impl FnOnce() -> Arc<CryptoProvider>,
+        offload: &Offload,
     ) -> Result<Arc<ServerConfig>> {
         let mut built = self.current(svid, bundle);
         let built = built.as_mut().expect("current() fills it");
         if let Some(server) = &built.server {
             return Ok(server.clone());
         }
-        let server = Arc::new(configs::mesh_server(svid, bundle, provider())?);
+        let server = configs::mesh_server(svid, bundle, offload.provider(), resume(offload))?;
+        let server = Arc::new(server);
         built.server = Some(server.clone());
         Ok(server)
     }
@@ -56,19 +61,16 @@ impl TlsConfigs {
         svid: &Arc<Svid>,
         bundle: &Arc<TrustBundle>,
         peer: &SpiffeId,
-        provider: impl FnOnce() -> Arc<CryptoProvider>,
+        offload: &Offload,
     ) -> Result<Arc<ClientConfig>> {
         let mut built = self.current(svid, bundle);
         let built = built.as_mut().expect("current() fills it");
         if let Some(client) = built.clients.get(peer) {
             return Ok(client.clone());
         }
-        let client = Arc::new(configs::mesh_client(
-            svid,
-            bundle,
-            peer.clone(),
-            provider(),
-        )?);
+        let (provider, resume) = (offload.provider(), resume(offload));
+        let client = configs::mesh_client(svid, bundle, peer.clone(), provider, resume)?;
+        let client = Arc::new(client);
         if built.clients.len() >= MAX_PEERS {
             built.clients.clear();
         }
@@ -95,5 +97,13 @@ impl TlsConfigs {
             });
         }
         built
+    }
+}
+
+/// Sessions resume where they stay in userspace (see `configs`).
+fn resume(offload: &Offload) -> Resume {
+    match offload.path() {
+        TlsPath::Userspace => Resume::Tickets,
+        TlsPath::Kernel => Resume::Never,
     }
 }

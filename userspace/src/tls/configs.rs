@@ -1,9 +1,15 @@
 //! Every rustls configuration the daemon uses is built here: the tunnel's two ends (TLS
 //! 1.3 only, the tunnel's ALPN, secure naming), a workload port's server for clients
 //! outside the mesh, TLS originated to external services, the probe that shows what a
-//! peer presents, and both ends of the CA's gRPC connection. All of them may hand their
-//! session to the kernel (secrets extractable) and none resumes sessions: tickets would be
-//! records kernel TLS has to carry.
+//! peer presents, and both ends of the CA's gRPC connection. The data-path ones may hand
+//! their session to the kernel (secrets extractable).
+//!
+//! Resumption: tunnels that stay in userspace resume TLS 1.3 sessions from tickets (no
+//! signatures, no chain checks: most of a handshake's cost), and `verify::session_peer`
+//! checks the peer's identity, revocation and expiry on every resumed session. The
+//! configurations are rebuilt, with a fresh ticket key and session store, whenever the SVID
+//! or the trust bundle changes, so no session outlives the roots and revocations it was
+//! checked against. Nothing else resumes: kernel TLS would have to carry the tickets.
 
 use std::sync::Arc;
 
@@ -32,6 +38,7 @@ pub fn mesh_client(
     bundle: &TrustBundle,
     expected: SpiffeId,
     provider: Arc<CryptoProvider>,
+    resume: Resume,
 ) -> Result<ClientConfig> {
     let check = SecureNaming {
         roots: Arc::new(roots(bundle)?),
@@ -41,8 +48,23 @@ pub fn mesh_client(
     };
     let mut config = client(check, Some(svid_identity(svid)?), Versions::Tls13, provider)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
+    if resume == Resume::Tickets {
+        config.resumption = rustls::client::Resumption::in_memory_sessions(SESSIONS);
+    }
     Ok(config)
 }
+
+/// Whether the tunnel resumes sessions (only where they stay in userspace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    Tickets,
+    Never,
+}
+
+/// Tickets a client keeps per peer identity (one per connection resumed at once).
+const SESSIONS: usize = 64;
+/// Tickets a server hands out per handshake, so that parallel connections resume too.
+const TICKETS: usize = 4;
 
 /// The tunnel's server end: present `svid`, require a client chaining to the bundle (the
 /// caller reads its identity from the certificate).
@@ -50,10 +72,15 @@ pub fn mesh_server(
     svid: &Svid,
     bundle: &TrustBundle,
     provider: Arc<CryptoProvider>,
+    resume: Resume,
 ) -> Result<ServerConfig> {
     let clients = client_verifier(roots(bundle)?, &provider)?;
     let mut config = server(clients, svid_identity(svid)?, Versions::Tls13, provider)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
+    if resume == Resume::Tickets {
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+        config.send_tls13_tickets = TICKETS;
+    }
     Ok(config)
 }
 

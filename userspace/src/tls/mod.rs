@@ -13,7 +13,7 @@ pub mod verify;
 use std::{fmt::Display, future::Future, io, sync::Arc, time::Duration};
 
 use ktls::CorkStream;
-use rustls::{ClientConfig, ServerConfig, pki_types::ServerName};
+use rustls::{ClientConfig, CommonState, HandshakeKind, ServerConfig, pki_types::ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
@@ -36,7 +36,9 @@ pub async fn connect(
     offload: &Offload,
 ) -> Result<client::TlsStream<CorkStream<TcpStream>>> {
     let handshake = TlsConnector::from(config).connect(name, offload.prepare(tcp));
-    bounded(side, peer, handshake).await
+    let stream = bounded(side, peer, handshake).await?;
+    counted(side, stream.get_ref().1);
+    Ok(stream)
 }
 
 /// The server side of a handshake on an accepted `conn`; `side` names it in the metric.
@@ -50,7 +52,18 @@ pub async fn accept(
         .peer_addr()
         .map_or("the client".into(), |a| a.to_string());
     let handshake = TlsAcceptor::from(config).accept(offload.prepare(conn));
-    bounded(side, peer, handshake).await
+    let stream = bounded(side, peer, handshake).await?;
+    counted(side, stream.get_ref().1);
+    Ok(stream)
+}
+
+/// Counts a completed handshake by side and kind.
+fn counted(side: &'static str, session: &CommonState) {
+    let kind = match session.handshake_kind() {
+        Some(HandshakeKind::Resumed) => "resumed",
+        _ => "full",
+    };
+    METRICS.handshakes.with_label_values(&[side, kind]).inc();
 }
 
 /// Runs a `handshake` with `peer` within `HANDSHAKE_TIMEOUT`, timed in the handshake

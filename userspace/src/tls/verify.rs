@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use rustls::{
-    DigitallySignedStruct, RootCertStore, SignatureScheme,
+    CommonState, DigitallySignedStruct, HandshakeKind, RootCertStore, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::CryptoProvider,
     pki_types::{CertificateDer, ServerName, UnixTime},
@@ -31,6 +31,39 @@ pub fn peer_identity(leaf: &CertificateDer<'_>, bundle: &TrustBundle) -> Result<
     };
     bundle.check_revoked(Some(&info.serial), uri)?;
     uri.parse().map_err(Failure::Peer)
+}
+
+/// The identity of the peer of an established session (and its certificate), refused if
+/// revoked. A resumed
+/// session skipped the certificate checks of a full handshake (its ticket was issued under
+/// the same SVID and bundle, see `configs`), so its peer certificate is also checked for
+/// expiry and, on the client side, for being the `expected` identity.
+pub fn session_peer<'s>(
+    session: &'s CommonState,
+    bundle: &TrustBundle,
+    expected: Option<&SpiffeId>,
+) -> Result<(SpiffeId, &'s CertificateDer<'static>)> {
+    let leaf = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| Failure::Peer("no peer certificate".into()))?;
+    let id = peer_identity(leaf, bundle)?;
+    if session.handshake_kind() != Some(HandshakeKind::Resumed) {
+        return Ok((id, leaf));
+    }
+    let pem = pem::encode(&pem::Pem::new("CERTIFICATE", leaf.as_ref().to_vec()));
+    let info = certs::info(&pem).map_err(|e| Failure::Peer(format!("{e:#}")))?;
+    if info.not_after <= time::OffsetDateTime::now_utc() {
+        return Err(Failure::Peer(format!(
+            "the resumed peer certificate of {id} has expired"
+        )));
+    }
+    match expected {
+        Some(expected) if *expected != id => Err(Failure::Peer(format!(
+            "resumed session with {id}, not {expected}"
+        ))),
+        _ => Ok((id, leaf)),
+    }
 }
 
 /// Checks that `end_entity` chains to `roots` for server authentication; returns it

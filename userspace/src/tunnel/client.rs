@@ -9,7 +9,7 @@ use super::preamble::Preamble;
 use crate::{
     context::pod::PodContext,
     failure::{Failure, Result},
-    tls::{self, offload::TunnelStream},
+    tls::{self, offload::TunnelStream, verify::session_peer},
 };
 use hawser_model::SpiffeId;
 
@@ -18,14 +18,13 @@ use hawser_model::SpiffeId;
 pub async fn connect(pod: &PodContext, dst: SocketAddr, peer: &SpiffeId) -> Result<TunnelStream> {
     let (svid, bundle) = pod.credentials_soon().await?;
     let offload = &pod.shared.offload;
-    let config = pod
-        .tls_configs
-        .client(&svid, &bundle, peer, || offload.provider())?;
+    let config = pod.tls_configs.client(&svid, &bundle, peer, offload)?;
     let tunnel = SocketAddr::new(dst.ip(), hawser_common::TUNNEL_PORT);
     let tcp = pod.connect(tunnel).await?;
     // Names play no part in the check (see `tls::verify::SecureNaming`); an IP sends no SNI.
     let name = ServerName::IpAddress(dst.ip().into());
     let mut stream = tls::connect("client", tunnel, tcp, config, name, offload).await?;
+    session_peer(stream.get_ref().1, &bundle, Some(peer))?;
     let preamble = Preamble { port: dst.port() }.encode();
     let sent = async {
         stream.write_all(&preamble).await?;

@@ -10,7 +10,7 @@ use crate::{
     context::pod::PodContext,
     failure::{Failure, Result},
     proxy::caller::client_certificate,
-    tls::{self, HANDSHAKE_TIMEOUT, offload::TunnelStream, verify::peer_identity},
+    tls::{self, HANDSHAKE_TIMEOUT, offload::TunnelStream, verify::session_peer},
 };
 use hawser_model::{SpiffeId, proxy_v2::ClientCertificate};
 
@@ -28,16 +28,10 @@ pub struct Accepted {
 pub async fn accept(pod: &PodContext, conn: TcpStream, dialed: IpAddr) -> Result<Accepted> {
     let (svid, bundle) = pod.credentials_soon().await?;
     let offload = &pod.shared.offload;
-    let config = pod
-        .tls_configs
-        .server(&svid, &bundle, || offload.provider())?;
+    let config = pod.tls_configs.server(&svid, &bundle, offload)?;
     let mut stream = tls::accept("server", conn, config, offload).await?;
     let session = stream.get_ref().1;
-    let leaf = session
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .ok_or_else(|| Failure::Peer("no client certificate".into()))?;
-    let client = peer_identity(leaf, &bundle)?;
+    let (client, leaf) = session_peer(session, &bundle, None)?;
     let certificate = client_certificate(leaf, session)?;
     let preamble = tokio::time::timeout(HANDSHAKE_TIMEOUT, preamble::read(&mut stream))
         .await
