@@ -13,11 +13,11 @@ use tonic::{
 };
 
 use super::{
+    bundle::TrustBundle,
     connector::{self, CaRoots},
     held::Svid,
 };
 use crate::{
-    failure::Failure,
     grpc::{
         hawser::{TrustBundleRequest, trust_service_client::TrustServiceClient},
         istio::{
@@ -48,32 +48,6 @@ pub struct CaClient {
     token_file: PathBuf,
     /// What the CA's certificate must chain to: follows the bundle.
     roots: CaRoots,
-}
-
-/// The roots and revocations the CA publishes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TrustBundle {
-    pub trust_domain: String,
-    pub roots: Vec<String>,
-    pub revoked_serials: Vec<String>,
-    pub revoked_identities: Vec<String>,
-}
-
-impl TrustBundle {
-    /// Refuses a revoked certificate serial or identity.
-    pub fn check_revoked(&self, serial: Option<&str>, identity: &str) -> Result<(), Failure> {
-        if let Some(serial) = serial.filter(|s| self.revoked_serials.iter().any(|r| r == s)) {
-            return Err(Failure::Peer(format!(
-                "the peer certificate (serial {serial}) is revoked"
-            )));
-        }
-        if self.revoked_identities.iter().any(|r| r == identity) {
-            return Err(Failure::Peer(format!(
-                "the peer identity {identity} is revoked"
-            )));
-        }
-        Ok(())
-    }
 }
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

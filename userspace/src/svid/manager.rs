@@ -14,10 +14,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{
-    client::{CaClient, TrustBundle},
-    held::Svid,
-};
+use super::{bundle::TrustBundle, client::CaClient, held::Svid};
 use crate::metrics::METRICS;
 use hawser_model::SpiffeId;
 

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     failure::Result,
-    svid::{Svid, TrustBundle},
+    svid::{bundle::TrustBundle, held::Svid},
 };
 use hawser_model::SpiffeId;
 

@@ -25,7 +25,7 @@ use super::verify::{SecureNaming, ServerCheck, Verifier};
 use crate::{
     failure::{Failure, Result},
     identity::certs,
-    svid::{Svid, TrustBundle},
+    svid::{bundle::TrustBundle, held::Svid},
 };
 use hawser_model::{SpiffeId, preamble::ALPN};
 

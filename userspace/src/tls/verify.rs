@@ -15,7 +15,7 @@ use rustls::{
 use crate::{
     failure::{Failure, Result},
     identity::certs,
-    svid::TrustBundle,
+    svid::bundle::TrustBundle,
 };
 use hawser_model::SpiffeId;
 
