@@ -254,6 +254,19 @@ impl Testbed {
         Service::node(self, node, ca, extra, &[])
     }
 
+    /// Starts another `hawser node` for `node` beside the one running (an upgrade):
+    /// `generation` names its log (`hawser-<node>-<generation>.log`).
+    pub fn start_node_generation(
+        &self,
+        node: &Node,
+        ca: Option<&CaInfo>,
+        extra: &[&str],
+        generation: u32,
+    ) -> Result<Service> {
+        let log = format!("hawser-{}-{generation}.log", node.name);
+        Service::node_logged(self, node, ca, extra, &[], &log)
+    }
+
     /// Starts `hawser node` for `node` with the API server of `kubeconfig` as its
     /// workload source, taking CNI hand-offs on `cni_socket`.
     pub fn start_node_in_cluster(

@@ -301,3 +301,64 @@ impl Reader {
         Ok(String::from_utf8(out.stdout)?)
     }
 }
+
+/// HTTP requests from a pod every 50 ms, each on a new connection, until finished: what
+/// "no failed request" means across a rotation or an upgrade.
+pub struct RequestLoop {
+    _proc: Proc,
+    stop: PathBuf,
+    out: PathBuf,
+}
+
+const REQUEST_LOOP: &str = r#"
+import os, socket, sys, time
+host, stop, out = sys.argv[1:4]
+ok, fails = 0, []
+while not os.path.exists(stop):
+    began = time.time()
+    try:
+        s = socket.create_connection((host, 80), timeout=5)
+        s.sendall(b"GET /hello.txt HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        s.close()
+        if data.startswith(b"HTTP/1.1 200"):
+            ok += 1
+        else:
+            fails.append(f"{began:.3f} {data[:60]!r}")
+    except Exception as e:
+        fails.append(f"{began:.3f} {e}")
+    time.sleep(max(0.0, 0.05 - (time.time() - began)))
+with open(out + ".tmp", "w") as f:
+    f.write(f"{ok}\n" + "\n".join(fails))
+os.rename(out + ".tmp", out)
+"#;
+
+impl RequestLoop {
+    /// Requests `http://<host>/hello.txt` (nginx) from `pod`.
+    pub fn start(bed: &Testbed, pod: &Pod, host: &str) -> Result<Self> {
+        let (stop, out) = (bed.dir().join("loop.stop"), bed.dir().join("loop.out"));
+        let (stop_arg, out_arg) = (stop.display().to_string(), out.display().to_string());
+        let proc = pod.spawn(&["python3", "-c", REQUEST_LOOP, host, &stop_arg, &out_arg])?;
+        Ok(Self {
+            _proc: proc,
+            stop,
+            out,
+        })
+    }
+
+    /// Stops the loop: how many requests succeeded, and each failure with its time.
+    pub fn finish(self) -> Result<(usize, Vec<String>)> {
+        std::fs::write(&self.stop, "")?;
+        wait_until(
+            Duration::from_secs(10),
+            "the request loop's results",
+            || self.out.exists(),
+        )?;
+        let text = std::fs::read_to_string(&self.out)?;
+        let mut lines = text.lines();
+        let ok = lines.next().unwrap_or_default().parse()?;
+        Ok((ok, lines.map(str::to_string).collect()))
+    }
+}

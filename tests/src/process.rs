@@ -48,6 +48,11 @@ impl Proc {
         self.child.id() as i32
     }
 
+    /// Whether it has ended (reaped here if so).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().is_ok_and(|status| status.is_some())
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
         let pid = nix::unistd::Pid::from_raw(self.pid());

@@ -47,6 +47,19 @@ impl Service {
         extra: &[&str],
         env: &[String],
     ) -> Result<Self> {
+        let log = format!("hawser-{}.log", node.name);
+        Self::node_logged(bed, node, ca, extra, env, &log)
+    }
+
+    /// `node`, logging to `log` in the bed's directory.
+    pub(crate) fn node_logged(
+        bed: &Testbed,
+        node: &Node,
+        ca: Option<&CaInfo>,
+        extra: &[&str],
+        env: &[String],
+        log: &str,
+    ) -> Result<Self> {
         let mut args = vec![
             "node".to_string(),
             "--node-name".into(),
@@ -79,14 +92,7 @@ impl Service {
         args.extend(extra.iter().map(|a| a.to_string()));
         // The daemon runs inside the cgroup its programs watch, as it does in a cluster:
         // its own connections must still never be captured.
-        Self::start(
-            bed,
-            node,
-            env,
-            args,
-            &format!("hawser-{}.log", node.name),
-            "node ready",
-        )
+        Self::start(bed, node, env, args, log, "node ready")
     }
 
     /// `hawser ca` in `on`'s namespace, listening on port 15012 of its bridge address
@@ -182,6 +188,11 @@ impl Service {
     /// Whether dropping prints the whole log (the default, for failing tests).
     pub fn echo_log_on_drop(&mut self, echo: bool) {
         self.echo_log_on_drop = echo;
+    }
+
+    /// Whether the process has ended on its own (or was never started).
+    pub fn exited(&mut self) -> bool {
+        self.proc.as_mut().is_none_or(Proc::exited)
     }
 
     /// SIGTERM, as a node drain or a DaemonSet rollout does.

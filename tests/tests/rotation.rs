@@ -8,33 +8,12 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result};
-use hawser_testbed::{Service, can_run, mesh::Mesh, peers::Nginx, write_atomically};
-
-/// Requests `http://HOST/hello.txt` every 50 ms until STOP exists, then writes
-/// `ok N fail M` and one line per failure to OUT.
-const REQUEST_LOOP: &str = r#"
-import os, socket, sys, time
-host, stop, out = sys.argv[1:4]
-ok, fails = 0, []
-while not os.path.exists(stop):
-    began = time.time()
-    try:
-        s = socket.create_connection((host, 80), timeout=5)
-        s.sendall(b"GET /hello.txt HTTP/1.0\r\n\r\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-        s.close()
-        if data.startswith(b"HTTP/1.1 200"):
-            ok += 1
-        else:
-            fails.append(f"{began:.3f} {data[:60]!r}")
-    except Exception as e:
-        fails.append(f"{began:.3f} {e}")
-    time.sleep(max(0.0, 0.05 - (time.time() - began)))
-with open(out, "w") as f:
-    f.write(f"ok {ok} fail {len(fails)}\n" + "\n".join(fails))
-"#;
+use hawser_testbed::{
+    Service, can_run,
+    mesh::Mesh,
+    peers::{Nginx, RequestLoop},
+    write_atomically,
+};
 
 fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
@@ -64,16 +43,7 @@ fn the_ca_moves_to_a_new_root_with_no_failed_request_and_nothing_restarted() -> 
             .parent()
             .context("the CA's directory")?
             .to_path_buf();
-    let (stop, out) = (m.bed.dir().join("loop.stop"), m.bed.dir().join("loop.out"));
-    let argv = [
-        "python3",
-        "-c",
-        REQUEST_LOOP,
-        &m.b.ip,
-        stop.to_str().unwrap(),
-        out.to_str().unwrap(),
-    ];
-    let requests = m.a.spawn(&argv)?;
+    let requests = RequestLoop::start(&m.bed, &m.a, &m.b.ip)?;
 
     // A new root and an intermediate under it, made as an operator would.
     let pki = m.bed.dir().join("pki-root2");
@@ -130,24 +100,11 @@ fn the_ca_moves_to_a_new_root_with_no_failed_request_and_nothing_restarted() -> 
         wait_logged(d, "SVID issued", int2_subject, renewed + 1)?;
     }
 
-    std::fs::write(&stop, "")?;
-    let results =
-        hawser_testbed::peers::wait_until(Duration::from_secs(10), "the loop's results", || {
-            out.exists()
-        })
-        .and_then(|()| read(&out))?;
-    drop(requests);
-    let counts: Vec<usize> = results
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    let [ok, failed] = counts[..] else {
-        anyhow::bail!("the loop wrote {results:?}");
-    };
-    assert_eq!(failed, 0, "requests failed during the rotation:\n{results}");
+    let (ok, failed) = requests.finish()?;
+    assert!(
+        failed.is_empty(),
+        "requests failed during the rotation: {failed:#?}"
+    );
     assert!(
         ok >= 100,
         "the loop ran through the rotation ({ok} requests)"

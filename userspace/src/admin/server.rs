@@ -12,6 +12,7 @@ use axum::{
 };
 use serde::Deserialize;
 use tokio::{net::TcpListener, sync::watch};
+use tokio_util::sync::CancellationToken;
 
 use super::views::{
     Cert, Certs, ConfigDump, IdentityCerts, PodStatus, PolicyCheck, Status, rfc3339,
@@ -39,18 +40,18 @@ pub struct Admin {
     pub series_grace: std::time::Duration,
 }
 
-/// Binds both servers (so that a taken port fails start-up), then serves them; returns
-/// the addresses they are bound to (a port 0 asked for any).
+/// Binds both servers (so that a taken port fails start-up), then serves them until
+/// `stop` (a shutdown or a take-over: only the daemon in charge answers); returns the
+/// addresses they are bound to (a port 0 asked for any).
 pub async fn serve(
     admin: SocketAddr,
     metrics: SocketAddr,
     state: Admin,
+    stop: CancellationToken,
 ) -> Result<(SocketAddr, SocketAddr)> {
-    let admin_listener = TcpListener::bind(admin)
-        .await
+    let admin_listener = shared_listener(admin)
         .with_context(|| format!("admin API: bind {admin} (taken? set --admin-addr)"))?;
-    let metrics_listener = TcpListener::bind(metrics)
-        .await
+    let metrics_listener = shared_listener(metrics)
         .with_context(|| format!("metrics: bind {metrics} (taken? set --metrics-addr)"))?;
     let (admin, metrics) = (admin_listener.local_addr()?, metrics_listener.local_addr()?);
     tracing::info!(%admin, %metrics, "admin API and metrics listening");
@@ -67,13 +68,27 @@ pub async fn serve(
         .route("/stats/prometheus", get(metrics_text))
         .route("/healthz/ready", get(ready))
         .with_state(state);
-    tokio::spawn(run(admin_listener, admin_routes));
-    tokio::spawn(run(metrics_listener, metrics_routes));
+    tokio::spawn(run(admin_listener, admin_routes, stop.clone()));
+    tokio::spawn(run(metrics_listener, metrics_routes, stop));
     Ok((admin, metrics))
 }
 
-async fn run(listener: TcpListener, routes: Router) {
-    if let Err(e) = axum::serve(listener, routes).await {
+/// A listener a daemon taking over from this one can bind beside it (SO_REUSEPORT, same
+/// user only): during an upgrade both answer, then the old one goes.
+fn shared_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn run(listener: TcpListener, routes: Router, stop: CancellationToken) {
+    let served = axum::serve(listener, routes).with_graceful_shutdown(stop.cancelled_owned());
+    if let Err(e) = served.await {
         tracing::error!("HTTP server stopped: {e}");
     }
 }

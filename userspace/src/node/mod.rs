@@ -3,6 +3,7 @@
 //! connections on the data-plane runtime it is given, and returns a handle to stop it.
 
 pub mod pod;
+pub mod takeover;
 
 use std::{
     collections::BTreeMap,
@@ -115,6 +116,8 @@ impl Bound {
 /// relayed connections run on `data`.
 pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
     raise_open_files_limit();
+    let shutdown = CancellationToken::new();
+    let previous = takeover::claim(&config.pin_dir, &shutdown)?;
     let dataplane = Arc::new(Dataplane::load(&config.pin_dir, &config.cgroup)?);
     let source = workload::start(&config.source).await?;
     let cni_state = config
@@ -181,6 +184,7 @@ pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
             started: Instant::now(),
             series_grace: config.series_grace,
         },
+        shutdown.clone(),
     )
     .await?;
     let mut node = Reconciler {
@@ -194,8 +198,13 @@ pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
     let snapshot = registry.borrow_and_update().clone();
     let pending = node.reconcile(&snapshot).await;
     prune_earlier_runs(&node.dataplane, &node.pods, &node.closed);
+    if let Some(previous) = previous
+        && let Err(e) = previous.take_over(&shutdown).await
+    {
+        tracing::warn!("taking over from the previous daemon: {e:#}");
+    }
     tracing::info!(node = %node.name, pods = node.pods.len(), "node ready");
-    let (shutdown, ended) = (CancellationToken::new(), CancellationToken::new());
+    let ended = CancellationToken::new();
     let following = node.follow(registry, pending, shutdown.clone(), config.drain);
     let done = ended.clone().drop_guard();
     let running = tokio::spawn(async move {
@@ -348,7 +357,7 @@ impl Reconciler {
         // Pins stay: enrolled pods keep being steered to listeners that are now gone, so their
         // new connections fail until a daemon is back.
         tracing::info!(
-            "shutting down; enrolled pods stay captured (fail closed) until the daemon returns"
+            "shutting down; enrolled pods stay captured (fail closed) until a daemon serves them"
         );
         for pod in self.pods.values() {
             pod.stop_accepting();
