@@ -1,8 +1,9 @@
 //! Upgrading node daemons one node at a time, as a DaemonSet rollout does: a new `hawser
 //! node` starts beside the running one and takes over (steering, admin and metrics
-//! ports); the old one drains what it accepted and exits. Across both upgrades, a request
-//! every 50 ms from a (node1) to b (node2) and a stream in flight at each upgrade: no
-//! request fails, no stream is cut.
+//! ports); the old one drains what it accepted, then exits (`--after-handover exit`, the
+//! default) or waits, idle, for SIGTERM (`wait`, as the DaemonSet runs it). Node1, node2,
+//! then node1 again, under a request every 50 ms from a (node1) to b (node2) and a stream
+//! in flight at each upgrade: no request fails, no stream is cut.
 
 use std::time::Duration;
 
@@ -14,15 +15,21 @@ use hawser_testbed::{
 };
 
 const DRAIN: &[&str] = &["--drain-secs", "15"];
+/// The new daemons stay, idle, once taken over in turn (as in the DaemonSet).
+const WAIT: &[&str] = &["--drain-secs", "15", "--after-handover", "wait"];
 
-/// Starts a new daemon beside `old` and waits until `old` has handed over and exited.
-fn upgrade(bed: &Testbed, ca: &CaInfo, old: &mut Service, node: &Node) -> Result<Service> {
-    let new = bed.start_node_generation(node, Some(ca), DRAIN, 2)?;
+/// Starts generation `generation` of `node`'s daemon beside `old`, and waits until `old`
+/// has handed over.
+fn upgrade(
+    bed: &Testbed,
+    ca: &CaInfo,
+    old: &Service,
+    node: &Node,
+    generation: u32,
+) -> Result<Service> {
+    let new = bed.start_node_generation(node, Some(ca), WAIT, generation)?;
     old.wait_for("the hand-over", Duration::from_secs(10), |log| {
         log.contains("a new daemon takes over")
-    })?;
-    wait_until(Duration::from_secs(30), "the old daemon to exit", || {
-        old.exited()
     })?;
     Ok(new)
 }
@@ -42,18 +49,41 @@ fn upgrading_each_node_daemon_fails_no_request_and_cuts_no_stream() -> Result<()
     wait_listening(&m.b, 7400, "the slow server")?;
     let requests = RequestLoop::start(&m.bed, &m.a, &m.b.ip)?;
 
-    let mut upgraded = Vec::new();
-    for node in [1, 2] {
+    // Node1, node2, then node1 again (its second upgrade replaces a daemon that waits).
+    let mut upgraded: Vec<Service> = Vec::new();
+    for (node, generation) in [(1, 2), (2, 2), (1, 3)] {
         // A stream opened through the daemons about to be replaced.
         let stream = Reader::start(&m.bed, &m.a, &m.b.ip, 7400)?;
         stream.wait_started("the stream's greeting")?;
-        let (old, node) = match node {
-            1 => (&mut m.d1, &m.node1),
-            _ => (&mut m.d2, &m.node2),
+        let (node_ref, old) = match (node, generation) {
+            (1, 2) => (&m.node1, &mut m.d1),
+            (2, _) => (&m.node2, &mut m.d2),
+            _ => (&m.node1, &mut upgraded[0]),
         };
-        upgraded.push(upgrade(&m.bed, &m.ca, old, node)?);
+        let new = upgrade(&m.bed, &m.ca, old, node_ref, generation)?;
         let said = stream.outcome()?;
         assert!(said.starts_with("EOF 10"), "the stream read {said:?}");
+        if generation == 2 {
+            // Started with the default, `--after-handover exit`: gone once drained.
+            wait_until(Duration::from_secs(30), "the old daemon to exit", || {
+                old.exited()
+            })?;
+        } else {
+            old.wait_for("the idle wait", Duration::from_secs(30), |log| {
+                log.contains("idle until stopped")
+            })?;
+            assert!(
+                !old.exited(),
+                "a daemon told to wait after the hand-over exited"
+            );
+            let stopping = std::time::Instant::now();
+            old.stop()?;
+            assert!(
+                stopping.elapsed() < Duration::from_secs(5),
+                "SIGTERM ends the idle daemon"
+            );
+        }
+        upgraded.push(new);
     }
 
     let (ok, failed) = requests.finish()?;
@@ -65,7 +95,7 @@ fn upgrading_each_node_daemon_fails_no_request_and_cuts_no_stream() -> Result<()
         ok >= 50,
         "the loop ran through the upgrades ({ok} requests)"
     );
-    for new in &upgraded {
+    for new in &upgraded[1..] {
         assert!(
             new.count("connection closed") > 0,
             "the new daemon carried traffic:\n{}",

@@ -12,7 +12,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use crate::node::{self, Bound, NodeConfig};
+use crate::node::{self, AfterHandover, Bound, NodeConfig};
 
 /// How long the runtimes' threads get to end once the drain is over.
 const RUNTIME_STOP: Duration = Duration::from_secs(1);
@@ -22,6 +22,7 @@ pub struct Running {
     control: Runtime,
     data: Runtime,
     bound: Bound,
+    after_handover: AfterHandover,
 }
 
 /// Starts the node daemon; it runs until `Running::stop`.
@@ -30,11 +31,13 @@ pub fn start(config: NodeConfig) -> Result<Running> {
     let mut one = Builder::new_multi_thread();
     one.worker_threads(1);
     let control = runtime("hawser-control", one)?;
+    let after_handover = config.after_handover;
     let bound = control.block_on(node::start(config, data.handle().clone()))?;
     Ok(Running {
         control,
         data,
         bound,
+        after_handover,
     })
 }
 
@@ -49,14 +52,22 @@ impl Running {
         self.bound.metrics
     }
 
-    /// Until SIGTERM or Ctrl-C (or the daemon ended on its own).
+    /// Until SIGTERM or Ctrl-C, or the daemon ended on its own (unless it handed over
+    /// and is to wait: then until the signal).
     pub fn until_signalled(&self) -> Result<()> {
         self.control.block_on(async {
             let mut terminate = signal(SignalKind::terminate())?;
+            let ended = async {
+                self.bound.ended().await;
+                if self.bound.handed_over() && self.after_handover == AfterHandover::Wait {
+                    tracing::info!("handed over and drained: idle until stopped");
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 _ = terminate.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
-                _ = self.bound.ended() => {}
+                () = ended => {}
             }
             Ok(())
         })

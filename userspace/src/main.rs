@@ -9,7 +9,7 @@ use hawser::{
     credentials::CredentialRoots,
     identity::pki::{self, CaSpec, KeyType},
     logging::{self, LogFormat},
-    node::{CaSettings, NodeConfig},
+    node::{AfterHandover, CaSettings, NodeConfig},
     proxy::sockets::Keepalive,
     redirect::dataplane,
     svid::SvidConfig,
@@ -183,6 +183,11 @@ struct NodeArgs {
     /// the rest are cut; keep it below the pod's terminationGracePeriodSeconds.
     #[arg(long, default_value_t = 30, env = "HAWSER_DRAIN_SECS")]
     drain_secs: u64,
+    /// Once a new daemon took over from this one (an upgrade) and the drain is over:
+    /// exit, or wait idle for SIGTERM (in a DaemonSet, where an exited container would be
+    /// restarted).
+    #[arg(long, value_enum, default_value = "exit")]
+    after_handover: AfterHandover,
 }
 
 #[derive(clap::Args)]
@@ -410,6 +415,7 @@ fn node_config(args: NodeArgs, log_level: logging::LogLevel) -> Result<NodeConfi
             idle: Duration::from_secs(args.keepalive_secs),
         },
         drain: Duration::from_secs(args.drain_secs),
+        after_handover: args.after_handover,
         ca,
     })
 }

@@ -58,6 +58,7 @@ fn config(bed: &Testbed, node: &hawser_testbed::Node, log_level: logging::LogLev
             idle: Duration::from_secs(120),
         },
         drain: Duration::from_secs(2),
+        after_handover: hawser::node::AfterHandover::Exit,
         ca: None,
     }
 }

@@ -38,6 +38,8 @@ pub struct Admin {
     pub started: Instant,
     /// How long the series of a workload that left stay.
     pub series_grace: std::time::Duration,
+    /// Whether a new daemon is taking over from this one (`node::takeover`).
+    pub successor: watch::Receiver<bool>,
 }
 
 /// Binds both servers (so that a taken port fails start-up), then serves them until
@@ -144,6 +146,9 @@ fn status_of(admin: &Admin) -> Status {
 /// SVID of every local identity is held.
 fn not_ready(admin: &Admin, node: &NodeStatus) -> Vec<String> {
     let mut missing = Vec::new();
+    if *admin.successor.borrow() {
+        missing.push("a new daemon is taking over from this one".into());
+    }
     if let Err(e) = admin.dataplane.attached() {
         missing.push(e);
     }

@@ -62,8 +62,20 @@ pub struct NodeConfig {
     pub keepalive: Keepalive,
     /// How long open connections may run on after SIGTERM before they are cut.
     pub drain: Duration,
+    /// What the process does once a new daemon took over and the drain is over.
+    pub after_handover: AfterHandover,
     /// Where identities come from; without it the daemon relays without identities.
     pub ca: Option<CaSettings>,
+}
+
+/// What a daemon does once a new one took over from it and its drain is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AfterHandover {
+    /// Exit (a process started by hand or by a supervisor that does not restart it).
+    Exit,
+    /// Stay, idle, until SIGTERM: a container that exited would be restarted by the
+    /// kubelet and take over back; the DaemonSet controller stops it instead.
+    Wait,
 }
 
 pub struct CaSettings {
@@ -91,6 +103,8 @@ pub struct Bound {
     shutdown: CancellationToken,
     /// Cancelled when the daemon has ended (shut down, or its workload source ended).
     ended: CancellationToken,
+    /// Cancelled when a new daemon took over from this one.
+    handed_over: CancellationToken,
     running: JoinHandle<()>,
 }
 
@@ -100,7 +114,12 @@ impl Bound {
         self.shutdown.cancel();
     }
 
-    /// Once the daemon has ended on its own (its workload source ended).
+    /// Whether a new daemon took over from this one (see `takeover`).
+    pub fn handed_over(&self) -> bool {
+        self.handed_over.is_cancelled()
+    }
+
+    /// Once the daemon has ended on its own (a take-over, or its workload source ended).
     pub async fn ended(&self) {
         self.ended.cancelled().await
     }
@@ -116,8 +135,8 @@ impl Bound {
 /// relayed connections run on `data`.
 pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
     raise_open_files_limit();
-    let shutdown = CancellationToken::new();
-    let previous = takeover::claim(&config.pin_dir, &shutdown)?;
+    let (succession, previous) = takeover::claim(&config.pin_dir).await?;
+    let shutdown = succession.shutdown.clone();
     let dataplane = Arc::new(Dataplane::load(&config.pin_dir, &config.cgroup)?);
     let source = workload::start(&config.source).await?;
     let cni_state = config
@@ -183,6 +202,7 @@ pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
             log_level: config.log_level.clone(),
             started: Instant::now(),
             series_grace: config.series_grace,
+            successor: succession.successor.clone(),
         },
         shutdown.clone(),
     )
@@ -199,7 +219,7 @@ pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
     let pending = node.reconcile(&snapshot).await;
     prune_earlier_runs(&node.dataplane, &node.pods, &node.closed);
     if let Some(previous) = previous
-        && let Err(e) = previous.take_over(&shutdown).await
+        && let Err(e) = previous.take_over(&succession).await
     {
         tracing::warn!("taking over from the previous daemon: {e:#}");
     }
@@ -216,6 +236,7 @@ pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
         metrics,
         shutdown,
         ended,
+        handed_over: succession.handed_over,
         running,
     })
 }

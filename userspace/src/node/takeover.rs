@@ -3,11 +3,14 @@
 //!
 //! The running daemon listens on an abstract Unix socket named after its pin directory
 //! (abstract names live in the network namespace, the host's for a node daemon; only a
-//! caller with the daemon's own user is heard). The new daemon starts beside it: the
-//! pinned maps are shared, so enrolling a pod points its steering at the new listeners
-//! while the old ones still serve what they accepted. Once the new daemon is ready it
-//! asks the old one to go; the old one answers, stops accepting, drains its open
-//! connections for its `--drain-secs` and exits, and the new one takes the socket name.
+//! caller with the daemon's own user is heard). A new daemon connects at its start and
+//! says `starting`: until it asks to take over (or goes away), the running one reports
+//! not ready, so a readiness probe that reaches it on the shared port cannot mark the new
+//! one ready early. The new daemon starts beside it: the pinned maps are shared, so
+//! enrolling a pod points its steering at the new listeners while the old ones still
+//! serve what they accepted. Once ready it says `take over`; the old one answers with its
+//! pid, stops serving its admin and metrics ports, drains its open connections for its
+//! `--drain-secs` and ends; the new one takes the socket name.
 
 use std::{
     io,
@@ -17,6 +20,7 @@ use std::{
         unix::net::{SocketAddr, UnixListener as StdListener, UnixStream as StdStream},
     },
     path::Path,
+    sync::Arc,
     time::Duration,
 };
 
@@ -24,60 +28,87 @@ use anyhow::{Context, Result, bail};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
+    sync::watch,
 };
 use tokio_util::sync::CancellationToken;
 
-const REQUEST: &[u8] = b"take over\n";
+const STARTING: &str = "starting";
+const TAKE_OVER: &str = "take over";
 /// How long the new daemon waits for the old one to answer, and to let go of the name.
 const PATIENCE: Duration = Duration::from_secs(5);
 
-/// The daemon this one is taking over from, found at start.
-pub struct Previous {
-    name: SocketAddr,
+/// This daemon's place in a succession.
+#[derive(Clone)]
+pub struct Succession {
+    /// Cancelled to shut down (a take-over asks for it too).
+    pub shutdown: CancellationToken,
+    /// Cancelled when a new daemon took over from this one.
+    pub handed_over: CancellationToken,
+    /// Whether a new daemon is starting to take over (this one then reports not ready).
+    pub successor: watch::Receiver<bool>,
 }
+
+/// The daemon this one is taking over from: the connection that told it so.
+pub struct Previous {
+    conn: UnixStream,
+    name: SocketAddr,
+    successor: watch::Sender<bool>,
+}
+
+/// How long a daemon that said it is starting may take to take over before the running
+/// one stops waiting for it (and reports ready again).
+const STARTING_AT_MOST: Duration = Duration::from_secs(120);
 
 /// The abstract socket name of the daemon owning `pin_dir`.
 fn name(pin_dir: &Path) -> io::Result<SocketAddr> {
     SocketAddr::from_abstract_name(format!("hawser-node:{}", pin_dir.display()))
 }
 
-/// Serves take-over requests until one arrives (then cancels `shutdown`) or `shutdown`
-/// comes another way; or, when a daemon runs already, returns it to be taken over once
-/// this one is ready.
-pub fn claim(pin_dir: &Path, shutdown: &CancellationToken) -> Result<Option<Previous>> {
+/// Serves take-over requests (when this is the only daemon for `pin_dir`), or tells the
+/// running daemon that this one is starting and returns it, to be taken over once ready.
+pub async fn claim(pin_dir: &Path) -> Result<(Succession, Option<Previous>)> {
     let name = name(pin_dir)?;
-    match StdStream::connect_addr(&name) {
-        Ok(_) => {
-            tracing::info!(pin_dir = %pin_dir.display(), "another daemon runs for these pins: taking over once ready");
-            Ok(Some(Previous { name }))
-        }
-        Err(_) => {
-            serve(StdListener::bind_addr(&name)?, shutdown.clone())?;
-            Ok(None)
-        }
-    }
+    let (successor, watched) = watch::channel(false);
+    let succession = Succession {
+        shutdown: CancellationToken::new(),
+        handed_over: CancellationToken::new(),
+        successor: watched,
+    };
+    let Ok(conn) = StdStream::connect_addr(&name) else {
+        serve(StdListener::bind_addr(&name)?, &succession, successor)?;
+        return Ok((succession, None));
+    };
+    conn.set_nonblocking(true)?;
+    let mut conn = UnixStream::from_std(conn)?;
+    conn.write_all(format!("{STARTING}\n").as_bytes()).await?;
+    tracing::info!(pin_dir = %pin_dir.display(), "another daemon runs for these pins: taking over once ready");
+    let previous = Previous {
+        conn,
+        name,
+        successor,
+    };
+    Ok((succession, Some(previous)))
 }
 
 impl Previous {
     /// Asks the previous daemon to go, then takes its name.
-    pub async fn take_over(self, shutdown: &CancellationToken) -> Result<()> {
-        let conn = StdStream::connect_addr(&self.name).context("the previous daemon is gone")?;
-        conn.set_nonblocking(true)?;
-        let mut conn = UnixStream::from_std(conn)?;
-        conn.write_all(REQUEST).await?;
+    pub async fn take_over(mut self, succession: &Succession) -> Result<()> {
+        self.conn
+            .write_all(format!("{TAKE_OVER}\n").as_bytes())
+            .await?;
         let mut answer = String::new();
-        let mut reader = BufReader::new(&mut conn);
+        let mut reader = BufReader::new(&mut self.conn);
         tokio::time::timeout(PATIENCE, reader.read_line(&mut answer))
             .await
             .context("the previous daemon did not answer")??;
         tracing::info!(
             previous = answer.trim(),
-            "took over: the previous daemon drains and exits"
+            "took over: the previous daemon drains"
         );
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             match StdListener::bind_addr(&self.name) {
-                Ok(listener) => return serve(listener, shutdown.clone()),
+                Ok(listener) => return serve(listener, succession, self.successor),
                 Err(_) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -87,22 +118,35 @@ impl Previous {
     }
 }
 
-fn serve(listener: StdListener, shutdown: CancellationToken) -> Result<()> {
+/// Answers daemons that come to take over, until this one shuts down (which frees the
+/// name).
+fn serve(
+    listener: StdListener,
+    succession: &Succession,
+    successor: watch::Sender<bool>,
+) -> Result<()> {
     listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(listener)?;
+    let (succession, successor) = (succession.clone(), Arc::new(successor));
     tokio::spawn(async move {
         loop {
             let conn = tokio::select! {
                 accepted = listener.accept() => accepted,
-                () = shutdown.cancelled() => return,
+                () = succession.shutdown.cancelled() => return,
             };
             match conn {
                 Ok((conn, _)) if same_user(&conn) => {
-                    let shutdown = shutdown.clone();
+                    let (succession, successor) = (succession.clone(), successor.clone());
                     tokio::spawn(async move {
-                        if answered(conn).await {
-                            // The loop ends with it, which frees the name.
-                            shutdown.cancel();
+                        match successor_says(conn, &successor).await {
+                            Ok(()) => {
+                                succession.handed_over.cancel();
+                                succession.shutdown.cancel();
+                            }
+                            Err(e) => {
+                                successor.send_replace(false);
+                                tracing::info!("the daemon that came to take over did not: {e:#}");
+                            }
                         }
                     });
                 }
@@ -114,22 +158,70 @@ fn serve(listener: StdListener, shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-/// Reads one take-over request and answers it with this process's id.
-async fn answered(mut conn: UnixStream) -> bool {
-    let mut request = String::new();
-    let mut reader = BufReader::new(&mut conn);
-    let read = tokio::time::timeout(PATIENCE, reader.read_line(&mut request)).await;
-    let asked = matches!(read, Ok(Ok(_))) && request.as_bytes() == REQUEST;
-    if !asked {
-        return false;
+/// Follows one successor: `starting` (this daemon reports not ready meanwhile), then
+/// `take over` (answered with this process's id). Ok once it took over.
+async fn successor_says(conn: UnixStream, successor: &watch::Sender<bool>) -> Result<()> {
+    let (read, mut write) = conn.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let said = |line: Option<String>| line.unwrap_or_default();
+    let first = tokio::time::timeout(PATIENCE, lines.next_line()).await??;
+    if said(first) != STARTING {
+        bail!("it did not say it is starting");
     }
-    tracing::info!("a new daemon takes over: draining, then exiting");
+    successor.send_replace(true);
+    tracing::info!("a new daemon is starting to take over: not ready until it does");
+    let next = tokio::time::timeout(STARTING_AT_MOST, lines.next_line()).await;
+    if said(next.context("it took too long")??) != TAKE_OVER {
+        bail!("it did not ask to take over");
+    }
     let answer = format!("pid {}\n", std::process::id());
-    let _ = conn.write_all(answer.as_bytes()).await;
-    true
+    write.write_all(answer.as_bytes()).await?;
+    tracing::info!("a new daemon takes over: draining, then stopping");
+    Ok(())
 }
 
 fn same_user(conn: &UnixStream) -> bool {
     nix::sys::socket::getsockopt(&conn.as_fd(), nix::sys::socket::sockopt::PeerCredentials)
         .is_ok_and(|peer| peer.uid() == nix::unistd::geteuid().as_raw())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn a_starting_daemon_makes_the_running_one_not_ready_then_takes_over() {
+        let pins = Path::new("/test/takeover").join(std::process::id().to_string());
+        let (old, none) = claim(&pins).await.unwrap();
+        assert!(none.is_none(), "the first daemon owns the name");
+
+        // A new daemon that starts and goes away again changes nothing in the end.
+        let (_, gone) = claim(&pins).await.unwrap();
+        until("the successor flag", || *old.successor.borrow()).await;
+        drop(gone);
+        until("the flag cleared", || !*old.successor.borrow()).await;
+        assert!(!old.shutdown.is_cancelled());
+
+        // One that takes over: the old one hands over and shuts down, the new owns the name.
+        let (new, previous) = claim(&pins).await.unwrap();
+        previous
+            .expect("the old daemon")
+            .take_over(&new)
+            .await
+            .unwrap();
+        assert!(old.handed_over.is_cancelled() && old.shutdown.is_cancelled());
+        assert!(!new.shutdown.is_cancelled());
+        let (_, next) = claim(&pins).await.unwrap();
+        assert!(next.is_some(), "the new daemon now answers for the pins");
+    }
 }
