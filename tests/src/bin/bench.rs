@@ -9,6 +9,9 @@
 //!   Prints `requests=N errors=E rps=R p50_us=.. p90_us=.. p99_us=..`.
 //! - `hawser-bench hold ADDR N`: opens N connections, echoes a byte on each so every one
 //!   is established end to end, prints `held N`, then sleeps until killed.
+//! - `hawser-bench probe ADDR MILLIS`: a new connection with a 1-byte echo every 5 ms (1 s
+//!   timeout each) for MILLIS ms; prints `probes=N failures=F longest_refused_ms=L`, the
+//!   longest stretch from a failed exchange to the next one that succeeded.
 
 use std::{
     io::{Read, Write},
@@ -31,8 +34,9 @@ fn main() {
             duration: Duration::from_millis(parse(millis)),
         }),
         ["hold", addr, n] => hold(addr, parse(n)),
+        ["probe", addr, millis] => probe(addr, Duration::from_millis(parse(millis))),
         _ => Err(
-            "usage: hawser-bench echo-server PORT | rr ADDR SIZE keepalive|newconn RATE CONNS MILLIS | hold ADDR N"
+            "usage: hawser-bench echo-server PORT | rr ADDR SIZE keepalive|newconn RATE CONNS MILLIS | hold ADDR N | probe ADDR MILLIS"
                 .into(),
         ),
     };
@@ -202,6 +206,42 @@ fn hold(addr: &str, n: usize) -> Result<()> {
     loop {
         thread::sleep(Duration::from_secs(3600));
     }
+}
+
+fn probe(addr: &str, duration: Duration) -> Result<()> {
+    let (started, mut probes, mut failures) = (Instant::now(), 0, 0);
+    let (mut failing_since, mut longest) = (None::<Instant>, Duration::ZERO);
+    while started.elapsed() < duration {
+        let at = Instant::now();
+        let exchanged = TcpStream::connect_timeout(
+            &addr.parse().map_err(|e| format!("{addr}: {e}"))?,
+            Duration::from_secs(1),
+        )
+        .and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            let mut byte = [0u8];
+            s.write_all(b"p").and_then(|()| s.read_exact(&mut byte))
+        });
+        probes += 1;
+        match (exchanged, failing_since) {
+            (Err(_), None) => (failures, failing_since) = (failures + 1, Some(at)),
+            (Err(_), Some(_)) => failures += 1,
+            (Ok(()), Some(since)) => {
+                longest = longest.max(at - since);
+                failing_since = None;
+            }
+            (Ok(()), None) => {}
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    if let Some(since) = failing_since {
+        longest = longest.max(since.elapsed());
+    }
+    println!(
+        "probes={probes} failures={failures} longest_refused_ms={:.1}",
+        longest.as_secs_f64() * 1000.0
+    );
+    Ok(())
 }
 
 fn open_pinged(addr: &str, n: usize) -> Result<Vec<TcpStream>> {

@@ -135,6 +135,7 @@ fn unit(measure: &str) -> (&str, &str) {
         ("_kib_per_conn", "KiB/conn"),
         ("_rps", "req/s"),
         ("_us", "µs"),
+        ("_ms", "ms"),
     ];
     UNITS
         .iter()

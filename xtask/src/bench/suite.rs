@@ -124,6 +124,7 @@ fn measure(t: &mut Topology, scenario: Scenario, scale: &Scale, max_idle: usize)
     throughput(t, scale, &out)?;
     echo(t, scale, &out)?;
     http(t, scale, &out)?;
+    crash_recovery(t, scale, &out)?;
     match scenario {
         Scenario::Plain => Ok(()),
         Scenario::Userspace => t.expect_tls_path("userspace"),
@@ -224,6 +225,28 @@ fn http(t: &Topology, scale: &Scale, out: Out) -> Result<()> {
             out(&format!("http_{mode}_max_p50_us"), r.p50);
             out(&format!("http_{mode}_max_p99_us"), r.p99);
         }
+    }
+    Ok(())
+}
+
+/// How long new connections fail when the client node's daemon is killed (SIGKILL, a
+/// crash or an OOM kill) and started again at once: the longest stretch of failed 1-byte
+/// exchanges from a to b, probed every 5 ms (they fail closed, see the end-to-end tests).
+fn crash_recovery(t: &mut Topology, scale: &Scale, out: Out) -> Result<()> {
+    let Topology::Mesh(m) = t else {
+        return Ok(());
+    };
+    let addr = format!("{}:{ECHO_PORT}", m.b.ip);
+    for _ in 0..scale.repeats {
+        let (client, addr) = (m.a.clone(), addr.clone());
+        let probing = std::thread::spawn(move || tools::probe(&client, &addr, 8000));
+        std::thread::sleep(Duration::from_secs(1));
+        m.d1.kill();
+        m.d1.restart()?;
+        let refused = probing
+            .join()
+            .map_err(|_| anyhow::anyhow!("the probe thread panicked"))??;
+        out("restart_kill9_refused_ms", refused);
     }
     Ok(())
 }

@@ -235,3 +235,16 @@ pub fn machine_busy_secs() -> Result<f64> {
     let busy: f64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| cpu.get(i)).sum();
     Ok(busy / TICKS)
 }
+
+/// `hawser-bench probe` from `pod` to the echo server at `addr` for `millis`: the longest
+/// stretch in which exchanges failed, in ms.
+pub fn probe(pod: &Pod, addr: &str, millis: u64) -> Result<f64> {
+    let line = run_in(pod, &[&bench_tool(), "probe", addr, &millis.to_string()])?;
+    let field = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("longest_refused_ms="));
+    match field.map(str::parse) {
+        Some(Ok(ms)) => Ok(ms),
+        _ => bail!("hawser-bench probe wrote {line:?}"),
+    }
+}
