@@ -50,6 +50,12 @@ pub fn mesh_client(
     config.alpn_protocols = vec![ALPN.to_vec()];
     if resume == Resume::Tickets {
         config.resumption = rustls::client::Resumption::in_memory_sessions(SESSIONS);
+        // Tickets only on request (RFC 9149): a client whose session goes to the kernel
+        // asks for none, and must get none (kTLS cannot take a handshake record).
+        config.send_ticket_request = Some(rustls::client::TicketRequest {
+            new_session_count: TICKETS as u8,
+            resumption_count: 1,
+        });
     }
     Ok(config)
 }
@@ -63,7 +69,8 @@ pub enum Resume {
 
 /// Tickets a client keeps per peer identity (one per connection resumed at once).
 const SESSIONS: usize = 64;
-/// Tickets a server hands out per handshake, so that parallel connections resume too.
+/// Tickets a client asks for on a full handshake (one back on each resumption), so that
+/// parallel connections resume too; a server hands out no more.
 const TICKETS: usize = 4;
 
 /// The tunnel's server end: present `svid`, require a client chaining to the bundle (the
@@ -79,7 +86,8 @@ pub fn mesh_server(
     config.alpn_protocols = vec![ALPN.to_vec()];
     if resume == Resume::Tickets {
         config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
-        config.send_tls13_tickets = TICKETS;
+        config.send_tls13_tickets = 0;
+        config.max_tls13_tickets = TICKETS;
     }
     Ok(config)
 }
