@@ -131,6 +131,16 @@ impl Server {
         let listener = UnixListener::bind(socket)
             .with_context(|| format!("listen on the CNI socket {}", socket.display()))?;
         tracing::info!(socket = %socket.display(), "CNI hand-off socket listening");
+        // A daemon taking over from a running one read the state at its start; the hand-offs
+        // that daemon took until now are in the file too.
+        let since = load(&self.state);
+        self.handoffs.send_if_modified(|handoffs| {
+            let known = handoffs.len();
+            for (pod, handoff) in since {
+                handoffs.entry(pod).or_insert(handoff);
+            }
+            handoffs.len() > known
+        });
         let server = Arc::new(self);
         tokio::spawn(async move {
             loop {

@@ -217,7 +217,12 @@ pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
     };
     let snapshot = registry.borrow_and_update().clone();
     let pending = node.reconcile(&snapshot).await;
-    prune_earlier_runs(&node.dataplane, &node.pods, &node.closed);
+    // Pruning releases pods this daemon does not know of: never those a running daemon
+    // may have enrolled since this one read its state (that would let them around the
+    // mesh). A cold start has no such daemon.
+    if previous.is_none() {
+        prune_earlier_runs(&node.dataplane, &node.pods, &node.closed);
+    }
     if let Some(previous) = previous
         && let Err(e) = previous.take_over(&succession).await
     {
