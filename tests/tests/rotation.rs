@@ -63,23 +63,26 @@ fn the_ca_moves_to_a_new_root_with_no_failed_request_and_nothing_restarted() -> 
     for d in [&m.d1, &m.d2] {
         wait_logged(d, "trust bundle updated", "roots=2", 1)?;
     }
-    // 2. The CA signs with the intermediate of the new root (its serving certificate too).
+    // 2. The CA signs with the intermediate of the new root. Its serving certificate stays
+    //    (its root is still trusted: a daemon that missed step 1 can still reach the CA).
     for file in ["ca-key.pem", "ca-cert.pem", "cert-chain.pem"] {
         write_atomically(&state.join(file), &read(&int2.join(file))?)?;
     }
+    wait_logged(&m.ca_service, "CA material loaded", int2_subject, 1)?;
+    wait_logged(&m.ca_service, "CA serving certificate kept", "", 1)?;
+    // 3. Every SVID renewed under it.
+    for d in [&m.d1, &m.d2] {
+        wait_logged(d, "SVID issued", int2_subject, 1)?;
+    }
+    // 4. The old root dropped: the CA's serving certificate is issued under int2, bundles
+    //    have one root, and the daemons still reach the CA and renew again.
+    write_atomically(&state.join("root-cert.pem"), &root2)?;
     wait_logged(
         &m.ca_service,
         "CA serving certificate issued again",
         int2_subject,
         1,
     )?;
-    // 3. Every SVID renewed under it.
-    for d in [&m.d1, &m.d2] {
-        wait_logged(d, "SVID issued", int2_subject, 1)?;
-    }
-    // 4. The old root dropped: bundles of one root; the daemons still reach the CA (whose
-    //    certificate now chains to the new root only) and renew again.
-    write_atomically(&state.join("root-cert.pem"), &root2)?;
     for d in [&m.d1, &m.d2] {
         wait_logged(d, "trust bundle updated", "roots=1", 1)?;
         let renewed = d.lines_with(&["SVID issued", int2_subject]).len();

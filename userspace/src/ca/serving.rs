@@ -1,6 +1,9 @@
-//! The CA's own TLS. Its serving certificate is issued by the signing material in force
-//! and issued again when that changes (a new intermediate, a new root), so node daemons,
-//! which trust the roots of the bundle they poll, keep reaching the CA through a rotation.
+//! The CA's own TLS. Its serving certificate is issued by the signing material in force.
+//! When the material changes it is kept for as long as its root stays in `root-cert.pem`
+//! (a daemon that has not polled the new root yet can still reach the CA, and so fetch
+//! it), and issued again from the new material once that root is dropped: node daemons,
+//! which trust the roots of the bundle they poll, keep reaching the CA through a
+//! rotation done in the documented order.
 //! Each connection's handshake runs on its own task, bounded in time: a slow or silent
 //! client holds up no one.
 
@@ -25,7 +28,10 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 
 use super::HANDSHAKE_TIMEOUT;
-use crate::{identity::authority::Authority, tls::configs};
+use crate::{
+    identity::{authority::Authority, certs},
+    tls::configs,
+};
 
 /// How long a serving certificate is valid; it is issued again with each new material.
 const VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -47,8 +53,8 @@ impl ResolvesServerCert for ServingCert {
     }
 }
 
-/// A serving certificate for `names` from the material in force, issued again whenever
-/// the material changes (a failure keeps the one in use, and is logged).
+/// A serving certificate for `names` from the material in force, issued again when the
+/// material no longer trusts its root (a failure keeps the one in use, and is logged).
 pub fn follow(
     mut authority: watch::Receiver<Arc<Authority>>,
     names: Vec<String>,
@@ -62,6 +68,15 @@ pub fn follow(
     tokio::spawn(async move {
         while authority.changed().await.is_ok() {
             let material = authority.borrow_and_update().clone();
+            let current = updated
+                .current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if still_trusted(&current, &material) {
+                tracing::info!("CA serving certificate kept: its root is still trusted");
+                continue;
+            }
             match issue(&material, &names, &provider) {
                 Ok(cert) => {
                     *updated.current.write().unwrap_or_else(|p| p.into_inner()) = cert;
@@ -72,6 +87,17 @@ pub fn follow(
         }
     });
     Ok(serving)
+}
+
+/// Whether `material` still trusts the root `serving` chains to (its last certificate).
+fn still_trusted(serving: &CertifiedKey, material: &Authority) -> bool {
+    let Some(root) = serving.cert.last() else {
+        return false;
+    };
+    material
+        .roots()
+        .iter()
+        .any(|pem| certs::der(pem).is_ok_and(|der| der == root.as_ref()))
 }
 
 fn issue(
