@@ -2,8 +2,10 @@
 //! another daemon runs for the same pins takes over from it.
 //!
 //! The running daemon listens on an abstract Unix socket named after its pin directory
-//! (abstract names live in the network namespace, the host's for a node daemon; only a
-//! caller with the daemon's own user is heard). A new daemon connects at its start and
+//! (abstract names live in the network namespace, the host's for a node daemon). Both
+//! ends check the other by its credentials: the same user and the daemon's own
+//! privileges (CAP_NET_ADMIN, CAP_SYS_ADMIN), so neither a root process without them (a
+//! host-network pod) nor one that squats the name can stop or impersonate a daemon. A new daemon connects at its start and
 //! says `starting`: until it asks to take over (or goes away), the running one reports
 //! not ready, so a readiness probe that reaches it on the shared port cannot mark the new
 //! one ready early. The new daemon starts beside it: the pinned maps are shared, so
@@ -80,6 +82,12 @@ pub async fn claim(pin_dir: &Path) -> Result<(Succession, Option<Previous>)> {
     };
     conn.set_nonblocking(true)?;
     let mut conn = UnixStream::from_std(conn)?;
+    if !peer_is_a_daemon(&conn) {
+        bail!(
+            "a process without the daemon's user and privileges holds the take-over socket of {}",
+            pin_dir.display()
+        );
+    }
     conn.write_all(format!("{STARTING}\n").as_bytes()).await?;
     tracing::info!(pin_dir = %pin_dir.display(), "another daemon runs for these pins: taking over once ready");
     let previous = Previous {
@@ -135,7 +143,7 @@ fn serve(
                 () = succession.shutdown.cancelled() => return,
             };
             match conn {
-                Ok((conn, _)) if same_user(&conn) => {
+                Ok((conn, _)) if peer_is_a_daemon(&conn) => {
                     let (succession, successor) = (succession.clone(), successor.clone());
                     tokio::spawn(async move {
                         match successor_says(conn, &successor).await {
@@ -150,7 +158,9 @@ fn serve(
                         }
                     });
                 }
-                Ok(_) => tracing::warn!("take-over request from another user refused"),
+                Ok(_) => tracing::warn!(
+                    "take-over request refused: the caller lacks the daemon's user or privileges"
+                ),
                 Err(e) => tracing::warn!("take-over socket: {e}"),
             }
         }
@@ -180,9 +190,26 @@ async fn successor_says(conn: UnixStream, successor: &watch::Sender<bool>) -> Re
     Ok(())
 }
 
-fn same_user(conn: &UnixStream) -> bool {
-    nix::sys::socket::getsockopt(&conn.as_fd(), nix::sys::socket::sockopt::PeerCredentials)
-        .is_ok_and(|peer| peer.uid() == nix::unistd::geteuid().as_raw())
+/// The capabilities that make a daemon (bits of `CapEff`): CAP_NET_ADMIN, CAP_SYS_ADMIN.
+const DAEMON_CAPS: u64 = (1 << 12) | (1 << 21);
+
+/// Whether the process at the other end runs as this user with the daemon's privileges
+/// (those of them this process has).
+fn peer_is_a_daemon(conn: &UnixStream) -> bool {
+    let sockopt = nix::sys::socket::sockopt::PeerCredentials;
+    let Ok(peer) = nix::sys::socket::getsockopt(&conn.as_fd(), sockopt) else {
+        return false;
+    };
+    let required = effective_caps("self").unwrap_or(0) & DAEMON_CAPS;
+    let held = effective_caps(&peer.pid().to_string()).unwrap_or(0);
+    peer.uid() == nix::unistd::geteuid().as_raw() && held & required == required
+}
+
+/// A process's effective capabilities, from `/proc/<pid>/status`.
+fn effective_caps(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 #[cfg(test)]
@@ -223,5 +250,47 @@ mod tests {
         assert!(!new.shutdown.is_cancelled());
         let (_, next) = claim(&pins).await.unwrap();
         assert!(next.is_some(), "the new daemon now answers for the pins");
+    }
+}
+
+#[cfg(test)]
+mod privileges {
+    use super::*;
+
+    /// A root process that lacks the daemon's capabilities, as in a host-network pod.
+    #[tokio::test]
+    async fn a_root_process_without_the_daemons_privileges_cannot_stop_it() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root (to drop capabilities from a root process)");
+            return;
+        }
+        let pins = Path::new("/test/takeover-privileges").join(std::process::id().to_string());
+        let (old, _) = claim(&pins).await.unwrap();
+        let script = format!(
+            "import socket\ns = socket.socket(socket.AF_UNIX)\n\
+             s.connect('\\0hawser-node:{}')\n\
+             try:\n    s.sendall(b'starting\\ntake over\\n')\n    print(s.recv(100))\n\
+             except OSError:\n    print('reset')",
+            pins.display()
+        );
+        let out = tokio::process::Command::new("setpriv")
+            .args([
+                "--bounding-set=-net_admin,-sys_admin",
+                "python3",
+                "-c",
+                &script,
+            ])
+            .output()
+            .await
+            .expect("setpriv and python3 run");
+        assert!(out.status.success(), "{out:?}");
+        // Refused: the connection closed unanswered, or reset with the request unread.
+        let answer = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            ["b''", "reset"].contains(&answer.trim()),
+            "answered {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!old.shutdown.is_cancelled() && !*old.successor.borrow());
     }
 }
