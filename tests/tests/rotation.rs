@@ -97,6 +97,7 @@ fn the_ca_moves_to_a_new_root_with_no_failed_request_and_nothing_restarted() -> 
     );
 
     // 5. A new connection to the CA is verified with the bundle's roots, not --ca-root.
+    m.ca_service.stop()?;
     m.ca_service.restart()?;
     for d in [&m.d1, &m.d2] {
         let renewed = d.lines_with(&["SVID issued", int2_subject]).len();
