@@ -101,18 +101,14 @@ pub async fn claim(pin_dir: &Path) -> Result<(Succession, Option<Previous>)> {
 impl Previous {
     /// Asks the previous daemon to go, then takes its name.
     pub async fn take_over(mut self, succession: &Succession) -> Result<()> {
-        self.conn
-            .write_all(format!("{TAKE_OVER}\n").as_bytes())
-            .await?;
-        let mut answer = String::new();
-        let mut reader = BufReader::new(&mut self.conn);
-        tokio::time::timeout(PATIENCE, reader.read_line(&mut answer))
-            .await
-            .context("the previous daemon did not answer")??;
-        tracing::info!(
-            previous = answer.trim(),
-            "took over: the previous daemon drains"
-        );
+        match self.asked().await {
+            Ok(answer) => {
+                tracing::info!(previous = answer, "took over: the previous daemon drains")
+            }
+            // Gone meanwhile (killed, crashed): the name is free to take all the same, so
+            // that the next upgrade finds this daemon.
+            Err(e) => tracing::warn!("the previous daemon did not hand over: {e:#}"),
+        }
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             match StdListener::bind_addr(&self.name) {
@@ -123,6 +119,22 @@ impl Previous {
                 Err(e) => bail!("the previous daemon kept its socket name: {e}"),
             }
         }
+    }
+
+    /// Says `take over`; the previous daemon's answer.
+    async fn asked(&mut self) -> Result<String> {
+        self.conn
+            .write_all(format!("{TAKE_OVER}\n").as_bytes())
+            .await?;
+        let mut answer = String::new();
+        let mut reader = BufReader::new(&mut self.conn);
+        tokio::time::timeout(PATIENCE, reader.read_line(&mut answer))
+            .await
+            .context("the previous daemon did not answer")??;
+        if answer.is_empty() {
+            bail!("the previous daemon closed the connection");
+        }
+        Ok(answer.trim().to_string())
     }
 }
 
@@ -250,6 +262,28 @@ mod tests {
         assert!(!new.shutdown.is_cancelled());
         let (_, next) = claim(&pins).await.unwrap();
         assert!(next.is_some(), "the new daemon now answers for the pins");
+    }
+
+    #[tokio::test]
+    async fn a_previous_daemon_that_vanished_leaves_its_name_to_the_new_one() {
+        let pins = Path::new("/test/takeover-vanished").join(std::process::id().to_string());
+        // A daemon that hears `starting`, then dies before the hand-over.
+        let old = StdListener::bind_addr(&name(&pins).unwrap()).unwrap();
+        let dying = std::thread::spawn(move || {
+            let (conn, _) = old.accept().unwrap();
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(&conn), &mut line).unwrap();
+            assert_eq!(line, "starting\n");
+        });
+        let (new, previous) = claim(&pins).await.unwrap();
+        dying.join().unwrap();
+        previous
+            .expect("the old daemon")
+            .take_over(&new)
+            .await
+            .unwrap();
+        let (_, next) = claim(&pins).await.unwrap();
+        assert!(next.is_some(), "the new daemon answers for the pins");
     }
 }
 
