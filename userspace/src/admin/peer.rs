@@ -11,10 +11,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use hawser_model::SpiffeId;
-use rustls::{
-    crypto::CryptoProvider,
-    pki_types::{CertificateDer, ServerName, UnixTime},
-};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -30,7 +27,7 @@ use crate::{
 /// the chain is in: this client has no certificate to show).
 pub async fn presented(addr: SocketAddr) -> Result<Vec<CertificateDer<'static>>> {
     let recorder = Recorder::default();
-    let config = configs::mesh_probe(recorder.clone(), provider())?;
+    let config = configs::mesh_probe(recorder.clone(), configs::provider())?;
     let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
         .await
         .with_context(|| format!("connect {addr}: timed out"))?
@@ -52,12 +49,14 @@ pub fn check(chain: &[CertificateDer<'_>], bundle: &TrustBundle) -> Result<Spiff
         bail!("an empty chain");
     };
     let roots = configs::roots(bundle)?;
-    verify::verify_chain(leaf, intermediates, &roots, &provider(), UnixTime::now())?;
+    verify::verify_chain(
+        leaf,
+        intermediates,
+        &roots,
+        &configs::provider(),
+        UnixTime::now(),
+    )?;
     Ok(verify::peer_identity(leaf, bundle)?)
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Keeps the server's chain and ends the handshake there.

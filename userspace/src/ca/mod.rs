@@ -24,6 +24,7 @@ use crate::{
     },
     identity::authority,
     metrics::METRICS,
+    tls::configs,
     workload,
 };
 use hawser_model::Registry;
@@ -173,8 +174,7 @@ impl Ca {
         let (registry, nodes) = config.nodes.load(config.reload_interval).await?;
         let revocations =
             trust::follow_revocations(config.revocations.clone(), config.reload_interval)?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let serving = serving::follow(authority.clone(), config.server_names, provider)?;
+        let serving = serving::follow(authority.clone(), config.server_names, configs::provider())?;
         Ok(Self {
             listen: config.listen,
             trust_domain: config.trust_domain,

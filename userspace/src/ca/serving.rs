@@ -119,8 +119,7 @@ pub fn incoming(
     listener: TcpListener,
     serving: Arc<ServingCert>,
 ) -> Result<impl Stream<Item = io::Result<TlsStream<TcpStream>>>> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let acceptor = TlsAcceptor::from(Arc::new(configs::ca_server(serving, provider)?));
+    let acceptor = TlsAcceptor::from(Arc::new(configs::ca_server(serving)?));
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {

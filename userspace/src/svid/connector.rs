@@ -65,8 +65,7 @@ pub async fn connect(
         .ok_or_else(|| io::Error::other("the CA address has no host"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let tcp = TcpStream::connect((host, uri.port_u16().unwrap_or(443))).await?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = configs::ca_client(roots.store()?, provider).map_err(io::Error::other)?;
+    let config = configs::ca_client(roots.store()?).map_err(io::Error::other)?;
     let tls = TlsConnector::from(Arc::new(config))
         .connect(server_name, tcp)
         .await?;

@@ -127,11 +127,8 @@ pub fn mesh_probe(
 /// The CA's gRPC server: whatever certificate `serving` holds now (it follows the CA's
 /// signing material), HTTP/2, no client certificate (callers prove themselves with their
 /// node credential).
-pub fn ca_server(
-    serving: Arc<dyn rustls::server::ResolvesServerCert>,
-    provider: Arc<CryptoProvider>,
-) -> Result<ServerConfig> {
-    let mut config = ServerConfig::builder_with_provider(provider)
+pub fn ca_server(serving: Arc<dyn rustls::server::ResolvesServerCert>) -> Result<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(Versions::Default.all())?
         .with_no_client_auth()
         .with_cert_resolver(serving);
@@ -140,13 +137,19 @@ pub fn ca_server(
 }
 
 /// A node daemon's connection to the CA: the server's name checked against `roots`.
-pub fn ca_client(roots: RootCertStore, provider: Arc<CryptoProvider>) -> Result<ClientConfig> {
-    let mut config = ClientConfig::builder_with_provider(provider)
+pub fn ca_client(roots: RootCertStore) -> Result<ClientConfig> {
+    let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(Versions::Default.all())?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// The crypto of connections that never go to the kernel (the CA's, the `certs --peer`
+/// probe); tunnels take `Offload::provider`, which offers only what the kernel can take.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// The SVID's chain and key.
