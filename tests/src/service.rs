@@ -163,8 +163,11 @@ impl Service {
         Ok(service)
     }
 
-    /// (Re)starts the process and waits for it to be ready.
+    /// Stops the process if it runs (SIGTERM, waiting for it to end), starts it again and
+    /// waits for it to be ready. Never two at once: an overlap is an upgrade, which
+    /// `Testbed::start_node_generation` makes on purpose.
     pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
         let readies = self.count(self.ready);
         let argv: Vec<&str> = self.argv.iter().map(String::as_str).collect();
         self.proc = Some(Proc::spawn_logged(

@@ -199,8 +199,8 @@ impl Ca {
         tracing::info!(addr = %listener.local_addr()?, trust_domain = %self.trust_domain, "CA serving");
         // Anyone who reaches the CA may open connections: none may sit in a handshake, a
         // request or idle forever, and dead peers are found by keep-alives.
-        let incoming = serving::incoming(listener, self.serving)?;
-        Server::builder()
+        let (incoming, accepting) = serving::incoming(listener, self.serving)?;
+        let served = Server::builder()
             .timeout(REQUEST_TIMEOUT)
             .tcp_keepalive(Some(KEEPALIVE))
             .http2_keepalive_interval(Some(KEEPALIVE))
@@ -210,7 +210,9 @@ impl Ca {
             .add_service(IstioCertificateServiceServer::new(self.issuer))
             .add_service(TrustServiceServer::new(self.trust))
             .serve_with_incoming_shutdown(incoming, shutdown)
-            .await?;
-        Ok(())
+            .await;
+        // Return only once the port is let go, so a CA started again can bind it.
+        let _ = accepting.await;
+        Ok(served?)
     }
 }

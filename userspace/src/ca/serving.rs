@@ -23,6 +23,7 @@ use rustls::{
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{mpsc, watch},
+    task::JoinHandle,
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -114,14 +115,18 @@ fn issue(
 }
 
 /// TLS connections accepted on `listener` with `serving`'s certificate, each handshake on
-/// its own task within `HANDSHAKE_TIMEOUT`.
+/// its own task within `HANDSHAKE_TIMEOUT`, and the accepting task, which ends (closing
+/// the listener) once the stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     serving: Arc<ServingCert>,
-) -> Result<impl Stream<Item = io::Result<TlsStream<TcpStream>>>> {
+) -> Result<(
+    impl Stream<Item = io::Result<TlsStream<TcpStream>>>,
+    JoinHandle<()>,
+)> {
     let acceptor = TlsAcceptor::from(Arc::new(configs::ca_server(serving)?));
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
+    let accepting = tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -147,5 +152,5 @@ pub fn incoming(
             });
         }
     });
-    Ok(ReceiverStream::new(rx))
+    Ok((ReceiverStream::new(rx), accepting))
 }
