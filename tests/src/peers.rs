@@ -141,6 +141,15 @@ pub fn echo_server(pod: &Pod, port: u16) -> Result<Proc> {
 
 /// Waits until something in `pod` accepts connections on `port` (probed over the pod's
 /// loopback, which is never captured).
+/// A server on `port` of `pod` that greets each client with `hello` and then holds the
+/// connection open, silent, for ten minutes: a long-lived connection to cut or keep.
+pub fn quiet_server(pod: &Pod, port: u16) -> Result<Proc> {
+    let listen = format!("TCP-LISTEN:{port},reuseaddr,fork");
+    let server = pod.spawn(&["socat", &listen, "SYSTEM:echo hello; sleep 600"])?;
+    wait_listening(pod, port, "the quiet server")?;
+    Ok(server)
+}
+
 pub fn wait_listening(pod: &Pod, port: u16, what: &str) -> Result<()> {
     let target = format!("TCP:127.0.0.1:{port}");
     wait_until(Duration::from_secs(10), what, || {

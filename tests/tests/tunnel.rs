@@ -7,7 +7,7 @@ use anyhow::Result;
 use hawser_testbed::{
     Pod, can_run,
     mesh::Mesh,
-    peers::{Capture, Nginx, Reader, curl, echo_server, wait_listening},
+    peers::{Capture, Nginx, Reader, curl, echo_server, quiet_server, wait_listening},
     pki,
 };
 
@@ -412,12 +412,7 @@ fn a_peer_that_vanishes_without_a_word_is_found_by_keepalives() -> Result<()> {
         return Ok(());
     }
     let m = Mesh::with_node_args(&["--keepalive-secs", "2"])?;
-    let _quiet = m.b.spawn(&[
-        "socat",
-        "TCP-LISTEN:7300,reuseaddr,fork",
-        "SYSTEM:echo hello; sleep 600",
-    ])?;
-    wait_listening(&m.b, 7300, "the quiet server")?;
+    let _quiet = quiet_server(&m.b, 7300)?;
     let reader = Reader::start(&m.bed, &m.a, &m.b.ip, 7300)?;
     reader.wait_started("the greeting")?;
     // The link goes dark at node2's end: no FIN, no RST, nothing more from b's side. The
@@ -460,13 +455,8 @@ fn sigterm_lets_open_streams_finish_in_the_drain_window_and_cuts_the_rest() -> R
         "TCP-LISTEN:7400,reuseaddr,fork",
         "SYSTEM:echo hello; sleep 2; echo bye",
     ])?;
-    let _endless = m.b.spawn(&[
-        "socat",
-        "TCP-LISTEN:7401,reuseaddr,fork",
-        "SYSTEM:echo hello; sleep 600",
-    ])?;
+    let _endless = quiet_server(&m.b, 7401)?;
     wait_listening(&m.b, 7400, "the slow server")?;
-    wait_listening(&m.b, 7401, "the endless server")?;
     let finishing = Reader::start(&m.bed, &m.a, &m.b.ip, 7400)?;
     let endless = Reader::start(&m.bed, &m.a, &m.b.ip, 7401)?;
     finishing.wait_started("the slow greeting")?;
@@ -515,12 +505,7 @@ fn open_connections_are_cut_when_policy_or_revocation_no_longer_allows_them() ->
     }
     let m = Mesh::new()?;
     let c = m.bed.pod(&m.node2, "c")?; // outside the mesh, on b's node
-    let _quiet = m.b.spawn(&[
-        "socat",
-        "TCP-LISTEN:7200,reuseaddr,fork",
-        "SYSTEM:echo hello; sleep 600",
-    ])?;
-    wait_listening(&m.b, 7200, "the quiet server")?;
+    let _quiet = quiet_server(&m.b, 7200)?;
     let open = |from: &Pod| -> Result<Reader> {
         let reader = Reader::start(&m.bed, from, &m.b.ip, 7200)?;
         reader.wait_started("the greeting")?;
@@ -564,6 +549,49 @@ fn open_connections_are_cut_when_policy_or_revocation_no_longer_allows_them() ->
         through_tunnel,
         &format!("no longer allowed: the peer identity {A} is revoked"),
     )?;
+    Ok(())
+}
+
+#[test]
+fn a_deny_during_the_drain_window_cuts_what_it_no_longer_allows() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let mut m = Mesh::with_node_args(&["--drain-secs", "30"])?;
+    let _quiet = quiet_server(&m.b, 7200)?;
+    let open = Reader::start(&m.bed, &m.a, &m.b.ip, 7200)?;
+    open.wait_started("the greeting")?;
+    // b's daemon is told to stop: it drains a's connection, and still applies policy.
+    let pid = nix::unistd::Pid::from_raw(m.d2.pid().expect("b's daemon runs"));
+    let stopping = std::time::Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM)?;
+    m.d2.wait_for("the drain", Duration::from_secs(5), |log| {
+        log.contains("draining: no new connections")
+    })?;
+    let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+        metadata: {name: no-a, namespace: default}\nspec:\n  action: DENY\n\
+        \x20 rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/a]}}]}]\n";
+    hawser_testbed::write_atomically(&m.bed.config_dir().join("policies.yaml"), deny)?;
+    let said = open.outcome()?;
+    assert!(
+        said.starts_with("ERROR ECONNRESET"),
+        "the app read {said:?}"
+    );
+    // Nothing left to drain: the daemon ends long before its window would.
+    while !m.d2.exited() {
+        let waited = stopping.elapsed();
+        assert!(
+            waited < Duration::from_secs(20),
+            "still draining after {waited:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = m.d2.log();
+    assert!(
+        log.lines().any(|l| l.contains("connection cut")
+            && l.contains("no longer allowed: policy: DENY policy default/no-a")),
+        "{log}"
+    );
     Ok(())
 }
 

@@ -285,7 +285,7 @@ impl Reconciler {
                 _ = shutdown.cancelled() => break,
             }
         }
-        self.shut_down(drain).await;
+        self.shut_down(drain, registry, bundle).await;
     }
 
     /// Brings the enrolled set in line with the workloads on this node, and publishes it.
@@ -379,7 +379,15 @@ impl Reconciler {
         pending
     }
 
-    async fn shut_down(self, drain: Duration) {
+    /// Stops accepting and drains for `drain`. The connections still open keep being
+    /// checked against policy and the bundle meanwhile: a deny or revocation during the
+    /// drain cuts them as it would before.
+    async fn shut_down(
+        self,
+        drain: Duration,
+        mut registry: watch::Receiver<Arc<Registry>>,
+        mut bundle: Option<watch::Receiver<Arc<crate::svid::TrustBundle>>>,
+    ) {
         // Pins stay: enrolled pods keep being steered to listeners that are now gone, so their
         // new connections fail until a daemon is back.
         tracing::info!(
@@ -388,7 +396,19 @@ impl Reconciler {
         for pod in self.pods.values() {
             pod.stop_accepting();
         }
-        self.shared.drain.finish(drain).await;
+        let checking = async {
+            loop {
+                tokio::select! {
+                    Ok(()) = registry.changed() => recheck(&self.pods),
+                    Ok(()) = bundle_changed(&mut bundle) => recheck(&self.pods),
+                    else => std::future::pending::<()>().await,
+                }
+            }
+        };
+        tokio::select! {
+            () = self.shared.drain.finish(drain) => {}
+            () = checking => {}
+        }
     }
 }
 
