@@ -362,6 +362,8 @@ struct WorkloadSpec {
     node_name: String,
     /// Omitted: the CNI plugin hands it over when the pod's sandbox is created.
     netns: Option<PathBuf>,
+    /// A workload of a federated mesh: the trust domain its identity belongs to.
+    trust_domain: Option<String>,
 }
 
 fn default_name() -> String {
@@ -379,6 +381,9 @@ impl WorkloadDoc {
         ] {
             check_dns_name(what, value)?;
         }
+        if let Some(td) = &spec.trust_domain {
+            check_dns_name("spec.trustDomain", td)?;
+        }
         if let Some(netns) = spec.netns.as_ref().filter(|n| !n.is_absolute()) {
             return Err(format!(
                 "spec.netns must be an absolute path, got {netns:?}"
@@ -394,6 +399,7 @@ impl WorkloadDoc {
             node_name: spec.node_name,
             netns: spec.netns,
             labels: metadata.labels,
+            trust_domain: spec.trust_domain,
         })
     }
 }

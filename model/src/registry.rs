@@ -11,6 +11,7 @@ use crate::{
     egress::Egress,
     policy::Policies,
     ports::InboundPorts,
+    spiffe::SpiffeId,
     workload::{Service, Workload},
 };
 
@@ -44,8 +45,8 @@ struct Lookups {
     service_by_ip: HashMap<IpAddr, usize>,
     /// Ready endpoint → index in `services`.
     service_by_endpoint: HashMap<SocketAddr, usize>,
-    /// (node, namespace, service account) of every workload.
-    identities: HashSet<(String, String, String)>,
+    /// (node, declared trust domain, namespace, service account) of every workload.
+    identities: HashSet<(String, Option<String>, String, String)>,
 }
 
 impl Clone for Index {
@@ -94,7 +95,7 @@ impl Registry {
                 .values()
                 .map(|w| {
                     let (node, ns, sa) = (&w.node_name, &w.namespace, &w.service_account);
-                    (node.clone(), ns.clone(), sa.clone())
+                    (node.clone(), w.trust_domain.clone(), ns.clone(), sa.clone())
                 })
                 .collect(),
         })
@@ -146,10 +147,16 @@ impl Registry {
         self.workloads.get(self.lookups().by_ip.get(&ip)?)
     }
 
-    /// Whether some workload on `node` runs as `service_account` of `namespace`.
-    pub fn hosts(&self, node: &str, namespace: &str, service_account: &str) -> bool {
-        let key = (node.into(), namespace.into(), service_account.into());
-        self.lookups().identities.contains(&key)
+    /// Whether some workload on `node` runs as `id`, where workloads that declare no trust
+    /// domain are in `local`.
+    pub fn hosts(&self, node: &str, id: &SpiffeId, local: &str) -> bool {
+        let key = |td: Option<&str>| {
+            let (ns, sa) = (id.namespace.clone(), id.service_account.clone());
+            (node.to_string(), td.map(str::to_string), ns, sa)
+        };
+        let identities = &self.lookups().identities;
+        identities.contains(&key(Some(&id.trust_domain)))
+            || (id.trust_domain == local && identities.contains(&key(None)))
     }
 }
 
@@ -197,15 +204,32 @@ mod tests {
         registry.workloads.insert(a.key(), a.clone());
         let ip = a.ips[0];
         assert_eq!(registry.by_ip(ip).map(|w| &w.name), Some(&a.name));
-        assert!(registry.hosts("n", "shop", "a"));
-        assert!(!registry.hosts("other-node", "shop", "a"));
+        let id = SpiffeId::new("td", "shop", "a");
+        assert!(registry.hosts("n", &id, "td"));
+        assert!(!registry.hosts("other-node", &id, "td"));
         let mut changed = registry.clone();
         changed.workloads.clear();
         assert!(
             changed.by_ip(ip).is_none(),
             "a stale index would still find a"
         );
-        assert!(!changed.hosts("n", "shop", "a"));
+        assert!(!changed.hosts("n", &id, "td"));
         assert_eq!(registry.by_ip(ip).map(|w| &w.name), Some(&a.name));
+    }
+
+    #[test]
+    fn a_workload_is_hosted_only_in_its_own_trust_domain() {
+        let mut registry = Registry::default();
+        let mut a = crate::workload::test_workload("shop", "a");
+        registry.workloads.insert(a.key(), a.clone());
+        let local = SpiffeId::new("local.td", "shop", "a");
+        let foreign = SpiffeId::new("other.td", "shop", "a");
+        assert!(registry.hosts("n", &local, "local.td"));
+        assert!(!registry.hosts("n", &foreign, "local.td"));
+        a.trust_domain = Some("other.td".into());
+        registry.workloads.insert(a.key(), a);
+        let registry = registry.clone(); // a fresh index
+        assert!(registry.hosts("n", &foreign, "local.td"));
+        assert!(!registry.hosts("n", &local, "local.td"));
     }
 }

@@ -56,7 +56,7 @@ pub fn route(
     match registry.by_ip(dst.ip()) {
         Some(w) if w.node_name != node.name && node.identities => Route::Tunnel {
             to: dst,
-            peer: SpiffeId::new(node.trust_domain, &w.namespace, &w.service_account),
+            peer: w.identity(node.trust_domain),
         },
         Some(w) if w.node_name == node.name => Route::Local { to: dst },
         Some(_) => Route::Direct { to: dst },

@@ -8,6 +8,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::spiffe::SpiffeId;
+
 /// One pod: where it runs, its address, and the identity it runs as.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
@@ -22,6 +24,10 @@ pub struct Workload {
     /// None until the CNI plugin hands it over.
     pub netns: Option<PathBuf>,
     pub labels: BTreeMap<String, String>,
+    /// The trust domain the workload's identity belongs to, when not the local mesh's (a
+    /// federated mesh's workload).
+    #[serde(default)]
+    pub trust_domain: Option<String>,
 }
 
 impl Workload {
@@ -51,12 +57,10 @@ impl Workload {
         }
     }
 
-    /// The SPIFFE ID this workload runs as.
-    pub fn spiffe_id(&self, trust_domain: &str) -> String {
-        format!(
-            "spiffe://{trust_domain}/ns/{}/sa/{}",
-            self.namespace, self.service_account
-        )
+    /// The SPIFFE ID this workload runs as: in its own trust domain, else in `local`.
+    pub fn identity(&self, local: &str) -> SpiffeId {
+        let trust_domain = self.trust_domain.as_deref().unwrap_or(local);
+        SpiffeId::new(trust_domain, &self.namespace, &self.service_account)
     }
 }
 
@@ -81,5 +85,6 @@ pub fn test_workload(namespace: &str, app: &str) -> Workload {
         node_name: "n".into(),
         netns: Some("/x".into()),
         labels: [("app".to_string(), app.to_string())].into(),
+        trust_domain: None,
     }
 }

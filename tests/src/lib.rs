@@ -239,6 +239,18 @@ impl Testbed {
         Service::ca(self, on, nodes)
     }
 
+    /// Starts a CA like `start_ca`, named `name` (its directory and log) and with `extra`
+    /// arguments: several CAs, of several trust domains, can run in one bed.
+    pub fn start_ca_named(
+        &self,
+        on: &Node,
+        nodes: &[&Node],
+        name: &str,
+        extra: &[&str],
+    ) -> Result<(Service, CaInfo)> {
+        Service::ca_named(self, on, nodes, name, extra)
+    }
+
     /// Starts `hawser node` for `node`, with identities from `ca` when given.
     pub fn start_node(&self, node: &Node, ca: Option<&CaInfo>) -> Result<Service> {
         Service::node(self, node, ca, &[], &[])

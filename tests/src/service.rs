@@ -99,7 +99,19 @@ impl Service {
     /// (reachable from every connected node), with a self-signed root, the test bed's
     /// workload directory as its registry, and a credential for each of `nodes`.
     pub(crate) fn ca(bed: &Testbed, on: &Node, nodes: &[&Node]) -> Result<(Self, CaInfo)> {
-        let dir = bed.dir().join("ca");
+        Self::ca_named(bed, on, nodes, "ca", &[])
+    }
+
+    /// The CA as `ca`, with its files in `name` of the bed's directory, its log in
+    /// `hawser-<name>.log` and `extra` arguments (another trust domain, say).
+    pub(crate) fn ca_named(
+        bed: &Testbed,
+        on: &Node,
+        nodes: &[&Node],
+        name: &str,
+        extra: &[&str],
+    ) -> Result<(Self, CaInfo)> {
+        let dir = bed.dir().join(name);
         std::fs::create_dir_all(&dir)?;
         let info = CaInfo {
             address: format!("{}:{CA_PORT}", on.gateway()),
@@ -132,8 +144,10 @@ impl Service {
             "--reload-interval-ms".into(),
             "200".into(),
         ];
+        let args = args.into_iter().chain(extra.iter().map(|a| a.to_string()));
+        let log = format!("hawser-{name}.log");
         Ok((
-            Self::start(bed, on, &[], args, "hawser-ca.log", "CA serving")?,
+            Self::start(bed, on, &[], args.collect(), &log, "CA serving")?,
             info,
         ))
     }

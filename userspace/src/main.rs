@@ -7,7 +7,11 @@ use hawser::{
     app,
     ca::{self, CaConfig},
     credentials::CredentialRoots,
-    identity::pki::{self, CaSpec, KeyType},
+    identity::{
+        certs,
+        pki::{self, CaSpec, KeyType},
+        spiffe_bundle,
+    },
     logging::{self, LogFormat},
     node::{AfterHandover, CaSettings, NodeConfig},
     proxy::sockets::Keepalive,
@@ -264,6 +268,10 @@ struct CaArgs {
     /// Revocation list YAML (`serials: [...]`, `identities: [...]`), followed.
     #[arg(long, env = "HAWSER_REVOCATIONS")]
     revocations: Option<PathBuf>,
+    /// `TRUST_DOMAIN=FILE`: trust that domain's identities when they chain to the roots in
+    /// FILE (a SPIFFE bundle or PEM), followed; an absent file withdraws it. Repeatable.
+    #[arg(long = "federated-bundle", value_parser = federated_bundle)]
+    federated_bundles: Vec<(String, PathBuf)>,
     /// Longest SVID lifetime the CA grants, in seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     max_ttl_secs: u64,
@@ -291,6 +299,15 @@ enum PkiCommand {
         name: String,
         #[command(flatten)]
         spec: SpecArgs,
+    },
+    /// The roots in a PEM file (a CA's root-cert.pem) as a SPIFFE trust bundle, on
+    /// stdout: what another trust domain's `hawser ca --federated-bundle` reads.
+    SpiffeBundle {
+        #[arg(long)]
+        roots: PathBuf,
+        /// The bundle's `spiffe_sequence`: raise it with every change.
+        #[arg(long, default_value_t = 1)]
+        sequence: u64,
     },
 }
 
@@ -347,6 +364,12 @@ async fn run(command: Command) -> Result<()> {
         Command::Pki(PkiCommand::Intermediate { dir, name, spec }) => {
             let spec = spec.spec(format!("Intermediate CA {name}"), 730);
             pki::write_intermediate(&dir, &name, &spec)
+        }
+        Command::Pki(PkiCommand::SpiffeBundle { roots, sequence }) => {
+            let pems = spiffe_bundle::roots(&certs::read(&roots)?)
+                .with_context(|| format!("the roots in {}", roots.display()))?;
+            println!("{}", spiffe_bundle::to_json(&pems, sequence)?);
+            Ok(())
         }
         Command::Uninstall { bpf } => dataplane::uninstall(&bpf.pin_dir),
         Command::Status(a) => cli::status(&AdminClient::new(&a.admin), a.json).await,
@@ -420,6 +443,15 @@ fn node_config(args: NodeArgs, log_level: logging::LogLevel) -> Result<NodeConfi
     })
 }
 
+/// `TRUST_DOMAIN=FILE` of `--federated-bundle`.
+fn federated_bundle(arg: &str) -> Result<(String, PathBuf), String> {
+    let (domain, file) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("{arg:?} is not TRUST_DOMAIN=FILE"))?;
+    hawser_model::config::check_dns_name("the trust domain", domain)?;
+    Ok((domain.to_string(), PathBuf::from(file)))
+}
+
 fn ca_config(args: CaArgs) -> CaConfig {
     CaConfig {
         listen: args.listen,
@@ -438,6 +470,7 @@ fn ca_config(args: CaArgs) -> CaConfig {
             },
         },
         revocations: args.revocations,
+        federated: args.federated_bundles,
         max_ttl: Duration::from_secs(args.max_ttl_secs),
         server_names: args.server_names,
         reload_interval: Duration::from_millis(args.reload_interval_ms),

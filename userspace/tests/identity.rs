@@ -86,6 +86,7 @@ impl TestCa {
                 node_tokens: self.dir.path().join("tokens.yaml"),
             },
             revocations: Some(self.revocations()),
+            federated: Vec::new(),
             max_ttl: self.max_ttl,
             server_names: vec!["localhost".into()],
             reload_interval: Duration::from_millis(100),

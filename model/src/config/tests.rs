@@ -38,7 +38,7 @@ fn parses_a_workload_with_all_fields() {
     assert_eq!(line, 1);
     assert_eq!(w.key(), "shop/pod-a");
     assert_eq!(
-        w.spiffe_id("cluster.local"),
+        w.identity("cluster.local").to_string(),
         "spiffe://cluster.local/ns/shop/sa/sa-a"
     );
     assert_eq!(w.ips_text(), "10.0.1.2");
@@ -54,6 +54,25 @@ fn defaults_namespace_and_service_account() {
     assert_eq!(
         (w.namespace.as_str(), w.service_account.as_str()),
         ("default", "default")
+    );
+}
+
+#[test]
+fn a_workload_of_a_federated_mesh_names_its_trust_domain() {
+    let text = POD_A.replace(
+        "nodeName: node1",
+        "nodeName: node1\n  trustDomain: td1.example",
+    );
+    let (w, _) = parse(&text).unwrap().remove(0);
+    assert_eq!(
+        w.identity("cluster.local").to_string(),
+        "spiffe://td1.example/ns/shop/sa/sa-a"
+    );
+    let bad = POD_A.replace("nodeName: node1", "nodeName: node1\n  trustDomain: TD1");
+    assert!(
+        only_error(&bad).contains("spec.trustDomain"),
+        "{}",
+        only_error(&bad)
     );
 }
 

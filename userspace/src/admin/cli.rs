@@ -142,6 +142,8 @@ pub async fn peer_certs(client: &AdminClient, peer: SocketAddr, json: bool) -> R
         roots: held.trust_roots.into_iter().map(|r| r.pem).collect(),
         revoked_serials: held.revoked_serials,
         revoked_identities: held.revoked_identities,
+        // The peer is checked as a tunnel of the local trust domain.
+        federated: Default::default(),
     };
     let chain = peer::presented(peer).await?;
     let verdict = peer::check(&chain, &bundle);

@@ -48,14 +48,9 @@ pub fn check(chain: &[CertificateDer<'_>], bundle: &TrustBundle) -> Result<Spiff
     let Some((leaf, intermediates)) = chain.split_first() else {
         bail!("an empty chain");
     };
-    let roots = configs::roots(bundle)?;
-    verify::verify_chain(
-        leaf,
-        intermediates,
-        &roots,
-        &configs::provider(),
-        UnixTime::now(),
-    )?;
+    let anchors = verify::Anchors::of(bundle)?;
+    let (usage, provider) = (webpki::KeyUsage::server_auth(), configs::provider());
+    anchors.prove(usage, leaf, intermediates, &provider, UnixTime::now())?;
     Ok(verify::peer_identity(leaf, bundle)?)
 }
 

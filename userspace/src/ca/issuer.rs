@@ -58,7 +58,7 @@ impl Issuer {
         let hosted = self
             .registry
             .borrow()
-            .hosts(node, &id.namespace, &id.service_account);
+            .hosts(node, &id, &authority.trust_domain);
         if !hosted {
             return Err(Status::permission_denied(format!(
                 "node {node} runs no workload as {id}"

@@ -42,6 +42,8 @@ pub struct CaConfig {
     pub nodes: Nodes,
     /// Revocation list YAML (`serials:`, `identities:`), followed when it changes.
     pub revocations: Option<PathBuf>,
+    /// The bundle file of each trust domain this one federates with, followed.
+    pub federated: Vec<(String, PathBuf)>,
     pub max_ttl: Duration,
     /// Names (DNS or IP) in the CA's own serving certificate.
     pub server_names: Vec<String>,
@@ -174,6 +176,11 @@ impl Ca {
         let (registry, nodes) = config.nodes.load(config.reload_interval).await?;
         let revocations =
             trust::follow_revocations(config.revocations.clone(), config.reload_interval)?;
+        let federated = trust::follow_federated(
+            config.federated,
+            &config.trust_domain,
+            config.reload_interval,
+        )?;
         let serving = serving::follow(authority.clone(), config.server_names, configs::provider())?;
         Ok(Self {
             listen: config.listen,
@@ -185,7 +192,12 @@ impl Ca {
                 revocations.clone(),
                 config.max_ttl,
             ),
-            trust: trust::TrustServer::new(authority, nodes, revocations),
+            trust: trust::TrustServer {
+                authority,
+                nodes,
+                revocations,
+                federated,
+            },
             serving,
         })
     }

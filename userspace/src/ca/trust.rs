@@ -1,17 +1,62 @@
-//! The trust bundle (all trusted roots) and the revocation list, served to node daemons.
+//! The trust bundle (all trusted roots), the revocation list and the roots of federated
+//! trust domains, served to node daemons.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use serde::Deserialize;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::node_auth::NodeAuth;
 use crate::{
-    grpc::hawser::{TrustBundle, TrustBundleRequest, trust_service_server::TrustService},
-    identity::authority::Authority,
+    grpc::hawser::{
+        FederatedBundle, TrustBundle, TrustBundleRequest, trust_service_server::TrustService,
+    },
+    identity::{authority::Authority, spiffe_bundle},
 };
+
+/// The roots of each federated trust domain whose bundle file is present.
+pub type Federated = BTreeMap<String, Vec<String>>;
+
+/// Follows the bundle file of each federated trust domain (SPIFFE bundle or PEM). A file
+/// that is absent withdraws its domain; one that cannot be read keeps the last good set.
+pub fn follow_federated(
+    files: Vec<(String, PathBuf)>,
+    own: &str,
+    interval: Duration,
+) -> Result<watch::Receiver<Arc<Federated>>> {
+    if let Some((domain, _)) = files.iter().find(|(domain, _)| domain == own) {
+        bail!("--federated-bundle names {domain}, the CA's own trust domain");
+    }
+    let watched: Vec<PathBuf> = files.iter().map(|(_, path)| path.clone()).collect();
+    let rx = crate::reload::follow(
+        "federated trust bundles",
+        move || watched.clone(),
+        move || load_federated(&files),
+        interval,
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(rx)
+}
+
+fn load_federated(files: &[(String, PathBuf)]) -> Result<Federated, String> {
+    let mut federated = Federated::new();
+    for (domain, path) in files {
+        let text = match std::fs::read_to_string(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(%domain, file = %path.display(), "no bundle: the trust domain is not trusted");
+                continue;
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Ok(text) => text,
+        };
+        let roots = spiffe_bundle::roots(&text)
+            .map_err(|e| format!("{} (trust domain {domain}): {e:#}", path.display()))?;
+        federated.insert(domain.clone(), roots);
+    }
+    Ok(federated)
+}
 
 /// The revocation list file: certificate serials (hex) and whole identities.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -65,23 +110,10 @@ fn load(path: &std::path::Path) -> Result<Revocations, String> {
 }
 
 pub struct TrustServer {
-    authority: watch::Receiver<Arc<Authority>>,
-    nodes: NodeAuth,
-    revocations: watch::Receiver<Arc<Revocations>>,
-}
-
-impl TrustServer {
-    pub fn new(
-        authority: watch::Receiver<Arc<Authority>>,
-        nodes: NodeAuth,
-        revocations: watch::Receiver<Arc<Revocations>>,
-    ) -> Self {
-        Self {
-            authority,
-            nodes,
-            revocations,
-        }
-    }
+    pub authority: watch::Receiver<Arc<Authority>>,
+    pub nodes: NodeAuth,
+    pub revocations: watch::Receiver<Arc<Revocations>>,
+    pub federated: watch::Receiver<Arc<Federated>>,
 }
 
 #[tonic::async_trait]
@@ -93,11 +125,19 @@ impl TrustService for TrustServer {
         self.nodes.authenticate(&request).await?;
         let revoked = self.revocations.borrow().clone();
         let authority = self.authority.borrow().clone();
+        let federated = self.federated.borrow().clone();
         Ok(Response::new(TrustBundle {
             trust_domain: authority.trust_domain.clone(),
             roots: authority.roots().to_vec(),
             revoked_serials: revoked.serials.clone(),
             revoked_identities: revoked.identities.clone(),
+            federated: federated
+                .iter()
+                .map(|(domain, roots)| FederatedBundle {
+                    trust_domain: domain.clone(),
+                    roots: roots.clone(),
+                })
+                .collect(),
         }))
     }
 }

@@ -69,11 +69,15 @@ impl PodContext {
         decision.map_err(|denial| denial.to_string())
     }
 
-    /// Whether a connection as `a` may go on now: its caller's identity not revoked, and
-    /// admitted by policy.
+    /// Whether a connection as `a` may go on now: its caller's trust domain trusted, its
+    /// identity not revoked, and admitted by policy.
     fn allowed(&self, a: &Admitted) -> Result<(), Refusal> {
         if let (Some(svids), Some(Principal::Spiffe(id))) = (&self.shared.svids, &a.principal) {
             let bundle = svids.trust_bundle().borrow().clone();
+            if bundle.roots_of(&id.trust_domain).is_empty() {
+                let why = format!("no trust bundle for trust domain {}", id.trust_domain);
+                return Err(Refusal::Untrusted(why));
+            }
             bundle
                 .check_revoked(a.serial.as_deref(), &id.to_string())
                 .map_err(|e| Refusal::Revoked(e.to_string()))?;

@@ -45,11 +45,7 @@ impl Shared {
         let w = registry
             .by_ip(ip)
             .filter(|w| w.node_name == self.node_name)?;
-        Some(SpiffeId::new(
-            &self.trust_domain,
-            &w.namespace,
-            &w.service_account,
-        ))
+        Some(w.identity(&self.trust_domain))
     }
 
     /// Where a connection `client` dialed to `dst` goes (`hawser_model::route`).

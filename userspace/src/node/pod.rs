@@ -13,7 +13,7 @@ use crate::{
     redirect::{Dataplane, captured::Captured, pod_routing},
     tls::cache::TlsConfigs,
 };
-use hawser_model::{SpiffeId, Workload};
+use hawser_model::Workload;
 
 /// An enrolled pod: while this exists, the pod's TCP traffic flows through the daemon.
 pub struct EnrolledPod {
@@ -70,11 +70,9 @@ impl EnrolledPod {
             netns.run(open_listeners).await.map_err(anyhow::Error::from)
         };
         let listeners = opened.await.map_err(|e| fail(Some(netns_cookie), e))?;
-        let identity = SpiffeId::new(
-            &shared.trust_domain,
-            &workload.namespace,
-            &workload.service_account,
-        );
+        // A local workload declaring another trust domain is refused its SVID by the CA
+        // (the CA signs only its own): it stays captured without an identity.
+        let identity = workload.identity(&shared.trust_domain);
         let svid = shared.svids.as_ref().map(|svids| svids.acquire(&identity));
         let captured = Arc::new(Captured {
             dataplane: dataplane.clone(),

@@ -21,6 +21,8 @@ pub enum Refusal {
     Policy(String),
     /// The caller's identity or certificate is revoked.
     Revoked(String),
+    /// The caller's trust domain is not trusted (its federated bundle was withdrawn).
+    Untrusted(String),
     /// No route: the outbound traffic policy refuses the destination, or a Service has
     /// no ready endpoint.
     NoRoute(String),
@@ -43,6 +45,7 @@ impl Refusal {
             Refusal::Handshake(_) => "handshake",
             Refusal::Policy(_) => "policy",
             Refusal::Revoked(_) => "revoked",
+            Refusal::Untrusted(_) => "untrusted_domain",
             Refusal::NoRoute(_) => "no_route",
             Refusal::Tunnel(_) => "tunnel",
             Refusal::Origination { .. } => "origination",
@@ -60,9 +63,10 @@ impl fmt::Display for Refusal {
             Refusal::NotSteered => {
                 f.write_str("not steered: a direct connection to the daemon's listener")
             }
-            Refusal::TooManyHandshakes(why) | Refusal::Revoked(why) | Refusal::NoRoute(why) => {
-                f.write_str(why)
-            }
+            Refusal::TooManyHandshakes(why)
+            | Refusal::Revoked(why)
+            | Refusal::Untrusted(why)
+            | Refusal::NoRoute(why) => f.write_str(why),
             Refusal::Policy(why) => write!(f, "policy: {why}"),
             Refusal::Handshake(e) | Refusal::Tunnel(e) | Refusal::Connect(e) => {
                 write!(f, "{e}")
@@ -85,6 +89,7 @@ mod tests {
             Refusal::Handshake(Failure::Peer("bad certificate".into())),
             Refusal::Policy("DENY policy default/no-a".into()),
             Refusal::Revoked("the peer identity spiffe://x is revoked".into()),
+            Refusal::Untrusted("no trust bundle for trust domain td1".into()),
             Refusal::NoRoute("REGISTRY_ONLY".into()),
             Refusal::Tunnel(Failure::Peer("peer is not b".into())),
             Refusal::Origination {
@@ -95,8 +100,8 @@ mod tests {
         ];
         let labels: std::collections::BTreeSet<&str> = all.iter().map(Refusal::reason).collect();
         assert_eq!(labels.len(), all.len());
-        assert_eq!(all[8].to_string(), "DestinationRule shop/api: unknown CA");
-        assert_eq!(all[9].to_string(), "connect 10.0.0.2:80: timed out");
+        assert_eq!(all[9].to_string(), "DestinationRule shop/api: unknown CA");
+        assert_eq!(all[10].to_string(), "connect 10.0.0.2:80: timed out");
         assert!(all.iter().all(|r| !r.to_string().is_empty()));
     }
 }

@@ -85,6 +85,12 @@ impl Trust {
         })
     }
 
+    /// The trust domains whose identities only their own roots may vouch for.
+    fn mesh_domains(&self) -> impl Iterator<Item = &str> {
+        let federated = self.mesh.iter().flat_map(|(b, _)| b.federated.keys());
+        std::iter::once(self.trust_domain.as_str()).chain(federated.map(String::as_str))
+    }
+
     fn identity(&self) -> Identity {
         (self.identity.0.clone(), self.identity.1.clone_key())
     }
@@ -115,9 +121,10 @@ impl Trust {
             // A chain that verified is not empty.
             return Ok(verify::peer_identity(&chain[0], bundle)?.into());
         }
-        let own = format!("spiffe://{}/", self.trust_domain);
         if let Some(uri) = &certificate.uri_san
-            && uri.starts_with(&own)
+            && self
+                .mesh_domains()
+                .any(|td| uri.starts_with(&format!("spiffe://{td}/")))
         {
             return Err(Failure::Peer(format!(
                 "a certificate outside the mesh's CA claims the mesh identity {uri}"

@@ -1,7 +1,7 @@
 //! The CA client: Istio's `CreateCertificate` (so it also works against istiod) and
 //! hawser's trust bundle, over TLS, authenticated by the node's credential.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
@@ -135,11 +135,26 @@ impl CaClient {
             certs::info(root).context("a root in the trust bundle")?;
         }
         self.roots.follow_bundle(&bundle.roots);
+        let mut federated = BTreeMap::new();
+        for f in bundle.federated {
+            if f.trust_domain == bundle.trust_domain || f.roots.is_empty() {
+                bail!(
+                    "the CA sent a federated bundle for {:?} that is its own or empty",
+                    f.trust_domain
+                );
+            }
+            for root in &f.roots {
+                certs::info(root)
+                    .with_context(|| format!("a root of trust domain {}", f.trust_domain))?;
+            }
+            federated.insert(f.trust_domain, f.roots);
+        }
         Ok(TrustBundle {
             trust_domain: bundle.trust_domain,
             roots: bundle.roots,
             revoked_serials: bundle.revoked_serials,
             revoked_identities: bundle.revoked_identities,
+            federated,
         })
     }
 }

@@ -227,6 +227,7 @@ async fn poll_bundle(
                     roots = bundle.roots.len(),
                     revoked_serials = ?bundle.revoked_serials,
                     revoked_identities = ?bundle.revoked_identities,
+                    federated = ?bundle.federated.keys().collect::<Vec<_>>(),
                     "trust bundle updated"
                 );
                 if let Some(manager) = manager.upgrade() {

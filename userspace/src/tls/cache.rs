@@ -13,6 +13,7 @@ use rustls::{ClientConfig, ServerConfig};
 use super::{
     configs::{self, Resume},
     offload::{Offload, TlsPath},
+    verify::Anchors,
 };
 use crate::{
     failure::Result,
@@ -32,6 +33,7 @@ pub struct TlsConfigs {
 struct Built {
     svid: Arc<Svid>,
     bundle: Arc<TrustBundle>,
+    anchors: Option<Arc<Anchors>>,
     server: Option<Arc<ServerConfig>>,
     clients: HashMap<SpiffeId, Arc<ClientConfig>>,
 }
@@ -49,7 +51,8 @@ impl TlsConfigs {
         if let Some(server) = &built.server {
             return Ok(server.clone());
         }
-        let server = configs::mesh_server(svid, bundle, offload.provider(), resume(offload))?;
+        let anchors = built.anchors()?;
+        let server = configs::mesh_server(svid, &anchors, offload.provider(), resume(offload))?;
         let server = Arc::new(server);
         built.server = Some(server.clone());
         Ok(server)
@@ -69,7 +72,8 @@ impl TlsConfigs {
             return Ok(client.clone());
         }
         let (provider, resume) = (offload.provider(), resume(offload));
-        let client = configs::mesh_client(svid, bundle, peer.clone(), provider, resume)?;
+        let anchors = built.anchors()?;
+        let client = configs::mesh_client(svid, &anchors, peer.clone(), provider, resume)?;
         let client = Arc::new(client);
         if built.clients.len() >= MAX_PEERS {
             built.clients.clear();
@@ -92,11 +96,24 @@ impl TlsConfigs {
             *built = Some(Built {
                 svid: svid.clone(),
                 bundle: bundle.clone(),
+                anchors: None,
                 server: None,
                 clients: HashMap::new(),
             });
         }
         built
+    }
+}
+
+impl Built {
+    /// The bundle's roots by trust domain, read once per bundle.
+    fn anchors(&mut self) -> Result<Arc<Anchors>> {
+        if let Some(anchors) = &self.anchors {
+            return Ok(anchors.clone());
+        }
+        let anchors = Arc::new(Anchors::of(&self.bundle)?);
+        self.anchors = Some(anchors.clone());
+        Ok(anchors)
     }
 }
 

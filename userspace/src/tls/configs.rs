@@ -21,7 +21,7 @@ use rustls::{
     server::{WebPkiClientVerifier, danger::ClientCertVerifier},
 };
 
-use super::verify::{SecureNaming, ServerCheck, Verifier};
+use super::verify::{self, Anchors, MeshClients, SecureNaming, ServerCheck, Verifier};
 use crate::{
     failure::{Failure, Result},
     identity::certs,
@@ -32,17 +32,18 @@ use hawser_model::{SpiffeId, preamble::ALPN};
 /// A certificate chain and its key, as a TLS end presents them.
 pub type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
-/// The tunnel's client end: present `svid`, accept only a server that is `expected`.
+/// The tunnel's client end: present `svid`, accept only a server that is `expected`
+/// (its chain checked against the roots of `expected`'s trust domain).
 pub fn mesh_client(
     svid: &Svid,
-    bundle: &TrustBundle,
+    anchors: &Arc<Anchors>,
     expected: SpiffeId,
     provider: Arc<CryptoProvider>,
     resume: Resume,
 ) -> Result<ClientConfig> {
+    anchors.of_domain(&expected.trust_domain)?;
     let check = SecureNaming {
-        roots: Arc::new(roots(bundle)?),
-        bundle: bundle.clone(),
+        anchors: anchors.clone(),
         expected,
         provider: provider.clone(),
     };
@@ -73,15 +74,18 @@ const SESSIONS: usize = 64;
 /// parallel connections resume too; a server hands out no more.
 const TICKETS: usize = 4;
 
-/// The tunnel's server end: present `svid`, require a client chaining to the bundle (the
-/// caller reads its identity from the certificate).
+/// The tunnel's server end: present `svid`, require a client chaining to the roots of its
+/// identity's trust domain (the caller reads that identity from the certificate).
 pub fn mesh_server(
     svid: &Svid,
-    bundle: &TrustBundle,
+    anchors: &Arc<Anchors>,
     provider: Arc<CryptoProvider>,
     resume: Resume,
 ) -> Result<ServerConfig> {
-    let clients = client_verifier(roots(bundle)?, &provider)?;
+    let clients = Arc::new(MeshClients {
+        anchors: anchors.clone(),
+        provider: provider.clone(),
+    });
     let mut config = server(clients, svid_identity(svid)?, Versions::Tls13, provider)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     if resume == Resume::Tickets {
@@ -165,16 +169,9 @@ pub fn svid_identity(svid: &Svid) -> Result<Identity> {
     Ok((chain, key))
 }
 
-/// The trust bundle's roots; refused while it has none.
+/// The trust bundle's own roots; refused while it has none.
 pub fn roots(bundle: &TrustBundle) -> Result<RootCertStore> {
-    let mut store = RootCertStore::empty();
-    for pem in &bundle.roots {
-        let der = certs::der(pem)
-            .map_err(|e| Failure::Credentials(format!("a root of the trust bundle: {e:#}")))?;
-        store
-            .add(CertificateDer::from(der))
-            .map_err(|e| Failure::Credentials(format!("a root of the trust bundle: {e}")))?;
-    }
+    let store = verify::store(&bundle.roots, "a root of the trust bundle")?;
     if store.is_empty() {
         return Err(Failure::NotReady(
             "the trust bundle has no roots yet".into(),

@@ -2,14 +2,20 @@
 //! (refused when revoked), and the two server checks: secure naming for the tunnel (the
 //! server's SPIFFE ID must be the one expected at the destination) and the expected names
 //! of an external server for originated TLS. Host names play no part in the mesh.
+//!
+//! A mesh peer's chain is checked against the roots of the trust domain its identity names
+//! (`Anchors`): ours, or a federated domain's. A root vouches for its own domain only, so
+//! a federated CA cannot mint identities of ours, nor ours of theirs.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use rustls::{
-    CommonState, DigitallySignedStruct, HandshakeKind, RootCertStore, SignatureScheme,
+    CommonState, DigitallySignedStruct, DistinguishedName, HandshakeKind, RootCertStore,
+    SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::CryptoProvider,
     pki_types::{CertificateDer, ServerName, UnixTime},
+    server::danger::{ClientCertVerified, ClientCertVerifier},
 };
 
 use crate::{
@@ -21,6 +27,13 @@ use hawser_model::SpiffeId;
 
 /// The identity in a peer's leaf certificate, refused if revoked.
 pub fn peer_identity(leaf: &CertificateDer<'_>, bundle: &TrustBundle) -> Result<SpiffeId> {
+    let (id, serial) = claimed_identity(leaf)?;
+    bundle.check_revoked(Some(&serial), &id.to_string())?;
+    Ok(id)
+}
+
+/// The SPIFFE ID a leaf certificate claims (its only URI SAN), and its serial.
+fn claimed_identity(leaf: &CertificateDer<'_>) -> Result<(SpiffeId, String)> {
     let pem = pem::encode(&pem::Pem::new("CERTIFICATE", leaf.as_ref().to_vec()));
     let info = certs::info(&pem).map_err(|e| Failure::Peer(format!("{e:#}")))?;
     let [uri] = &info.uri_sans[..] else {
@@ -29,34 +42,103 @@ pub fn peer_identity(leaf: &CertificateDer<'_>, bundle: &TrustBundle) -> Result<
             info.uri_sans.len()
         )));
     };
-    bundle.check_revoked(Some(&info.serial), uri)?;
-    uri.parse().map_err(Failure::Peer)
+    Ok((uri.parse().map_err(Failure::Peer)?, info.serial))
+}
+
+/// PEM certificates as a root store.
+pub fn store(pems: &[String], what: &str) -> Result<RootCertStore> {
+    let mut store = RootCertStore::empty();
+    for pem in pems {
+        let der = certs::der(pem).map_err(|e| Failure::Credentials(format!("{what}: {e:#}")))?;
+        store
+            .add(CertificateDer::from(der))
+            .map_err(|e| Failure::Credentials(format!("{what}: {e}")))?;
+    }
+    Ok(store)
+}
+
+/// The roots each trust domain's identities must chain to, from one trust bundle.
+#[derive(Debug)]
+pub struct Anchors {
+    pub bundle: TrustBundle,
+    by_domain: HashMap<String, RootCertStore>,
+}
+
+impl Anchors {
+    /// The bundle's own roots (refused while it has none) and its federated domains'.
+    pub fn of(bundle: &TrustBundle) -> Result<Self> {
+        let mut by_domain = HashMap::new();
+        let own = store(&bundle.roots, "a root of the trust bundle")?;
+        if own.is_empty() {
+            return Err(Failure::NotReady(
+                "the trust bundle has no roots yet".into(),
+            ));
+        }
+        by_domain.insert(bundle.trust_domain.clone(), own);
+        for (domain, roots) in &bundle.federated {
+            let what = format!("a root of trust domain {domain}");
+            by_domain.insert(domain.clone(), store(roots, &what)?);
+        }
+        Ok(Self {
+            bundle: bundle.clone(),
+            by_domain,
+        })
+    }
+
+    /// The roots of `trust_domain`, refused when it is not trusted.
+    pub fn of_domain(&self, trust_domain: &str) -> Result<&RootCertStore> {
+        self.by_domain.get(trust_domain).ok_or_else(|| {
+            Failure::Peer(format!("no trust bundle for trust domain {trust_domain}"))
+        })
+    }
+
+    /// The identity a mesh peer's chain proves for `usage`: the chain must reach a root of
+    /// the trust domain that identity names. Revocation is the caller's to check.
+    pub fn prove(
+        &self,
+        usage: webpki::KeyUsage,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        provider: &CryptoProvider,
+        now: UnixTime,
+    ) -> Result<SpiffeId, rustls::Error> {
+        let general = |e: Failure| rustls::Error::General(e.to_string());
+        let (id, _) = claimed_identity(leaf).map_err(general)?;
+        let roots = self.of_domain(&id.trust_domain).map_err(general)?;
+        verify_for(usage, leaf, intermediates, roots, provider, now)
+            .map_err(|e| rustls::Error::General(format!("chain of {id}: {e}")))?;
+        Ok(id)
+    }
 }
 
 /// The identity of the peer of an established session (and its certificate), refused if
 /// revoked. A resumed
 /// session skipped the certificate checks of a full handshake (its ticket was issued under
-/// the same SVID and bundle, see `configs`), so its peer certificate is also checked for
-/// expiry and, on the client side, for being the `expected` identity.
+/// the same SVID and bundle, see `configs`), so its peer's chain is also checked for
+/// expiry (every certificate of it) and, on the client side, for being the `expected`
+/// identity.
 pub fn session_peer<'s>(
     session: &'s CommonState,
     bundle: &TrustBundle,
     expected: Option<&SpiffeId>,
 ) -> Result<(SpiffeId, &'s CertificateDer<'static>)> {
-    let leaf = session
-        .peer_certificates()
-        .and_then(|c| c.first())
+    let chain = session.peer_certificates().unwrap_or_default();
+    let leaf = chain
+        .first()
         .ok_or_else(|| Failure::Peer("no peer certificate".into()))?;
     let id = peer_identity(leaf, bundle)?;
     if session.handshake_kind() != Some(HandshakeKind::Resumed) {
         return Ok((id, leaf));
     }
-    let pem = pem::encode(&pem::Pem::new("CERTIFICATE", leaf.as_ref().to_vec()));
-    let info = certs::info(&pem).map_err(|e| Failure::Peer(format!("{e:#}")))?;
-    if info.not_after <= time::OffsetDateTime::now_utc() {
-        return Err(Failure::Peer(format!(
-            "the resumed peer certificate of {id} has expired"
-        )));
+    for cert in chain {
+        let pem = pem::encode(&pem::Pem::new("CERTIFICATE", cert.as_ref().to_vec()));
+        let info = certs::info(&pem).map_err(|e| Failure::Peer(format!("{e:#}")))?;
+        if info.not_after <= time::OffsetDateTime::now_utc() {
+            return Err(Failure::Peer(format!(
+                "the resumed session of {id}: {} has expired",
+                info.subject
+            )));
+        }
     }
     match expected {
         Some(expected) if *expected != id => Err(Failure::Peer(format!(
@@ -140,6 +222,58 @@ pub struct Verifier<C> {
     pub provider: Arc<CryptoProvider>,
 }
 
+/// The tunnel server's check of a client: its chain must reach the roots of the trust
+/// domain its identity names (the caller reads that identity, and checks revocation and
+/// policy, once the handshake is done).
+#[derive(Debug)]
+pub struct MeshClients {
+    pub anchors: Arc<Anchors>,
+    pub provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for MeshClients {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let usage = webpki::KeyUsage::client_auth();
+        (self.anchors).prove(usage, end_entity, intermediates, &self.provider, now)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 impl<C: ServerCheck> ServerCertVerifier for Verifier<C> {
     fn verify_server_cert(
         &self,
@@ -180,12 +314,11 @@ impl<C: ServerCheck> ServerCertVerifier for Verifier<C> {
     }
 }
 
-/// Chain validation against the bundle, then the server's SPIFFE ID against the one the
-/// destination must have. Host names play no part.
+/// Chain validation against the roots of the server's trust domain, then the server's
+/// SPIFFE ID against the one the destination must have. Host names play no part.
 #[derive(Debug)]
 pub struct SecureNaming {
-    pub roots: Arc<RootCertStore>,
-    pub bundle: TrustBundle,
+    pub anchors: Arc<Anchors>,
     pub expected: SpiffeId,
     pub provider: Arc<CryptoProvider>,
 }
@@ -197,8 +330,10 @@ impl ServerCheck for SecureNaming {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<(), rustls::Error> {
-        verify_chain(end_entity, intermediates, &self.roots, &self.provider, now)?;
-        let id = peer_identity(end_entity, &self.bundle)
+        let usage = webpki::KeyUsage::server_auth();
+        let anchors = &self.anchors;
+        anchors.prove(usage, end_entity, intermediates, &self.provider, now)?;
+        let id = peer_identity(end_entity, &anchors.bundle)
             .map_err(|e| rustls::Error::General(e.to_string()))?;
         if id != self.expected {
             return Err(rustls::Error::General(format!(
@@ -253,5 +388,78 @@ impl ServerCheck for ExpectedServer {
             "the server certificate is for none of {:?}",
             self.names
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        SanType,
+    };
+
+    use super::*;
+
+    /// A self-signed root and what signs with it.
+    fn root() -> (String, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        (pem, Issuer::new(params, key))
+    }
+
+    /// A leaf for `id`, signed by `issuer`.
+    fn leaf(id: &str, issuer: &Issuer<'_, KeyPair>) -> CertificateDer<'static> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        let key = KeyPair::generate().unwrap();
+        params.signed_by(&key, issuer).unwrap().der().clone()
+    }
+
+    fn prove(anchors: &Anchors, leaf: &CertificateDer<'_>) -> Result<SpiffeId, rustls::Error> {
+        let provider = crate::tls::configs::provider();
+        let usage = webpki::KeyUsage::client_auth();
+        anchors.prove(usage, leaf, &[], &provider, UnixTime::now())
+    }
+
+    #[test]
+    fn a_root_vouches_for_its_own_trust_domain_only() {
+        let ((ours, our_ca), (theirs, their_ca)) = (root(), root());
+        let mut bundle = TrustBundle {
+            trust_domain: "td2".into(),
+            roots: vec![ours],
+            federated: [("td1".to_string(), vec![theirs])].into(),
+            ..Default::default()
+        };
+        let anchors = Anchors::of(&bundle).unwrap();
+        let a = leaf("spiffe://td1/ns/default/sa/a", &their_ca);
+        let b = leaf("spiffe://td2/ns/default/sa/b", &our_ca);
+        assert_eq!(
+            prove(&anchors, &a).unwrap().to_string(),
+            "spiffe://td1/ns/default/sa/a"
+        );
+        assert_eq!(prove(&anchors, &b).unwrap().trust_domain, "td2");
+        // Each CA minting the other domain's identities.
+        for forged in [
+            leaf("spiffe://td2/ns/default/sa/b", &their_ca),
+            leaf("spiffe://td1/ns/default/sa/a", &our_ca),
+        ] {
+            let refused = prove(&anchors, &forged).unwrap_err().to_string();
+            assert!(refused.contains("chain of spiffe://"), "{refused}");
+        }
+        // A domain without a bundle is not trusted at all.
+        bundle.federated.clear();
+        let refused = prove(&Anchors::of(&bundle).unwrap(), &a)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("no trust bundle for trust domain td1"),
+            "{refused}"
+        );
     }
 }

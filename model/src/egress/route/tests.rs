@@ -19,6 +19,7 @@ fn client(name: &str) -> Workload {
         node_name: "n".into(),
         netns: Some("/proc/1/ns/net".into()),
         labels: BTreeMap::from([("app".to_string(), name.to_string())]),
+        trust_domain: None,
     }
 }
 

@@ -125,6 +125,8 @@ fn workload(pod: &Pod, meshed: &BTreeMap<&str, bool>) -> Option<Workload> {
         node_name: spec.node_name.clone()?,
         netns: None,
         labels,
+        // The cluster's own pods: the local trust domain.
+        trust_domain: None,
     })
 }
 
