@@ -104,3 +104,63 @@ fn upgrading_each_node_daemon_fails_no_request_and_cuts_no_stream() -> Result<()
     }
     Ok(())
 }
+
+#[test]
+fn kernel_tls_streams_move_to_the_new_daemons_and_keep_splicing() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    if hawser_testbed::expected_tls_path() != "ktls" {
+        eprintln!(
+            "SKIPPED: this kernel has no kernel TLS, so no connection to hand over; \
+             `cargo xtask vm-test` runs this test on one that has"
+        );
+        return Ok(());
+    }
+    // A drain window far shorter than the stream: only a hand-off can keep it.
+    const SHORT: &[&str] = &["--drain-secs", "1"];
+    let mut m = Mesh::with_node_args(SHORT)?;
+    let go = m.bed.dir().join("say-bye");
+    let server = format!(
+        "SYSTEM:echo hello; while [ ! -e {} ]; do sleep 0.2; done; echo bye",
+        go.display()
+    );
+    let _server =
+        m.b.spawn(&["socat", "TCP-LISTEN:7400,reuseaddr,fork", &server])?;
+    wait_listening(&m.b, 7400, "the server")?;
+    let stream = Reader::start(&m.bed, &m.a, &m.b.ip, 7400)?;
+    stream.wait_started("the greeting")?;
+
+    // The client's daemon (an outbound connection), then the server's (a tunnel one).
+    let mut upgraded = Vec::new();
+    for (node, old) in [(&m.node1, &mut m.d1), (&m.node2, &mut m.d2)] {
+        let new = m.bed.start_node_generation(node, Some(&m.ca), SHORT, 2)?;
+        wait_until(Duration::from_secs(60), "the old daemon to exit", || {
+            old.exited()
+        })?;
+        assert!(
+            old.log()
+                .lines()
+                .any(|l| l.contains("passed to the new daemon") && l.contains("passed=1")),
+            "{}",
+            old.log()
+        );
+        new.wait_for("the adopted stream", Duration::from_secs(10), |log| {
+            log.contains("connection adopted from the previous daemon")
+        })?;
+        upgraded.push(new);
+    }
+
+    // Both old daemons are gone: the rest of the stream, and its end, go through the new.
+    std::fs::write(&go, "")?;
+    let said = stream.outcome()?;
+    assert!(said.starts_with("EOF 10"), "the stream read {said:?}");
+    for new in &upgraded {
+        new.wait_for("the stream's record", Duration::from_secs(10), |log| {
+            log.lines().any(|l| {
+                l.contains("connection closed") && l.contains(":7400") && l.contains("tls=\"ktls\"")
+            })
+        })?;
+    }
+    Ok(())
+}

@@ -1,5 +1,6 @@
-//! `cargo xtask vm-test`: the tunnel, egress and inbound-ports suites (and the capture
-//! attacks that cross a tunnel) on Debian's stock kernel, which has kernel TLS.
+//! `cargo xtask vm-test`: the tunnel, egress and inbound-ports suites, the hand-off of
+//! kernel-TLS connections at an upgrade (and the capture attacks that cross a tunnel) on
+//! Debian's stock kernel, which has kernel TLS.
 //!
 //! This machine's kernel has no `tls` module, and its KVM cannot boot a stock kernel, so
 //! QEMU emulates (TCG) a VM running Debian's `linux-image-amd64` (downloaded with
@@ -46,6 +47,7 @@ const SUITES: &[(&str, &[&str])] = &[
             "ports_squatted_while_the_daemon_is_down",
         ],
     ),
+    ("upgrade", &["kernel_tls_streams_move_to_the_new_daemons"]),
 ];
 
 /// Emulation is slow: bulk tests move this much instead of their default.

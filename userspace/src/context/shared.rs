@@ -10,7 +10,7 @@ use hawser_model::{
 };
 use tokio::sync::watch;
 
-use super::drain::Drain;
+use super::{drain::Drain, handoff::Handoff};
 use crate::{
     credentials::Credentials,
     proxy::{same_node::Originated, sockets::Keepalive},
@@ -35,6 +35,8 @@ pub struct Shared {
     pub keepalive: Keepalive,
     /// Every relayed connection, for a shutdown that lets them finish.
     pub drain: Drain,
+    /// Kernel-TLS connections passed on to a successor daemon.
+    pub handoff: Arc<Handoff>,
 }
 
 impl Shared {

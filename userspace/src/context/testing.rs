@@ -84,6 +84,7 @@ pub fn pod(
             idle: Duration::from_secs(60),
         },
         drain: Drain::new(tokio::runtime::Handle::current()),
+        handoff: Default::default(),
     });
     Arc::new(PodContext {
         key: workload.key(),

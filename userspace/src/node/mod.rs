@@ -2,6 +2,7 @@
 //! `start` brings it up on the caller's (control) runtime with its listeners and
 //! connections on the data-plane runtime it is given, and returns a handle to stop it.
 
+mod passing;
 pub mod pod;
 pub mod takeover;
 
@@ -20,12 +21,12 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admin::{self, server::Admin},
     cni,
-    context::{drain::Drain, shared::Shared, status::NodeStatus},
+    context::{drain::Drain, handoff::Handed, shared::Shared, status::NodeStatus},
     credentials::{CredentialRoots, Credentials},
     egress::dns,
     logging::LogLevel,
     metrics::METRICS,
-    proxy::sockets::Keepalive,
+    proxy::{self, sockets::Keepalive},
     redirect::Dataplane,
     svid::{CaClient, CaClientConfig, SvidConfig, SvidManager},
     tls::offload::Offload,
@@ -180,6 +181,7 @@ pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
         originated: Arc::default(),
         keepalive: config.keepalive,
         drain: Drain::new(data),
+        handoff: succession.handoff.clone(),
     });
     let (status_tx, status) = watch::channel(NodeStatus::default());
     if let (Some(socket), Some(state)) = (&config.cni_socket, cni_state) {
@@ -223,8 +225,13 @@ pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
     if previous.is_none() {
         prune_earlier_runs(&node.dataplane, &node.pods, &node.closed);
     }
+    let pods = &node.pods;
+    let adopt = |handed: Handed| match pods.get(&handed.meta.pod) {
+        Some(pod) => proxy::adopt::adopt(pod.ctx.clone(), handed),
+        None => handed.abort(),
+    };
     if let Some(previous) = previous
-        && let Err(e) = previous.take_over(&succession).await
+        && let Err(e) = previous.take_over(&succession, adopt).await
     {
         tracing::warn!("taking over from the previous daemon: {e:#}");
     }

@@ -13,6 +13,10 @@
 //! serve what they accepted. Once ready it says `take over`; the old one answers with its
 //! pid, stops serving its admin and metrics ports, drains its open connections for its
 //! `--drain-secs` and ends; the new one takes the socket name.
+//!
+//! Kernel-TLS connections do not drain: right after its answer the old daemon stops each
+//! at a safe point and passes its sockets over the same connection (`passing`), and the
+//! new one carries them on. Only userspace-TLS and plaintext connections stay behind.
 
 use std::{
     io,
@@ -28,16 +32,22 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::watch,
 };
 use tokio_util::sync::CancellationToken;
 
+use super::passing;
+use crate::context::handoff::{Handed, Handoff};
+
 const STARTING: &str = "starting";
 const TAKE_OVER: &str = "take over";
 /// How long the new daemon waits for the old one to answer, and to let go of the name.
 const PATIENCE: Duration = Duration::from_secs(5);
+/// How long the old daemon waits for its kernel-TLS connections to reach a safe point
+/// (one that cannot write to a stalled app stays, and drains with the rest).
+const PAUSE_AT_MOST: Duration = Duration::from_secs(2);
 
 /// This daemon's place in a succession.
 #[derive(Clone)]
@@ -48,6 +58,8 @@ pub struct Succession {
     pub handed_over: CancellationToken,
     /// Whether a new daemon is starting to take over (this one then reports not ready).
     pub successor: watch::Receiver<bool>,
+    /// The kernel-TLS connections this daemon passes on when taken over.
+    pub handoff: Arc<Handoff>,
 }
 
 /// The daemon this one is taking over from: the connection that told it so.
@@ -75,6 +87,7 @@ pub async fn claim(pin_dir: &Path) -> Result<(Succession, Option<Previous>)> {
         shutdown: CancellationToken::new(),
         handed_over: CancellationToken::new(),
         successor: watched,
+        handoff: Arc::default(),
     };
     let Ok(conn) = StdStream::connect_addr(&name) else {
         serve(StdListener::bind_addr(&name)?, &succession, successor)?;
@@ -99,11 +112,21 @@ pub async fn claim(pin_dir: &Path) -> Result<(Succession, Option<Previous>)> {
 }
 
 impl Previous {
-    /// Asks the previous daemon to go, then takes its name.
-    pub async fn take_over(mut self, succession: &Succession) -> Result<()> {
+    /// Asks the previous daemon to go, carries on (`adopt`) the kernel-TLS connections it
+    /// passes, then takes its name.
+    pub async fn take_over(
+        mut self,
+        succession: &Succession,
+        adopt: impl FnMut(Handed),
+    ) -> Result<()> {
         match self.asked().await {
             Ok(answer) => {
-                tracing::info!(previous = answer, "took over: the previous daemon drains")
+                tracing::info!(previous = answer, "took over: the previous daemon drains");
+                match self.adopt(adopt).await {
+                    Ok(0) => {}
+                    Ok(adopted) => tracing::info!(adopted, "kernel-TLS connections carried on"),
+                    Err(e) => tracing::warn!("taking the previous daemon's connections: {e:#}"),
+                }
             }
             // Gone meanwhile (killed, crashed): the name is free to take all the same, so
             // that the next upgrade finds this daemon.
@@ -126,15 +149,26 @@ impl Previous {
         self.conn
             .write_all(format!("{TAKE_OVER}\n").as_bytes())
             .await?;
-        let mut answer = String::new();
-        let mut reader = BufReader::new(&mut self.conn);
-        tokio::time::timeout(PATIENCE, reader.read_line(&mut answer))
+        let answer = tokio::time::timeout(PATIENCE, line(&mut self.conn))
             .await
             .context("the previous daemon did not answer")??;
         if answer.is_empty() {
             bail!("the previous daemon closed the connection");
         }
         Ok(answer.trim().to_string())
+    }
+
+    /// Carries on each connection the previous daemon passes; how many.
+    async fn adopt(&mut self, mut adopt: impl FnMut(Handed)) -> Result<usize> {
+        let mut adopted = 0;
+        loop {
+            let next = tokio::time::timeout(PATIENCE, passing::receive(&mut self.conn)).await;
+            match next.context("the previous daemon stopped passing connections")?? {
+                Some(handed) => adopt(handed),
+                None => return Ok(adopted),
+            }
+            adopted += 1;
+        }
     }
 }
 
@@ -158,7 +192,7 @@ fn serve(
                 Ok((conn, _)) if peer_is_a_daemon(&conn) => {
                     let (succession, successor) = (succession.clone(), successor.clone());
                     tokio::spawn(async move {
-                        match successor_says(conn, &successor).await {
+                        match successor_says(conn, &successor, &succession.handoff).await {
                             Ok(()) => {
                                 succession.handed_over.cancel();
                                 succession.shutdown.cancel();
@@ -181,8 +215,13 @@ fn serve(
 }
 
 /// Follows one successor: `starting` (this daemon reports not ready meanwhile), then
-/// `take over` (answered with this process's id). Ok once it took over.
-async fn successor_says(conn: UnixStream, successor: &watch::Sender<bool>) -> Result<()> {
+/// `take over` (answered with this process's id, then the kernel-TLS connections). Ok
+/// once it took over.
+async fn successor_says(
+    conn: UnixStream,
+    successor: &watch::Sender<bool>,
+    handoff: &Handoff,
+) -> Result<()> {
     let (read, mut write) = conn.into_split();
     let mut lines = BufReader::new(read).lines();
     let said = |line: Option<String>| line.unwrap_or_default();
@@ -199,7 +238,51 @@ async fn successor_says(conn: UnixStream, successor: &watch::Sender<bool>) -> Re
     let answer = format!("pid {}\n", std::process::id());
     write.write_all(answer.as_bytes()).await?;
     tracing::info!("a new daemon takes over: draining, then stopping");
+    let passed = pass_connections(write.as_ref(), handoff).await;
+    tracing::info!(passed, "kernel-TLS connections passed to the new daemon");
     Ok(())
+}
+
+/// Stops every kernel-TLS connection at a safe point and passes it on; how many went.
+/// One that cannot be passed (the successor went away) is reset, never left half-open.
+async fn pass_connections(conn: &UnixStream, handoff: &Handoff) -> usize {
+    let mut offers = handoff.begin();
+    let stopped = async {
+        while handoff.splicing() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let _ = tokio::time::timeout(PAUSE_AT_MOST, stopped).await;
+    handoff.close();
+    let (mut passed, mut broken) = (0, false);
+    while let Some(handed) = offers.recv().await {
+        if !broken && let Err(e) = passing::send(conn, &handed).await {
+            tracing::warn!("passing a connection to the new daemon: {e:#}");
+            broken = true;
+        }
+        match broken {
+            true => handed.abort(),
+            false => passed += 1,
+        }
+    }
+    if !broken && let Err(e) = passing::send_end(conn).await {
+        tracing::warn!("ending the hand-over: {e:#}");
+    }
+    passed
+}
+
+/// One line, read a byte at a time: what follows it carries sockets, which a buffered
+/// read would swallow.
+async fn line(conn: &mut UnixStream) -> Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while conn.read(&mut byte).await? == 1 {
+        line.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
 /// The capabilities that make a daemon (bits of `CapEff`): CAP_NET_ADMIN, CAP_SYS_ADMIN.
@@ -255,7 +338,7 @@ mod tests {
         let (new, previous) = claim(&pins).await.unwrap();
         previous
             .expect("the old daemon")
-            .take_over(&new)
+            .take_over(&new, |_| panic!("no connection to pass"))
             .await
             .unwrap();
         assert!(old.handed_over.is_cancelled() && old.shutdown.is_cancelled());
@@ -279,7 +362,7 @@ mod tests {
         dying.join().unwrap();
         previous
             .expect("the old daemon")
-            .take_over(&new)
+            .take_over(&new, |_| panic!("no connection to pass"))
             .await
             .unwrap();
         let (_, next) = claim(&pins).await.unwrap();

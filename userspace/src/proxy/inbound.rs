@@ -53,7 +53,8 @@ pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
         };
         drop(permit);
         let record = Connection::new(Direction::Tunnel, &pod, peer, accepted.dst)
-            .mtls(&accepted.client, pod.shared.offload.path());
+            .mtls(&accepted.client, pod.shared.offload.path())
+            .handable(&pod);
         let caller = Caller {
             src: peer,
             dst: accepted.dst,

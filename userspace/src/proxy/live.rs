@@ -82,6 +82,12 @@ impl Ticket {
             Err(_) => std::future::pending().await,
         }
     }
+
+    /// What the connection was admitted as (None once it was cut).
+    pub fn admitted(&self) -> Option<Admitted> {
+        let conns = self.live.conns.lock().unwrap();
+        conns.get(&self.id).map(|(admitted, _)| admitted.clone())
+    }
 }
 
 /// The connection ended, however it ended: it leaves `Live`.

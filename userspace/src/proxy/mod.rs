@@ -5,6 +5,7 @@
 //! ports that ask for it, `caller` tells the app who called), `relay` moves the bytes (`copy` in userspace, `splice` under kernel TLS) and
 //! logs each connection (`refusal`: why one was refused).
 
+pub mod adopt;
 pub mod caller;
 pub mod copy;
 pub mod inbound;

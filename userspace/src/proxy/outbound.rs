@@ -54,7 +54,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext) {
         },
         // Never falls back to plaintext: a mesh peer is reached through the tunnel or not.
         Route::Tunnel { to, peer } => {
-            let conn = conn.mtls(&peer, pod.shared.offload.path());
+            let conn = conn.mtls(&peer, pod.shared.offload.path()).handable(pod);
             match tunnel::client::connect(pod, to, &peer).await {
                 Ok(upstream) => conn.relay_tunnel(client, upstream).await,
                 Err(e) => conn.refuse(Refusal::Tunnel(e)),

@@ -1,7 +1,7 @@
 //! Moving bytes between the two halves of a proxied connection, and the access log line
 //! that closes every connection.
 
-use std::{net::SocketAddr, time::Instant};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -10,12 +10,19 @@ use super::{
     copy::{self, Endpoint, Outcome},
     live::Ticket,
     refusal::Refusal,
+    splice,
 };
 use crate::{
-    context::{drain::CUT_AT_DEADLINE, pod::PodContext},
+    context::{
+        drain::CUT_AT_DEADLINE,
+        handoff::{Handed, HandedMeta, Handoff},
+        pod::PodContext,
+    },
     metrics::{self, ConnectionLabels, DestinationService, METRICS, Peer},
-    proxy::splice,
-    tls::offload::{TlsPath, TunnelStream},
+    tls::{
+        kernel_tls::KernelTls,
+        offload::{TlsPath, TunnelStream},
+    },
 };
 use hawser_model::egress::{TlsMode, route::Origination};
 
@@ -56,6 +63,8 @@ pub struct Connection {
     ticket: Option<Ticket>,
     /// Cancelled when the daemon's drain window ends.
     deadline: CancellationToken,
+    /// Where a paused kernel-TLS splice is offered to a successor, when it may be.
+    handoff: Option<Arc<Handoff>>,
 }
 
 impl Connection {
@@ -91,6 +100,7 @@ impl Connection {
             started: Instant::now(),
             ticket: None,
             deadline: pod.shared.drain.deadline(),
+            handoff: None,
         }
     }
 
@@ -133,6 +143,13 @@ impl Connection {
             Direction::Inbound | Direction::Tunnel => &mut self.labels.source,
         };
         remote.principal = peer.to_string();
+        self
+    }
+
+    /// Lets a successor daemon take the connection over when the kernel does its TLS
+    /// (a tunnel's two ends only: their record is rebuilt from the registry).
+    pub fn handable(mut self, pod: &PodContext) -> Self {
+        self.handoff = Some(pod.shared.handoff.clone());
         self
     }
 
@@ -193,22 +210,117 @@ impl Connection {
                 Direction::Outbound => self.relay(app, stream).await,
                 _ => self.relay(stream, app).await,
             },
-            TunnelStream::Kernel(stream) => {
-                METRICS.connection_opened(&self.labels);
-                let mut ticket = self.ticket.take();
-                let spliced =
-                    splice::relay(app, stream, Self::cut(&mut ticket, &self.deadline)).await;
-                // An inbound record counts from the peer.
-                let (request, response) = match self.direction {
-                    Direction::Outbound => (spliced.to_peer, spliced.to_app),
-                    _ => (spliced.to_app, spliced.to_peer),
-                };
-                self.closed(Outcome {
-                    request,
-                    response,
-                    error: spliced.error,
-                })
+            TunnelStream::Kernel(stream) => self.splice(app, stream).await,
+        }
+    }
+
+    /// Splices between the app and a kernel-TLS socket until done; a tunnel connection
+    /// paused for a successor daemon is offered to it, and goes on here if not taken.
+    async fn splice(mut self, mut app: TcpStream, mut tls: KernelTls) {
+        METRICS.connection_opened(&self.labels);
+        let mut ticket = self.ticket.take();
+        let handoff = self.handoff.take();
+        let mut pause = match &handoff {
+            Some(handoff) => handoff.start(),
+            None => CancellationToken::new(),
+        };
+        let mut before = (0, 0);
+        loop {
+            let cut = Self::cut(&mut ticket, &self.deadline);
+            let ended = splice::relay(app, tls, cut, &pause).await;
+            let (paused, mut moved) = match ended {
+                splice::Ended::Done(moved) => (None, moved),
+                splice::Ended::Paused { app, tls, moved } => (Some((app, tls)), moved),
+            };
+            (moved.to_peer, moved.to_app) = (before.0 + moved.to_peer, before.1 + moved.to_app);
+            let (Some(handoff), Some((paused_app, paused_tls))) = (&handoff, paused) else {
+                if let Some(handoff) = &handoff {
+                    handoff.ended();
+                }
+                return self.closed(self.outcome(moved));
+            };
+            let offered = self
+                .handed(&ticket, paused_app, paused_tls)
+                .map(|handed| handoff.offer(Box::new(handed)));
+            let resumed = match offered {
+                Ok(Ok(())) => {
+                    handoff.ended();
+                    return self.handed_over(self.outcome(moved));
+                }
+                // Not taken: on here, never paused again.
+                Ok(Err(back)) => resume(*back),
+                Err(e) => Err(e),
+            };
+            match resumed {
+                Ok((resumed_app, resumed_tls)) => (app, tls) = (resumed_app, resumed_tls),
+                Err(e) => {
+                    handoff.ended();
+                    moved.error = Some(e);
+                    return self.closed(self.outcome(moved));
+                }
             }
+            before = (moved.to_peer, moved.to_app);
+            pause = CancellationToken::new();
+        }
+    }
+
+    /// A paused connection as its successor needs it.
+    fn handed(
+        &self,
+        ticket: &Option<Ticket>,
+        app: TcpStream,
+        tls: TcpStream,
+    ) -> std::io::Result<Handed> {
+        let admitted = ticket.as_ref().and_then(Ticket::admitted);
+        let meta = HandedMeta {
+            pod: self.pod.clone(),
+            direction: self.direction.as_str().into(),
+            src: self.src,
+            dst: self.dst,
+            peer: self.remote().principal.clone(),
+            admitted_port: admitted.as_ref().map(|a| a.port),
+            serial: admitted.and_then(|a| a.serial),
+        };
+        Ok(Handed {
+            meta,
+            app: app.into_std()?.into(),
+            tls: tls.into_std()?.into(),
+        })
+    }
+
+    /// The peer on the other side of the tunnel.
+    fn remote(&self) -> &Peer {
+        match self.direction {
+            Direction::Outbound => &self.labels.destination,
+            Direction::Inbound | Direction::Tunnel => &self.labels.source,
+        }
+    }
+
+    /// Counts and logs a connection passed to the successor daemon, which logs its end.
+    fn handed_over(&self, outcome: Outcome) {
+        METRICS.connection_closed(&self.labels, outcome.request, outcome.response);
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        let (l, direction) = (&self.labels, self.direction.as_str());
+        let (src_identity, dst_identity) = (&l.source.principal, &l.destination.principal);
+        tracing::info!(
+            target: "hawser::access",
+            direction, pod = %self.pod, src = %self.src, src_identity, dst = %self.dst, dst_identity,
+            tls = self.tls, bytes_sent = outcome.request, bytes_received = outcome.response, duration_ms,
+            "connection handed over"
+        );
+    }
+
+    /// The byte counts of a splice, client→server first.
+    fn outcome(&self, spliced: splice::Spliced) -> Outcome {
+        // An inbound record counts from the peer.
+        let (request, response) = match self.direction {
+            Direction::Outbound => (spliced.to_peer, spliced.to_app),
+            _ => (spliced.to_app, spliced.to_peer),
+        };
+        Outcome {
+            request,
+            response,
+            error: spliced.error,
         }
     }
 
@@ -317,4 +429,20 @@ fn remote_peer(pod: &PodContext, addr: SocketAddr, destination: bool) -> Peer {
             .flatten()
             .map_or(metrics::UNKNOWN.into(), |id| id.to_string()),
     }
+}
+
+/// A connection no successor took: its sockets, back on this runtime.
+fn resume(handed: Handed) -> std::io::Result<(TcpStream, KernelTls)> {
+    let (app, tls) = sockets(handed)?;
+    Ok((app, KernelTls::new(tls, None)))
+}
+
+/// A handed connection's two sockets, registered with the current runtime.
+pub fn sockets(handed: Handed) -> std::io::Result<(TcpStream, TcpStream)> {
+    let open = |fd: std::os::fd::OwnedFd| {
+        let socket = std::net::TcpStream::from(fd);
+        socket.set_nonblocking(true)?;
+        TcpStream::from_std(socket)
+    };
+    Ok((open(handed.app)?, open(handed.tls)?))
 }

@@ -7,6 +7,9 @@
 //! link was cut) the app's socket is reset, never closed as if the stream were whole —
 //! unless our side had already sent its `close_notify`: servers such as nginx answer
 //! that with a bare FIN, and every byte the app asked for has arrived by then.
+//!
+//! A relay can be paused for a successor daemon (`context::handoff`): each direction stops
+//! when its pipe is empty, and the sockets are given back whole.
 
 use std::{
     io,
@@ -22,6 +25,7 @@ use tokio::{
     io::{AsyncWriteExt, Interest},
     net::TcpStream,
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::tls::kernel_tls::{KernelTls, close_write, read_control_record};
 
@@ -35,45 +39,91 @@ pub struct Spliced {
     pub error: Option<io::Error>,
 }
 
+/// How a relay ended: done (or cut), or paused with both directions open.
+pub enum Ended {
+    Done(Spliced),
+    Paused {
+        app: TcpStream,
+        tls: TcpStream,
+        moved: Spliced,
+    },
+}
+
 /// Relays until both directions are done; a half-close is passed on (`close_notify` + FIN
 /// towards the peer, FIN towards the app). When either direction fails, or `cut` says why
-/// the connection may not go on, the app's socket is reset.
+/// the connection may not go on, the app's socket is reset. Once `pause` is cancelled,
+/// each direction stops at its next safe point: the sockets come back if both did, and
+/// a direction already half-closed lets the other finish here.
 pub async fn relay(
     mut app: TcpStream,
     tls: KernelTls,
     cut: impl std::future::Future<Output = String>,
-) -> Spliced {
+    pause: &CancellationToken,
+) -> Ended {
     let (to_peer, to_app) = (AtomicU64::new(0), AtomicU64::new(0));
     let closed_ours = AtomicBool::new(false);
     let (tls, drained) = tls.into_parts();
     let result = async {
         app.write_all(&drained).await?;
         to_app.fetch_add(drained.len() as u64, Ordering::Relaxed);
-        let upstream = async {
-            pump(&app, &tls, None, &to_peer).await?;
-            unless_gone(close_write(&tls).await)?;
+        let (app, tls, closed_ours) = (&app, &tls, &closed_ours);
+        let (to_peer, to_app) = (&to_peer, &to_app);
+        let upstream = move |pause| async move {
+            if pump(app, tls, None, to_peer, pause).await? == Pumped::Paused {
+                return Ok(Pumped::Paused);
+            }
+            unless_gone(close_write(tls).await)?;
             closed_ours.store(true, Ordering::Release);
-            Ok(())
+            Ok(Pumped::Ended)
         };
-        let downstream = async {
-            pump(&tls, &app, Some(&closed_ours), &to_app).await?;
-            unless_gone(shutdown(app.as_raw_fd(), Shutdown::Write).map_err(io::Error::from))
+        let downstream = move |pause| async move {
+            if pump(tls, app, Some(closed_ours), to_app, pause).await? == Pumped::Paused {
+                return Ok(Pumped::Paused);
+            }
+            unless_gone(shutdown(app.as_raw_fd(), Shutdown::Write).map_err(io::Error::from))?;
+            Ok(Pumped::Ended)
+        };
+        let never = CancellationToken::new();
+        let both = async {
+            match tokio::try_join!(upstream(pause), downstream(pause))? {
+                (Pumped::Paused, Pumped::Paused) => Ok(Pumped::Paused),
+                (Pumped::Paused, Pumped::Ended) => upstream(&never).await,
+                (Pumped::Ended, Pumped::Paused) => downstream(&never).await,
+                (Pumped::Ended, Pumped::Ended) => Ok(Pumped::Ended),
+            }
         };
         tokio::select! {
-            spliced = async { tokio::try_join!(upstream, downstream) } => spliced.map(|_| ()),
+            spliced = both => spliced,
             why = cut => Err(io::Error::other(why)),
         }
     }
     .await;
-    let error = result.err();
-    if error.is_some() {
-        reset(&app);
-    }
-    Spliced {
-        to_peer: to_peer.into_inner(),
-        to_app: to_app.into_inner(),
+    let moved = |error| Spliced {
+        to_peer: to_peer.load(Ordering::Relaxed),
+        to_app: to_app.load(Ordering::Relaxed),
         error,
+    };
+    match result {
+        Ok(Pumped::Paused) => Ended::Paused {
+            moved: moved(None),
+            app,
+            tls,
+        },
+        Ok(Pumped::Ended) => Ended::Done(moved(None)),
+        Err(e) => {
+            reset(&app);
+            Ended::Done(moved(Some(e)))
+        }
     }
+}
+
+/// Where one direction stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pumped {
+    /// Its source ended.
+    Ended,
+    /// Paused at a safe point: every byte read was written.
+    Paused,
 }
 
 /// Makes closing `stream` abortive (a TCP reset), for a stream that was cut short.
@@ -109,23 +159,29 @@ async fn pump(
     dst: &TcpStream,
     tls: Option<&AtomicBool>,
     moved: &AtomicU64,
-) -> io::Result<()> {
+    pause: &CancellationToken,
+) -> io::Result<Pumped> {
     let from_tls = tls.is_some();
     let pipe = Pipe::new()?;
     loop {
-        src.readable().await?;
+        // The pipe is empty here: the one safe point to stop at.
+        tokio::select! {
+            biased;
+            () = pause.cancelled() => return Ok(Pumped::Paused),
+            readable = src.readable() => readable?,
+        }
         match src.try_io(Interest::READABLE, || pipe.fill(src.as_fd())) {
             Ok(0) if tls.is_some_and(|closed| !closed.load(Ordering::Acquire)) => {
                 return Err(truncated());
             }
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(Pumped::Ended),
             Ok(n) => {
                 pipe.drain_into(dst, n).await?;
                 moved.fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if from_tls && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO)) => {
-                return read_control_record(src);
+                return read_control_record(src).map(|()| Pumped::Ended);
             }
             Err(e) => return Err(e),
         }
@@ -172,5 +228,73 @@ impl Pipe {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// A connected loopback pair: (ours, the far end).
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let far = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        (listener.accept().await.unwrap().0, far)
+    }
+
+    async fn read_n(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        stream.read_exact(&mut buf).await.unwrap();
+        buf
+    }
+
+    /// Paused with nothing in flight, the sockets come back whole and splicing them again
+    /// goes on where it stopped. (Plain TCP stands in for the kernel-TLS side: splicing
+    /// data is the same.)
+    #[tokio::test]
+    async fn a_paused_relay_gives_its_sockets_back_and_resumes_without_a_lost_byte() {
+        let ((app, mut client), (tls, mut peer)) = (tcp_pair().await, tcp_pair().await);
+        let pause = CancellationToken::new();
+        let never = std::future::pending::<String>();
+        let running = tokio::spawn({
+            let pause = pause.clone();
+            async move { relay(app, KernelTls::new(tls, None), never, &pause).await }
+        });
+        client.write_all(b"before").await.unwrap();
+        assert_eq!(read_n(&mut peer, 6).await, b"before");
+        pause.cancel();
+        let Ended::Paused { app, tls, moved } = running.await.unwrap() else {
+            panic!("the relay did not pause");
+        };
+        assert_eq!((moved.to_peer, moved.to_app), (6, 0));
+        // Bytes sent while paused wait in the sockets.
+        peer.write_all(b"while").await.unwrap();
+        let (cut, cutting) = tokio::sync::oneshot::channel::<()>();
+        let resumed = tokio::spawn(async move {
+            let cut = async {
+                cutting
+                    .await
+                    .map_or_else(|_| "dropped".into(), |()| "cut".into())
+            };
+            relay(
+                app,
+                KernelTls::new(tls, None),
+                cut,
+                &CancellationToken::new(),
+            )
+            .await
+        });
+        assert_eq!(read_n(&mut client, 5).await, b"while");
+        client.write_all(b"after").await.unwrap();
+        assert_eq!(read_n(&mut peer, 5).await, b"after");
+        cut.send(()).unwrap();
+        let Ended::Done(moved) = resumed.await.unwrap() else {
+            panic!("a resumed relay pauses no more");
+        };
+        assert_eq!((moved.to_peer, moved.to_app), (5, 5));
     }
 }

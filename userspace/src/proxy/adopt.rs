@@ -1,0 +1,76 @@
+//! Carrying on a kernel-TLS connection a predecessor daemon handed over: its record is
+//! rebuilt from the registry, an incoming one is admitted again (policy and revocation
+//! as they are now), and splicing goes on.
+
+use std::sync::Arc;
+
+use super::{
+    live::Admitted,
+    refusal::Refusal,
+    relay::{self, Connection, Direction},
+};
+use crate::{
+    context::{handoff::Handed, pod::PodContext},
+    tls::{
+        kernel_tls::KernelTls,
+        offload::{TlsPath, TunnelStream},
+    },
+};
+use hawser_model::{SpiffeId, policy::Principal};
+
+/// Takes `handed` on for `pod`, as a tracked connection of this daemon.
+pub fn adopt(pod: Arc<PodContext>, handed: Handed) {
+    let drain = &pod.shared.drain;
+    drain.spawn(carry_on(pod.clone(), handed));
+}
+
+async fn carry_on(pod: Arc<PodContext>, handed: Handed) {
+    let meta = handed.meta.clone();
+    let direction = match meta.direction.as_str() {
+        "outbound" => Direction::Outbound,
+        _ => Direction::Tunnel,
+    };
+    let record = Connection::new(direction, &pod, meta.src, meta.dst);
+    let (app, tls) = match relay::sockets(handed) {
+        Ok(sockets) => sockets,
+        Err(e) => {
+            let failure = crate::failure::Failure::io("a handed-over socket", e);
+            return record.refuse(Refusal::Connect(failure));
+        }
+    };
+    let peer: SpiffeId = match meta.peer.parse() {
+        Ok(peer) => peer,
+        Err(e) => {
+            return refuse(
+                record,
+                &app,
+                Refusal::Tunnel(crate::failure::Failure::Peer(e)),
+            );
+        }
+    };
+    let record = record.mtls(&peer, TlsPath::Kernel).handable(&pod);
+    let record = match direction {
+        Direction::Tunnel => {
+            let admitted = Admitted {
+                port: meta.admitted_port.unwrap_or(meta.dst.port()),
+                principal: Some(Principal::Spiffe(peer)),
+                serial: meta.serial.clone(),
+            };
+            match pod.admit_live(admitted) {
+                Ok(ticket) => record.watched(ticket),
+                Err(refusal) => return refuse(record, &app, refusal),
+            }
+        }
+        _ => record,
+    };
+    tracing::info!(pod = %meta.pod, src = %meta.src, dst = %meta.dst, "connection adopted from the previous daemon");
+    record
+        .relay_tunnel(app, TunnelStream::Kernel(KernelTls::new(tls, None)))
+        .await;
+}
+
+/// Ends an adopted connection that may not go on (a reset, never a clean close).
+fn refuse(record: Connection, app: &tokio::net::TcpStream, refusal: Refusal) {
+    super::splice::reset(app);
+    record.refuse(refusal);
+}
