@@ -29,4 +29,5 @@ pub mod reload;
 pub mod svid;
 pub mod tls;
 pub mod tunnel;
+pub mod unauthenticated;
 pub mod workload;

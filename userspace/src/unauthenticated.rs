@@ -1,9 +1,10 @@
 //! Connections that have proven nothing yet (a TLS handshake, a preamble in progress) cost
-//! a descriptor and a task each, and anyone who can reach a pod can open thousands without
-//! a certificate. They are capped per source address and per pod: beyond the caps a
-//! connection is closed at once, so an idle flood cannot starve real traffic, the CA poll
-//! or the config reload of descriptors. Refusals before authentication are logged at a
-//! bounded rate, so the flood cannot fill the log either.
+//! a descriptor and a task each, and anyone who can reach a pod (or the CA) can open
+//! thousands without a certificate. They are capped per source address and in all (per
+//! pod; for the CA, per CA): beyond the caps a connection is closed at once, so an idle
+//! flood cannot starve real traffic, the CA poll or the config reload of descriptors.
+//! Refusals before authentication are logged at a bounded rate, so the flood cannot fill
+//! the log either.
 
 use std::{
     collections::HashMap,
@@ -72,7 +73,7 @@ impl Unauthenticated {
         }
         if total >= self.per_pod {
             return Err(format!(
-                "the pod already has {} unauthenticated connections",
+                "{} unauthenticated connections are in progress already",
                 self.per_pod
             ));
         }
@@ -135,7 +136,7 @@ mod tests {
         let refused = |source| table.enter(source).err().unwrap_or_default();
         assert!(refused(a).contains("10.0.0.1 already has 2"));
         let _third = table.enter(b).unwrap();
-        assert!(refused(b).contains("the pod already has 3"));
+        assert!(refused(b).contains("3 unauthenticated connections are in progress"));
         drop(first);
         assert!(
             table.enter(a).is_ok(),

@@ -29,6 +29,7 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 
 use super::HANDSHAKE_TIMEOUT;
+use crate::unauthenticated::Unauthenticated;
 use crate::{
     identity::{authority::Authority, certs},
     tls::configs,
@@ -114,9 +115,15 @@ fn issue(
     Ok(Arc::new(CertifiedKey::from_der(chain, key, provider)?))
 }
 
+/// Handshakes the CA runs at once for one source address, and in all: a flood of silent
+/// connections (each held up to `HANDSHAKE_TIMEOUT`) from one place cannot keep node
+/// daemons elsewhere out.
+const HANDSHAKES_PER_SOURCE: usize = 16;
+const HANDSHAKES: usize = 512;
+
 /// TLS connections accepted on `listener` with `serving`'s certificate, each handshake on
-/// its own task within `HANDSHAKE_TIMEOUT`, and the accepting task, which ends (closing
-/// the listener) once the stream is dropped.
+/// its own task within `HANDSHAKE_TIMEOUT` (capped per source and in all), and the
+/// accepting task, which ends (closing the listener) once the stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     serving: Arc<ServingCert>,
@@ -126,14 +133,26 @@ pub fn incoming(
 )> {
     let acceptor = TlsAcceptor::from(Arc::new(configs::ca_server(serving)?));
     let (tx, rx) = mpsc::channel(64);
+    let handshakes = Arc::new(Unauthenticated::with_caps(
+        HANDSHAKES_PER_SOURCE,
+        HANDSHAKES,
+    ));
     let accepting = tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = tx.closed() => return, // the server has stopped: the port is let go
             };
-            let conn = match accepted {
-                Ok((conn, _)) => conn,
+            let (conn, permit) = match accepted {
+                Ok((conn, peer)) => match handshakes.enter(peer.ip()) {
+                    Ok(permit) => (conn, permit),
+                    Err(why) => {
+                        if handshakes.may_log() {
+                            tracing::warn!("CA connection from {peer} closed: {why}");
+                        }
+                        continue;
+                    }
+                },
                 Err(e) => {
                     tracing::warn!("CA accept: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -142,7 +161,10 @@ pub fn incoming(
             };
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn));
+                let handshake = handshake.await;
+                drop(permit);
+                match handshake {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
                     }

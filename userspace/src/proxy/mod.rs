@@ -17,7 +17,6 @@ pub mod same_node;
 pub mod sockets;
 pub mod splice;
 pub mod terminate;
-pub mod unauthenticated;
 
 #[cfg(test)]
 mod tests;
