@@ -20,7 +20,8 @@ use crate::{
 pub type Federated = BTreeMap<String, Vec<String>>;
 
 /// Follows the bundle file of each federated trust domain (SPIFFE bundle or PEM). A file
-/// that is absent withdraws its domain; one that cannot be read keeps the last good set.
+/// that is absent withdraws its domain, and so does one that holds no valid roots (an
+/// error is logged): trust is never kept past a change that meant to end it.
 pub fn follow_federated(
     files: Vec<(String, PathBuf)>,
     own: &str,
@@ -43,17 +44,23 @@ pub fn follow_federated(
 fn load_federated(files: &[(String, PathBuf)]) -> Result<Federated, String> {
     let mut federated = Federated::new();
     for (domain, path) in files {
-        let text = match std::fs::read_to_string(path) {
+        let file = path.display();
+        let roots = match std::fs::read_to_string(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::info!(%domain, file = %path.display(), "no bundle: the trust domain is not trusted");
+                tracing::info!(%domain, %file, "no bundle: the trust domain is not trusted");
                 continue;
             }
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-            Ok(text) => text,
+            Err(e) => Err(anyhow::Error::from(e)),
+            Ok(text) => spiffe_bundle::roots(&text),
         };
-        let roots = spiffe_bundle::roots(&text)
-            .map_err(|e| format!("{} (trust domain {domain}): {e:#}", path.display()))?;
-        federated.insert(domain.clone(), roots);
+        match roots {
+            Ok(roots) => {
+                federated.insert(domain.clone(), roots);
+            }
+            Err(e) => {
+                tracing::error!(%domain, %file, "bundle refused, the trust domain is not trusted: {e:#}")
+            }
+        }
     }
     Ok(federated)
 }

@@ -118,8 +118,14 @@ impl Trust {
         if let Some((bundle, roots)) = &self.mesh
             && verify::chains_as_client(chain, roots, provider)
         {
-            // A chain that verified is not empty.
-            return Ok(verify::peer_identity(&chain[0], bundle)?.into());
+            // A chain that verified is not empty. Our roots vouch for our domain only.
+            let id = verify::peer_identity(&chain[0], bundle)?;
+            if id.trust_domain != self.trust_domain {
+                return Err(Failure::Peer(format!(
+                    "a certificate of the mesh's CA claims {id}, outside its trust domain"
+                )));
+            }
+            return Ok(id.into());
         }
         if let Some(uri) = &certificate.uri_san
             && self

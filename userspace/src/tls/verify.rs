@@ -75,9 +75,14 @@ impl Anchors {
             ));
         }
         by_domain.insert(bundle.trust_domain.clone(), own);
+        // A federated domain whose roots do not load is not trusted; ours still is.
         for (domain, roots) in &bundle.federated {
-            let what = format!("a root of trust domain {domain}");
-            by_domain.insert(domain.clone(), store(roots, &what)?);
+            match store(roots, &format!("a root of trust domain {domain}")) {
+                Ok(roots) => {
+                    by_domain.insert(domain.clone(), roots);
+                }
+                Err(e) => tracing::error!("{e}: the trust domain is not trusted"),
+            }
         }
         Ok(Self {
             bundle: bundle.clone(),
@@ -452,6 +457,12 @@ mod tests {
             let refused = prove(&anchors, &forged).unwrap_err().to_string();
             assert!(refused.contains("chain of spiffe://"), "{refused}");
         }
+        // A domain whose roots do not load is not trusted; the others still are.
+        bundle
+            .federated
+            .insert("td3".into(), vec!["not a certificate".into()]);
+        let anchors = Anchors::of(&bundle).unwrap();
+        assert!(prove(&anchors, &b).is_ok() && anchors.of_domain("td3").is_err());
         // A domain without a bundle is not trusted at all.
         bundle.federated.clear();
         let refused = prove(&Anchors::of(&bundle).unwrap(), &a)
