@@ -8,7 +8,7 @@ use std::{path::Path, time::Duration};
 use anyhow::Result;
 use hawser_testbed::{
     Node, Pod, can_run,
-    peers::{Nginx, Reader, curl, quiet_server},
+    peers::{Nginx, Reader, curl, quiet_server, wait_until},
     write_atomically,
 };
 
@@ -112,6 +112,28 @@ fn a_federated_trust_domain_is_trusted_through_its_own_bundle_until_withdrawn() 
     d2.wait_for("the refused handshake", Duration::from_secs(5), |log| {
         log.lines()
             .any(|l| l.contains("connection refused") && l.contains(untrusted))
+    })?;
+
+    // td1 trusted again; then td1 withdraws td2's bundle: a's own daemon cuts the tunnel
+    // a opened to b (the server's domain is no longer trusted).
+    export_bundle(&node1, &ca1.root, &td1_bundle)?;
+    wait_until(Duration::from_secs(10), "a reaching b again", || {
+        curl(&a, &url).is_ok_and(|body| body == nginx.body)
+    })?;
+    let open = Reader::start(&bed, &a, &b.ip, 7200)?;
+    open.wait_started("the greeting")?;
+    std::fs::remove_file(&td2_bundle)?;
+    let said = open.outcome()?;
+    assert!(
+        said.starts_with("ERROR ECONNRESET"),
+        "the app read {said:?}"
+    );
+    d1.wait_for("the cut of a's tunnel", Duration::from_secs(5), |log| {
+        log.lines().any(|l| {
+            l.contains("connection cut")
+                && l.contains("direction=\"outbound\"")
+                && l.contains("no trust bundle for trust domain td2")
+        })
     })?;
     Ok(())
 }

@@ -17,7 +17,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+
+use crate::proxy::splice::Pause;
 
 /// What the successor needs to carry a connection on: its record and its admission.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -44,29 +45,26 @@ pub struct Handed {
 }
 
 impl Handed {
-    /// Ends a connection no daemon can carry on: the app's side is reset, so that it
-    /// never reads the cut as a complete stream.
+    /// Ends a connection no daemon can carry on. Its sockets were made abortive before they
+    /// left the relay (and stay so until a successor adopts them): dropped, both reset, so
+    /// the app never reads the cut as a complete stream.
     pub fn abort(self) {
-        let app = socket2::SockRef::from(&self.app);
-        if let Err(e) = app.set_linger(Some(std::time::Duration::ZERO)) {
-            tracing::debug!("SO_LINGER 0: {e}");
-        }
         tracing::warn!(pod = %self.meta.pod, src = %self.meta.src, dst = %self.meta.dst, "a handed-over connection could not be carried on: reset");
     }
 }
 
 #[derive(Default)]
 pub struct Handoff {
-    pause: CancellationToken,
+    pause: Pause,
     offers: Mutex<Option<mpsc::UnboundedSender<Box<Handed>>>>,
     /// Handable splices running now (an offer ends one).
     splicing: AtomicUsize,
 }
 
 impl Handoff {
-    /// Counts a handable splice (until `ended`); its pause is cancelled when a successor
-    /// takes over, to stop it at a safe point.
-    pub fn start(&self) -> CancellationToken {
+    /// Counts a handable splice (until `ended`); its pause asks it to stop at a safe point
+    /// when a successor takes over, and gives up when the offers close.
+    pub fn start(&self) -> Pause {
         self.splicing.fetch_add(1, Ordering::AcqRel);
         self.pause.clone()
     }
@@ -95,12 +93,13 @@ impl Handoff {
     pub fn begin(&self) -> mpsc::UnboundedReceiver<Box<Handed>> {
         let (tx, rx) = mpsc::unbounded_channel();
         *self.offers.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
-        self.pause.cancel();
+        self.pause.stop.cancel();
         rx
     }
 
-    /// Closes the offers: what stops from now on stays.
+    /// Closes the offers: what has not stopped goes on here.
     pub fn close(&self) {
         self.offers.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.pause.resume.cancel();
     }
 }

@@ -69,8 +69,8 @@ impl PodContext {
         decision.map_err(|denial| denial.to_string())
     }
 
-    /// Whether a connection as `a` may go on now: its caller's trust domain trusted, its
-    /// identity not revoked, and admitted by policy.
+    /// Whether a connection as `a` may go on now: the other side's trust domain trusted,
+    /// its identity not revoked, and (for an incoming one) admitted by policy.
     fn allowed(&self, a: &Admitted) -> Result<(), Refusal> {
         if let (Some(svids), Some(Principal::Spiffe(id))) = (&self.shared.svids, &a.principal) {
             let bundle = svids.trust_bundle().borrow().clone();
@@ -81,6 +81,9 @@ impl PodContext {
             bundle
                 .check_revoked(a.serial.as_deref(), &id.to_string())
                 .map_err(|e| Refusal::Revoked(e.to_string()))?;
+        }
+        if a.opened {
+            return Ok(());
         }
         self.admit(a.port, a.principal.as_ref())
             .map(|_| ())

@@ -45,8 +45,12 @@ pub struct CertInfo {
 }
 
 pub fn info(cert_pem: &str) -> Result<CertInfo> {
-    let der = der(cert_pem)?;
-    let (_, cert) = X509Certificate::from_der(&der)
+    info_der(&der(cert_pem)?)
+}
+
+/// `info` of a DER certificate.
+pub fn info_der(der: &[u8]) -> Result<CertInfo> {
+    let (_, cert) = X509Certificate::from_der(der)
         .map_err(|e| anyhow::anyhow!("malformed certificate: {e}"))?;
     let uri_sans = match cert.subject_alternative_name() {
         Ok(Some(san)) => san

@@ -51,11 +51,18 @@ async fn send_frame(conn: &UnixStream, payload: &[u8], fds: &[RawFd]) -> Result<
     }
 }
 
-/// The next connection, or None at the end.
+/// The longest description a frame may carry.
+const MAX_FRAME: u32 = 64 * 1024;
+
+/// The next connection, or None at the end. The sockets of a frame refused here close
+/// abortively (the sender made them so).
 pub async fn receive(conn: &mut UnixStream) -> Result<Option<Handed>> {
     let (len, mut fds) = receive_len(conn).await?;
     if len == 0 {
         return Ok(None);
+    }
+    if len > MAX_FRAME {
+        bail!("a frame of {len} bytes");
     }
     let mut meta = vec![0; len as usize];
     conn.read_exact(&mut meta).await?;

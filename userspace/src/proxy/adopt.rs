@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use super::{
     live::Admitted,
+    outbound,
     refusal::Refusal,
     relay::{self, Connection, Direction},
 };
 use crate::{
     context::{handoff::Handed, pod::PodContext},
+    failure::Failure,
     tls::{
         kernel_tls::KernelTls,
         offload::{TlsPath, TunnelStream},
@@ -34,34 +36,34 @@ async fn carry_on(pod: Arc<PodContext>, handed: Handed) {
     let (app, tls) = match relay::sockets(handed) {
         Ok(sockets) => sockets,
         Err(e) => {
-            let failure = crate::failure::Failure::io("a handed-over socket", e);
+            let failure = Failure::io("a handed-over socket", e);
             return record.refuse(Refusal::Connect(failure));
         }
     };
     let peer: SpiffeId = match meta.peer.parse() {
         Ok(peer) => peer,
         Err(e) => {
-            return refuse(
-                record,
-                &app,
-                Refusal::Tunnel(crate::failure::Failure::Peer(e)),
-            );
+            return refuse(record, &app, Refusal::Tunnel(Failure::Peer(e)));
         }
     };
     let record = record.mtls(&peer, TlsPath::Kernel).handable(&pod);
-    let record = match direction {
-        Direction::Tunnel => {
-            let admitted = Admitted {
-                port: meta.admitted_port.unwrap_or(meta.dst.port()),
-                principal: Some(Principal::Spiffe(peer)),
-                serial: meta.serial.clone(),
-            };
-            match pod.admit_live(admitted) {
-                Ok(ticket) => record.watched(ticket),
-                Err(refusal) => return refuse(record, &app, refusal),
-            }
-        }
-        _ => record,
+    // Admitted as it was, checked as now: the other side always showed a certificate.
+    let (Some(port), Some(serial)) = (meta.admitted_port, meta.serial.clone()) else {
+        let why = Failure::Peer("handed over without its admission".into());
+        return refuse(record, &app, Refusal::Tunnel(why));
+    };
+    let admitted = match direction {
+        Direction::Outbound => outbound::opened(&peer, meta.dst, serial),
+        _ => Admitted {
+            port,
+            principal: Some(Principal::Spiffe(peer)),
+            serial: Some(serial),
+            opened: false,
+        },
+    };
+    let record = match pod.admit_live(admitted) {
+        Ok(ticket) => record.watched(ticket),
+        Err(refusal) => return refuse(record, &app, refusal),
     };
     tracing::info!(pod = %meta.pod, src = %meta.src, dst = %meta.dst, "connection adopted from the previous daemon");
     record

@@ -35,6 +35,7 @@ impl Caller {
             port: self.dst.port(),
             principal: self.principal.clone(),
             serial: self.certificate.as_ref().map(|c| c.serial.clone()),
+            opened: false,
         }
     }
 }

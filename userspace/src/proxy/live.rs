@@ -1,8 +1,9 @@
-//! Admitted inbound connections, kept while they live so that a change reaches them: when
-//! policy, the trust bundle or the revocation list change, each is checked again as if it
-//! were arriving now, and those no longer allowed are cut (both ends reset, the reason in
-//! the access log). Without this a DENY, a STRICT or a revocation would only apply to
-//! connections opened after it.
+//! Admitted connections, kept while they live so that a change reaches them: when policy,
+//! the trust bundle or the revocation list change, each is checked again as if it were
+//! arriving now, and those no longer allowed are cut (both ends reset, the reason in the
+//! access log). Without this a DENY, a STRICT or a revocation would only apply to
+//! connections opened after it. Incoming connections are checked for their caller and
+//! policy; tunnels a pod opened, for the server's trust domain and revocation.
 
 use std::{
     collections::HashMap,
@@ -20,9 +21,14 @@ use hawser_model::policy::Principal;
 #[derive(Clone, Debug)]
 pub struct Admitted {
     pub port: u16,
+    /// Who the other side proved to be: the caller, or the server of a tunnel the pod
+    /// opened.
     pub principal: Option<Principal>,
-    /// The serial of the caller's certificate, when it showed one (for revocation).
+    /// The serial of that side's certificate, when it showed one (for revocation).
     pub serial: Option<String>,
+    /// A tunnel the pod opened: only the server's trust is checked again (policy is the
+    /// server side's to apply).
+    pub opened: bool,
 }
 
 /// One pod's admitted connections.
@@ -83,6 +89,11 @@ impl Ticket {
         }
     }
 
+    /// Why the connection was cut, if it was (and the cut not yet awaited).
+    pub fn was_cut(&mut self) -> Option<String> {
+        self.cut.try_recv().ok()
+    }
+
     /// What the connection was admitted as (None once it was cut).
     pub fn admitted(&self) -> Option<Admitted> {
         let conns = self.live.conns.lock().unwrap();
@@ -108,6 +119,7 @@ mod tests {
             port,
             principal: None,
             serial: None,
+            opened: false,
         };
         let kept = live.admit(on(80));
         let mut refused = live.admit(on(8080));

@@ -7,6 +7,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{
     accept_loop,
+    live::Admitted,
     refusal::Refusal,
     relay::{Connection, Direction},
     same_node::{Origin, Record},
@@ -18,7 +19,7 @@ use crate::{
     failure::{Failure, Result},
     tunnel,
 };
-use hawser_model::{egress::route::Origination, route::Route};
+use hawser_model::{SpiffeId, egress::route::Origination, policy::Principal, route::Route};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
     accept_loop(listener, pod, |client, peer, pod| async move {
@@ -55,13 +56,28 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext) {
         // Never falls back to plaintext: a mesh peer is reached through the tunnel or not.
         Route::Tunnel { to, peer } => {
             let conn = conn.mtls(&peer, pod.shared.offload.path()).handable(pod);
-            match tunnel::client::connect(pod, to, &peer).await {
-                Ok(upstream) => conn.relay_tunnel(client, upstream).await,
-                Err(e) => conn.refuse(Refusal::Tunnel(e)),
+            let (upstream, serial) = match tunnel::client::connect(pod, to, &peer).await {
+                Ok(connected) => connected,
+                Err(e) => return conn.refuse(Refusal::Tunnel(e)),
+            };
+            // Watched: a withdrawn trust domain or a revoked server cuts it.
+            match pod.admit_live(opened(&peer, dst, serial)) {
+                Ok(ticket) => conn.watched(ticket).relay_tunnel(client, upstream).await,
+                Err(refusal) => conn.refuse(refusal),
             }
         }
         Route::Egress(o) => egress(conn, client, pod, &o).await,
         Route::Refused(why) => conn.refuse(Refusal::NoRoute(why)),
+    }
+}
+
+/// A tunnel the pod opened to `peer`, as `Live` keeps it.
+pub fn opened(peer: &SpiffeId, dst: SocketAddr, serial: String) -> Admitted {
+    Admitted {
+        port: dst.port(),
+        principal: Some(Principal::Spiffe(peer.clone())),
+        serial: Some(serial),
+        opened: true,
     }
 }
 

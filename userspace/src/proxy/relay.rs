@@ -222,7 +222,7 @@ impl Connection {
         let handoff = self.handoff.take();
         let mut pause = match &handoff {
             Some(handoff) => handoff.start(),
-            None => CancellationToken::new(),
+            None => splice::Pause::default(),
         };
         let mut before = (0, 0);
         loop {
@@ -233,9 +233,15 @@ impl Connection {
                 splice::Ended::Paused { app, tls, moved } => (Some((app, tls)), moved),
             };
             (moved.to_peer, moved.to_app) = (before.0 + moved.to_peer, before.1 + moved.to_app);
-            let (Some(handoff), Some((paused_app, paused_tls))) = (&handoff, paused) else {
+            // Cut while stopping: never passed on.
+            let cut = ticket.as_mut().and_then(Ticket::was_cut);
+            let (Some(handoff), Some((paused_app, paused_tls)), None) = (&handoff, paused, &cut)
+            else {
                 if let Some(handoff) = &handoff {
                     handoff.ended();
+                }
+                if let Some(why) = cut {
+                    moved.error = Some(std::io::Error::other(why));
                 }
                 return self.closed(self.outcome(moved));
             };
@@ -260,7 +266,7 @@ impl Connection {
                 }
             }
             before = (moved.to_peer, moved.to_app);
-            pause = CancellationToken::new();
+            pause = splice::Pause::default();
         }
     }
 
@@ -281,6 +287,10 @@ impl Connection {
             admitted_port: admitted.as_ref().map(|a| a.port),
             serial: admitted.and_then(|a| a.serial),
         };
+        // Abortive until the successor takes them: dropped on the way, they reset.
+        for socket in [&app, &tls] {
+            abortive(socket2::SockRef::from(socket), true);
+        }
         Ok(Handed {
             meta,
             app: app.into_std()?.into(),
@@ -437,12 +447,22 @@ fn resume(handed: Handed) -> std::io::Result<(TcpStream, KernelTls)> {
     Ok((app, KernelTls::new(tls, None)))
 }
 
-/// A handed connection's two sockets, registered with the current runtime.
+/// A handed connection's two sockets, registered with the current runtime and closing
+/// normally again.
 pub fn sockets(handed: Handed) -> std::io::Result<(TcpStream, TcpStream)> {
     let open = |fd: std::os::fd::OwnedFd| {
+        abortive(socket2::SockRef::from(&fd), false);
         let socket = std::net::TcpStream::from(fd);
         socket.set_nonblocking(true)?;
         TcpStream::from_std(socket)
     };
     Ok((open(handed.app)?, open(handed.tls)?))
+}
+
+/// Makes closing a socket a reset (`SO_LINGER` 0), or an orderly close again.
+fn abortive(socket: socket2::SockRef<'_>, on: bool) {
+    let linger = on.then_some(std::time::Duration::ZERO);
+    if let Err(e) = socket.set_linger(linger) {
+        tracing::debug!("SO_LINGER: {e}");
+    }
 }

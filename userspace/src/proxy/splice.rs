@@ -21,6 +21,7 @@ use nix::{
     fcntl::{OFlag, SpliceFFlags, splice},
     sys::socket::{Shutdown, shutdown},
 };
+use tokio::sync::watch;
 use tokio::{
     io::{AsyncWriteExt, Interest},
     net::TcpStream,
@@ -49,16 +50,26 @@ pub enum Ended {
     },
 }
 
+/// Asks a relay to stop for a successor daemon. Once `stop` is cancelled each direction
+/// waits at its next safe point, and the relay stops when both wait; once `resume` is
+/// cancelled (the successor takes no more) a waiting direction goes on, and none waits
+/// again. A direction that cannot reach its safe point (its app does not read) thus
+/// holds the other up only until `resume`.
+#[derive(Clone, Default)]
+pub struct Pause {
+    pub stop: CancellationToken,
+    pub resume: CancellationToken,
+}
+
 /// Relays until both directions are done; a half-close is passed on (`close_notify` + FIN
 /// towards the peer, FIN towards the app). When either direction fails, or `cut` says why
-/// the connection may not go on, the app's socket is reset. Once `pause` is cancelled,
-/// each direction stops at its next safe point: the sockets come back if both did, and
-/// a direction already half-closed lets the other finish here.
+/// the connection may not go on, the app's socket is reset. With `pause` the sockets come
+/// back whole, both directions stopped at a safe point.
 pub async fn relay(
     mut app: TcpStream,
     tls: KernelTls,
     cut: impl std::future::Future<Output = String>,
-    pause: &CancellationToken,
+    pause: &Pause,
 ) -> Ended {
     let (to_peer, to_app) = (AtomicU64::new(0), AtomicU64::new(0));
     let closed_ours = AtomicBool::new(false);
@@ -66,35 +77,38 @@ pub async fn relay(
     let result = async {
         app.write_all(&drained).await?;
         to_app.fetch_add(drained.len() as u64, Ordering::Relaxed);
-        let (app, tls, closed_ours) = (&app, &tls, &closed_ours);
-        let (to_peer, to_app) = (&to_peer, &to_app);
-        let upstream = move |pause| async move {
-            if pump(app, tls, None, to_peer, pause).await? == Pumped::Paused {
-                return Ok(Pumped::Paused);
+        let stopping = Stopping {
+            pause,
+            waiting: watch::Sender::new(0),
+        };
+        let upstream = async {
+            if pump(&app, &tls, None, &to_peer, &stopping).await? == Pumped::Paused {
+                return Ok::<_, io::Error>(Pumped::Paused);
             }
-            unless_gone(close_write(tls).await)?;
+            unless_gone(close_write(&tls).await)?;
             closed_ours.store(true, Ordering::Release);
             Ok(Pumped::Ended)
         };
-        let downstream = move |pause| async move {
-            if pump(tls, app, Some(closed_ours), to_app, pause).await? == Pumped::Paused {
-                return Ok(Pumped::Paused);
+        let downstream = async {
+            if pump(&tls, &app, Some(&closed_ours), &to_app, &stopping).await? == Pumped::Paused {
+                return Ok::<_, io::Error>(Pumped::Paused);
             }
             unless_gone(shutdown(app.as_raw_fd(), Shutdown::Write).map_err(io::Error::from))?;
             Ok(Pumped::Ended)
         };
-        let never = CancellationToken::new();
         let both = async {
-            match tokio::try_join!(upstream(pause), downstream(pause))? {
-                (Pumped::Paused, Pumped::Paused) => Ok(Pumped::Paused),
-                (Pumped::Paused, Pumped::Ended) => upstream(&never).await,
-                (Pumped::Ended, Pumped::Paused) => downstream(&never).await,
+            match tokio::try_join!(upstream, downstream)? {
                 (Pumped::Ended, Pumped::Ended) => Ok(Pumped::Ended),
+                (Pumped::Paused, Pumped::Paused) => Ok(Pumped::Paused),
+                // A direction stops only once both wait: never one alone.
+                _ => Err(io::Error::other("one direction stopped alone")),
             }
         };
+        // A cut wins over a pause: a connection no longer allowed is never passed on.
         tokio::select! {
-            spliced = both => spliced,
+            biased;
             why = cut => Err(io::Error::other(why)),
+            spliced = both => spliced,
         }
     }
     .await;
@@ -113,6 +127,30 @@ pub async fn relay(
         Err(e) => {
             reset(&app);
             Ended::Done(moved(Some(e)))
+        }
+    }
+}
+
+/// One relay's two directions meeting at their safe points.
+struct Stopping<'a> {
+    pause: &'a Pause,
+    /// How many directions wait at a safe point.
+    waiting: watch::Sender<usize>,
+}
+
+impl Stopping<'_> {
+    /// Waits at a safe point: true once both directions wait (stop), false once the
+    /// pause is given up (go on).
+    async fn both_wait(&self) -> bool {
+        self.waiting.send_modify(|n| *n += 1);
+        let mut waiting = self.waiting.subscribe();
+        tokio::select! {
+            biased;
+            _ = waiting.wait_for(|n| *n >= 2) => true,
+            () = self.pause.resume.cancelled() => {
+                self.waiting.send_modify(|n| *n -= 1);
+                false
+            }
         }
     }
 }
@@ -159,15 +197,22 @@ async fn pump(
     dst: &TcpStream,
     tls: Option<&AtomicBool>,
     moved: &AtomicU64,
-    pause: &CancellationToken,
+    stopping: &Stopping<'_>,
 ) -> io::Result<Pumped> {
     let from_tls = tls.is_some();
     let pipe = Pipe::new()?;
+    let mut resumed = false;
     loop {
         // The pipe is empty here: the one safe point to stop at.
         tokio::select! {
             biased;
-            () = pause.cancelled() => return Ok(Pumped::Paused),
+            () = stopping.pause.stop.cancelled(), if !resumed => {
+                if stopping.both_wait().await {
+                    return Ok(Pumped::Paused);
+                }
+                resumed = true;
+                continue;
+            }
             readable = src.readable() => readable?,
         }
         match src.try_io(Interest::READABLE, || pipe.fill(src.as_fd())) {
@@ -258,7 +303,7 @@ mod tests {
     #[tokio::test]
     async fn a_paused_relay_gives_its_sockets_back_and_resumes_without_a_lost_byte() {
         let ((app, mut client), (tls, mut peer)) = (tcp_pair().await, tcp_pair().await);
-        let pause = CancellationToken::new();
+        let pause = Pause::default();
         let never = std::future::pending::<String>();
         let running = tokio::spawn({
             let pause = pause.clone();
@@ -266,7 +311,7 @@ mod tests {
         });
         client.write_all(b"before").await.unwrap();
         assert_eq!(read_n(&mut peer, 6).await, b"before");
-        pause.cancel();
+        pause.stop.cancel();
         let Ended::Paused { app, tls, moved } = running.await.unwrap() else {
             panic!("the relay did not pause");
         };
@@ -280,13 +325,7 @@ mod tests {
                     .await
                     .map_or_else(|_| "dropped".into(), |()| "cut".into())
             };
-            relay(
-                app,
-                KernelTls::new(tls, None),
-                cut,
-                &CancellationToken::new(),
-            )
-            .await
+            relay(app, KernelTls::new(tls, None), cut, &Pause::default()).await
         });
         assert_eq!(read_n(&mut client, 5).await, b"while");
         client.write_all(b"after").await.unwrap();
@@ -296,5 +335,45 @@ mod tests {
             panic!("a resumed relay pauses no more");
         };
         assert_eq!((moved.to_peer, moved.to_app), (5, 5));
+    }
+
+    /// A direction whose app does not read never reaches its safe point: once the pause
+    /// is given up, the relay goes on with both directions instead of hanging.
+    #[tokio::test]
+    async fn a_pause_given_up_lets_a_stalled_relay_go_on() {
+        let ((app, mut client), (tls, mut peer)) = (tcp_pair().await, tcp_pair().await);
+        let pause = Pause::default();
+        let (cut, cutting) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn({
+            let pause = pause.clone();
+            async move {
+                let cut = async {
+                    cutting
+                        .await
+                        .map_or_else(|_| "dropped".into(), |()| "cut".into())
+                };
+                relay(app, KernelTls::new(tls, None), cut, &pause).await
+            }
+        });
+        // The peer sends more than the sockets hold while the client reads nothing.
+        const BULK: usize = 16 << 20;
+        let writer = tokio::spawn(async move {
+            peer.write_all(&vec![7u8; BULK]).await.unwrap();
+            peer
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        pause.stop.cancel();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!running.is_finished(), "stopped with bytes in flight");
+        pause.resume.cancel();
+        assert_eq!(read_n(&mut client, BULK).await.len(), BULK);
+        let mut peer = writer.await.unwrap();
+        client.write_all(b"up").await.unwrap();
+        assert_eq!(read_n(&mut peer, 2).await, b"up");
+        cut.send(()).unwrap();
+        let Ended::Done(moved) = running.await.unwrap() else {
+            panic!("paused although a direction never reached its safe point");
+        };
+        assert_eq!((moved.to_peer, moved.to_app), (2, BULK as u64));
     }
 }
