@@ -29,5 +29,4 @@ pub mod reload;
 pub mod svid;
 pub mod tls;
 pub mod tunnel;
-pub mod unauthenticated;
 pub mod workload;

@@ -8,6 +8,7 @@
 
 pub mod issuer;
 pub mod node_auth;
+mod pending;
 pub mod serving;
 pub mod trust;
 

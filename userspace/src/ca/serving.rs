@@ -29,7 +29,7 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 
 use super::HANDSHAKE_TIMEOUT;
-use crate::unauthenticated::Unauthenticated;
+use super::pending::Pending;
 use crate::{
     identity::{authority::Authority, certs},
     tls::configs,
@@ -115,9 +115,8 @@ fn issue(
     Ok(Arc::new(CertifiedKey::from_der(chain, key, provider)?))
 }
 
-/// Handshakes the CA runs at once for one source address, and in all: a flood of silent
-/// connections (each held up to `HANDSHAKE_TIMEOUT`) from one place cannot keep node
-/// daemons elsewhere out.
+/// Handshakes the CA runs at once for one source address, and in all (see `pending`: over
+/// a cap the oldest makes room).
 const HANDSHAKES_PER_SOURCE: usize = 16;
 const HANDSHAKES: usize = 512;
 
@@ -133,26 +132,15 @@ pub fn incoming(
 )> {
     let acceptor = TlsAcceptor::from(Arc::new(configs::ca_server(serving)?));
     let (tx, rx) = mpsc::channel(64);
-    let handshakes = Arc::new(Unauthenticated::with_caps(
-        HANDSHAKES_PER_SOURCE,
-        HANDSHAKES,
-    ));
+    let handshakes = Pending::new(HANDSHAKES_PER_SOURCE, HANDSHAKES);
     let accepting = tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = tx.closed() => return, // the server has stopped: the port is let go
             };
-            let (conn, permit) = match accepted {
-                Ok((conn, peer)) => match handshakes.enter(peer.ip()) {
-                    Ok(permit) => (conn, permit),
-                    Err(why) => {
-                        if handshakes.may_log() {
-                            tracing::warn!("CA connection from {peer} closed: {why}");
-                        }
-                        continue;
-                    }
-                },
+            let (conn, place) = match accepted {
+                Ok((conn, peer)) => (conn, handshakes.enter(peer.ip())),
                 Err(e) => {
                     tracing::warn!("CA accept: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -162,8 +150,11 @@ pub fn incoming(
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn));
-                let handshake = handshake.await;
-                drop(permit);
+                let handshake = tokio::select! {
+                    handshake = handshake => handshake,
+                    () = place.evicted.cancelled() => return,
+                };
+                drop(place);
                 match handshake {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;

@@ -25,10 +25,10 @@ use crate::{
         live::{Admitted, Live, Ticket},
         refusal::Refusal,
         sockets,
+        unauthenticated::Unauthenticated,
     },
     svid::{Svid, TrustBundle},
     tls::cache::TlsConfigs,
-    unauthenticated::Unauthenticated,
 };
 
 /// What a connection handler needs to know about the pod it serves.

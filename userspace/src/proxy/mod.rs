@@ -17,6 +17,7 @@ pub mod same_node;
 pub mod sockets;
 pub mod splice;
 pub mod terminate;
+pub mod unauthenticated;
 
 #[cfg(test)]
 mod tests;

@@ -1,10 +1,9 @@
 //! Connections that have proven nothing yet (a TLS handshake, a preamble in progress) cost
-//! a descriptor and a task each, and anyone who can reach a pod (or the CA) can open
-//! thousands without a certificate. They are capped per source address and in all (per
-//! pod; for the CA, per CA): beyond the caps a connection is closed at once, so an idle
-//! flood cannot starve real traffic, the CA poll or the config reload of descriptors.
-//! Refusals before authentication are logged at a bounded rate, so the flood cannot fill
-//! the log either.
+//! a descriptor and a task each, and anyone who can reach a pod can open thousands without
+//! a certificate. They are capped per source address and per pod: beyond the caps a
+//! connection is closed at once, so an idle flood cannot starve real traffic, the CA poll
+//! or the config reload of descriptors. Refusals before authentication are logged at a
+//! bounded rate, so the flood cannot fill the log either.
 
 use std::{
     collections::HashMap,
