@@ -15,7 +15,7 @@ use crate::{
     failure::Failure,
     tls::{
         kernel_tls::KernelTls,
-        offload::{TlsPath, TunnelStream},
+        offload::{self, TlsPath, TunnelStream},
     },
 };
 use hawser_model::{SpiffeId, policy::Principal};
@@ -40,6 +40,11 @@ async fn carry_on(pod: Arc<PodContext>, handed: Handed) {
             return record.refuse(Refusal::Connect(failure));
         }
     };
+    // Splicing a socket the kernel does not encrypt would put plaintext on the wire.
+    if !offload::has_tls_ulp(std::os::fd::AsRawFd::as_raw_fd(&tls)) {
+        let why = Failure::Peer("a handed-over tunnel socket without kernel TLS".into());
+        return refuse(record, &app, Refusal::Tunnel(why));
+    }
     let peer: SpiffeId = match meta.peer.parse() {
         Ok(peer) => peer,
         Err(e) => {

@@ -180,7 +180,8 @@ fn set_ulp(fd: RawFd) -> io::Result<()> {
     }
 }
 
-fn has_tls_ulp(fd: RawFd) -> bool {
+/// Whether the kernel does the TLS of `fd`'s socket.
+pub fn has_tls_ulp(fd: RawFd) -> bool {
     let mut name = [0u8; 16];
     let mut len = name.len() as libc::socklen_t;
     // SAFETY: the buffer and its length describe valid memory.

@@ -75,8 +75,13 @@ impl Anchors {
             ));
         }
         by_domain.insert(bundle.trust_domain.clone(), own);
-        // A federated domain whose roots do not load is not trusted; ours still is.
+        // A federated domain whose roots do not load, or that shares a root with ours (which
+        // would let either CA vouch for the other's identities), is not trusted; ours is.
         for (domain, roots) in &bundle.federated {
+            if roots.iter().any(|root| bundle.roots.contains(root)) {
+                tracing::error!("trust domain {domain} shares a root with ours: not trusted");
+                continue;
+            }
             match store(roots, &format!("a root of trust domain {domain}")) {
                 Ok(roots) => {
                     by_domain.insert(domain.clone(), roots);
@@ -457,12 +462,15 @@ mod tests {
             let refused = prove(&anchors, &forged).unwrap_err().to_string();
             assert!(refused.contains("chain of spiffe://"), "{refused}");
         }
-        // A domain whose roots do not load is not trusted; the others still are.
+        // A domain whose roots do not load, or that shares ours, is not trusted; the others
+        // still are.
         bundle
             .federated
             .insert("td3".into(), vec!["not a certificate".into()]);
+        bundle.federated.insert("td4".into(), bundle.roots.clone());
         let anchors = Anchors::of(&bundle).unwrap();
-        assert!(prove(&anchors, &b).is_ok() && anchors.of_domain("td3").is_err());
+        assert!(prove(&anchors, &b).is_ok() && prove(&anchors, &a).is_ok());
+        assert!(anchors.of_domain("td3").is_err() && anchors.of_domain("td4").is_err());
         // A domain without a bundle is not trusted at all.
         bundle.federated.clear();
         let refused = prove(&Anchors::of(&bundle).unwrap(), &a)
