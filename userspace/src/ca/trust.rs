@@ -21,7 +21,9 @@ pub type Federated = BTreeMap<String, Vec<String>>;
 
 /// Follows the bundle file of each federated trust domain (SPIFFE bundle or PEM). A file
 /// that is absent withdraws its domain, and so does one that holds no valid roots (an
-/// error is logged): trust is never kept past a change that meant to end it.
+/// error is logged): trust is never kept past a change that meant to end it. A file that
+/// cannot be read at all keeps the last good set (a permission or I/O error says nothing
+/// of what to trust).
 pub fn follow_federated(
     files: Vec<(String, PathBuf)>,
     own: &str,
@@ -50,7 +52,8 @@ fn load_federated(files: &[(String, PathBuf)]) -> Result<Federated, String> {
                 tracing::info!(%domain, %file, "no bundle: the trust domain is not trusted");
                 continue;
             }
-            Err(e) => Err(anyhow::Error::from(e)),
+            // Unreadable now (permissions, I/O): the last good set stays.
+            Err(e) => return Err(format!("{file}: {e}")),
             Ok(text) => spiffe_bundle::roots(&text),
         };
         match roots {

@@ -70,6 +70,7 @@ async fn carry_on(pod: Arc<PodContext>, handed: Handed) {
         Ok(ticket) => record.watched(ticket),
         Err(refusal) => return refuse(record, &app, refusal),
     };
+    relay::closing_normally(&app, &tls);
     tracing::info!(pod = %meta.pod, src = %meta.src, dst = %meta.dst, "connection adopted from the previous daemon");
     record
         .relay_tunnel(app, TunnelStream::Kernel(KernelTls::new(tls, None)))

@@ -233,8 +233,11 @@ impl Connection {
                 splice::Ended::Paused { app, tls, moved } => (Some((app, tls)), moved),
             };
             (moved.to_peer, moved.to_app) = (before.0 + moved.to_peer, before.1 + moved.to_app);
-            // Cut while stopping: never passed on.
+            // Cut while stopping: never passed on, and ended with a reset.
             let cut = ticket.as_mut().and_then(Ticket::was_cut);
+            if let (Some((paused_app, _)), Some(_)) = (&paused, &cut) {
+                splice::reset(paused_app);
+            }
             let (Some(handoff), Some((paused_app, paused_tls)), None) = (&handoff, paused, &cut)
             else {
                 if let Some(handoff) = &handoff {
@@ -444,19 +447,26 @@ fn remote_peer(pod: &PodContext, addr: SocketAddr, destination: bool) -> Peer {
 /// A connection no successor took: its sockets, back on this runtime.
 fn resume(handed: Handed) -> std::io::Result<(TcpStream, KernelTls)> {
     let (app, tls) = sockets(handed)?;
+    closing_normally(&app, &tls);
     Ok((app, KernelTls::new(tls, None)))
 }
 
-/// A handed connection's two sockets, registered with the current runtime and closing
-/// normally again.
+/// A handed connection's two sockets, registered with the current runtime (still
+/// abortive: see `closing_normally`).
 pub fn sockets(handed: Handed) -> std::io::Result<(TcpStream, TcpStream)> {
     let open = |fd: std::os::fd::OwnedFd| {
-        abortive(socket2::SockRef::from(&fd), false);
         let socket = std::net::TcpStream::from(fd);
         socket.set_nonblocking(true)?;
         TcpStream::from_std(socket)
     };
     Ok((open(handed.app)?, open(handed.tls)?))
+}
+
+/// A handed connection taken on: its sockets close normally again.
+pub fn closing_normally(app: &TcpStream, tls: &TcpStream) {
+    for socket in [app, tls] {
+        abortive(socket2::SockRef::from(socket), false);
+    }
 }
 
 /// Makes closing a socket a reset (`SO_LINGER` 0), or an orderly close again.

@@ -79,12 +79,13 @@ pub async fn relay(
         to_app.fetch_add(drained.len() as u64, Ordering::Relaxed);
         let stopping = Stopping {
             pause,
-            waiting: watch::Sender::new(0),
+            directions: watch::Sender::new(Directions::default()),
         };
         let upstream = async {
             if pump(&app, &tls, None, &to_peer, &stopping).await? == Pumped::Paused {
                 return Ok::<_, io::Error>(Pumped::Paused);
             }
+            stopping.ended();
             unless_gone(close_write(&tls).await)?;
             closed_ours.store(true, Ordering::Release);
             Ok(Pumped::Ended)
@@ -93,6 +94,7 @@ pub async fn relay(
             if pump(&tls, &app, Some(&closed_ours), &to_app, &stopping).await? == Pumped::Paused {
                 return Ok::<_, io::Error>(Pumped::Paused);
             }
+            stopping.ended();
             unless_gone(shutdown(app.as_raw_fd(), Shutdown::Write).map_err(io::Error::from))?;
             Ok(Pumped::Ended)
         };
@@ -134,24 +136,39 @@ pub async fn relay(
 /// One relay's two directions meeting at their safe points.
 struct Stopping<'a> {
     pause: &'a Pause,
-    /// How many directions wait at a safe point.
-    waiting: watch::Sender<usize>,
+    /// How many directions wait at a safe point, and how many have ended.
+    directions: watch::Sender<Directions>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Directions {
+    waiting: usize,
+    ended: usize,
 }
 
 impl Stopping<'_> {
     /// Waits at a safe point: true once both directions wait (stop), false once the
-    /// pause is given up (go on).
+    /// pause is given up or the other direction has ended (a half-closed connection is
+    /// not passed on: go on at once).
     async fn both_wait(&self) -> bool {
-        self.waiting.send_modify(|n| *n += 1);
-        let mut waiting = self.waiting.subscribe();
-        tokio::select! {
+        self.directions.send_modify(|d| d.waiting += 1);
+        let mut directions = self.directions.subscribe();
+        let met = tokio::select! {
             biased;
-            _ = waiting.wait_for(|n| *n >= 2) => true,
-            () = self.pause.resume.cancelled() => {
-                self.waiting.send_modify(|n| *n -= 1);
-                false
+            d = directions.wait_for(|d| d.waiting >= 2 || d.ended > 0) => {
+                d.is_ok_and(|d| d.waiting >= 2)
             }
+            () = self.pause.resume.cancelled() => false,
+        };
+        if !met {
+            self.directions.send_modify(|d| d.waiting -= 1);
         }
+        met
+    }
+
+    /// A direction has ended: the other will not wait for it.
+    fn ended(&self) {
+        self.directions.send_modify(|d| d.ended += 1);
     }
 }
 

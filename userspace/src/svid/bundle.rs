@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::failure::Failure;
+use crate::{failure::Failure, identity::certs};
 
 /// The roots and revocations the CA publishes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -18,6 +18,17 @@ pub struct TrustBundle {
 }
 
 impl TrustBundle {
+    /// Whether any of `roots` (PEM) is also one of ours (compared as certificates): such a
+    /// root would let either CA vouch for the other's identities.
+    pub fn shares_a_root(&self, roots: &[String]) -> bool {
+        let der = |pem: &String| certs::der(pem).ok();
+        let ours: Vec<Vec<u8>> = self.roots.iter().filter_map(der).collect();
+        roots
+            .iter()
+            .filter_map(der)
+            .any(|root| ours.contains(&root))
+    }
+
     /// The roots identities of `trust_domain` must chain to (none: not trusted at all).
     pub fn roots_of(&self, trust_domain: &str) -> &[String] {
         if trust_domain == self.trust_domain {

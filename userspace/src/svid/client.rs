@@ -149,13 +149,22 @@ impl CaClient {
             }
             federated.insert(f.trust_domain, f.roots);
         }
-        Ok(TrustBundle {
+        let mut bundle = TrustBundle {
             trust_domain: bundle.trust_domain,
             roots: bundle.roots,
             revoked_serials: bundle.revoked_serials,
             revoked_identities: bundle.revoked_identities,
-            federated,
-        })
+            federated: BTreeMap::new(),
+        };
+        // Never trusted: a domain whose roots are also ours.
+        for (domain, roots) in federated {
+            if bundle.shares_a_root(&roots) {
+                tracing::error!("trust domain {domain} shares a root with ours: not trusted");
+                continue;
+            }
+            bundle.federated.insert(domain, roots);
+        }
+        Ok(bundle)
     }
 }
 

@@ -78,7 +78,7 @@ impl Anchors {
         // A federated domain whose roots do not load, or that shares a root with ours (which
         // would let either CA vouch for the other's identities), is not trusted; ours is.
         for (domain, roots) in &bundle.federated {
-            if roots.iter().any(|root| bundle.roots.contains(root)) {
+            if bundle.shares_a_root(roots) {
                 tracing::error!("trust domain {domain} shares a root with ours: not trusted");
                 continue;
             }
@@ -467,7 +467,10 @@ mod tests {
         bundle
             .federated
             .insert("td3".into(), vec!["not a certificate".into()]);
-        bundle.federated.insert("td4".into(), bundle.roots.clone());
+        // (Our root as another domain's SPIFFE bundle carries it: PEM text differs.)
+        let spiffe = crate::identity::spiffe_bundle::to_json(&bundle.roots, 1).unwrap();
+        let ours_again = crate::identity::spiffe_bundle::roots(&spiffe).unwrap();
+        bundle.federated.insert("td4".into(), ours_again);
         let anchors = Anchors::of(&bundle).unwrap();
         assert!(prove(&anchors, &b).is_ok() && prove(&anchors, &a).is_ok());
         assert!(anchors.of_domain("td3").is_err() && anchors.of_domain("td4").is_err());
