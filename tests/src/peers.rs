@@ -357,6 +357,18 @@ impl RequestLoop {
         })
     }
 
+    /// Stops the loop; fails unless none failed and at least `at_least` ran `during` it.
+    pub fn finish_all_ok(self, during: &str, at_least: usize) -> Result<()> {
+        let (ok, failed) = self.finish()?;
+        if !failed.is_empty() {
+            bail!("requests failed during {during}: {failed:#?}");
+        }
+        if ok < at_least {
+            bail!("the loop ran {ok} requests through {during}, fewer than {at_least}");
+        }
+        Ok(())
+    }
+
     /// Stops the loop: how many requests succeeded, and each failure with its time.
     pub fn finish(self) -> Result<(usize, Vec<String>)> {
         std::fs::write(&self.stop, "")?;

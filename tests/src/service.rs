@@ -225,6 +225,14 @@ impl Service {
         drop(self.proc.take());
     }
 
+    /// Waits up to `timeout` for a log line that contains every one of `needles`.
+    pub fn wait_for_line(&self, timeout: Duration, needles: &[&str]) -> Result<()> {
+        let what = format!("a line with {needles:?}");
+        self.wait_for(&what, timeout, |log| {
+            log.lines().any(|l| needles.iter().all(|n| l.contains(n)))
+        })
+    }
+
     /// Everything the process logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -7,7 +7,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::Result;
 use hawser_testbed::{
-    Node, Pod, can_run,
+    Node, Pod, Testbed, can_run,
     peers::{Nginx, Reader, curl, quiet_server, wait_until},
     write_atomically,
 };
@@ -29,12 +29,26 @@ fn export_bundle(node: &Node, root_pem: &Path, to: &Path) -> Result<()> {
     write_atomically(to, &bundle)
 }
 
+/// Opens a stream from `a` to `b`'s quiet server on 7200, deletes `bundle`, and checks
+/// that the app saw the stream reset (cut), never ended as if complete.
+fn withdraw_under_a_stream(bed: &Testbed, a: &Pod, b: &Pod, bundle: &Path) -> Result<()> {
+    let open = Reader::start(bed, a, &b.ip, 7200)?;
+    open.wait_started("the greeting")?;
+    std::fs::remove_file(bundle)?;
+    let said = open.outcome()?;
+    assert!(
+        said.starts_with("ERROR ECONNRESET"),
+        "the app read {said:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_federated_trust_domain_is_trusted_through_its_own_bundle_until_withdrawn() -> Result<()> {
     if !can_run() {
         return Ok(());
     }
-    let bed = hawser_testbed::Testbed::new()?;
+    let bed = Testbed::new()?;
     let node1 = bed.node("node1", 1)?;
     let node2 = bed.node("node2", 2)?;
     bed.connect_nodes(&node1, &node2)?;
@@ -78,41 +92,26 @@ fn a_federated_trust_domain_is_trusted_through_its_own_bundle_until_withdrawn() 
     let nginx = Nginx::start(&bed, &b)?;
     let url = format!("http://{}/hello.txt", b.ip);
     assert_eq!(curl(&a, &url)?, nginx.body);
-    d2.wait_for("b's record of a", Duration::from_secs(5), |log| {
-        log.lines().any(|l| {
-            l.contains("direction=\"tunnel\"")
-                && l.contains("src_identity=\"spiffe://td1/ns/default/sa/a\"")
-                && l.contains("security=\"mtls\"")
-        })
-    })?;
-    d1.wait_for("a's record of b", Duration::from_secs(5), |log| {
-        log.lines().any(|l| {
-            l.contains("direction=\"outbound\"")
-                && l.contains("dst_identity=\"spiffe://td2/ns/default/sa/b\"")
-        })
-    })?;
+    let soon = Duration::from_secs(5);
+    d2.wait_for_line(
+        soon,
+        &[
+            "direction=\"tunnel\"",
+            "src_identity=\"spiffe://td1/ns/default/sa/a\"",
+            "security=\"mtls\"",
+        ],
+    )?;
+    let b_id = "dst_identity=\"spiffe://td2/ns/default/sa/b\"";
+    d1.wait_for_line(soon, &["direction=\"outbound\"", b_id])?;
 
     // td2 withdraws td1's bundle: a's open connection is cut, a new one refused.
     let _quiet = quiet_server(&b, 7200)?;
-    let open = Reader::start(&bed, &a, &b.ip, 7200)?;
-    open.wait_started("the greeting")?;
-    std::fs::remove_file(&td1_bundle)?;
-    let said = open.outcome()?;
-    assert!(
-        said.starts_with("ERROR ECONNRESET"),
-        "the app read {said:?}"
-    );
+    withdraw_under_a_stream(&bed, &a, &b, &td1_bundle)?;
     let untrusted = "no trust bundle for trust domain td1";
-    d2.wait_for("the cut", Duration::from_secs(5), |log| {
-        log.lines()
-            .any(|l| l.contains("connection cut") && l.contains(untrusted))
-    })?;
+    d2.wait_for_line(soon, &["connection cut", untrusted])?;
     let refused = curl(&a, &url);
     assert!(refused.is_err(), "a got through: {refused:?}");
-    d2.wait_for("the refused handshake", Duration::from_secs(5), |log| {
-        log.lines()
-            .any(|l| l.contains("connection refused") && l.contains(untrusted))
-    })?;
+    d2.wait_for_line(soon, &["connection refused", untrusted])?;
 
     // td1 trusted again; then td1 withdraws td2's bundle: a's own daemon cuts the tunnel
     // a opened to b (the server's domain is no longer trusted).
@@ -120,20 +119,11 @@ fn a_federated_trust_domain_is_trusted_through_its_own_bundle_until_withdrawn() 
     wait_until(Duration::from_secs(10), "a reaching b again", || {
         curl(&a, &url).is_ok_and(|body| body == nginx.body)
     })?;
-    let open = Reader::start(&bed, &a, &b.ip, 7200)?;
-    open.wait_started("the greeting")?;
-    std::fs::remove_file(&td2_bundle)?;
-    let said = open.outcome()?;
-    assert!(
-        said.starts_with("ERROR ECONNRESET"),
-        "the app read {said:?}"
-    );
-    d1.wait_for("the cut of a's tunnel", Duration::from_secs(5), |log| {
-        log.lines().any(|l| {
-            l.contains("connection cut")
-                && l.contains("direction=\"outbound\"")
-                && l.contains("no trust bundle for trust domain td2")
-        })
-    })?;
+    withdraw_under_a_stream(&bed, &a, &b, &td2_bundle)?;
+    let untrusted = "no trust bundle for trust domain td2";
+    d1.wait_for_line(
+        soon,
+        &["connection cut", "direction=\"outbound\"", untrusted],
+    )?;
     Ok(())
 }

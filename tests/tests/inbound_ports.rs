@@ -245,6 +245,23 @@ fn the_wrong_certificate_or_port_or_principal_is_refused() -> Result<()> {
         &rogue_ca,
     )?;
     s.refused(8443, "TLS handshake", || s.https(8443, Some(&rogue)))?;
+    // The mesh's own CA vouches for the mesh's trust domain only: a certificate it signed
+    // that claims another domain's identity is refused, whatever policy says of it.
+    let state = s.m.ca.root.parent().expect("the CA's state directory");
+    let mesh_ca = pki::Pair {
+        cert: state.join("ca-cert.pem"),
+        key: state.join("ca-key.pem"),
+    };
+    let foreign = pki::leaf(
+        &s.pki,
+        "foreign",
+        "/CN=foreign",
+        "subjectAltName=URI:spiffe://other.td/ns/default/sa/a",
+        &mesh_ca,
+    )?;
+    s.refused(8443, "outside its trust domain", || {
+        s.https(8443, Some(&foreign))
+    })?;
     // A good company certificate that policy does not name.
     let intruder = s.company_client("intruder")?;
     s.refused(8443, "no rule of ALLOW policies default/b matches", || {

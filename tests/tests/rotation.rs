@@ -104,15 +104,7 @@ fn the_ca_moves_to_a_new_root_with_no_failed_request_and_nothing_restarted() -> 
         wait_logged(d, "SVID issued", int2_subject, renewed + 1)?;
     }
 
-    let (ok, failed) = requests.finish()?;
-    assert!(
-        failed.is_empty(),
-        "requests failed during the rotation: {failed:#?}"
-    );
-    assert!(
-        ok >= 100,
-        "the loop ran through the rotation ({ok} requests)"
-    );
+    requests.finish_all_ok("the rotation", 100)?;
     assert_eq!(
         unreachable, 0,
         "the daemons reached the CA throughout the rotation"

@@ -86,15 +86,7 @@ fn upgrading_each_node_daemon_fails_no_request_and_cuts_no_stream() -> Result<()
         upgraded.push(new);
     }
 
-    let (ok, failed) = requests.finish()?;
-    assert!(
-        failed.is_empty(),
-        "requests failed during the upgrades: {failed:#?}"
-    );
-    assert!(
-        ok >= 50,
-        "the loop ran through the upgrades ({ok} requests)"
-    );
+    requests.finish_all_ok("the upgrades", 50)?;
     for new in &upgraded[1..] {
         assert!(
             new.count("connection closed") > 0,
@@ -141,18 +133,10 @@ fn kernel_tls_streams_move_to_the_new_daemons_and_keep_splicing() -> Result<()> 
             old.exited()
         })?;
         // (A request of the loop in flight may go along.)
-        let stream_line = |l: &str, what: &str| l.contains(what) && l.contains(":7400");
-        assert!(
-            old.log()
-                .lines()
-                .any(|l| stream_line(l, "connection handed over")),
-            "{}",
-            old.log()
-        );
-        new.wait_for("the adopted stream", Duration::from_secs(10), |log| {
-            log.lines()
-                .any(|l| stream_line(l, "connection adopted from the previous daemon"))
-        })?;
+        let handed_over = old.lines_with(&["connection handed over", ":7400"]);
+        assert!(!handed_over.is_empty(), "{}", old.log());
+        let adopted = "connection adopted from the previous daemon";
+        new.wait_for_line(Duration::from_secs(10), &[adopted, ":7400"])?;
         upgraded.push(new);
     }
 
@@ -160,15 +144,10 @@ fn kernel_tls_streams_move_to_the_new_daemons_and_keep_splicing() -> Result<()> 
     std::fs::write(&go, "")?;
     let said = stream.outcome()?;
     assert!(said.starts_with("EOF 10"), "the stream read {said:?}");
-    let (ok, failed) = requests.finish()?;
-    assert!(failed.is_empty(), "requests failed: {failed:#?}");
-    assert!(ok > 0, "the request loop ran");
+    requests.finish_all_ok("the upgrades", 1)?;
     for new in &upgraded {
-        new.wait_for("the stream's record", Duration::from_secs(10), |log| {
-            log.lines().any(|l| {
-                l.contains("connection closed") && l.contains(":7400") && l.contains("tls=\"ktls\"")
-            })
-        })?;
+        let closed = ["connection closed", ":7400", "tls=\"ktls\""];
+        new.wait_for_line(Duration::from_secs(10), &closed)?;
     }
     Ok(())
 }

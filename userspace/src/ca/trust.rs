@@ -151,3 +151,43 @@ impl TrustService for TrustServer {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    /// Trust ends with any change meant to end it; only a file that cannot be read at all
+    /// says nothing, and keeps the last good set.
+    #[test]
+    fn a_bundle_absent_or_without_roots_withdraws_its_domain_and_an_unreadable_one_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| dir.path().join(name);
+        std::fs::write(file("good.pem"), root_pem()).unwrap();
+        std::fs::write(file("empty.json"), "").unwrap();
+        std::fs::write(file("bad.json"), "{\"keys\": [{\"use\": \"x509-svid\"").unwrap();
+        let files = |pairs: &[(&str, &str)]| -> Vec<(String, PathBuf)> {
+            pairs
+                .iter()
+                .map(|(d, f)| (d.to_string(), file(f)))
+                .collect()
+        };
+        let loaded = load_federated(&files(&[
+            ("good", "good.pem"),
+            ("absent", "absent.json"),
+            ("empty", "empty.json"),
+            ("bad", "bad.json"),
+        ]))
+        .unwrap();
+        assert_eq!(loaded.keys().collect::<Vec<_>>(), ["good"]);
+        // A directory in place of the file: unreadable, an error (the last good set stays).
+        std::fs::create_dir(file("dir.json")).unwrap();
+        assert!(load_federated(&files(&[("dir", "dir.json")])).is_err());
+    }
+}

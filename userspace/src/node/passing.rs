@@ -57,7 +57,7 @@ const MAX_FRAME: u32 = 64 * 1024;
 /// The next connection, or None at the end. The sockets of a frame refused here close
 /// abortively (the sender made them so).
 pub async fn receive(conn: &mut UnixStream) -> Result<Option<Handed>> {
-    let (len, mut fds) = receive_len(conn).await?;
+    let (len, fds) = receive_len(conn).await?;
     if len == 0 {
         return Ok(None);
     }
@@ -67,10 +67,9 @@ pub async fn receive(conn: &mut UnixStream) -> Result<Option<Handed>> {
     let mut meta = vec![0; len as usize];
     conn.read_exact(&mut meta).await?;
     let meta: HandedMeta = serde_json::from_slice(&meta).context("a handed-over connection")?;
-    if fds.len() != 2 {
-        bail!("a handed-over connection came with {} sockets", fds.len());
-    }
-    let (tls, app) = (fds.pop().expect("two"), fds.pop().expect("two"));
+    let [app, tls]: [OwnedFd; 2] = fds.try_into().map_err(|fds: Vec<OwnedFd>| {
+        anyhow::anyhow!("a handed-over connection came with {} sockets", fds.len())
+    })?;
     Ok(Some(Handed { meta, app, tls }))
 }
 

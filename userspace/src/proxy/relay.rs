@@ -292,7 +292,7 @@ impl Connection {
         };
         // Abortive until the successor takes them: dropped on the way, they reset.
         for socket in [&app, &tls] {
-            abortive(socket2::SockRef::from(socket), true);
+            splice::abortive(socket2::SockRef::from(socket), true);
         }
         Ok(Handed {
             meta,
@@ -465,14 +465,6 @@ pub fn sockets(handed: Handed) -> std::io::Result<(TcpStream, TcpStream)> {
 /// A handed connection taken on: its sockets close normally again.
 pub fn closing_normally(app: &TcpStream, tls: &TcpStream) {
     for socket in [app, tls] {
-        abortive(socket2::SockRef::from(socket), false);
-    }
-}
-
-/// Makes closing a socket a reset (`SO_LINGER` 0), or an orderly close again.
-fn abortive(socket: socket2::SockRef<'_>, on: bool) {
-    let linger = on.then_some(std::time::Duration::ZERO);
-    if let Err(e) = socket.set_linger(linger) {
-        tracing::debug!("SO_LINGER: {e}");
+        splice::abortive(socket2::SockRef::from(socket), false);
     }
 }

@@ -183,8 +183,14 @@ enum Pumped {
 
 /// Makes closing `stream` abortive (a TCP reset), for a stream that was cut short.
 pub fn reset(stream: &TcpStream) {
-    if let Err(e) = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO)) {
-        tracing::debug!("SO_LINGER 0: {e}");
+    abortive(socket2::SockRef::from(stream), true);
+}
+
+/// Makes closing a socket a reset (`SO_LINGER` 0), or an orderly close again.
+pub fn abortive(socket: socket2::SockRef<'_>, on: bool) {
+    let linger = on.then_some(std::time::Duration::ZERO);
+    if let Err(e) = socket.set_linger(linger) {
+        tracing::debug!("SO_LINGER: {e}");
     }
 }
 
