@@ -237,7 +237,14 @@ pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
     }
     tracing::info!(node = %node.name, pods = node.pods.len(), "node ready");
     let ended = CancellationToken::new();
-    let following = node.follow(registry, pending, shutdown.clone(), config.drain);
+    let handed_over = succession.handed_over.clone();
+    let following = node.follow(
+        registry,
+        pending,
+        shutdown.clone(),
+        handed_over,
+        config.drain,
+    );
     let done = ended.clone().drop_guard();
     let running = tokio::spawn(async move {
         following.await;
@@ -252,6 +259,10 @@ pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
         running,
     })
 }
+
+/// How long a daemon taken over keeps accepting what was steered to it before the
+/// successor enrolled the pods (at most a handshake's round trip on the node).
+const HANDOVER_GRACE: Duration = Duration::from_millis(250);
 
 /// The reconcile loop's state.
 struct Reconciler {
@@ -271,6 +282,7 @@ impl Reconciler {
         mut registry: watch::Receiver<Arc<Registry>>,
         mut pending: bool,
         shutdown: CancellationToken,
+        handed_over: CancellationToken,
         drain: Duration,
     ) {
         let mut retry = tokio::time::interval(Duration::from_secs(2));
@@ -291,6 +303,12 @@ impl Reconciler {
                 }
                 _ = shutdown.cancelled() => break,
             }
+        }
+        if handed_over.is_cancelled() {
+            // The successor's listeners take new connections since it enrolled the pods,
+            // but one steered here just before may still wait in these listeners' queues:
+            // closing them now would reset it.
+            tokio::time::sleep(HANDOVER_GRACE).await;
         }
         self.shut_down(drain, registry, bundle).await;
     }
