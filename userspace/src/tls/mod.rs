@@ -2,17 +2,17 @@
 //! alike: the configurations (`configs`, cached per SVID and bundle in `cache`), the
 //! checks on a peer's certificate (`verify`), handshakes bounded in time and timed in the
 //! handshake metric (here), and the hand-off of an established session to the kernel
-//! (`offload`, `kernel_tls`).
+//! (`offload`, `kernel_tls`, over a socket read for the path the session takes: `socket`).
 
 pub mod cache;
 pub mod configs;
 pub mod kernel_tls;
 pub mod offload;
+pub mod socket;
 pub mod verify;
 
 use std::{fmt::Display, future::Future, io, sync::Arc, time::Duration};
 
-use ktls::CorkStream;
 use rustls::{ClientConfig, CommonState, HandshakeKind, ServerConfig, pki_types::ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
@@ -22,6 +22,7 @@ use crate::{
     metrics::{METRICS, timed},
 };
 use offload::Offload;
+use socket::Socket;
 
 /// Handshake and preamble must complete within this, or the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,7 +35,7 @@ pub async fn connect(
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
     offload: &Offload,
-) -> Result<client::TlsStream<CorkStream<TcpStream>>> {
+) -> Result<client::TlsStream<Socket>> {
     let handshake = TlsConnector::from(config).connect(name, offload.prepare(tcp));
     let stream = bounded(side, peer, handshake).await?;
     counted(side, stream.get_ref().1);
@@ -47,7 +48,7 @@ pub async fn accept(
     conn: TcpStream,
     config: Arc<ServerConfig>,
     offload: &Offload,
-) -> Result<server::TlsStream<CorkStream<TcpStream>>> {
+) -> Result<server::TlsStream<Socket>> {
     let peer = conn
         .peer_addr()
         .map_or("the client".into(), |a| a.to_string());

@@ -17,7 +17,7 @@ use std::{
     sync::Arc,
 };
 
-use ktls::{CompatibleCiphers, CorkStream, CryptoInfo};
+use ktls::{CompatibleCiphers, CryptoInfo};
 use rustls::{ConnectionTrafficSecrets, SupportedCipherSuite, crypto::CryptoProvider};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite},
@@ -25,7 +25,7 @@ use tokio::{
 };
 use tokio_rustls::{TlsStream, client, server};
 
-use super::kernel_tls::KernelTls;
+use super::{kernel_tls::KernelTls, socket::Socket};
 use crate::{
     failure::{Failure, Result},
     metrics::METRICS,
@@ -34,9 +34,6 @@ use crate::{
 /// A tunnel stream after the handshake in rustls.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
-/// A TCP socket as its TLS session runs on it, ready for the kernel's TLS ULP.
-type Socket = CorkStream<TcpStream>;
 
 /// An established tunnel: the kernel encrypts (bytes are spliced), or rustls does.
 pub enum TunnelStream {
@@ -117,14 +114,18 @@ impl Offload {
     }
 
     /// A connected socket ready for its handshake: with the kernel's TLS ULP where the
-    /// kernel has TLS (see the module's comment).
-    pub fn prepare(&self, tcp: TcpStream) -> CorkStream<TcpStream> {
-        if self.kernel.is_some()
-            && let Err(e) = set_ulp(tcp.as_raw_fd())
-        {
-            tracing::debug!("TLS ULP not installed, this session stays in userspace: {e}");
+    /// kernel has TLS (see the module's comment), read for rustls where it has not.
+    pub fn prepare(&self, tcp: TcpStream) -> Socket {
+        if self.kernel.is_none() {
+            return Socket::read_ahead(tcp);
         }
-        CorkStream::new(tcp)
+        match set_ulp(tcp.as_raw_fd()) {
+            Ok(()) => Socket::corked(tcp),
+            Err(e) => {
+                tracing::debug!("TLS ULP not installed, this session stays in userspace: {e}");
+                Socket::read_ahead(tcp)
+            }
+        }
     }
 
     /// Hands a client session to the kernel, or keeps it in rustls.
@@ -138,13 +139,13 @@ impl Offload {
     }
 
     async fn hand_off(&self, mut stream: TlsStream<Socket>) -> Result<TunnelStream> {
-        if !self.offloads(&stream.get_ref().0.io) {
+        let Socket::Corked(corked) = &mut stream.get_mut().0 else {
             return Ok(counted(
                 TunnelStream::Userspace(Box::new(stream)),
                 "no_kernel_tls",
             ));
-        }
-        stream.get_mut().0.corked = true;
+        };
+        corked.corked = true;
         let drained = drain(&mut stream).await;
         let (io, session): (Socket, rustls::Connection) = match stream {
             TlsStream::Client(s) => {
@@ -156,12 +157,7 @@ impl Offload {
                 (io, session.into())
             }
         };
-        offloaded(io.io, drained, session)
-    }
-
-    /// Whether this session goes to the kernel: it has TLS, and the socket got its ULP.
-    fn offloads(&self, socket: &TcpStream) -> bool {
-        self.kernel.is_some() && has_tls_ulp(socket.as_raw_fd())
+        offloaded(io.into_tcp(), drained, session)
     }
 }
 

@@ -1,0 +1,180 @@
+//! The TCP socket under a TLS session, read in the way its session needs.
+//!
+//! A session the kernel will take over is read record by record (`CorkStream`), so
+//! that rustls never holds bytes past the record where the kernel starts. A session that
+//! stays in rustls is read ahead in large chunks instead: rustls asks for at most 4 KiB at
+//! a time, which read from the socket directly would be several system calls per 16 KiB
+//! record. The read-ahead buffer is allocated when the socket is readable and freed when
+//! drained, so an idle connection holds none.
+
+use std::{
+    io::{self, IoSlice},
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use bytes::{Buf, BytesMut};
+use ktls::CorkStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+
+/// Bytes read from the socket at once for a session in rustls.
+const READ_AHEAD: usize = 64 * 1024;
+
+pub enum Socket {
+    /// Read record by record: the kernel's TLS may take over.
+    Corked(CorkStream<TcpStream>),
+    /// Read ahead: the session stays in rustls.
+    ReadAhead { tcp: TcpStream, ahead: BytesMut },
+}
+
+impl Socket {
+    pub fn corked(tcp: TcpStream) -> Self {
+        Self::Corked(CorkStream::new(tcp))
+    }
+
+    pub fn read_ahead(tcp: TcpStream) -> Self {
+        Self::ReadAhead {
+            tcp,
+            ahead: BytesMut::new(),
+        }
+    }
+
+    pub fn into_tcp(self) -> TcpStream {
+        match self {
+            Self::Corked(corked) => corked.io,
+            Self::ReadAhead { tcp, .. } => tcp,
+        }
+    }
+
+    fn tcp_mut(&mut self) -> &mut TcpStream {
+        match self {
+            Self::Corked(corked) => &mut corked.io,
+            Self::ReadAhead { tcp, .. } => tcp,
+        }
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Corked(corked) => Pin::new(corked).poll_read(cx, buf),
+            Self::ReadAhead { tcp, ahead } => poll_read_ahead(tcp, ahead, cx, buf),
+        }
+    }
+}
+
+/// Serves `buf` from `ahead`, refilling it with one large read when it is empty.
+fn poll_read_ahead(
+    tcp: &TcpStream,
+    ahead: &mut BytesMut,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    while ahead.is_empty() {
+        ready!(tcp.poll_read_ready(cx))?;
+        ahead.reserve(READ_AHEAD);
+        match tcp.try_read_buf(ahead) {
+            // The end of the stream: nothing put in `buf` says so.
+            Ok(0) => {
+                *ahead = BytesMut::new();
+                return Poll::Ready(Ok(()));
+            }
+            Ok(_) => {}
+            // A spurious readiness: tokio cleared it, the next poll waits.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => *ahead = BytesMut::new(),
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    let n = buf.remaining().min(ahead.len());
+    buf.put_slice(&ahead[..n]);
+    ahead.advance(n);
+    if ahead.is_empty() {
+        *ahead = BytesMut::new();
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// Writes go to the socket as they come, vectored: rustls hands over a record per slice.
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.get_mut().tcp_mut()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.get_mut().tcp_mut()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.get_mut().tcp_mut()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.get_mut().tcp_mut()).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    /// Small reads (rustls asks for 4 KiB) get every byte in order and the end of the
+    /// stream; between bursts the connection holds no read-ahead buffer.
+    #[tokio::test]
+    async fn small_reads_get_every_byte_and_an_idle_socket_holds_no_buffer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut writer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut socket = Socket::read_ahead(listener.accept().await.unwrap().0);
+        let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+
+        writer.write_all(&sent[..1000]).await.unwrap();
+        let mut first = vec![0; 1000];
+        socket.read_exact(&mut first).await.unwrap();
+        assert_eq!(first, sent[..1000]);
+        let Socket::ReadAhead { ahead, .. } = &socket else {
+            unreachable!()
+        };
+        assert_eq!(ahead.capacity(), 0, "a drained socket keeps its buffer");
+
+        let rest = sent[1000..].to_vec();
+        let writing = tokio::spawn(async move {
+            writer.write_all(&rest).await.unwrap();
+        });
+        let mut received = first;
+        let mut chunk = [0; 4096];
+        loop {
+            let n = socket.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&chunk[..n]);
+        }
+        writing.await.unwrap();
+        assert_eq!(received, sent);
+    }
+}
