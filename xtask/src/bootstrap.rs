@@ -23,6 +23,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3",
     // Benchmarks (cargo xtask bench) and their profiles.
     "iperf3",
+    "haproxy",
     "wrk",
     "linux-perf",
     // The kernel-TLS VM (cargo xtask vm-test).

@@ -58,6 +58,10 @@ enum Command {
         /// Only this machine (no kernel TLS numbers).
         #[arg(long)]
         host_only: bool,
+        /// Instead: where the daemons' CPU goes under each load (`perf record`, this
+        /// machine's userspace TLS), summed up in `target/bench/profile-<load>.txt`.
+        #[arg(long)]
+        profile: bool,
     },
     /// One machine's part of `bench`, as `BENCH` lines (run by `bench`, here and in the VM).
     #[command(hide = true)]
@@ -65,6 +69,9 @@ enum Command {
         /// The emulated VM's smaller sizes.
         #[arg(long)]
         vm: bool,
+        /// Profile the daemons instead (`bench --profile`).
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -85,11 +92,12 @@ fn main() -> Result<()> {
             build()?;
             vm::run()
         }
-        Command::Bench { host_only } => {
+        Command::Bench { host_only, profile } => {
             bootstrap::run()?;
-            bench::run(host_only)
+            bench::run(host_only, profile)
         }
-        Command::BenchSuite { vm } => bench::suite::run(if vm {
+        Command::BenchSuite { profile: true, .. } => bench::profile::run(),
+        Command::BenchSuite { vm, .. } => bench::suite::run(if vm {
             &bench::suite::VM
         } else {
             &bench::suite::HOST

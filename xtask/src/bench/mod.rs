@@ -6,6 +6,8 @@
 //! because the VM is emulated. Each prints its samples as `BENCH` lines; this side
 //! collects them and writes the reports. The daemon and the load tool are release builds.
 
+pub mod profile;
+mod relays;
 mod report;
 pub mod suite;
 mod tools;
@@ -25,18 +27,12 @@ use report::Run;
 /// The whole VM part (boot, three scenarios) must finish within this.
 const VM_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 
-pub fn run(host_only: bool) -> Result<()> {
-    cmd::step("building the daemon and the load tool (release)");
-    cmd::cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "hawser",
-        "--package",
-        "hawser-testbed",
-        "--bins",
-    ])?;
-    let mut runs = vec![host()?];
+pub fn run(host_only: bool, profile: bool) -> Result<()> {
+    build()?;
+    if profile {
+        return suite_here(&["--profile"]).map(drop);
+    }
+    let mut runs = vec![Run::parse("host", &suite_here(&[])?)];
     if !host_only {
         runs.push(in_vm()?);
     }
@@ -51,6 +47,19 @@ pub fn run(host_only: bool) -> Result<()> {
     report::write(&cmd::workspace(), &runs)
 }
 
+fn build() -> Result<()> {
+    cmd::step("building the daemon and the load tool (release)");
+    cmd::cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "hawser",
+        "--package",
+        "hawser-testbed",
+        "--bins",
+    ])
+}
+
 /// The release daemon, by the path the VM sees too.
 fn daemon_env() -> Result<String> {
     let bin = cmd::workspace()
@@ -59,13 +68,15 @@ fn daemon_env() -> Result<String> {
     Ok(format!("HAWSER_BIN={}", bin.display()))
 }
 
-/// The suite on this machine, in a child process like in the VM.
-fn host() -> Result<Run> {
-    cmd::step("benchmarks on this machine (plain TCP, userspace TLS)");
+/// The suite on this machine, in a child process like in the VM, with the release
+/// daemon; its output.
+fn suite_here(args: &[&str]) -> Result<String> {
+    cmd::step("on this machine (userspace TLS)");
     let env = daemon_env()?;
     let (key, value) = env.split_once('=').context("daemon env")?;
     let mut child = Command::new(std::env::current_exe()?)
-        .args(["bench-suite"])
+        .arg("bench-suite")
+        .args(args)
         .env(key, value)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -79,7 +90,7 @@ fn host() -> Result<Run> {
     }
     let status = child.wait()?;
     ensure!(status.success(), "the benchmark suite failed ({status})");
-    Ok(Run::parse("host", &output))
+    Ok(output)
 }
 
 /// The suite in the VM, with kernel TLS.

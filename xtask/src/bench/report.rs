@@ -132,6 +132,7 @@ fn unit(measure: &str) -> (&str, &str) {
     const UNITS: &[(&str, &str)] = &[
         ("_gbps", "Gbit/s"),
         ("_s_per_gib", "CPU s/GiB"),
+        ("_s_per_1000_newconn", "CPU s/1000 conns"),
         ("_kib_per_conn", "KiB/conn"),
         ("_rps", "req/s"),
         ("_us", "µs"),

@@ -34,7 +34,7 @@ pub struct Scale {
 }
 
 pub const HOST: Scale = Scale {
-    secs: 4,
+    secs: 10,
     repeats: 3,
     rate: 500,
     new_connection_rate: 10,
@@ -55,8 +55,11 @@ pub const VM: Scale = Scale {
     idle_timeout: Duration::from_secs(600),
 };
 
-const ECHO_PORT: u16 = 7000;
-const IPERF_PORT: u16 = 5201;
+pub const ECHO_PORT: u16 = 7000;
+pub const IPERF_PORT: u16 = 5201;
+const HTTP_PORT: u16 = 80;
+/// The servers' ports, relayed where the scenario has relays.
+pub const PORTS: [u16; 3] = [ECHO_PORT, IPERF_PORT, HTTP_PORT];
 
 pub fn run(scale: &Scale) -> Result<()> {
     machine_facts();
@@ -68,11 +71,22 @@ pub fn run(scale: &Scale) -> Result<()> {
     if ktls {
         scenarios.push(Scenario::Kernel);
     }
-    for scenario in scenarios {
-        step(&format!("benchmark: {}", scenario.name()));
-        let mut topology = Topology::new(scenario)?;
-        let max_idle = spare_fds / scenario.descriptors_per_connection();
-        measure(&mut topology, scenario, scale, max_idle)?;
+    scenarios.push(Scenario::Haproxy);
+    // Each repeat measures every scenario, so that a drift of the machine (another
+    // tenant, a warmer cache) falls on all of them alike.
+    for repeat in 0..scale.repeats {
+        for &scenario in &scenarios {
+            step(&format!(
+                "benchmark: {} (repeat {} of {})",
+                scenario.name(),
+                repeat + 1,
+                scale.repeats
+            ));
+            let mut topology = Topology::new(scenario, &PORTS)?;
+            let max_idle = spare_fds / scenario.descriptors_per_connection();
+            let idle = repeat < scale.idle_repeats;
+            measure(&mut topology, scenario, scale, idle.then_some(max_idle))?;
+        }
     }
     Ok(())
 }
@@ -109,7 +123,13 @@ fn info(key: &str, value: &str) {
     println!("BENCH-INFO {key}={value}");
 }
 
-fn measure(t: &mut Topology, scenario: Scenario, scale: &Scale, max_idle: usize) -> Result<()> {
+/// One sample of every measure; of idle memory too, up to `max_idle` connections, if given.
+fn measure(
+    t: &mut Topology,
+    scenario: Scenario,
+    scale: &Scale,
+    max_idle: Option<usize>,
+) -> Result<()> {
     let out = |measure: &str, value: f64| {
         println!("BENCH {} {measure} {value}", scenario.name());
         let _ = std::io::stdout().flush();
@@ -120,20 +140,22 @@ fn measure(t: &mut Topology, scenario: Scenario, scale: &Scale, max_idle: usize)
         ECHO_PORT,
     )?;
     // First, while the daemons' heaps are fresh.
-    idle_memory(t, scale, max_idle, &out)?;
+    if let Some(max_idle) = max_idle {
+        idle_memory(t, scale, max_idle, &out)?;
+    }
     throughput(t, scale, &out)?;
     echo(t, scale, &out)?;
     http(t, scale, &out)?;
-    crash_recovery(t, scale, &out)?;
+    crash_recovery(t, &out)?;
     match scenario {
-        Scenario::Plain => Ok(()),
+        Scenario::Plain | Scenario::Haproxy => Ok(()),
         Scenario::Userspace => t.expect_tls_path("userspace"),
         Scenario::Kernel => t.expect_tls_path("ktls"),
     }
 }
 
 /// Starts a server in `pod` and waits until it listens on `port`.
-fn serve(t: &Topology, argv: &[&str], port: u16) -> Result<Proc> {
+pub fn serve(t: &Topology, argv: &[&str], port: u16) -> Result<Proc> {
     let pod = t.server();
     // Their chatter goes to a file, not between the samples on standard output.
     let log = t.bed().dir().join(format!("server-{port}.log"));
@@ -144,70 +166,79 @@ fn serve(t: &Topology, argv: &[&str], port: u16) -> Result<Proc> {
 
 type Out<'a> = &'a dyn Fn(&str, f64);
 
-/// iperf3, one stream and eight; CPU per GiB from the one-stream runs.
+/// iperf3, one stream and eight; CPU per GiB from the one-stream run.
 fn throughput(t: &Topology, scale: &Scale, out: Out) -> Result<()> {
     let _server = serve(
         t,
         &["iperf3", "-s", "-p", &IPERF_PORT.to_string()],
         IPERF_PORT,
     )?;
-    let server = &t.server().ip;
-    for _ in 0..scale.repeats {
-        let (daemons_before, busy_before) = (daemons_cpu(t)?, tools::machine_busy_secs()?);
-        let one = tools::iperf3(t.client(), server, 1, scale.secs)?;
-        let gib = one.bytes / f64::from(1u32 << 30);
-        out("throughput_1_stream_gbps", one.gbit_per_s);
+    let server = t.address(IPERF_PORT);
+    let (proxies_before, busy_before) = (proxies_cpu(t)?, tools::machine_busy_secs()?);
+    let one = tools::iperf3(t.client(), &server, 1, scale.secs)?;
+    let gib = one.bytes / f64::from(1u32 << 30);
+    out("throughput_1_stream_gbps", one.gbit_per_s);
+    out(
+        "cpu_machine_s_per_gib",
+        (tools::machine_busy_secs()? - busy_before) / gib,
+    );
+    if !t.proxy_pids().is_empty() {
         out(
-            "cpu_machine_s_per_gib",
-            (tools::machine_busy_secs()? - busy_before) / gib,
+            "cpu_daemons_s_per_gib",
+            (proxies_cpu(t)? - proxies_before) / gib,
         );
-        if !t.daemons().is_empty() {
-            out(
-                "cpu_daemons_s_per_gib",
-                (daemons_cpu(t)? - daemons_before) / gib,
-            );
-        }
-        let eight = tools::iperf3(t.client(), server, 8, scale.secs)?;
-        out("throughput_8_streams_gbps", eight.gbit_per_s);
     }
+    let eight = tools::iperf3(t.client(), &server, 8, scale.secs)?;
+    out("throughput_8_streams_gbps", eight.gbit_per_s);
     Ok(())
 }
 
-fn daemons_cpu(t: &Topology) -> Result<f64> {
-    t.daemon_pids().into_iter().map(tools::cpu_secs).sum()
+/// CPU seconds the daemons (or relays) used so far.
+fn proxies_cpu(t: &Topology) -> Result<f64> {
+    t.proxy_pids().into_iter().map(tools::cpu_secs).sum()
 }
 
 /// Echo request/response: 1 byte and 4 KiB, one kept connection or a new one per
 /// request; latency at a fixed rate from one connection, then the maximum rate.
+/// request/response: 1 byte and 4 KiB, one kept connection or a new one per
+/// request; latency at a fixed rate from one connection, then the maximum rate — and for
+/// 1-byte new connections, the daemons' (or relays') CPU per 1000 of them.
 fn echo(t: &Topology, scale: &Scale, out: Out) -> Result<()> {
-    let addr = format!("{}:{ECHO_PORT}", t.server().ip);
-    for _ in 0..scale.repeats {
-        for (size, size_name) in [(1, "1B"), (4096, "4KiB")] {
-            for new_connection in [false, true] {
-                let mode = if new_connection {
-                    "newconn"
-                } else {
-                    "keepalive"
-                };
-                let label = format!("echo_{size_name}_{mode}");
-                let load = |rate, conns| EchoLoad {
-                    size,
-                    new_connection,
-                    rate,
-                    conns,
-                    secs: scale.secs,
-                };
-                let rate = if new_connection {
-                    scale.new_connection_rate
-                } else {
-                    scale.rate
-                };
-                let fixed = tools::echo_load(t.client(), &addr, &load(rate, 1))?;
-                out(&format!("{label}_fixed_p50_us"), fixed.p50);
-                out(&format!("{label}_fixed_p90_us"), fixed.p90);
-                out(&format!("{label}_fixed_p99_us"), fixed.p99);
-                let max = tools::echo_load(t.client(), &addr, &load(0, scale.conns))?;
-                out(&format!("{label}_max_rps"), max.rps);
+    let (host, port) = t.address(ECHO_PORT);
+    let addr = format!("{host}:{port}");
+    for (size, size_name) in [(1, "1B"), (4096, "4KiB")] {
+        for new_connection in [false, true] {
+            let mode = if new_connection {
+                "newconn"
+            } else {
+                "keepalive"
+            };
+            let label = format!("echo_{size_name}_{mode}");
+            let load = |rate, conns| EchoLoad {
+                size,
+                new_connection,
+                rate,
+                conns,
+                secs: scale.secs,
+            };
+            let rate = if new_connection {
+                scale.new_connection_rate
+            } else {
+                scale.rate
+            };
+            let fixed = tools::echo_load(t.client(), &addr, &load(rate, 1))?;
+            out(&format!("{label}_fixed_p50_us"), fixed.p50);
+            out(&format!("{label}_fixed_p90_us"), fixed.p90);
+            out(&format!("{label}_fixed_p99_us"), fixed.p99);
+            let cpu_before = proxies_cpu(t)?;
+            let max = tools::echo_load(t.client(), &addr, &load(0, scale.conns))?;
+            out(&format!("{label}_max_rps"), max.rps);
+            let thousands = max.rps * f64::from(scale.secs) / 1000.0;
+            if new_connection && size == 1 && !t.proxy_pids().is_empty() && thousands > 0.0 {
+                out(
+                    "cpu_daemons_s_per_1000_newconn",
+                    (proxies_cpu(t)? - cpu_before) / thousands,
+                );
             }
         }
     }
@@ -217,14 +248,13 @@ fn echo(t: &Topology, scale: &Scale, out: Out) -> Result<()> {
 /// wrk against nginx: keep-alive, and a new connection per request.
 fn http(t: &Topology, scale: &Scale, out: Out) -> Result<()> {
     let _nginx = Nginx::start(t.bed(), t.server())?;
-    let url = format!("http://{}/hello.txt", t.server().ip);
-    for _ in 0..scale.repeats {
-        for (close, mode) in [(false, "keepalive"), (true, "close")] {
-            let r = tools::wrk(t.client(), &url, scale.conns, scale.secs, close)?;
-            out(&format!("http_{mode}_max_rps"), r.rps);
-            out(&format!("http_{mode}_max_p50_us"), r.p50);
-            out(&format!("http_{mode}_max_p99_us"), r.p99);
-        }
+    let (host, port) = t.address(HTTP_PORT);
+    let url = format!("http://{host}:{port}/hello.txt");
+    for (close, mode) in [(false, "keepalive"), (true, "close")] {
+        let r = tools::wrk(t.client(), &url, scale.conns, scale.secs, close)?;
+        out(&format!("http_{mode}_max_rps"), r.rps);
+        out(&format!("http_{mode}_max_p50_us"), r.p50);
+        out(&format!("http_{mode}_max_p99_us"), r.p99);
     }
     Ok(())
 }
@@ -232,64 +262,57 @@ fn http(t: &Topology, scale: &Scale, out: Out) -> Result<()> {
 /// How long new connections fail when the client node's daemon is killed (SIGKILL, a
 /// crash or an OOM kill) and started again at once: the longest stretch of failed 1-byte
 /// exchanges from a to b, probed every 5 ms (they fail closed, see the end-to-end tests).
-fn crash_recovery(t: &mut Topology, scale: &Scale, out: Out) -> Result<()> {
+fn crash_recovery(t: &mut Topology, out: Out) -> Result<()> {
     let Topology::Mesh(m) = t else {
         return Ok(());
     };
-    let addr = format!("{}:{ECHO_PORT}", m.b.ip);
-    for _ in 0..scale.repeats {
-        let (client, addr) = (m.a.clone(), addr.clone());
-        let probing = std::thread::spawn(move || tools::probe(&client, &addr, 8000));
-        std::thread::sleep(Duration::from_secs(1));
-        m.d1.kill();
-        m.d1.restart()?;
-        let refused = probing
-            .join()
-            .map_err(|_| anyhow::anyhow!("the probe thread panicked"))??;
-        out("restart_kill9_refused_ms", refused);
-    }
+    let (client, addr) = (m.a.clone(), format!("{}:{ECHO_PORT}", m.b.ip));
+    let probing = std::thread::spawn(move || tools::probe(&client, &addr, 8000));
+    std::thread::sleep(Duration::from_secs(1));
+    m.d1.kill();
+    m.d1.restart()?;
+    let refused = probing
+        .join()
+        .map_err(|_| anyhow::anyhow!("the probe thread panicked"))??;
+    out("restart_kill9_refused_ms", refused);
     Ok(())
 }
 
-/// Daemon RSS growth per established idle connection, on each node, at each count (at
-/// most `max_idle`, what the open-files limit allows).
+/// RSS growth of the daemons (or relays) per established idle connection, client side
+/// first, at each count (at most `max_idle`, what the open-files limit allows).
 fn idle_memory(t: &mut Topology, scale: &Scale, max_idle: usize, out: Out) -> Result<()> {
-    if t.daemons().is_empty() {
+    if t.proxy_pids().is_empty() {
         return Ok(());
     }
-    let addr = format!("{}:{ECHO_PORT}", t.server().ip);
-    for repeat in 0..scale.idle_repeats {
-        for n in scale.idle.iter().map(|&n| n.min(max_idle)) {
-            t.restart_daemons()?;
-            let pids = t.daemon_pids();
-            let before: Vec<f64> = pids
-                .iter()
-                .map(|&p| tools::rss_kib(p))
-                .collect::<Result<_>>()?;
-            let log = t.bed().dir().join(format!("hold-{n}-{repeat}.log"));
-            let held = match tools::hold(t.client(), &addr, n, log, scale.idle_timeout) {
-                Ok(held) => held,
-                Err(e) => {
-                    // Recorded, not fatal: the other measures still stand.
-                    info(
-                        &format!("idle {n} (repeat {repeat}) failed"),
-                        &e.to_string(),
-                    );
-                    daemon_errors(t);
-                    continue;
-                }
-            };
-            // Let buffers of the handshakes go before reading.
-            std::thread::sleep(Duration::from_secs(2));
-            for (node, (pid, before)) in pids.iter().zip(before).enumerate() {
-                let grown = tools::rss_kib(*pid)? - before;
-                out(
-                    &format!("idle_{n}_conns_node{}_kib_per_conn", node + 1),
-                    grown / n as f64,
-                );
+    let (host, port) = t.address(ECHO_PORT);
+    let addr = format!("{host}:{port}");
+    for n in scale.idle.iter().map(|&n| n.min(max_idle)) {
+        t.restart_proxies()?;
+        let pids = t.proxy_pids();
+        let before: Vec<f64> = pids
+            .iter()
+            .map(|&p| tools::rss_kib(p))
+            .collect::<Result<_>>()?;
+        let log = t.bed().dir().join(format!("hold-{n}.log"));
+        let held = match tools::hold(t.client(), &addr, n, log, scale.idle_timeout) {
+            Ok(held) => held,
+            Err(e) => {
+                // Recorded, not fatal: the other measures still stand.
+                info(&format!("idle {n} failed"), &e.to_string());
+                daemon_errors(t);
+                continue;
             }
-            drop(held);
+        };
+        // Let buffers of the handshakes go before reading.
+        std::thread::sleep(Duration::from_secs(2));
+        for (node, (pid, before)) in pids.iter().zip(before).enumerate() {
+            let grown = tools::rss_kib(*pid)? - before;
+            out(
+                &format!("idle_{n}_conns_node{}_kib_per_conn", node + 1),
+                grown / n as f64,
+            );
         }
+        drop(held);
     }
     Ok(())
 }

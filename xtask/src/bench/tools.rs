@@ -41,11 +41,13 @@ pub struct Transfer {
 }
 
 /// `iperf3 -c` from `pod` with `streams` parallel streams for `secs`.
-pub fn iperf3(pod: &Pod, server: &str, streams: u32, secs: u32) -> Result<Transfer> {
-    let (streams, secs) = (streams.to_string(), secs.to_string());
+pub fn iperf3(pod: &Pod, server: &(String, u16), streams: u32, secs: u32) -> Result<Transfer> {
+    let (port, streams, secs) = (server.1.to_string(), streams.to_string(), secs.to_string());
     let json = run_in(
         pod,
-        &["iperf3", "-c", server, "-P", &streams, "-t", &secs, "-J"],
+        &[
+            "iperf3", "-c", &server.0, "-p", &port, "-P", &streams, "-t", &secs, "-J",
+        ],
     )?;
     // The receiver's totals: the last "sum_received" object of the report.
     let received = json

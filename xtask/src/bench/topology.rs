@@ -1,10 +1,13 @@
 //! The benchmarked network: two nodes joined by a link, client pod a on node1, server
-//! pod b on node2 — either plain (no hawser) or the mesh with a daemon on each node.
+//! pod b on node2 — plain (no hawser), the mesh with a daemon on each node, or a pair of
+//! HAProxy mTLS relays in the pods.
 
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use hawser_testbed::{Node, Pod, Service, Testbed, mesh::Mesh};
+
+use super::relays::{self, Relays};
 
 /// What carries the bytes between the pods.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -15,6 +18,8 @@ pub enum Scenario {
     Userspace,
     /// hawser's tunnel with kernel TLS and splice.
     Kernel,
+    /// A pair of HAProxy relays: mTLS (TLS 1.3, OpenSSL) between the pods.
+    Haproxy,
 }
 
 impl Scenario {
@@ -23,6 +28,7 @@ impl Scenario {
             Scenario::Plain => "plain",
             Scenario::Userspace => "userspace",
             Scenario::Kernel => "ktls",
+            Scenario::Haproxy => "haproxy",
         }
     }
 
@@ -40,6 +46,9 @@ impl Scenario {
 pub enum Topology {
     Plain(Box<PlainNet>),
     Mesh(Box<Mesh>),
+    /// The plain network with the relays in its pods (client side first); they stop
+    /// before the network goes.
+    Relays(Box<Relays>, Box<PlainNet>),
 }
 
 pub struct PlainNet {
@@ -52,11 +61,17 @@ pub struct PlainNet {
 }
 
 impl Topology {
-    pub fn new(scenario: Scenario) -> Result<Self> {
+    /// The network for `scenario`, relaying `ports` where it has relays.
+    pub fn new(scenario: Scenario, ports: &[u16]) -> Result<Self> {
         let topology = match scenario {
-            Scenario::Plain => plain()?,
+            Scenario::Plain => Topology::Plain(plain()?),
             Scenario::Userspace => mesh(&["--no-ktls"])?,
             Scenario::Kernel => mesh(&[])?,
+            Scenario::Haproxy => {
+                let net = plain()?;
+                let relays = relays::start(&net.bed, &net.a, &net.b, ports)?;
+                Topology::Relays(Box::new(relays), net)
+            }
         };
         for pod in [topology.client(), topology.server()] {
             tune(pod)?;
@@ -66,22 +81,30 @@ impl Topology {
 
     pub fn client(&self) -> &Pod {
         match self {
-            Topology::Plain(p) => &p.a,
+            Topology::Plain(p) | Topology::Relays(_, p) => &p.a,
             Topology::Mesh(m) => &m.a,
         }
     }
 
     pub fn server(&self) -> &Pod {
         match self {
-            Topology::Plain(p) => &p.b,
+            Topology::Plain(p) | Topology::Relays(_, p) => &p.b,
             Topology::Mesh(m) => &m.b,
+        }
+    }
+
+    /// Where the client dials the server's `port`: its own relay, or the server pod.
+    pub fn address(&self, port: u16) -> (String, u16) {
+        match self {
+            Topology::Relays(..) => ("127.0.0.1".into(), port),
+            _ => (self.server().ip.clone(), port),
         }
     }
 
     /// The test bed: its scratch directory, for peers that need one.
     pub fn bed(&self) -> &Testbed {
         match self {
-            Topology::Plain(p) => &p.bed,
+            Topology::Plain(p) | Topology::Relays(_, p) => &p.bed,
             Topology::Mesh(m) => &m.bed,
         }
     }
@@ -89,21 +112,27 @@ impl Topology {
     /// The node daemons (client side first); none without hawser.
     pub fn daemons(&self) -> Vec<&Service> {
         match self {
-            Topology::Plain(_) => vec![],
             Topology::Mesh(m) => vec![&m.d1, &m.d2],
+            _ => vec![],
         }
     }
 
-    /// Process ids of the node daemons.
-    pub fn daemon_pids(&self) -> Vec<i32> {
-        self.daemons().iter().filter_map(|d| d.pid()).collect()
+    /// Process ids of what carries the mTLS (client side first): the node daemons, or
+    /// the relays; none for plain TCP.
+    pub fn proxy_pids(&self) -> Vec<i32> {
+        match self {
+            Topology::Relays(relays, _) => relays.pids(),
+            _ => self.daemons().iter().filter_map(|d| d.pid()).collect(),
+        }
     }
 
-    /// Restarts the daemons, so that a memory measure starts from a heap that no earlier
-    /// load has grown.
-    pub fn restart_daemons(&mut self) -> Result<()> {
-        let Topology::Mesh(m) = self else {
-            return Ok(());
+    /// Restarts the daemons or relays, so that a memory measure starts from a heap that
+    /// no earlier load has grown.
+    pub fn restart_proxies(&mut self) -> Result<()> {
+        let m = match self {
+            Topology::Mesh(m) => m,
+            Topology::Relays(relays, _) => return relays.restart(),
+            Topology::Plain(_) => return Ok(()),
         };
         for d in [&mut m.d1, &mut m.d2] {
             let issued = d.count("SVID issued");
@@ -136,19 +165,19 @@ impl Topology {
     }
 }
 
-fn plain() -> Result<Topology> {
+fn plain() -> Result<Box<PlainNet>> {
     let bed = Testbed::new()?;
     let node1 = bed.node("node1", 1)?;
     let node2 = bed.node("node2", 2)?;
     bed.connect_nodes(&node1, &node2)?;
     let a = bed.pod(&node1, "a")?;
     let b = bed.pod(&node2, "b")?;
-    Ok(Topology::Plain(Box::new(PlainNet {
+    Ok(Box::new(PlainNet {
         a,
         b,
         _nodes: (node1, node2),
         bed,
-    })))
+    }))
 }
 
 fn mesh(node_args: &[&str]) -> Result<Topology> {
