@@ -7,7 +7,7 @@ use anyhow::Result;
 use hawser_testbed::{
     Pod, can_run,
     mesh::Mesh,
-    peers::{Capture, Nginx, Reader, curl, echo_server, quiet_server, wait_listening},
+    peers::{Capture, Nginx, Reader, curl, echo_server, quiet_server, wait_listening, wait_until},
     pki,
 };
 
@@ -594,12 +594,44 @@ fn a_deny_during_the_drain_window_cuts_what_it_no_longer_allows() -> Result<()> 
 
 /// A daemon's `hawser_tls_handshakes_total` for `side` and `kind` (0 before any).
 fn handshakes(node: &hawser_testbed::Node, side: &str, kind: &str) -> Result<u64> {
+    counter(
+        node,
+        &format!("hawser_tls_handshakes_total{{kind=\"{kind}\",side=\"{side}\"}}"),
+    )
+}
+
+fn spares(node: &hawser_testbed::Node, outcome: &str) -> Result<u64> {
+    counter(
+        node,
+        &format!("hawser_tunnel_spares_total{{outcome=\"{outcome}\"}}"),
+    )
+}
+
+/// A counter of a node daemon's metrics (0 until it counted anything).
+fn counter(node: &hawser_testbed::Node, series: &str) -> Result<u64> {
     let (_, metrics) = node.http_get("http://127.0.0.1:15020/metrics")?;
-    let series = format!("hawser_tls_handshakes_total{{kind=\"{kind}\",side=\"{side}\"}} ");
+    let prefix = format!("{series} ");
     Ok(metrics
         .lines()
-        .find_map(|l| l.strip_prefix(&series))
+        .find_map(|l| l.strip_prefix(&prefix))
         .map_or(Ok(0), str::parse)?)
+}
+
+/// Every handshake node1 did as a client, once node2 has answered as many (a spare's
+/// handshake may still be under way when the app's request is done).
+fn settled_handshakes(m: &Mesh) -> Result<u64> {
+    let both = |node, side| -> Result<u64> {
+        Ok(handshakes(node, side, "full")? + handshakes(node, side, "resumed")?)
+    };
+    let mut counts = (0, 1);
+    wait_until(Duration::from_secs(10), "the handshakes to settle", || {
+        counts = (
+            both(&m.node1, "client").unwrap_or(0),
+            both(&m.node2, "server").unwrap_or(1),
+        );
+        counts.0 == counts.1
+    })?;
+    Ok(counts.0)
 }
 
 #[test]
@@ -613,14 +645,17 @@ fn tunnels_between_the_same_pods_resume_until_the_bundle_changes() -> Result<()>
     for _ in 0..3 {
         assert_eq!(curl(&m.a, &url)?, nginx.body);
     }
+    // With the spare sessions made ahead (see the next test), more than three.
+    let all = settled_handshakes(&m)?;
+    assert!(all >= 3, "{all} handshakes for three connections");
     // Userspace tunnels resume from tickets; kernel TLS could not carry them, so never.
     let resumed = |node, side| handshakes(node, side, "resumed");
     if hawser_testbed::expected_tls_path() == "userspace" {
         assert_eq!(handshakes(&m.node1, "client", "full")?, 1);
-        assert_eq!(resumed(&m.node1, "client")?, 2);
-        assert_eq!(resumed(&m.node2, "server")?, 2);
+        assert_eq!(resumed(&m.node1, "client")?, all - 1);
+        assert_eq!(resumed(&m.node2, "server")?, all - 1);
     } else {
-        assert_eq!(handshakes(&m.node1, "client", "full")?, 3);
+        assert_eq!(handshakes(&m.node1, "client", "full")?, all);
         assert_eq!(
             resumed(&m.node1, "client")? + resumed(&m.node2, "server")?,
             0
@@ -629,7 +664,10 @@ fn tunnels_between_the_same_pods_resume_until_the_bundle_changes() -> Result<()>
 
     // A new bundle (here: a revoked serial no one holds) ends every session: the next
     // tunnel is a full handshake, checked against the bundle in force.
-    let full = handshakes(&m.node1, "client", "full")?;
+    let (full, resumed_before) = (
+        handshakes(&m.node1, "client", "full")?,
+        resumed(&m.node1, "client")?,
+    );
     std::fs::write(&m.ca.revocations, "serials: [\"0badc0de\"]\n")?;
     for d in [&m.d1, &m.d2] {
         d.wait_for("the new bundle", Duration::from_secs(10), |log| {
@@ -638,6 +676,59 @@ fn tunnels_between_the_same_pods_resume_until_the_bundle_changes() -> Result<()>
         })?;
     }
     assert_eq!(curl(&m.a, &url)?, nginx.body);
-    assert_eq!(handshakes(&m.node1, "client", "full")?, full + 1);
+    assert!(handshakes(&m.node1, "client", "full")? > full);
+    assert_eq!(resumed(&m.node1, "client")?, resumed_before);
+    Ok(())
+}
+
+/// For pods with recent traffic, the client daemon keeps a session to the destination
+/// handshaken ahead: the next connection takes it. It is never used under another SVID or
+/// bundle than it was made with, nor past its age, and a revoked server stays refused.
+#[test]
+fn a_spare_session_carries_the_next_connection_until_the_bundle_changes() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let m = Mesh::new()?;
+    let nginx = Nginx::start(&m.bed, &m.b)?;
+    let url = format!("http://{}/hello.txt", m.b.ip);
+    // The first connection is a pair's only one so far: no spare. The second is recent
+    // traffic: a spare is made beside it.
+    for _ in 0..2 {
+        assert_eq!(curl(&m.a, &url)?, nginx.body);
+    }
+    assert_eq!(settled_handshakes(&m)?, 3);
+    assert_eq!(curl(&m.a, &url)?, nginx.body);
+    assert_eq!(spares(&m.node1, "used")?, 1);
+    // It carried the request without a handshake of its own; the next spare is made.
+    assert_eq!(settled_handshakes(&m)?, 4);
+
+    // A bundle change makes the ready spare stale: the connection takes a fresh session.
+    std::fs::write(&m.ca.revocations, "serials: [\"0badc0de\"]\n")?;
+    m.d1.wait_for("the new bundle", Duration::from_secs(10), |log| {
+        log.contains("0badc0de")
+    })?;
+    assert_eq!(curl(&m.a, &url)?, nginx.body);
+    assert_eq!(spares(&m.node1, "stale")?, 1);
+    assert_eq!(spares(&m.node1, "used")?, 1);
+
+    // The spare made beside it is dropped unused once too old.
+    settled_handshakes(&m)?;
+    wait_until(Duration::from_secs(10), "the spare to expire", || {
+        spares(&m.node1, "expired").is_ok_and(|n| n == 1)
+    })?;
+
+    // A revoked server: refused, whatever was made ahead.
+    for _ in 0..2 {
+        assert_eq!(curl(&m.a, &url)?, nginx.body);
+    }
+    settled_handshakes(&m)?;
+    std::fs::write(&m.ca.revocations, format!("identities: [\"{B}\"]\n"))?;
+    m.d1.wait_for("the revocation", Duration::from_secs(10), |log| {
+        log.lines()
+            .any(|l| l.contains("trust bundle updated") && l.contains(B))
+    })?;
+    assert!(curl(&m.a, &url).is_err());
+    assert_eq!(nginx.requests().len(), 6);
     Ok(())
 }

@@ -129,6 +129,7 @@ pub struct Metrics {
     pub handshake_seconds: HistogramVec,
     pub tls_offload: IntCounterVec,
     pub handshakes: IntCounterVec,
+    pub tunnel_spares: IntCounterVec,
     pub svid_expiry: IntGaugeVec,
     pub ca_request_seconds: HistogramVec,
     pub policy_denials: IntCounterVec,
@@ -215,6 +216,14 @@ impl Metrics {
                 "hawser_tls_handshakes_total",
                 "Completed TLS handshakes, by side and kind (full, or resumed from a ticket)",
                 &["side", "kind"],
+            ),
+            tunnel_spares: counter(
+                &r,
+                "hawser_tunnel_spares_total",
+                "Spare tunnel sessions made ahead of need, by what became of them: used, \
+                 expired unused, stale (the SVID or trust bundle changed), closed by the peer, \
+                 failed (handshake)",
+                &["outcome"],
             ),
             svid_expiry: gauge(
                 &r,

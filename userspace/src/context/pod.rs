@@ -29,6 +29,7 @@ use crate::{
     },
     svid::{Svid, TrustBundle},
     tls::cache::TlsConfigs,
+    tunnel::spares::Spares,
 };
 
 /// What a connection handler needs to know about the pod it serves.
@@ -49,6 +50,8 @@ pub struct PodContext {
     pub live: Arc<Live>,
     /// TLS handshakes in progress, capped (see `unauthenticated`).
     pub unauthenticated: Arc<Unauthenticated>,
+    /// Tunnel sessions to other pods handshaken ahead of need.
+    pub spares: Spares,
     pub shared: Arc<Shared>,
 }
 

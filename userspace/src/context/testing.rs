@@ -96,6 +96,7 @@ pub fn pod(
         tls_configs: TlsConfigs::default(),
         live: Arc::default(),
         unauthenticated: Arc::default(),
+        spares: Default::default(),
         shared,
     })
 }

@@ -89,6 +89,7 @@ impl EnrolledPod {
             tls_configs: TlsConfigs::default(),
             live: Arc::default(),
             unauthenticated: Arc::default(),
+            spares: Default::default(),
             shared,
         });
         let mut pod = EnrolledPod {

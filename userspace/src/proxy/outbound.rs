@@ -28,7 +28,7 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
     .await
 }
 
-async fn handle(client: TcpStream, peer: SocketAddr, pod: &PodContext) {
+async fn handle(client: TcpStream, peer: SocketAddr, pod: &Arc<PodContext>) {
     let Some(dst) = pod.net.original_dst(peer) else {
         let local = client.local_addr().map_or(peer, sockets::canonical);
         Connection::new(Direction::Outbound, pod, peer, local)

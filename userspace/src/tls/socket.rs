@@ -42,6 +42,13 @@ impl Socket {
         }
     }
 
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Corked(corked) => &corked.io,
+            Self::ReadAhead { tcp, .. } => tcp,
+        }
+    }
+
     pub fn into_tcp(self) -> TcpStream {
         match self {
             Self::Corked(corked) => corked.io,
