@@ -47,11 +47,21 @@ pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
                 return record.refuse_unauthenticated(Refusal::TooManyHandshakes(why), &pod);
             }
         };
-        let accepted = match tunnel::server::accept(&pod, conn, dst.ip()).await {
-            Ok(accepted) => accepted,
+        let verified = match tunnel::server::handshake(&pod, conn).await {
+            Ok(verified) => verified,
             Err(e) => return record.refuse_unauthenticated(Refusal::Handshake(e), &pod),
         };
+        // Authenticated: the preamble wait (a spare session waits here) is no handshake.
         drop(permit);
+        let client = verified.client.clone();
+        let accepted = match tunnel::server::preamble(verified, dst.ip(), &pod.shared.offload).await {
+            Ok(Some(accepted)) => accepted,
+            Ok(None) => {
+                tracing::debug!(pod = %pod.key, %peer, %client, "tunnel closed before its preamble (an unused spare)");
+                return;
+            }
+            Err(e) => return record.mtls(&client, pod.shared.offload.path()).refuse(Refusal::Handshake(e)),
+        };
         let record = Connection::new(Direction::Tunnel, &pod, peer, accepted.dst)
             .mtls(&accepted.client, pod.shared.offload.path())
             .handable(&pod);

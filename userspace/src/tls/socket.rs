@@ -5,7 +5,8 @@
 //! stays in rustls is read ahead in large chunks instead: rustls asks for at most 4 KiB at
 //! a time, which read from the socket directly would be several system calls per 16 KiB
 //! record. The read-ahead buffer is allocated when the socket is readable and freed when
-//! drained, so an idle connection holds none.
+//! drained, so an idle connection holds none (one whose app stopped reading holds up to
+//! 64 KiB until it reads on).
 
 use std::{
     io::{self, IoSlice},
@@ -49,7 +50,13 @@ impl Socket {
         }
     }
 
+    /// The socket, for the kernel to take over: only a corked one, which holds no bytes
+    /// read ahead.
     pub fn into_tcp(self) -> TcpStream {
+        debug_assert!(
+            matches!(self, Self::Corked(_)),
+            "bytes read ahead would be lost"
+        );
         match self {
             Self::Corked(corked) => corked.io,
             Self::ReadAhead { tcp, .. } => tcp,

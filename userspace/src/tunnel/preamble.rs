@@ -8,14 +8,27 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub use hawser_model::preamble::{ALPN, HEADER_LEN, Preamble};
 
 /// Reads exactly one preamble; every malformation is an `InvalidData` error that says
-/// what was wrong.
-pub async fn read(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Preamble> {
+/// what was wrong. None: the stream ended or was reset before its first byte (nothing
+/// was lost: a session closed unused).
+pub async fn read(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Option<Preamble>> {
     let invalid = |e| io::Error::new(io::ErrorKind::InvalidData, e);
     let mut header = [0u8; HEADER_LEN];
-    stream.read_exact(&mut header).await?;
+    match stream.read(&mut header[..1]).await {
+        Ok(0) => return Ok(None),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            return Ok(None);
+        }
+        result => result?,
+    };
+    stream.read_exact(&mut header[1..]).await?;
     let mut body = vec![0u8; Preamble::body_len(&header).map_err(invalid)?];
     stream.read_exact(&mut body).await?;
-    Preamble::decode_body(&body).map_err(invalid)
+    Preamble::decode_body(&body).map(Some).map_err(invalid)
 }
 
 #[cfg(test)]
@@ -28,11 +41,12 @@ mod tests {
         let mut stream = p.encode();
         stream.extend(b"app bytes");
         let mut reader = &stream[..];
-        assert_eq!(read(&mut reader).await.unwrap(), p);
+        assert_eq!(read(&mut reader).await.unwrap(), Some(p));
         assert_eq!(reader, b"app bytes", "nothing after the preamble is read");
         let bad = read(&mut &b"GET / HTTP/1.1\r\n"[..]).await.unwrap_err();
         assert_eq!(bad.kind(), io::ErrorKind::InvalidData, "{bad}");
         let short = read(&mut &b"HWSR\x01\x04\x01"[..]).await.unwrap_err();
         assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(read(&mut &b""[..]).await.unwrap(), None, "closed unused");
     }
 }
