@@ -47,14 +47,16 @@ pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
                 return record.refuse_unauthenticated(Refusal::TooManyHandshakes(why), &pod);
             }
         };
-        let verified = match tunnel::server::handshake(&pod, conn).await {
+        // Boxed: see `outbound`, on handshakes.
+        let verified = match Box::pin(tunnel::server::handshake(&pod, conn)).await {
             Ok(verified) => verified,
             Err(e) => return record.refuse_unauthenticated(Refusal::Handshake(e), &pod),
         };
         // Authenticated: the preamble wait (a spare session waits here) is no handshake.
         drop(permit);
         let client = verified.client.clone();
-        let accepted = match tunnel::server::preamble(verified, dst.ip(), &pod.shared.offload).await {
+        let preamble = tunnel::server::preamble(verified, dst.ip(), &pod.shared.offload);
+        let accepted = match Box::pin(preamble).await {
             Ok(Some(accepted)) => accepted,
             Ok(None) => {
                 tracing::debug!(pod = %pod.key, %peer, %client, "tunnel closed before its preamble (an unused spare)");
@@ -140,7 +142,7 @@ async fn terminated(
         Ok(permit) => permit,
         Err(why) => return record.refuse_unauthenticated(Refusal::TooManyHandshakes(why), pod),
     };
-    let client = match terminate::accept(pod, conn, tls).await {
+    let client = match Box::pin(terminate::accept(pod, conn, tls)).await {
         Ok(client) => client,
         Err(e) => return record.refuse_unauthenticated(Refusal::Handshake(e), pod),
     };

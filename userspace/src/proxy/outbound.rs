@@ -56,7 +56,11 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &Arc<PodContext>) {
         // Never falls back to plaintext: a mesh peer is reached through the tunnel or not.
         Route::Tunnel { to, peer } => {
             let conn = conn.mtls(&peer, pod.shared.offload.path()).handable(pod);
-            let (upstream, serial) = match tunnel::client::connect(pod, to, &peer).await {
+            // Boxed, like every handshake on a connection's path: its state is large and
+            // needed only until it ends, but inline it would stay in the connection's task
+            // for the connection's life (kilobytes per idle connection).
+            let connected = Box::pin(tunnel::client::connect(pod, to, &peer)).await;
+            let (upstream, serial) = match connected {
                 Ok(connected) => connected,
                 Err(e) => return conn.refuse(Refusal::Tunnel(e)),
             };
@@ -94,7 +98,7 @@ async fn egress(conn: Connection, client: TcpStream, pod: &PodContext, o: &Origi
         }
         Some((rule, settings)) => {
             let conn = conn.egress(o, Some((settings.mode, pod.shared.offload.path())));
-            match originate::tls(pod, o, settings).await {
+            match Box::pin(originate::tls(pod, o, settings)).await {
                 Ok(upstream) => conn.relay_tunnel(client, upstream).await,
                 Err(error) => conn.refuse(Refusal::Origination {
                     rule: rule.clone(),

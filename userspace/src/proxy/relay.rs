@@ -210,7 +210,8 @@ impl Connection {
                 Direction::Outbound => self.relay(app, stream).await,
                 _ => self.relay(stream, app).await,
             },
-            TunnelStream::Kernel(stream) => self.splice(app, stream).await,
+            // Boxed: the splice loop's state would make every userspace relay as large.
+            TunnelStream::Kernel(stream) => Box::pin(self.splice(app, stream)).await,
         }
     }
 
