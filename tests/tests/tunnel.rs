@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use hawser_testbed::{
-    Pod, can_run,
+    Pod, Service, can_run,
     mesh::Mesh,
     peers::{Capture, Nginx, Reader, curl, echo_server, quiet_server, wait_listening, wait_until},
     pki,
@@ -152,11 +152,7 @@ fn a_revoked_client_is_refused() -> Result<()> {
         curl(&m.a, &format!("http://{}/hello.txt", m.b.ip))?,
         nginx.body
     );
-    std::fs::write(&m.ca.revocations, format!("identities: [\"{A}\"]\n"))?;
-    m.d2.wait_for("the revocation", Duration::from_secs(10), |log| {
-        log.lines()
-            .any(|l| l.contains("trust bundle updated") && l.contains(A))
-    })?;
+    revoke(&m, &format!("identities: [\"{A}\"]"), A, &[&m.d2])?;
     assert!(curl(&m.a, &format!("http://{}/hello.txt", m.b.ip)).is_err());
     m.d2.wait_for("the refusal", Duration::from_secs(5), |log| {
         log.lines().any(|l| {
@@ -640,6 +636,19 @@ fn wait_handshakes(m: &Mesh, n: u64) -> Result<()> {
     })
 }
 
+/// Publishes the revocation list `yaml` and waits until each of `daemons` has the trust
+/// bundle that names `mark`.
+fn revoke(m: &Mesh, yaml: &str, mark: &str, daemons: &[&Service]) -> Result<()> {
+    std::fs::write(&m.ca.revocations, format!("{yaml}\n"))?;
+    for d in daemons {
+        d.wait_for("the new bundle", Duration::from_secs(10), |log| {
+            log.lines()
+                .any(|l| l.contains("trust bundle updated") && l.contains(mark))
+        })?;
+    }
+    Ok(())
+}
+
 fn all_handshakes(node: &hawser_testbed::Node, side: &str) -> Result<u64> {
     Ok(handshakes(node, side, "full")? + handshakes(node, side, "resumed")?)
 }
@@ -675,21 +684,16 @@ fn tunnels_between_the_same_pods_resume_until_the_bundle_changes() -> Result<()>
     // A new bundle (here: a revoked serial no one holds) ends every session: the next
     // tunnel is a full handshake, checked against the bundle in force.
     let full = handshakes(&m.node1, "client", "full")?;
-    std::fs::write(&m.ca.revocations, "serials: [\"0badc0de\"]\n")?;
-    for d in [&m.d1, &m.d2] {
-        d.wait_for("the new bundle", Duration::from_secs(10), |log| {
-            log.lines()
-                .any(|l| l.contains("trust bundle updated") && l.contains("0badc0de"))
-        })?;
-    }
+    revoke(&m, "serials: [\"0badc0de\"]", "0badc0de", &[&m.d1, &m.d2])?;
     assert_eq!(curl(&m.a, &url)?, nginx.body);
     assert!(handshakes(&m.node1, "client", "full")? > full);
     Ok(())
 }
 
 /// For pods with recent traffic, the client daemon keeps a session to the destination
-/// handshaken ahead: the next connection takes it. It is never used under another SVID or
-/// bundle than it was made with, nor past its age, and a revoked server stays refused.
+/// handshaken ahead: the next connection takes it. It is never used under another trust
+/// bundle than it was made with (nor SVID: the same check), nor past its age, and a
+/// revoked server stays refused.
 #[test]
 fn a_spare_session_carries_the_next_connection_until_the_bundle_changes() -> Result<()> {
     if !can_run() {
@@ -710,10 +714,7 @@ fn a_spare_session_carries_the_next_connection_until_the_bundle_changes() -> Res
     wait_handshakes(&m, 4)?;
 
     // A bundle change makes the ready spare stale: the connection takes a fresh session.
-    std::fs::write(&m.ca.revocations, "serials: [\"0badc0de\"]\n")?;
-    m.d1.wait_for("the new bundle", Duration::from_secs(10), |log| {
-        log.contains("0badc0de")
-    })?;
+    revoke(&m, "serials: [\"0badc0de\"]", "0badc0de", &[&m.d1])?;
     assert_eq!(curl(&m.a, &url)?, nginx.body);
     assert_eq!(spares(&m.node1, "stale")?, 1);
     assert_eq!(spares(&m.node1, "used")?, 1);
@@ -738,11 +739,7 @@ fn a_spare_session_carries_the_next_connection_until_the_bundle_changes() -> Res
         assert_eq!(curl(&m.a, &url)?, nginx.body);
     }
     settled_handshakes(&m)?;
-    std::fs::write(&m.ca.revocations, format!("identities: [\"{B}\"]\n"))?;
-    m.d1.wait_for("the revocation", Duration::from_secs(10), |log| {
-        log.lines()
-            .any(|l| l.contains("trust bundle updated") && l.contains(B))
-    })?;
+    revoke(&m, &format!("identities: [\"{B}\"]"), B, &[&m.d1])?;
     assert!(curl(&m.a, &url).is_err());
     assert_eq!(nginx.requests().len(), 6);
     assert_eq!(spares(&m.node1, "stale")?, 2);

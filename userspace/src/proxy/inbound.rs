@@ -59,10 +59,13 @@ pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
         let accepted = match Box::pin(preamble).await {
             Ok(Some(accepted)) => accepted,
             Ok(None) => {
-                tracing::debug!(pod = %pod.key, %peer, %client, "tunnel closed before its preamble (an unused spare)");
-                return;
+                let unused = "tunnel closed before its preamble (an unused spare)";
+                return tracing::debug!(pod = %pod.key, %peer, %client, "{unused}");
             }
-            Err(e) => return record.mtls(&client, pod.shared.offload.path()).refuse(Refusal::Handshake(e)),
+            Err(e) => {
+                let record = record.mtls(&client, pod.shared.offload.path());
+                return record.refuse(Refusal::Handshake(e));
+            }
         };
         let record = Connection::new(Direction::Tunnel, &pod, peer, accepted.dst)
             .mtls(&accepted.client, pod.shared.offload.path())
