@@ -37,7 +37,12 @@ const MODULES: &[&str] = &[
 /// names of the tests to run (all when empty): only what crosses a tunnel or originated
 /// TLS, where kernel TLS takes over.
 const SUITES: &[(&str, &[&str])] = &[
-    ("tunnel", &[]),
+    // The spare sessions' test counts on 5 s windows that emulation stretches, and needs
+    // no kernel TLS (spares on kernel TLS are taken in the other tunnel tests here).
+    (
+        "tunnel",
+        &["--skip", "a_spare_session_carries_the_next_connection"],
+    ),
     ("egress", &[]),
     ("inbound_ports", &[]),
     (
