@@ -97,10 +97,18 @@ async fn one_way(
         if n == 0 {
             return unless_gone(to.shutdown().await);
         }
-        to.write_all(&buffer[..n]).await?;
+        send(to, &buffer[..n]).await?;
         moved.fetch_add(n as u64, Ordering::Relaxed);
         if n == buffer.len() && buffer.len() < MAX_BUFFER {
             buffer.resize(buffer.len() * GROWTH, 0);
         }
     }
+}
+
+/// Writes all of `bytes` and flushes: a TLS stream may accept bytes while its records
+/// still wait for the socket (tokio-rustls returns from a write whose socket would
+/// block), and only a flush waits until they are out. (A no-op for a TCP socket.)
+async fn send(to: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> io::Result<()> {
+    to.write_all(bytes).await?;
+    to.flush().await
 }
