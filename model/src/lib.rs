@@ -8,12 +8,14 @@
 //! - `scope`: which workloads a resource applies to, and the precedence all kinds share;
 //! - `route`: where a captured outbound connection goes (mesh, egress, refused);
 //! - `config`: the YAML documents all of the above are read from;
-//! - `preamble`: the tunnel's preamble codec; `proxy_v2`: the PROXY v2 header that tells
+//! - `preamble`: the tunnel's preamble codec; `frames`: a serial session's stream frames;
+//!   `proxy_v2`: the PROXY v2 header that tells
 //!   an app who called; `cni`: the CNI hand-off messages.
 
 pub mod cni;
 pub mod config;
 pub mod egress;
+pub mod frames;
 pub mod policy;
 pub mod ports;
 pub mod preamble;

@@ -17,8 +17,11 @@ const TLV_PORT: u8 = 1;
 /// Magic, version and body length.
 pub const HEADER_LEN: usize = 6;
 
-/// ALPN protocol of the tunnel.
+/// ALPN protocol of the tunnel: one stream per session, raw bytes after the preamble.
 pub const ALPN: &[u8] = b"hawser-tunnel/1";
+/// ALPN protocol of a serial session: streams one after another, each a preamble and
+/// frames (`frames`). A server that knows it picks it when the client offers it.
+pub const ALPN_SERIAL: &[u8] = b"hawser-tunnel/2";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Preamble {
@@ -37,7 +40,7 @@ impl fmt::Display for Malformed {
 
 impl std::error::Error for Malformed {}
 
-fn malformed(what: impl Into<String>) -> Malformed {
+pub(crate) fn malformed(what: impl Into<String>) -> Malformed {
     Malformed(what.into())
 }
 

@@ -754,3 +754,97 @@ fn a_spare_session_carries_the_next_connection_until_the_bundle_changes() -> Res
     assert_eq!(spares(&m.node1, "used")?, used);
     Ok(())
 }
+
+/// With `--tunnel-reuse`, a pod's connections to one destination follow one another on a
+/// tunnel session: one handshake for all of them, each connection still admitted and
+/// logged on both ends. The server admits every stream: a policy that denies the next one
+/// refuses it on the kept session (and ends the session). A revoked server is not reached
+/// through a kept session.
+#[test]
+fn a_serial_session_carries_a_pods_connections_one_after_another() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let m = Mesh::with_node_args(&["--tunnel-reuse"])?;
+    let nginx = Nginx::start(&m.bed, &m.b)?;
+    let url = format!("http://{}/hello.txt", m.b.ip);
+    for _ in 0..5 {
+        assert_eq!(curl(&m.a, &url)?, nginx.body);
+    }
+    assert_eq!(
+        settled_handshakes(&m)?,
+        1,
+        "one handshake for five connections"
+    );
+    assert_eq!(spares(&m.node1, "kept")?, 5);
+    assert_eq!(spares(&m.node1, "used")?, 4);
+    let logged = |d: &Service, what: &str, direction: &str| {
+        d.lines_with(&[what, &format!("direction=\"{direction}\"")])
+            .len()
+    };
+    wait_until(
+        Duration::from_secs(5),
+        "each connection's log lines",
+        || {
+            logged(&m.d1, "connection closed", "outbound") == 5
+                && logged(&m.d2, "connection closed", "tunnel") == 5
+        },
+    )?;
+
+    // A deny for a, applied at b's daemon only: the next connection takes the kept session
+    // and is refused there.
+    let policies = m.bed.config_dir().join("policies.yaml");
+    let reloads = || m.d2.lines_with(&["workload configuration reloaded"]).len();
+    let before = reloads();
+    hawser_testbed::write_atomically(
+        &policies,
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-a, namespace: default}
+spec:
+  selector: {matchLabels: {app: b}}
+  action: DENY
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/default/sa/a"]}
+"#,
+    )?;
+    wait_until(
+        Duration::from_secs(5),
+        "b's daemon to read the policy",
+        || reloads() > before,
+    )?;
+    assert!(curl(&m.a, &url).is_err());
+    assert_eq!(spares(&m.node1, "used")?, 5, "it went on the kept session");
+    assert_eq!(nginx.requests().len(), 5);
+    assert_eq!(logged(&m.d2, "connection refused", "tunnel"), 1);
+    assert_eq!(
+        spares(&m.node1, "kept")?,
+        5,
+        "a refused stream's session is not kept"
+    );
+
+    // Allowed again: on a new session (and a spare beside it: the pair is busy).
+    let before = reloads();
+    hawser_testbed::write_atomically(&policies, "")?;
+    wait_until(
+        Duration::from_secs(5),
+        "b's daemon to drop the policy",
+        || reloads() > before,
+    )?;
+    assert_eq!(curl(&m.a, &url)?, nginx.body);
+    assert!(settled_handshakes(&m)? > 1);
+
+    // A revoked server: the kept session is stale, and the fresh handshake is refused.
+    let used = spares(&m.node1, "used")?;
+    revoke(&m, &format!("identities: [\"{B}\"]"), B, &[&m.d1])?;
+    assert!(curl(&m.a, &url).is_err());
+    assert_eq!(nginx.requests().len(), 6);
+    assert_eq!(spares(&m.node1, "used")?, used);
+    assert!(
+        spares(&m.node1, "stale")? >= 1,
+        "the idle sessions were dropped"
+    );
+    Ok(())
+}

@@ -3,7 +3,8 @@
 //! ports); the old one drains what it accepted, then exits (`--after-handover exit`, the
 //! default) or waits, idle, for SIGTERM (`wait`, as the DaemonSet runs it). Node1, node2,
 //! then node1 again, under a request every 50 ms from a (node1) to b (node2) and a stream
-//! in flight at each upgrade: no request fails, no stream is cut.
+//! in flight at each upgrade: no request fails, no stream is cut (also with serial tunnel
+//! sessions, where the requests follow one another on a session the old daemon holds).
 
 use std::time::Duration;
 
@@ -16,18 +17,18 @@ use hawser_testbed::{
 
 const DRAIN: &[&str] = &["--drain-secs", "15"];
 /// The new daemons stay, idle, once taken over in turn (as in the DaemonSet).
-const WAIT: &[&str] = &["--drain-secs", "15", "--after-handover", "wait"];
+const WAIT: &[&str] = &["--after-handover", "wait"];
 
-/// Starts generation `generation` of `node`'s daemon beside `old`, and waits until `old`
-/// has handed over.
+/// Starts generation `generation` of `node`'s daemon beside `old` with `args`, and waits
+/// until `old` has handed over.
 fn upgrade(
     bed: &Testbed,
     ca: &CaInfo,
-    old: &Service,
-    node: &Node,
+    (old, node): (&Service, &Node),
     generation: u32,
+    args: &[&str],
 ) -> Result<Service> {
-    let new = bed.start_node_generation(node, Some(ca), WAIT, generation)?;
+    let new = bed.start_node_generation(node, Some(ca), args, generation)?;
     old.wait_for("the hand-over", Duration::from_secs(10), |log| {
         log.contains("a new daemon takes over")
     })?;
@@ -36,10 +37,21 @@ fn upgrade(
 
 #[test]
 fn upgrading_each_node_daemon_fails_no_request_and_cuts_no_stream() -> Result<()> {
+    upgrades_fail_no_request(&[])
+}
+
+/// The same with `--tunnel-reuse`: the draining daemon tells each session it holds that
+/// it takes no further stream, and serves the one that may have crossed that word.
+#[test]
+fn upgrades_fail_no_request_on_serial_tunnel_sessions() -> Result<()> {
+    upgrades_fail_no_request(&["--tunnel-reuse"])
+}
+
+fn upgrades_fail_no_request(extra: &[&str]) -> Result<()> {
     if !can_run() {
         return Ok(());
     }
-    let mut m = Mesh::with_node_args(DRAIN)?;
+    let mut m = Mesh::with_node_args(&[DRAIN, extra].concat())?;
     let _nginx = Nginx::start(&m.bed, &m.b)?;
     let _slow = m.b.spawn(&[
         "socat",
@@ -60,9 +72,11 @@ fn upgrading_each_node_daemon_fails_no_request_and_cuts_no_stream() -> Result<()
             (2, _) => (&m.node2, &mut m.d2),
             _ => (&m.node1, &mut upgraded[0]),
         };
-        let new = upgrade(&m.bed, &m.ca, old, node_ref, generation)?;
+        let args = [DRAIN, WAIT, extra].concat();
+        let new = upgrade(&m.bed, &m.ca, (old, node_ref), generation, &args)?;
         let said = stream.outcome()?;
         assert!(said.starts_with("EOF 10"), "the stream read {said:?}");
+
         if generation == 2 {
             // Started with the default, `--after-handover exit`: gone once drained.
             wait_until(Duration::from_secs(30), "the old daemon to exit", || {
@@ -83,10 +97,27 @@ fn upgrading_each_node_daemon_fails_no_request_and_cuts_no_stream() -> Result<()
                 "SIGTERM ends the idle daemon"
             );
         }
+        // Everything the old daemon held ended before its drain window did: nothing was
+        // left for it to cut (a session it kept taking new streams on would be).
+        assert!(
+            !old.log().contains("drain window ended"),
+            "the old daemon had to cut connections:\n{}",
+            old.log()
+        );
         upgraded.push(new);
     }
 
     requests.finish_all_ok("the upgrades", 50)?;
+    if extra.contains(&"--tunnel-reuse") {
+        // The requests did follow one another on sessions (node1's latest daemon's count).
+        let (_, metrics) = m.node1.http_get("http://127.0.0.1:15020/metrics")?;
+        let kept = "hawser_tunnel_spares_total{outcome=\"kept\"} ";
+        let kept = metrics.lines().find_map(|l| l.strip_prefix(kept));
+        assert!(
+            kept.is_some_and(|n| n != "0"),
+            "no session kept:\n{metrics}"
+        );
+    }
     for new in &upgraded[1..] {
         assert!(
             new.count("connection closed") > 0,
@@ -137,6 +168,13 @@ fn kernel_tls_streams_move_to_the_new_daemons_and_keep_splicing() -> Result<()> 
         assert!(!handed_over.is_empty(), "{}", old.log());
         let adopted = "connection adopted from the previous daemon";
         new.wait_for_line(Duration::from_secs(10), &[adopted, ":7400"])?;
+        // Everything the old daemon held ended before its drain window did: nothing was
+        // left for it to cut (a session it kept taking new streams on would be).
+        assert!(
+            !old.log().contains("drain window ended"),
+            "the old daemon had to cut connections:\n{}",
+            old.log()
+        );
         upgraded.push(new);
     }
 

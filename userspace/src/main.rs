@@ -178,6 +178,11 @@ struct NodeArgs {
     /// Keep tunnel TLS in userspace even where the kernel has kTLS (to compare the two).
     #[arg(long, env = "HAWSER_NO_KTLS")]
     no_ktls: bool,
+    /// Reuse a tunnel session for a pod's next connection to the same destination and
+    /// identity once a connection on it ended cleanly (no handshake, no new tunnel
+    /// connection); only where tunnels use userspace TLS. Off by default while it is new.
+    #[arg(long, env = "HAWSER_TUNNEL_REUSE")]
+    tunnel_reuse: bool,
     /// Seconds a relayed connection may be silent before the kernel probes its peer (4
     /// probes, a quarter of this apart); a peer that stopped answering ends the connection
     /// with a reset to the app.
@@ -434,6 +439,7 @@ fn node_config(args: NodeArgs, log_level: logging::LogLevel) -> Result<NodeConfi
         pin_dir: args.bpf.pin_dir,
         cgroup: args.cgroup,
         kernel_tls: !args.no_ktls,
+        tunnel_reuse: args.tunnel_reuse,
         keepalive: Keepalive {
             idle: Duration::from_secs(args.keepalive_secs),
         },

@@ -220,9 +220,10 @@ impl Metrics {
             tunnel_spares: counter(
                 &r,
                 "hawser_tunnel_spares_total",
-                "Spare tunnel sessions made ahead of need, by what became of them: used, \
-                 expired unused, stale (the SVID or trust bundle changed), closed by the peer, \
-                 failed (handshake)",
+                "Idle tunnel sessions (spares made ahead of need; serial sessions kept after a \
+                 stream, counted as kept), by what became of them: used, expired unused, stale \
+                 (the SVID or trust bundle changed), closed by the peer, surplus (more than a \
+                 pair keeps), failed (a spare's handshake)",
                 &["outcome"],
             ),
             svid_expiry: gauge(

@@ -20,6 +20,8 @@ pub struct Drain {
     /// The data-plane runtime.
     runtime: Handle,
     connections: TaskTracker,
+    /// Cancelled when the drain starts.
+    stopping: CancellationToken,
     deadline: CancellationToken,
 }
 
@@ -28,6 +30,7 @@ impl Drain {
         Self {
             runtime,
             connections: TaskTracker::new(),
+            stopping: CancellationToken::new(),
             deadline: CancellationToken::new(),
         }
     }
@@ -48,6 +51,11 @@ impl Drain {
         self.connections.spawn_on(connection, &self.runtime);
     }
 
+    /// Cancelled when the drain starts (serial tunnel sessions then take no new streams).
+    pub fn stopping(&self) -> CancellationToken {
+        self.stopping.clone()
+    }
+
     /// Cancelled when the drain window ends: a connection still open must end now.
     pub fn deadline(&self) -> CancellationToken {
         self.deadline.clone()
@@ -57,6 +65,7 @@ impl Drain {
     /// Call once the listeners are closed.
     pub async fn finish(&self, window: Duration) {
         self.connections.close();
+        self.stopping.cancel();
         let open = self.connections.len();
         if open > 0 {
             tracing::info!(

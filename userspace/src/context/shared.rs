@@ -25,6 +25,9 @@ pub struct Shared {
     pub trust_domain: String,
     pub registry: tokio::sync::watch::Receiver<Arc<Registry>>,
     pub offload: Offload,
+    /// Tunnel sessions this node opens carry its pods' connections one after another
+    /// (`--tunnel-reuse`, where they stay in userspace; see `tunnel::spares`).
+    pub serial_tunnels: bool,
     /// Certificates from files: for originated TLS, and for inbound ports' TLS.
     pub credentials: Credentials,
     pub outbound_policy: OutboundPolicy,

@@ -76,6 +76,7 @@ pub fn pod(
         trust_domain: "cluster.local".into(),
         registry: watch::channel(Arc::new(registry)).1,
         offload: Offload::userspace(),
+        serial_tunnels: false,
         credentials: Credentials::new("/nonexistent".into(), CredentialRoots::default()),
         outbound_policy,
         resolved: watch::channel(Arc::default()).1,

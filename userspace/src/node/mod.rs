@@ -29,7 +29,7 @@ use crate::{
     proxy::{self, sockets::Keepalive},
     redirect::Dataplane,
     svid::{CaClient, CaClientConfig, SvidConfig, SvidManager},
-    tls::offload::Offload,
+    tls::offload::{Offload, TlsPath},
     workload,
 };
 use hawser_model::{Registry, Workload, egress::OutboundPolicy};
@@ -59,6 +59,9 @@ pub struct NodeConfig {
     pub dns_server: Option<std::net::SocketAddr>,
     /// Whether tunnels may offload to kernel TLS (off: always rustls in userspace).
     pub kernel_tls: bool,
+    /// Whether tunnel sessions carry a pair's connections one after another where they
+    /// stay in userspace (`--tunnel-reuse`).
+    pub tunnel_reuse: bool,
     /// Keep-alive probing of relayed connections.
     pub keepalive: Keepalive,
     /// How long open connections may run on after SIGTERM before they are cut.
@@ -156,6 +159,18 @@ pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
             "no CA configured: pods have no identities and traffic is relayed without mTLS"
         );
     }
+    let offload = match config.ca {
+        Some(_) if config.kernel_tls => Offload::probe().await,
+        Some(_) => {
+            tracing::info!("kernel TLS disabled (--no-ktls); tunnels use userspace TLS");
+            Offload::userspace()
+        }
+        None => Offload::userspace(),
+    };
+    let serial_tunnels = config.tunnel_reuse && offload.path() == TlsPath::Userspace;
+    if config.tunnel_reuse && !serial_tunnels {
+        tracing::info!("--tunnel-reuse: off, tunnels offload to kernel TLS (one per connection)");
+    }
     let shared = Arc::new(Shared {
         node_name: config.node_name.clone(),
         svids: config.ca.as_ref().map(start_svid_manager).transpose()?,
@@ -164,14 +179,8 @@ pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
             .as_ref()
             .map_or("cluster.local".into(), |ca| ca.trust_domain.clone()),
         registry: registry.clone(),
-        offload: match config.ca {
-            Some(_) if config.kernel_tls => Offload::probe().await,
-            Some(_) => {
-                tracing::info!("kernel TLS disabled (--no-ktls); tunnels use userspace TLS");
-                Offload::userspace()
-            }
-            None => Offload::userspace(),
-        },
+        offload,
+        serial_tunnels,
         credentials: Credentials::new(
             config.credentials_dir.clone(),
             config.credential_roots.clone(),

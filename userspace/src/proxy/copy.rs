@@ -23,9 +23,10 @@ use crate::tls::offload::Stream;
 /// A direction's buffer starts small, so an idle connection holds little, and grows
 /// sixteenfold each time a read fills it, up to `MAX_BUFFER`: a bulk flow then moves in
 /// few, large reads and writes (a full 16 KiB TLS record at the second step).
-const FIRST_BUFFER: usize = 1024;
+pub(super) const FIRST_BUFFER: usize = 1024;
 const MAX_BUFFER: usize = 256 * 1024;
 const GROWTH: usize = 16;
+const _: () = assert!(MAX_BUFFER <= hawser_model::frames::MAX_LEN);
 
 /// One end of a relayed connection.
 pub trait Endpoint: AsyncRead + AsyncWrite + Unpin + Send {
@@ -62,16 +63,12 @@ pub async fn bidirectional(
     let result = {
         let (mut client_read, mut client_write) = tokio::io::split(&mut client);
         let (mut server_read, mut server_write) = tokio::io::split(&mut server);
-        let copied = async {
-            tokio::try_join!(
-                one_way(&mut client_read, &mut server_write, &request),
-                one_way(&mut server_read, &mut client_write, &response),
-            )
-        };
-        tokio::select! {
-            copied = copied => copied.map(|_| ()),
-            why = cut => Err(io::Error::other(why)),
-        }
+        both_ways(
+            one_way(&mut client_read, &mut server_write, &request),
+            one_way(&mut server_read, &mut client_write, &response),
+            cut,
+        )
+        .await
     };
     let error = result.err();
     if error.is_some() {
@@ -82,6 +79,19 @@ pub async fn bidirectional(
         request: request.into_inner(),
         response: response.into_inner(),
         error,
+    }
+}
+
+/// Runs a connection's two directions until both are done or one fails, or until `cut`
+/// resolves (with the reason, the error).
+pub(super) async fn both_ways(
+    there: impl Future<Output = io::Result<()>>,
+    back: impl Future<Output = io::Result<()>>,
+    cut: impl Future<Output = String>,
+) -> io::Result<()> {
+    tokio::select! {
+        copied = async { tokio::try_join!(there, back) } => copied.map(|_| ()),
+        why = cut => Err(io::Error::other(why)),
     }
 }
 
@@ -99,16 +109,23 @@ async fn one_way(
         }
         send(to, &buffer[..n]).await?;
         moved.fetch_add(n as u64, Ordering::Relaxed);
-        if n == buffer.len() && buffer.len() < MAX_BUFFER {
-            buffer.resize(buffer.len() * GROWTH, 0);
-        }
+        buffer.resize(grown(buffer.len(), n), 0);
     }
 }
 
 /// Writes all of `bytes` and flushes: a TLS stream may accept bytes while its records
 /// still wait for the socket (tokio-rustls returns from a write whose socket would
 /// block), and only a flush waits until they are out. (A no-op for a TCP socket.)
-async fn send(to: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> io::Result<()> {
+pub(super) async fn send(to: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> io::Result<()> {
     to.write_all(bytes).await?;
     to.flush().await
+}
+
+/// The size of a buffer of `len` bytes after a read of `n` into it (see `FIRST_BUFFER`).
+pub(super) fn grown(len: usize, n: usize) -> usize {
+    if n == len && len < MAX_BUFFER {
+        len * GROWTH
+    } else {
+        len
+    }
 }

@@ -20,9 +20,13 @@ use super::{
 use crate::{
     context::pod::PodContext,
     failure::{Failure, Result},
+    tls::offload::TlsPath,
     tunnel,
 };
-use hawser_model::ports::{PortSettings, ServerTls};
+use hawser_model::{
+    SpiffeId,
+    ports::{PortSettings, ServerTls},
+};
 
 pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
     accept_loop(listener, pod, |conn, peer, pod| async move {
@@ -32,66 +36,124 @@ pub async fn serve(listener: TcpListener, pod: Arc<PodContext>) {
 }
 
 /// Tunnel connections: mutual TLS with the pod's SVID, then delivery to the app port the
-/// preamble names, as the client pod's own address.
+/// preamble names (each preamble's, on a serial session), as the client pod's own address.
 pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
     accept_loop(listener, pod, |conn, peer, pod| async move {
-        let local = conn.local_addr().map_or(peer, sockets::canonical);
-        let Some(dst) = pod.net.dialed(local, peer) else {
-            return Connection::new(Direction::Tunnel, &pod, peer, local)
-                .refuse(Refusal::NotSteered);
-        };
-        let record = Connection::new(Direction::Tunnel, &pod, peer, dst);
-        let permit = match pod.unauthenticated.enter(peer.ip()) {
-            Ok(permit) => permit,
-            Err(why) => {
-                return record.refuse_unauthenticated(Refusal::TooManyHandshakes(why), &pod);
-            }
-        };
-        // Boxed: see `outbound`, on handshakes.
-        let verified = match Box::pin(tunnel::server::handshake(&pod, conn)).await {
-            Ok(verified) => verified,
-            Err(e) => return record.refuse_unauthenticated(Refusal::Handshake(e), &pod),
-        };
-        // Authenticated: the preamble wait (a spare session waits here) is no handshake.
-        drop(permit);
-        let client = verified.client.clone();
-        let preamble = tunnel::server::preamble(verified, dst.ip(), &pod.shared.offload);
-        let accepted = match Box::pin(preamble).await {
-            Ok(Some(accepted)) => accepted,
-            Ok(None) => {
-                let unused = "tunnel closed before its preamble (an unused spare)";
-                return tracing::debug!(pod = %pod.key, %peer, %client, "{unused}");
-            }
-            Err(e) => {
-                let record = record.mtls(&client, pod.shared.offload.path());
-                return record.refuse(Refusal::Handshake(e));
-            }
-        };
-        let record = Connection::new(Direction::Tunnel, &pod, peer, accepted.dst)
-            .mtls(&accepted.client, pod.shared.offload.path())
-            .handable(&pod);
-        let caller = Caller {
-            src: peer,
-            dst: accepted.dst,
-            principal: Some(accepted.client.into()),
-            certificate: Some(accepted.certificate),
-        };
-        let ticket = match pod.admit_live(caller.admitted()) {
-            Ok(ticket) => ticket,
-            Err(refusal) => return record.refuse(refusal),
-        };
-        let settings = pod.port_settings(caller.dst.port());
-        match deliver(&pod, &caller, &settings).await {
-            Ok(app) => {
-                record
-                    .watched(ticket)
-                    .relay_tunnel(app, accepted.stream)
-                    .await
-            }
-            Err(e) => record.refuse(Refusal::Connect(e)),
-        }
+        tunnel(conn, peer, &pod).await;
     })
     .await
+}
+
+async fn tunnel(conn: TcpStream, peer: SocketAddr, pod: &PodContext) {
+    let local = conn.local_addr().map_or(peer, sockets::canonical);
+    let Some(dialed) = pod.net.dialed(local, peer) else {
+        return Connection::new(Direction::Tunnel, pod, peer, local).refuse(Refusal::NotSteered);
+    };
+    let record = Connection::new(Direction::Tunnel, pod, peer, dialed);
+    let permit = match pod.unauthenticated.enter(peer.ip()) {
+        Ok(permit) => permit,
+        Err(why) => return record.refuse_unauthenticated(Refusal::TooManyHandshakes(why), pod),
+    };
+    // Boxed: see `outbound`, on handshakes.
+    let verified = match Box::pin(tunnel::server::handshake(pod, conn)).await {
+        Ok(verified) => verified,
+        Err(e) => return record.refuse_unauthenticated(Refusal::Handshake(e), pod),
+    };
+    // Authenticated: the preamble wait (a spare session waits here) is no handshake.
+    drop(permit);
+    if verified.serial() {
+        return serial_streams(pod, peer, dialed, verified).await;
+    }
+    let client = verified.client.clone();
+    let path = pod.shared.offload.path();
+    let preamble = tunnel::server::preamble(verified, dialed.ip(), &pod.shared.offload);
+    let accepted = match Box::pin(preamble).await {
+        Ok(Some(accepted)) => accepted,
+        Ok(None) => return unused(pod, peer, &client),
+        Err(e) => return record.mtls(&client, path).refuse(Refusal::Handshake(e)),
+    };
+    let caller = Caller {
+        src: peer,
+        dst: accepted.dst,
+        principal: Some(accepted.client.clone().into()),
+        certificate: Some(accepted.certificate),
+    };
+    if let Some((record, app)) = open(pod, &accepted.client, caller, path).await {
+        record.relay_tunnel(app, accepted.stream).await;
+    }
+}
+
+/// A serial session's streams, one after another, each admitted and delivered like a
+/// tunnel of its own; the session ends with the first that does not end cleanly (a
+/// draining daemon tells the client to send no more, see `tunnel::server::next_stream`).
+async fn serial_streams(
+    pod: &PodContext,
+    peer: SocketAddr,
+    dialed: SocketAddr,
+    mut session: tunnel::server::Verified,
+) {
+    let path = TlsPath::Userspace;
+    for first in std::iter::once(true).chain(std::iter::repeat(false)) {
+        let next = tunnel::server::next_stream(&mut session, dialed.ip(), pod, first);
+        let dst = match Box::pin(next).await {
+            Ok(Some(dst)) => dst,
+            Ok(None) if first => return unused(pod, peer, &session.client),
+            Ok(None) => return,
+            Err(e) => {
+                let record = Connection::new(Direction::Tunnel, pod, peer, dialed);
+                return record
+                    .mtls(&session.client, path)
+                    .refuse(Refusal::Handshake(e));
+            }
+        };
+        let caller = Caller {
+            src: peer,
+            dst,
+            principal: Some(session.client.clone().into()),
+            certificate: Some(session.certificate.clone()),
+        };
+        let client = session.client.clone();
+        let Some((record, app)) = open(pod, &client, caller, path).await else {
+            return;
+        };
+        if !record.relay_stream(app, session.stream()).await {
+            return;
+        }
+    }
+}
+
+/// A tunnel the client closed before naming a stream: a spare it did not use.
+fn unused(pod: &PodContext, peer: SocketAddr, client: &SpiffeId) {
+    let unused = "tunnel closed before its preamble (an unused spare)";
+    tracing::debug!(pod = %pod.key, %peer, %client, "{unused}");
+}
+
+/// Admits a tunnel stream of `client` (policy, revocation: watched from then on) and
+/// connects it to the app; refusals are logged.
+async fn open(
+    pod: &PodContext,
+    client: &SpiffeId,
+    caller: Caller,
+    path: TlsPath,
+) -> Option<(Connection, TcpStream)> {
+    let record = Connection::new(Direction::Tunnel, pod, caller.src, caller.dst)
+        .mtls(client, path)
+        .handable(pod);
+    let ticket = match pod.admit_live(caller.admitted()) {
+        Ok(ticket) => ticket,
+        Err(refusal) => {
+            record.refuse(refusal);
+            return None;
+        }
+    };
+    let settings = pod.port_settings(caller.dst.port());
+    match deliver(pod, &caller, &settings).await {
+        Ok(app) => Some((record.watched(ticket), app)),
+        Err(e) => {
+            record.refuse(Refusal::Connect(e));
+            None
+        }
+    }
 }
 
 async fn handle(conn: TcpStream, peer: SocketAddr, pod: &PodContext) {

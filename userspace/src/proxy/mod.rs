@@ -2,12 +2,14 @@
 //!
 //! `outbound` serves connections the connect hooks captured in a pod, `inbound` serves
 //! connections sk_lookup steered to a pod from the network (`terminate` does the TLS of
-//! ports that ask for it, `caller` tells the app who called), `relay` moves the bytes (`copy` in userspace, `splice` under kernel TLS) and
-//! logs each connection (`refusal`: why one was refused).
+//! ports that ask for it, `caller` tells the app who called), `relay` moves the bytes
+//! (`copy` in userspace, `framed` for a stream of a serial tunnel session, `splice` under
+//! kernel TLS) and logs each connection (`refusal`: why one was refused).
 
 pub mod adopt;
 pub mod caller;
 pub mod copy;
+pub mod framed;
 pub mod inbound;
 pub mod live;
 pub mod outbound;

@@ -17,7 +17,7 @@ use crate::{
     context::pod::PodContext,
     egress::originate,
     failure::{Failure, Result},
-    tunnel,
+    tunnel::{self, client::Opened},
 };
 use hawser_model::{SpiffeId, egress::route::Origination, policy::Principal, route::Route};
 
@@ -65,9 +65,17 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &Arc<PodContext>) {
                 Err(e) => return conn.refuse(Refusal::Tunnel(e)),
             };
             // Watched: a withdrawn trust domain or a revoked server cuts it.
-            match pod.admit_live(opened(&peer, dst, serial)) {
-                Ok(ticket) => conn.watched(ticket).relay_tunnel(client, upstream).await,
-                Err(refusal) => conn.refuse(refusal),
+            let conn = match pod.admit_live(opened(&peer, dst, serial)) {
+                Ok(ticket) => conn.watched(ticket),
+                Err(refusal) => return conn.refuse(refusal),
+            };
+            match upstream {
+                Opened::Single(stream) => conn.relay_tunnel(client, stream).await,
+                Opened::Serial(mut session) => {
+                    if conn.relay_stream(client, &mut session.stream).await {
+                        tunnel::client::keep(pod, to.ip(), &peer, session);
+                    }
+                }
             }
         }
         Route::Egress(o) => egress(conn, client, pod, &o).await,

@@ -3,14 +3,18 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     copy::{self, Endpoint, Outcome},
+    framed,
     live::Ticket,
     refusal::Refusal,
-    splice,
+    splice::{self, Moved},
 };
 use crate::{
     context::{
@@ -215,6 +219,22 @@ impl Connection {
         }
     }
 
+    /// Relays between the app-side socket and one stream of a serial tunnel session
+    /// (userspace TLS); whether the session may carry the next stream.
+    pub async fn relay_stream(
+        mut self,
+        app: TcpStream,
+        session: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    ) -> bool {
+        self.tls = TlsPath::Userspace.as_str();
+        METRICS.connection_opened(&self.labels);
+        let mut ticket = self.ticket.take();
+        let cut = Self::cut(&mut ticket, &self.deadline);
+        let relayed = framed::relay(app, session, cut).await;
+        self.closed(self.outcome(relayed.moved));
+        relayed.reusable
+    }
+
     /// Splices between the app and a kernel-TLS socket until done; a tunnel connection
     /// paused for a successor daemon is offered to it, and goes on here if not taken.
     async fn splice(mut self, mut app: TcpStream, mut tls: KernelTls) {
@@ -324,8 +344,8 @@ impl Connection {
         );
     }
 
-    /// The byte counts of a splice, client→server first.
-    fn outcome(&self, spliced: splice::Spliced) -> Outcome {
+    /// The byte counts of a splice or a framed stream, client→server first.
+    fn outcome(&self, spliced: Moved) -> Outcome {
         // An inbound record counts from the peer.
         let (request, response) = match self.direction {
             Direction::Outbound => (spliced.to_peer, spliced.to_app),

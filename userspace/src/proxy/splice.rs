@@ -33,8 +33,9 @@ use crate::tls::kernel_tls::{KernelTls, close_write, read_control_record};
 /// Bytes asked of the kernel per splice.
 const CHUNK: usize = 256 * 1024;
 
-/// What a spliced connection moved each way, and the error that ended it early.
-pub struct Spliced {
+/// What a connection between an app and a tunnel moved each way, and the error that ended
+/// it early (kernel TLS and serial sessions count from the app's side).
+pub struct Moved {
     pub to_peer: u64,
     pub to_app: u64,
     pub error: Option<io::Error>,
@@ -42,11 +43,11 @@ pub struct Spliced {
 
 /// How a relay ended: done (or cut), or paused with both directions open.
 pub enum Ended {
-    Done(Spliced),
+    Done(Moved),
     Paused {
         app: TcpStream,
         tls: TcpStream,
-        moved: Spliced,
+        moved: Moved,
     },
 }
 
@@ -114,7 +115,7 @@ pub async fn relay(
         }
     }
     .await;
-    let moved = |error| Spliced {
+    let moved = |error| Moved {
         to_peer: to_peer.load(Ordering::Relaxed),
         to_app: to_app.load(Ordering::Relaxed),
         error,
@@ -300,13 +301,13 @@ impl Pipe {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
 
     /// A connected loopback pair: (ours, the far end).
-    async fn tcp_pair() -> (TcpStream, TcpStream) {
+    pub(in crate::proxy) async fn tcp_pair() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let far = TcpStream::connect(listener.local_addr().unwrap())
             .await

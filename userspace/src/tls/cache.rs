@@ -58,13 +58,15 @@ impl TlsConfigs {
         Ok(server)
     }
 
-    /// The client side's configuration towards `peer`.
+    /// The client side's configuration towards `peer`, offering serial sessions when
+    /// `serial` (a pod's every call passes the same).
     pub fn client(
         &self,
         svid: &Arc<Svid>,
         bundle: &Arc<TrustBundle>,
         peer: &SpiffeId,
         offload: &Offload,
+        serial: bool,
     ) -> Result<Arc<ClientConfig>> {
         let mut built = self.current(svid, bundle);
         let built = built.as_mut().expect("current() fills it");
@@ -73,7 +75,7 @@ impl TlsConfigs {
         }
         let (provider, resume) = (offload.provider(), resume(offload));
         let anchors = built.anchors()?;
-        let client = configs::mesh_client(svid, &anchors, peer.clone(), provider, resume)?;
+        let client = configs::mesh_client(svid, &anchors, peer.clone(), provider, resume, serial)?;
         let client = Arc::new(client);
         if built.clients.len() >= MAX_PEERS {
             built.clients.clear();

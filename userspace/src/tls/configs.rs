@@ -27,7 +27,10 @@ use crate::{
     identity::certs,
     svid::{bundle::TrustBundle, held::Svid},
 };
-use hawser_model::{SpiffeId, preamble::ALPN};
+use hawser_model::{
+    SpiffeId,
+    preamble::{ALPN, ALPN_SERIAL},
+};
 
 /// A certificate chain and its key, as a TLS end presents them.
 pub type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
@@ -40,6 +43,7 @@ pub fn mesh_client(
     expected: SpiffeId,
     provider: Arc<CryptoProvider>,
     resume: Resume,
+    serial: bool,
 ) -> Result<ClientConfig> {
     anchors.of_domain(&expected.trust_domain)?;
     let check = SecureNaming {
@@ -48,7 +52,12 @@ pub fn mesh_client(
         provider: provider.clone(),
     };
     let mut config = client(check, Some(svid_identity(svid)?), Versions::Tls13, provider)?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    // Serial sessions offered where this side keeps them in userspace; a server that does
+    // not know them picks the other.
+    config.alpn_protocols = match serial {
+        true => vec![ALPN_SERIAL.to_vec(), ALPN.to_vec()],
+        false => vec![ALPN.to_vec()],
+    };
     if resume == Resume::Tickets {
         config.resumption = rustls::client::Resumption::in_memory_sessions(SESSIONS);
         // Tickets only on request (RFC 9149): a client whose session goes to the kernel
@@ -87,7 +96,8 @@ pub fn mesh_server(
         provider: provider.clone(),
     });
     let mut config = server(clients, svid_identity(svid)?, Versions::Tls13, provider)?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    // Serial sessions for clients that offer them (they stay in userspace here too).
+    config.alpn_protocols = vec![ALPN_SERIAL.to_vec(), ALPN.to_vec()];
     if resume == Resume::Tickets {
         config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
         config.send_tls13_tickets = 0;

@@ -158,6 +158,26 @@ pub fn session_peer<'s>(
     }
 }
 
+/// The client `chain` of an established session checked again against `bundle` (a serial
+/// session outlives the bundle its handshake checked the chain against): it must still
+/// reach a root of its trust domain, unexpired, and not be revoked.
+pub fn recheck_client(
+    chain: &[CertificateDer<'_>],
+    bundle: &TrustBundle,
+    provider: &CryptoProvider,
+) -> Result<SpiffeId> {
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| Failure::Peer("no peer certificate".into()))?;
+    let id = peer_identity(leaf, bundle)?;
+    let anchors = Anchors::of(bundle)?;
+    let usage = webpki::KeyUsage::client_auth();
+    anchors
+        .prove(usage, leaf, intermediates, provider, UnixTime::now())
+        .map_err(|e| Failure::Peer(format!("{id} under the new trust bundle: {e}")))?;
+    Ok(id)
+}
+
 /// Checks that `end_entity` chains to `roots` for server authentication; returns it
 /// parsed for name checks.
 pub fn verify_chain<'a>(
@@ -435,6 +455,40 @@ mod tests {
         let provider = crate::tls::configs::provider();
         let usage = webpki::KeyUsage::client_auth();
         anchors.prove(usage, leaf, &[], &provider, UnixTime::now())
+    }
+
+    /// A serial session's client under a new bundle: still trusted while its root is, and
+    /// not once the root is gone or the client is revoked.
+    #[test]
+    fn a_client_checked_again_under_a_new_bundle_needs_its_root_and_no_revocation() {
+        let ((old, old_ca), (new, _)) = (root(), root());
+        let id = "spiffe://td/ns/default/sa/a";
+        let chain = [leaf(id, &old_ca)];
+        let provider = crate::tls::configs::provider();
+        let bundle = |roots: Vec<String>| TrustBundle {
+            trust_domain: "td".into(),
+            roots,
+            ..Default::default()
+        };
+        let both = bundle(vec![old.clone(), new.clone()]);
+        assert_eq!(
+            recheck_client(&chain, &both, &provider)
+                .unwrap()
+                .to_string(),
+            id
+        );
+        let rotated = recheck_client(&chain, &bundle(vec![new]), &provider).unwrap_err();
+        assert!(
+            rotated.to_string().contains("under the new trust bundle"),
+            "{rotated}"
+        );
+        let revoked = TrustBundle {
+            revoked_identities: vec![id.into()],
+            ..both
+        };
+        let refused = recheck_client(&chain, &revoked, &provider).unwrap_err();
+        assert!(refused.to_string().contains("revoked"), "{refused}");
+        assert!(recheck_client(&[], &bundle(vec![old]), &provider).is_err());
     }
 
     #[test]

@@ -9,18 +9,17 @@ use std::{
 use hawser_common::TUNNEL_PORT;
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
-use tokio_rustls::client::TlsStream;
 
 use super::{
     preamble::Preamble,
-    spares::{MAX_AGE, Spare},
+    spares::{MAX_AGE, Session},
 };
 use crate::{
     context::pod::PodContext,
     failure::{Failure, Result},
     identity::certs,
     svid::{Svid, TrustBundle},
-    tls::{self, offload::TunnelStream, socket::Socket, verify::session_peer},
+    tls::{self, offload::TunnelStream, verify::session_peer},
 };
 use hawser_model::SpiffeId;
 
@@ -29,14 +28,24 @@ use hawser_model::SpiffeId;
 /// (measured here: p50 of a new connection 1.3 ms without the wait, 1.1 ms with it).
 const SPARE_DELAY: Duration = Duration::from_millis(5);
 
-/// Opens the tunnel to `dst`'s pod (or takes the spare session there), proves `peer` is
-/// there, names the port, and hands the session to the kernel where it can take it.
-/// Returns it with the serial of the server's certificate (for revocation).
+/// An opened tunnel to a destination, its preamble sent.
+pub enum Opened {
+    /// A session for this connection alone, handed to the kernel where it can take it.
+    Single(TunnelStream),
+    /// A serial session (userspace TLS): its stream goes in frames, and once it ended
+    /// cleanly the session is `keep`-able for the pair's next connection. (Boxed: the
+    /// connection's task holds it for the connection's life.)
+    Serial(Box<Session>),
+}
+
+/// Opens the tunnel to `dst`'s pod (or takes an idle session there), proves `peer` is
+/// there and names the port. Returns it with the serial of the server's certificate (for
+/// revocation).
 pub async fn connect(
     pod: &Arc<PodContext>,
     dst: SocketAddr,
     peer: &SpiffeId,
-) -> Result<(TunnelStream, String)> {
+) -> Result<(Opened, String)> {
     let (svid, bundle) = pod.credentials_soon().await?;
     let taken = pod.spares.take(dst.ip(), peer, &svid, &bundle);
     if taken.make_next {
@@ -48,39 +57,66 @@ pub async fn connect(
             (svid.clone(), bundle.clone()),
         ));
     }
-    let (mut stream, serial) = match taken.spare {
-        Some(spare) => (spare.stream, spare.server_serial),
-        None => handshake(pod, dst.ip(), peer, &svid, &bundle).await?,
+    let mut session = match taken.session {
+        Some(session) => session,
+        None => handshake(pod, dst.ip(), peer, svid, bundle).await?,
     };
     let preamble = Preamble { port: dst.port() }.encode();
     let sent = async {
-        stream.write_all(&preamble).await?;
-        stream.flush().await
+        session.stream.write_all(&preamble).await?;
+        session.stream.flush().await
     };
     sent.await
         .map_err(|e| Failure::io(format!("preamble to {dst}"), e))?;
-    Ok((pod.shared.offload.client(stream).await?, serial))
+    let serial = session.server_serial.clone();
+    if session.serial() {
+        return Ok((Opened::Serial(Box::new(session)), serial));
+    }
+    let stream = pod.shared.offload.client(session.stream).await?;
+    Ok((Opened::Single(stream), serial))
 }
 
-/// A session with `dst`'s daemon in which `peer` proved itself, and the serial of its
-/// certificate.
+/// Keeps a serial session whose stream ended cleanly for the next connection of its pod
+/// to `dst` as `peer`, and drops it if still unused when idle too long.
+pub fn keep(pod: &Arc<PodContext>, dst: IpAddr, peer: &SpiffeId, mut session: Box<Session>) {
+    if pod.shared.drain.stopping().is_cancelled() {
+        return;
+    }
+    session.idle_since = Instant::now();
+    let since = session.idle_since;
+    pod.spares.keep(dst, peer, *session);
+    tokio::spawn(expire(Arc::downgrade(pod), dst, peer.clone(), since));
+}
+
+/// A session with `dst`'s daemon in which `peer` proved itself.
 async fn handshake(
     pod: &PodContext,
     dst: IpAddr,
     peer: &SpiffeId,
-    svid: &Arc<Svid>,
-    bundle: &Arc<TrustBundle>,
-) -> Result<(TlsStream<Socket>, String)> {
+    svid: Arc<Svid>,
+    bundle: Arc<TrustBundle>,
+) -> Result<Session> {
     let offload = &pod.shared.offload;
-    let config = pod.tls_configs.client(svid, bundle, peer, offload)?;
+    let serial = pod.shared.serial_tunnels;
+    let config = pod
+        .tls_configs
+        .client(&svid, &bundle, peer, offload, serial)?;
     let tunnel = SocketAddr::new(dst, TUNNEL_PORT);
     let tcp = pod.connect(tunnel).await?;
     // Names play no part in the check (see `tls::verify::SecureNaming`); an IP sends no SNI.
     let name = ServerName::IpAddress(dst.into());
     let stream = tls::connect("client", tunnel, tcp, config, name, offload).await?;
-    let (_, leaf) = session_peer(stream.get_ref().1, bundle, Some(peer))?;
+    let (_, leaf) = session_peer(stream.get_ref().1, &bundle, Some(peer))?;
     let server = certs::info_der(leaf.as_ref()).map_err(|e| Failure::Peer(format!("{e:#}")))?;
-    Ok((stream, server.serial))
+    let now = Instant::now();
+    Ok(Session {
+        stream,
+        server_serial: server.serial,
+        svid,
+        bundle,
+        handshaken: now,
+        idle_since: now,
+    })
 }
 
 /// Makes the next spare session to `dst` as `peer` (once `SPARE_DELAY` has passed, if the
@@ -96,24 +132,23 @@ async fn make_spare(
     let Some(pod) = pod.upgrade() else {
         return;
     };
-    let made = Instant::now();
-    let spare = match handshake(&pod, dst, &peer, &svid, &bundle).await {
-        Ok((stream, server_serial)) => Some(Spare {
-            stream,
-            server_serial,
-            svid,
-            bundle,
-            made,
-        }),
+    let spare = match handshake(&pod, dst, &peer, svid, bundle).await {
+        Ok(spare) => spare,
         Err(e) => {
             tracing::debug!(pod = %pod.key, %dst, "no spare tunnel session: {e}");
-            None
+            return pod.spares.made(dst, &peer, None);
         }
     };
-    pod.spares.put(dst, &peer, spare);
-    let pod = Arc::downgrade(&pod);
-    tokio::time::sleep(MAX_AGE.saturating_sub(made.elapsed())).await;
+    let since = spare.idle_since;
+    pod.spares.made(dst, &peer, Some(spare));
+    expire(Arc::downgrade(&pod), dst, peer, since).await;
+}
+
+/// Drops the session to `dst` as `peer` idle since `since`, if still unused after
+/// `MAX_AGE` (without keeping the pod's context meanwhile).
+async fn expire(pod: Weak<PodContext>, dst: IpAddr, peer: SpiffeId, since: Instant) {
+    tokio::time::sleep(MAX_AGE.saturating_sub(since.elapsed())).await;
     if let Some(pod) = pod.upgrade() {
-        pod.spares.expire(dst, &peer, made);
+        pod.spares.expire(dst, &peer, since);
     }
 }

@@ -5,7 +5,9 @@
 //! workload's identity (secure naming); the server side presents the destination pod's
 //! SVID, requires a client SVID chaining to the trust bundle and not revoked, reads the
 //! preamble naming the destination port, and delivers to the app. For a pair of pods
-//! with recent traffic, the client side keeps a session handshaken ahead (`spares`).
+//! with recent traffic, the client side keeps a session handshaken ahead (`spares`);
+//! with `--tunnel-reuse`, a session carries the pair's connections one after another
+//! (`hawser_model::frames`).
 
 pub mod client;
 pub mod preamble;

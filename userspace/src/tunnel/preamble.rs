@@ -11,24 +11,41 @@ pub use hawser_model::preamble::{ALPN, HEADER_LEN, Preamble};
 /// what was wrong. None: the stream ended or was reset before its first byte (nothing
 /// was lost: a session closed unused).
 pub async fn read(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Option<Preamble>> {
-    let invalid = |e| io::Error::new(io::ErrorKind::InvalidData, e);
-    let mut header = [0u8; HEADER_LEN];
-    match stream.read(&mut header[..1]).await {
-        Ok(0) => return Ok(None),
+    match first_byte(stream).await? {
+        Some(first) => rest(first, stream).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The first byte of a preamble, or None when the stream ended or was reset before it.
+/// Cancel-safe: dropped while waiting, it has taken nothing from the stream.
+pub async fn first_byte(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Option<u8>> {
+    let mut first = [0u8; 1];
+    match stream.read(&mut first).await {
+        Ok(0) => Ok(None),
+        Ok(_) => Ok(Some(first[0])),
         Err(e)
             if matches!(
                 e.kind(),
                 io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
             ) =>
         {
-            return Ok(None);
+            Ok(None)
         }
-        result => result?,
-    };
+        Err(e) => Err(e),
+    }
+}
+
+/// The rest of a preamble whose first byte was `first`: exactly the header and the body
+/// it announces, never more.
+pub async fn rest(first: u8, stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Preamble> {
+    let invalid = |e| io::Error::new(io::ErrorKind::InvalidData, e);
+    let mut header = [0u8; HEADER_LEN];
+    header[0] = first;
     stream.read_exact(&mut header[1..]).await?;
     let mut body = vec![0u8; Preamble::body_len(&header).map_err(invalid)?];
     stream.read_exact(&mut body).await?;
-    Preamble::decode_body(&body).map(Some).map_err(invalid)
+    Preamble::decode_body(&body).map_err(invalid)
 }
 
 #[cfg(test)]

@@ -1,25 +1,56 @@
 //! The server end: a pod's 15008 listener, in front of the pod's apps.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Instant,
+};
 
 use hawser_common::{INBOUND_PORT, OUTBOUND_PORT, TUNNEL_PORT};
-use tokio::net::TcpStream;
+use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
 
-use super::preamble;
+use super::{
+    preamble::{self, Preamble},
+    spares::MAX_LIFE,
+};
 use crate::{
     context::pod::PodContext,
     failure::{Failure, Result},
     proxy::caller::client_certificate,
-    tls::{self, HANDSHAKE_TIMEOUT, offload::TunnelStream, socket::Socket, verify::session_peer},
+    svid::TrustBundle,
+    tls::{
+        self, HANDSHAKE_TIMEOUT,
+        offload::TunnelStream,
+        socket::Socket,
+        verify::{self, session_peer},
+    },
 };
-use hawser_model::{SpiffeId, proxy_v2::ClientCertificate};
+use hawser_model::{SpiffeId, frames::Frame, preamble::ALPN_SERIAL, proxy_v2::ClientCertificate};
 
-/// A tunnel whose client proved its identity, its preamble not read yet.
+/// A tunnel whose client proved its identity, between streams (no preamble read yet).
 pub struct Verified {
     stream: TlsStream<Socket>,
     pub client: SpiffeId,
-    certificate: ClientCertificate,
+    pub certificate: ClientCertificate,
+    /// The bundle the client's chain was last checked against.
+    bundle: Arc<TrustBundle>,
+    handshaken: Instant,
+    /// The client was told the session takes no further stream (the daemon drains).
+    told_going_away: bool,
+}
+
+impl Verified {
+    /// Whether the client asked for a serial session (see `hawser_model::frames`).
+    pub fn serial(&self) -> bool {
+        self.stream.get_ref().1.alpn_protocol() == Some(ALPN_SERIAL)
+    }
+
+    /// A serial session's stream, to relay in frames once `next_stream` named it.
+    pub fn stream(&mut self) -> &mut TlsStream<Socket> {
+        &mut self.stream
+    }
 }
 
 /// An accepted, authenticated tunnel: the client's identity and where it wants to go.
@@ -43,6 +74,9 @@ pub async fn handshake(pod: &PodContext, conn: TcpStream) -> Result<Verified> {
         stream,
         client,
         certificate,
+        bundle,
+        handshaken: Instant::now(),
+        told_going_away: false,
     })
 }
 
@@ -51,17 +85,109 @@ pub async fn handshake(pod: &PodContext, conn: TcpStream) -> Result<Verified> {
 /// closed the session before sending anything (a spare session it did not use, see
 /// `spares`).
 pub async fn preamble(
-    v: Verified,
+    mut v: Verified,
     dialed: IpAddr,
     offload: &tls::offload::Offload,
 ) -> Result<Option<Accepted>> {
+    let Some(port) = read_port(&mut v.stream).await? else {
+        return Ok(None);
+    };
     let Verified {
-        mut stream,
+        stream,
         client,
         certificate,
+        ..
     } = v;
-    let preamble = tokio::time::timeout(HANDSHAKE_TIMEOUT, preamble::read(&mut stream))
-        .await
+    // Bytes the client sent after the preamble may still sit in rustls: the offload
+    // drains them into the stream it returns.
+    let stream = offload.server(stream).await?;
+    Ok(Some(Accepted {
+        stream,
+        client,
+        certificate,
+        dst: SocketAddr::new(dialed, port),
+    }))
+}
+
+/// A serial session's next stream: where it goes, its preamble read (its frames follow in
+/// `stream()`). None: the client closed the session, or left it idle, between streams
+/// (or the drain window ended meanwhile). A stream on a session past `MAX_LIFE` (and the
+/// client's grace) is refused; after a change of the trust bundle, the client's chain is
+/// checked again (revocation and trust domain are the stream's admission's). `first`:
+/// the stream right after the handshake, which must come in time.
+pub async fn next_stream(
+    session: &mut Verified,
+    dialed: IpAddr,
+    pod: &PodContext,
+    first: bool,
+) -> Result<Option<SocketAddr>> {
+    let drain = &pod.shared.drain;
+    let (stopping, deadline) = (drain.stopping(), drain.deadline());
+    let read = async {
+        let Some(byte) = first_byte(session, &stopping, &deadline).await? else {
+            return Ok(None);
+        };
+        preamble::rest(byte, &mut session.stream).await.map(Some)
+    };
+    let port = match port_of(tokio::time::timeout(HANDSHAKE_TIMEOUT, read).await) {
+        Err(Failure::TimedOut(_)) if !first => return Ok(None),
+        port => port?,
+    };
+    let Some(port) = port else {
+        return Ok(None);
+    };
+    if session.handshaken.elapsed() >= MAX_LIFE + HANDSHAKE_TIMEOUT {
+        return Err(Failure::Peer(format!(
+            "a stream on a serial session older than {MAX_LIFE:?}"
+        )));
+    }
+    let (_, bundle) = pod.credentials()?;
+    if !Arc::ptr_eq(&bundle, &session.bundle) {
+        let provider = pod.shared.offload.provider();
+        let chain = session.stream.get_ref().1.peer_certificates();
+        verify::recheck_client(chain.unwrap_or_default(), &bundle, &provider)?;
+        session.bundle = bundle;
+    }
+    Ok(Some(SocketAddr::new(dialed, port)))
+}
+
+/// The first byte of a serial session's next preamble. Once the daemon drains, the
+/// client is told first that the session takes no stream after the one it may already
+/// have sent (`hawser_model::frames`); None: the session ended, or the drain window did.
+async fn first_byte(
+    session: &mut Verified,
+    stopping: &CancellationToken,
+    deadline: &CancellationToken,
+) -> std::io::Result<Option<u8>> {
+    loop {
+        let told = session.told_going_away;
+        let next = tokio::select! {
+            first = preamble::first_byte(&mut session.stream) => Some(first),
+            () = stopping.cancelled(), if !told => None,
+            () = deadline.cancelled() => return Ok(None),
+        };
+        if let Some(first) = next {
+            return first;
+        }
+        session.told_going_away = true;
+        let mark = Frame::going_away();
+        if session.stream.write_all(&mark).await.is_err() || session.stream.flush().await.is_err() {
+            return Ok(None);
+        }
+    }
+}
+
+/// The port a preamble names, read within `HANDSHAKE_TIMEOUT`; None: the session ended
+/// before its first byte.
+async fn read_port(stream: &mut TlsStream<Socket>) -> Result<Option<u16>> {
+    port_of(tokio::time::timeout(HANDSHAKE_TIMEOUT, preamble::read(stream)).await)
+}
+
+/// The port of a preamble read in time, unless it is one of the daemon's own.
+fn port_of(
+    read: std::result::Result<std::io::Result<Option<Preamble>>, tokio::time::error::Elapsed>,
+) -> Result<Option<u16>> {
+    let preamble = read
         .map_err(|_| Failure::TimedOut("preamble".into()))?
         .map_err(|e| Failure::io("preamble", e))?;
     let Some(preamble) = preamble else {
@@ -73,13 +199,5 @@ pub async fn preamble(
             preamble.port
         )));
     }
-    // Bytes the client sent after the preamble may still sit in rustls: the offload
-    // drains them into the stream it returns.
-    let stream = offload.server(stream).await?;
-    Ok(Some(Accepted {
-        stream,
-        client,
-        certificate,
-        dst: SocketAddr::new(dialed, preamble.port),
-    }))
+    Ok(Some(preamble.port))
 }

@@ -1,12 +1,17 @@
-//! Spare tunnel sessions: for a (pod, destination pod) pair with recent traffic, one
-//! session is kept handshaken ahead of need, so the next connection skips the handshake's
-//! round trips and CPU on its way (the handshake still happens, off its path).
+//! Idle tunnel sessions ready for a pair's next connection: spares and kept sessions.
 //!
-//! A spare belongs to one source pod (the map lives in its context), one destination
+//! A spare: for a (pod, destination pod) pair with recent traffic, one session is kept
+//! handshaken ahead of need, so the next connection skips the handshake's round trips and
+//! CPU on its way (the handshake still happens, off its path). A kept session: a serial
+//! session (ALPN `hawser-tunnel/2`, `--tunnel-reuse`) whose stream ended cleanly both ways,
+//! which carries the pair's next connection without a handshake at all.
+//!
+//! A session belongs to one source pod (the map lives in its context), one destination
 //! address and the identity proven there: never shared across identities. It is handed
-//! out only with the SVID and trust bundle it was made with still current and within
-//! `MAX_AGE` (the server waits `HANDSHAKE_TIMEOUT` for the preamble); the revocation and
-//! trust-domain checks of an opened tunnel run when it is used, as for a fresh one.
+//! out only with the SVID and trust bundle it was made with still current, idle for less
+//! than `MAX_AGE` (the server waits `HANDSHAKE_TIMEOUT` for a preamble) and within
+//! `MAX_LIFE` of its handshake; the revocation and trust-domain checks of an opened tunnel
+//! run each time it is used, as for a fresh one.
 
 use std::{
     collections::HashMap,
@@ -25,48 +30,65 @@ use crate::{
     svid::{Svid, TrustBundle},
     tls::socket::Socket,
 };
-use hawser_model::SpiffeId;
+use hawser_model::{SpiffeId, preamble::ALPN_SERIAL};
 
-/// A spare older than this is dropped unused; traffic to a pair counts as recent within
+/// A session idle longer than this is dropped; traffic to a pair counts as recent within
 /// this of its last connection.
 pub const MAX_AGE: Duration = Duration::from_secs(5);
-/// Pairs a pod keeps track of (each with at most one spare).
+/// A serial session carries no stream this long after its handshake: how long a chain
+/// checked once (revocation is checked per stream) may keep being trusted. The server
+/// allows `HANDSHAKE_TIMEOUT` more, for a stream the client started just in time.
+pub const MAX_LIFE: Duration = Duration::from_secs(60);
+/// Pairs a pod keeps track of.
 const MAX_PAIRS: usize = 256;
+/// Idle sessions a pair keeps (about its connections open at once); more are closed.
+const MAX_IDLE: usize = 8;
 
-/// A handshaken session to a destination, its preamble not yet sent.
-pub struct Spare {
+/// A handshaken session to a destination, between streams (no preamble pending).
+pub struct Session {
     pub stream: TlsStream<Socket>,
     /// The serial of the server's certificate (for revocation).
     pub server_serial: String,
     pub svid: Arc<Svid>,
     pub bundle: Arc<TrustBundle>,
-    pub made: Instant,
+    pub handshaken: Instant,
+    /// When it became idle (made, or kept after a stream).
+    pub idle_since: Instant,
+}
+
+impl Session {
+    /// Whether it carries streams one after another (the server agreed to
+    /// `hawser-tunnel/2`), or only one.
+    pub fn serial(&self) -> bool {
+        self.stream.get_ref().1.alpn_protocol() == Some(ALPN_SERIAL)
+    }
 }
 
 #[derive(Default)]
 struct Pair {
     last_used: Option<Instant>,
-    spare: Option<Spare>,
+    /// Newest last.
+    idle: Vec<Session>,
     /// A spare's handshake is under way.
     making: bool,
 }
 
-/// One pod's spares, by destination address and the identity proven there.
+/// One pod's idle sessions, by destination address and the identity proven there.
 #[derive(Default)]
 pub struct Spares {
     pairs: Mutex<HashMap<(IpAddr, SpiffeId), Pair>>,
 }
 
-/// What a connection gets: a spare to use, and whether to make the next one.
+/// What a connection gets: a session to use, and whether to make a spare.
 pub struct Taken {
-    pub spare: Option<Spare>,
+    pub session: Option<Session>,
     pub make_next: bool,
 }
 
 impl Spares {
-    /// The spare for a connection to `dst` as `peer` with these credentials, if a fresh
-    /// one is ready; `make_next` when this pair saw traffic within `MAX_AGE` and no
-    /// spare is ready or under way.
+    /// An idle session for a connection to `dst` as `peer` with these credentials, the
+    /// newest usable one; `make_next` when this pair saw traffic within `MAX_AGE` and no
+    /// session is left idle, under way or coming back.
     pub fn take(
         &self,
         dst: IpAddr,
@@ -77,46 +99,69 @@ impl Spares {
         let now = Instant::now();
         let mut pairs = self.lock();
         if pairs.len() >= MAX_PAIRS {
-            pairs.retain(|_, p| p.making || p.last_used.is_some_and(|t| now - t < MAX_AGE));
+            pairs.retain(|_, p| {
+                p.making || !p.idle.is_empty() || p.last_used.is_some_and(|t| now - t < MAX_AGE)
+            });
         }
         let key = (dst, peer.clone());
         if pairs.len() >= MAX_PAIRS && !pairs.contains_key(&key) {
             return Taken {
-                spare: None,
+                session: None,
                 make_next: false,
             };
         }
         let pair = pairs.entry(key).or_default();
         let recent = pair.last_used.is_some_and(|t| now - t < MAX_AGE);
         pair.last_used = Some(now);
-        let spare = pair.spare.take().and_then(|s| usable(s, svid, bundle, now));
-        let make_next = recent && !pair.making;
+        let mut session = None;
+        while let Some(idle) = pair.idle.pop() {
+            session = usable(idle, svid, bundle, now);
+            if session.is_some() {
+                break;
+            }
+        }
+        // A serial session taken comes back after its stream: no spare for it.
+        let coming_back = session.as_ref().is_some_and(Session::serial);
+        let make_next = recent && !pair.making && pair.idle.is_empty() && !coming_back;
         pair.making |= make_next;
-        Taken { spare, make_next }
+        Taken { session, make_next }
     }
 
-    /// Keeps `spare` for the next connection to `dst` as `peer` (None: its handshake
-    /// failed).
-    pub fn put(&self, dst: IpAddr, peer: &SpiffeId, spare: Option<Spare>) {
-        if spare.is_none() {
+    /// Keeps a spare made for `dst` as `peer` (None: its handshake failed).
+    pub fn made(&self, dst: IpAddr, peer: &SpiffeId, spare: Option<Session>) {
+        let Some(spare) = spare else {
             METRICS.tunnel_spares.with_label_values(&["failed"]).inc();
-        }
-        let mut pairs = self.lock();
-        if let Some(pair) = pairs.get_mut(&(dst, peer.clone())) {
+            return self.with_pair(dst, peer, |pair| pair.making = false);
+        };
+        self.with_pair(dst, peer, |pair| {
             pair.making = false;
-            pair.spare = spare;
-        }
+            keep_in(pair, spare);
+        });
     }
 
-    /// Drops the spare for `dst` as `peer` made at `made` if still unused: it would be
-    /// too old to use, and it holds a connection.
-    pub fn expire(&self, dst: IpAddr, peer: &SpiffeId, made: Instant) {
-        let mut pairs = self.lock();
-        if let Some(pair) = pairs.get_mut(&(dst, peer.clone()))
-            && pair.spare.as_ref().is_some_and(|s| s.made == made)
-        {
-            pair.spare = None;
-            METRICS.tunnel_spares.with_label_values(&["expired"]).inc();
+    /// Keeps a serial session whose stream ended cleanly for the pair's next connection.
+    pub fn keep(&self, dst: IpAddr, peer: &SpiffeId, session: Session) {
+        METRICS.tunnel_spares.with_label_values(&["kept"]).inc();
+        self.with_pair(dst, peer, |pair| keep_in(pair, session));
+    }
+
+    /// Drops the session for `dst` as `peer` idle since `since` if still unused: it
+    /// would be too old to use, and it holds a connection.
+    pub fn expire(&self, dst: IpAddr, peer: &SpiffeId, since: Instant) {
+        self.with_pair(dst, peer, |pair| {
+            let before = pair.idle.len();
+            pair.idle.retain(|s| s.idle_since != since);
+            if pair.idle.len() < before {
+                METRICS.tunnel_spares.with_label_values(&["expired"]).inc();
+            }
+        });
+    }
+
+    /// Runs `f` on the pair if it is still tracked (a dropped session is closed: its
+    /// server sees the session end before a preamble, and ends it quietly).
+    fn with_pair(&self, dst: IpAddr, peer: &SpiffeId, f: impl FnOnce(&mut Pair)) {
+        if let Some(pair) = self.lock().get_mut(&(dst, peer.clone())) {
+            f(pair);
         }
     }
 
@@ -125,25 +170,34 @@ impl Spares {
     }
 }
 
-/// `spare` if it may carry a connection now: made with these credentials, young enough,
+/// Adds an idle session to `pair`, closing its oldest past `MAX_IDLE`.
+fn keep_in(pair: &mut Pair, session: Session) {
+    pair.idle.push(session);
+    if pair.idle.len() > MAX_IDLE {
+        pair.idle.remove(0);
+        METRICS.tunnel_spares.with_label_values(&["surplus"]).inc();
+    }
+}
+
+/// `session` if it may carry a connection now: made with these credentials, young enough,
 /// and not closed by the other side (its daemon restarted, say).
 fn usable(
-    spare: Spare,
+    session: Session,
     svid: &Arc<Svid>,
     bundle: &Arc<TrustBundle>,
     now: Instant,
-) -> Option<Spare> {
-    let outcome = if !Arc::ptr_eq(&spare.svid, svid) || !Arc::ptr_eq(&spare.bundle, bundle) {
+) -> Option<Session> {
+    let outcome = if !Arc::ptr_eq(&session.svid, svid) || !Arc::ptr_eq(&session.bundle, bundle) {
         "stale"
-    } else if now - spare.made >= MAX_AGE {
+    } else if now - session.idle_since >= MAX_AGE || now - session.handshaken >= MAX_LIFE {
         "expired"
-    } else if !established(spare.stream.get_ref().0.tcp()) {
+    } else if !established(session.stream.get_ref().0.tcp()) {
         "closed"
     } else {
         "used"
     };
     METRICS.tunnel_spares.with_label_values(&[outcome]).inc();
-    (outcome == "used").then_some(spare)
+    (outcome == "used").then_some(session)
 }
 
 /// Whether the kernel still has the connection open both ways (a FIN or a reset from the

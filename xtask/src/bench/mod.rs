@@ -1,10 +1,11 @@
 //! `cargo xtask bench`: hawser against plain TCP, as ratios within one run.
 //!
-//! The same suite (`xtask bench-suite`) runs twice: on this machine (plain TCP and
-//! userspace TLS: this kernel has no kTLS), and in the VM of `vm-test` on Debian's stock
-//! kernel (plain, userspace TLS forced with `--no-ktls`, and kTLS + splice), smaller
-//! because the VM is emulated. Each prints its samples as `BENCH` lines; this side
-//! collects them and writes the reports. The daemon and the load tool are release builds.
+//! The same suite (`xtask bench-suite`) runs twice: on this machine (plain TCP, userspace
+//! TLS, serial sessions with `--tunnel-reuse`: this kernel has no kTLS), and in the VM of
+//! `vm-test` on Debian's stock kernel (the same, userspace TLS forced with `--no-ktls`,
+//! and kTLS + splice), smaller because the VM is emulated; HAProxy's pair in both. Each
+//! prints its samples as `BENCH` lines; this side collects them and writes the reports.
+//! The daemon and the load tool are release builds.
 
 pub mod profile;
 mod relays;
@@ -24,8 +25,8 @@ use anyhow::{Context, Result, ensure};
 use crate::{cmd, vm};
 use report::Run;
 
-/// The whole VM part (boot, three scenarios) must finish within this.
-const VM_TIMEOUT: Duration = Duration::from_secs(40 * 60);
+/// The whole VM part (boot, every scenario) must finish within this.
+const VM_TIMEOUT: Duration = Duration::from_secs(50 * 60);
 
 pub fn run(host_only: bool, profile: bool) -> Result<()> {
     build()?;
@@ -102,7 +103,7 @@ fn in_vm() -> Result<Run> {
     );
     let log = vm::guest(
         "bench",
-        "the benchmarks (plain, userspace TLS, kTLS)",
+        "the benchmarks (plain, userspace TLS, serial sessions, kTLS, HAProxy)",
         &script,
         VM_TIMEOUT,
     )?;

@@ -67,7 +67,7 @@ pub fn run(scale: &Scale) -> Result<()> {
     info("open files limit", &fd_limit.to_string());
     let spare_fds = usize::try_from(fd_limit.saturating_sub(1000))?;
     let ktls = hawser_testbed::expected_tls_path() == "ktls";
-    let mut scenarios = vec![Scenario::Plain, Scenario::Userspace];
+    let mut scenarios = vec![Scenario::Plain, Scenario::Userspace, Scenario::Serial];
     if ktls {
         scenarios.push(Scenario::Kernel);
     }
@@ -149,7 +149,7 @@ fn measure(
     crash_recovery(t, &out)?;
     match scenario {
         Scenario::Plain | Scenario::Haproxy => Ok(()),
-        Scenario::Userspace => t.expect_tls_path("userspace"),
+        Scenario::Userspace | Scenario::Serial => t.expect_tls_path("userspace"),
         Scenario::Kernel => t.expect_tls_path("ktls"),
     }
 }

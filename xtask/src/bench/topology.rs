@@ -16,6 +16,8 @@ pub enum Scenario {
     Plain,
     /// hawser's tunnel with rustls encrypting in userspace.
     Userspace,
+    /// The same with `--tunnel-reuse`: a pod's connections follow one another on a session.
+    Serial,
     /// hawser's tunnel with kernel TLS and splice.
     Kernel,
     /// A pair of HAProxy relays: mTLS (TLS 1.3, OpenSSL) between the pods.
@@ -27,6 +29,7 @@ impl Scenario {
         match self {
             Scenario::Plain => "plain",
             Scenario::Userspace => "userspace",
+            Scenario::Serial => "serial",
             Scenario::Kernel => "ktls",
             Scenario::Haproxy => "haproxy",
         }
@@ -66,6 +69,7 @@ impl Topology {
         let topology = match scenario {
             Scenario::Plain => Topology::Plain(plain()?),
             Scenario::Userspace => mesh(&["--no-ktls"])?,
+            Scenario::Serial => mesh(&["--no-ktls", "--tunnel-reuse"])?,
             Scenario::Kernel => mesh(&[])?,
             Scenario::Haproxy => {
                 let net = plain()?;
