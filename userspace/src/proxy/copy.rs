@@ -124,7 +124,7 @@ pub(super) async fn send(to: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> io
 /// The size of a buffer of `len` bytes after a read of `n` into it (see `FIRST_BUFFER`).
 pub(super) fn grown(len: usize, n: usize) -> usize {
     if n == len && len < MAX_BUFFER {
-        len * GROWTH
+        (len * GROWTH).min(MAX_BUFFER)
     } else {
         len
     }

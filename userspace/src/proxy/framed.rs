@@ -31,14 +31,18 @@ pub struct Relayed {
 }
 
 /// Relays one stream until both directions ended, one fails, or `cut` says why it may
-/// not go on.
+/// not go on. `client`: this end is the session's client (only a server goes away).
 pub async fn relay(
     mut app: TcpStream,
     session: &mut (impl AsyncRead + AsyncWrite + Unpin),
     cut: impl Future<Output = String>,
+    client: bool,
 ) -> Relayed {
     let (to_peer, to_app) = (AtomicU64::new(0), AtomicU64::new(0));
-    let going_away = AtomicBool::new(false);
+    let going_away = Marks {
+        allowed: client,
+        seen: AtomicBool::new(false),
+    };
     let result = {
         let (mut app_read, mut app_write) = app.split();
         let (mut session_read, mut session_write) = tokio::io::split(session);
@@ -54,13 +58,19 @@ pub async fn relay(
         splice::reset(&app);
     }
     Relayed {
-        reusable: error.is_none() && !going_away.into_inner(),
+        reusable: error.is_none() && !going_away.seen.into_inner(),
         moved: Moved {
             to_peer: to_peer.into_inner(),
             to_app: to_app.into_inner(),
             error,
         },
     }
+}
+
+/// Going-away marks on a stream: whether the peer may send one, and whether it did.
+struct Marks {
+    allowed: bool,
+    seen: AtomicBool,
 }
 
 /// The app's bytes as frames until it half-closes, then the end frame.
@@ -84,13 +94,13 @@ async fn into_frames(
 }
 
 /// Frames to the app until the end frame, which half-closes it; a going-away mark is
-/// noted. Reads exactly the frames' bytes: whatever follows the end (the next stream's
-/// preamble) stays in the session.
+/// noted (an error from a client). Reads exactly the frames' bytes: whatever follows the
+/// end (the next stream's preamble) stays in the session.
 async fn out_of_frames(
     from: &mut (impl AsyncRead + Unpin),
     to: &mut (impl AsyncWrite + Unpin),
     moved: &AtomicU64,
-    going_away: &AtomicBool,
+    going_away: &Marks,
 ) -> io::Result<()> {
     let mut buffer = vec![0; FIRST_BUFFER];
     loop {
@@ -101,9 +111,13 @@ async fn out_of_frames(
         let mut left = match frame {
             Frame::Data(len) => len,
             Frame::End => return unless_gone(to.shutdown().await),
-            Frame::GoingAway => {
-                going_away.store(true, Ordering::Relaxed);
+            Frame::GoingAway if going_away.allowed => {
+                going_away.seen.store(true, Ordering::Relaxed);
                 continue;
+            }
+            Frame::GoingAway => {
+                let unasked = "a going-away mark from the session's client";
+                return Err(io::Error::new(io::ErrorKind::InvalidData, unasked));
             }
         };
         while left > 0 {
@@ -128,6 +142,7 @@ mod tests {
 
     use super::*;
     use crate::proxy::splice::tests::tcp_pair;
+    use hawser_model::frames::MAX_LEN;
 
     /// Streams in turn on one session, each relayed at both ends: the bytes and the
     /// half-close of each direction pass, the session carries the next stream with nothing
@@ -145,9 +160,11 @@ mod tests {
                 far.write_all(&Frame::going_away()).await.unwrap();
             }
             let near_end =
-                tokio::spawn(async move { (relay(app, &mut near, pending()).await, near) });
+                tokio::spawn(async move { (relay(app, &mut near, pending(), true).await, near) });
             let far_end =
-                tokio::spawn(async move { (relay(server_app, &mut far, pending()).await, far) });
+                tokio::spawn(
+                    async move { (relay(server_app, &mut far, pending(), false).await, far) },
+                );
             // Larger than a frame: it goes in several.
             let request = vec![round; 300_000];
             client.write_all(&request).await.unwrap();
@@ -174,24 +191,33 @@ mod tests {
         }
     }
 
-    /// A session that ends inside a stream, or sends a frame larger than any sender
-    /// makes, cuts the stream: the app reads an error, never a clean end.
+    /// A session that ends inside a stream, sends a frame larger than any sender makes, or
+    /// a going-away mark to a server cuts the stream: the app reads an error, never a
+    /// clean end.
     #[tokio::test]
     async fn a_stream_cut_inside_a_frame_or_by_a_bad_frame_resets_the_app() {
+        use io::ErrorKind::{InvalidData, UnexpectedEof};
         let mut cut_short = Frame::header(10).to_vec();
         cut_short.extend(b"abc");
-        let oversized = u32::MAX.to_be_bytes().to_vec();
-        for sent in [cut_short, oversized] {
+        let oversized = ((MAX_LEN + 1) as u32).to_be_bytes().to_vec();
+        let mut to_a_server = Frame::going_away().to_vec();
+        to_a_server.extend(Frame::header(3).iter().chain(b"abc"));
+        let cases = [
+            (cut_short, true, UnexpectedEof),
+            (oversized, true, InvalidData),
+            (to_a_server, false, InvalidData),
+        ];
+        for (sent, client_end, why) in cases {
             let (mut near, mut far) = duplex(1024);
             let (app, mut client) = tcp_pair().await;
-            let relayed = tokio::spawn(async move { relay(app, &mut near, pending()).await });
+            let relayed =
+                tokio::spawn(async move { relay(app, &mut near, pending(), client_end).await });
             far.write_all(&sent).await.unwrap();
             drop(far);
             let relayed = relayed.await.unwrap();
-            assert!(
-                relayed.moved.error.is_some() && !relayed.reusable,
-                "{sent:?}: cut"
-            );
+            let error = relayed.moved.error.expect("the stream was cut");
+            assert_eq!(error.kind(), why, "{sent:?}: {error}");
+            assert!(!relayed.reusable);
             let mut received = Vec::new();
             let read = client.read_to_end(&mut received).await;
             let error = read.expect_err("a reset, not a clean end");
@@ -204,7 +230,7 @@ mod tests {
     async fn a_cut_stream_resets_the_app() {
         let (mut near, _far) = duplex(1024);
         let (app, mut client) = tcp_pair().await;
-        let relayed = relay(app, &mut near, async { "revoked".to_string() }).await;
+        let relayed = relay(app, &mut near, async { "revoked".to_string() }, true).await;
         let error = relayed.moved.error.map(|e| e.to_string());
         assert_eq!(error.as_deref(), Some("revoked"));
         let mut received = Vec::new();

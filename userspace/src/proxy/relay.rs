@@ -230,7 +230,8 @@ impl Connection {
         METRICS.connection_opened(&self.labels);
         let mut ticket = self.ticket.take();
         let cut = Self::cut(&mut ticket, &self.deadline);
-        let relayed = framed::relay(app, session, cut).await;
+        let client = matches!(self.direction, Direction::Outbound);
+        let relayed = framed::relay(app, session, cut, client).await;
         self.closed(self.outcome(relayed.moved));
         relayed.reusable
     }

@@ -52,7 +52,9 @@ impl TlsConfigs {
             return Ok(server.clone());
         }
         let anchors = built.anchors()?;
-        let server = configs::mesh_server(svid, &anchors, offload.provider(), resume(offload))?;
+        let serial = offload.path() == TlsPath::Userspace;
+        let (provider, resume) = (offload.provider(), resume(offload));
+        let server = configs::mesh_server(svid, &anchors, provider, resume, serial)?;
         let server = Arc::new(server);
         built.server = Some(server.clone());
         Ok(server)

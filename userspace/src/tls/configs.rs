@@ -84,20 +84,25 @@ const SESSIONS: usize = 64;
 const TICKETS: usize = 4;
 
 /// The tunnel's server end: present `svid`, require a client chaining to the roots of its
-/// identity's trust domain (the caller reads that identity from the certificate).
+/// identity's trust domain (the caller reads that identity from the certificate). Serial
+/// sessions for clients that offer them when `serial` (where this end stays in userspace:
+/// a kernel-TLS end keeps its sessions in the kernel, one per connection).
 pub fn mesh_server(
     svid: &Svid,
     anchors: &Arc<Anchors>,
     provider: Arc<CryptoProvider>,
     resume: Resume,
+    serial: bool,
 ) -> Result<ServerConfig> {
     let clients = Arc::new(MeshClients {
         anchors: anchors.clone(),
         provider: provider.clone(),
     });
     let mut config = server(clients, svid_identity(svid)?, Versions::Tls13, provider)?;
-    // Serial sessions for clients that offer them (they stay in userspace here too).
-    config.alpn_protocols = vec![ALPN_SERIAL.to_vec(), ALPN.to_vec()];
+    config.alpn_protocols = match serial {
+        true => vec![ALPN_SERIAL.to_vec(), ALPN.to_vec()],
+        false => vec![ALPN.to_vec()],
+    };
     if resume == Resume::Tickets {
         config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
         config.send_tls13_tickets = 0;

@@ -10,6 +10,7 @@
 
 use std::{
     io::{self, IoSlice},
+    os::fd::AsRawFd,
     pin::Pin,
     task::{Context, Poll, ready},
 };
@@ -48,6 +49,19 @@ impl Socket {
             Self::Corked(corked) => &corked.io,
             Self::ReadAhead { tcp, .. } => tcp,
         }
+    }
+
+    /// Whether bytes wait to be read: read ahead, or in the kernel.
+    pub fn has_unread(&self) -> bool {
+        if let Self::ReadAhead { ahead, .. } = self
+            && !ahead.is_empty()
+        {
+            return true;
+        }
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int, the bytes in the socket's receive queue.
+        let rc = unsafe { libc::ioctl(self.tcp().as_raw_fd(), libc::FIONREAD, &mut queued) };
+        rc != 0 || queued > 0
     }
 
     /// The socket, for the kernel to take over: only a corked one, which holds no bytes

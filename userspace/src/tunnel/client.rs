@@ -83,6 +83,7 @@ pub fn keep(pod: &Arc<PodContext>, dst: IpAddr, peer: &SpiffeId, mut session: Bo
         return;
     }
     session.idle_since = Instant::now();
+    session.carried = true;
     let since = session.idle_since;
     pod.spares.keep(dst, peer, *session);
     tokio::spawn(expire(Arc::downgrade(pod), dst, peer.clone(), since));
@@ -116,6 +117,7 @@ async fn handshake(
         bundle,
         handshaken: now,
         idle_since: now,
+        carried: false,
     })
 }
 

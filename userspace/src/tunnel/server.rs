@@ -3,7 +3,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use hawser_common::{INBOUND_PORT, OUTBOUND_PORT, TUNNEL_PORT};
@@ -121,19 +121,25 @@ pub async fn next_stream(
     pod: &PodContext,
     first: bool,
 ) -> Result<Option<SocketAddr>> {
+    // Told before this stream: the client sends none after the one that crossed the mark.
+    if session.told_going_away && !first {
+        return Ok(None);
+    }
     let drain = &pod.shared.drain;
     let (stopping, deadline) = (drain.stopping(), drain.deadline());
-    let read = async {
-        let Some(byte) = first_byte(session, &stopping, &deadline).await? else {
-            return Ok(None);
-        };
-        preamble::rest(byte, &mut session.stream).await.map(Some)
+    let waited = next_byte(session, &stopping, &deadline);
+    let byte = match tokio::time::timeout(HANDSHAKE_TIMEOUT, waited).await {
+        // Idle between streams that long: the client dropped the session.
+        Err(_) if !first => return Ok(None),
+        Err(_) => return Err(Failure::TimedOut("preamble".into())),
+        Ok(byte) => byte.map_err(|e| Failure::io("preamble", e))?,
     };
-    let port = match port_of(tokio::time::timeout(HANDSHAKE_TIMEOUT, read).await) {
-        Err(Failure::TimedOut(_)) if !first => return Ok(None),
-        port => port?,
+    let Some(byte) = byte else {
+        return Ok(None);
     };
-    let Some(port) = port else {
+    let rest = preamble::rest(byte, &mut session.stream);
+    let rest = tokio::time::timeout(HANDSHAKE_TIMEOUT, rest).await;
+    let Some(port) = port_of(rest.map(|read| read.map(Some)))? else {
         return Ok(None);
     };
     if session.handshaken.elapsed() >= MAX_LIFE + HANDSHAKE_TIMEOUT {
@@ -151,27 +157,43 @@ pub async fn next_stream(
     Ok(Some(SocketAddr::new(dialed, port)))
 }
 
+/// How long a session told that the daemon goes away still waits for a preamble the
+/// client may have sent before it read the mark.
+const GOING_AWAY_GRACE: Duration = Duration::from_secs(1);
+
 /// The first byte of a serial session's next preamble. Once the daemon drains, the
 /// client is told first that the session takes no stream after the one it may already
-/// have sent (`hawser_model::frames`); None: the session ended, or the drain window did.
-async fn first_byte(
+/// have sent (`hawser_model::frames`), which has `GOING_AWAY_GRACE` to arrive. None: the
+/// session ended, the grace or the drain window did.
+async fn next_byte(
     session: &mut Verified,
     stopping: &CancellationToken,
     deadline: &CancellationToken,
 ) -> std::io::Result<Option<u8>> {
+    let grace = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(grace);
     loop {
         let told = session.told_going_away;
+        let stream = &mut session.stream;
         let next = tokio::select! {
-            first = preamble::first_byte(&mut session.stream) => Some(first),
+            byte = preamble::first_byte(stream) => Some(byte),
             () = stopping.cancelled(), if !told => None,
+            () = &mut grace, if told => return Ok(None),
             () = deadline.cancelled() => return Ok(None),
         };
-        if let Some(first) = next {
-            return first;
+        if let Some(byte) = next {
+            return byte;
         }
         session.told_going_away = true;
+        grace
+            .as_mut()
+            .reset(tokio::time::Instant::now() + GOING_AWAY_GRACE);
         let mark = Frame::going_away();
-        if session.stream.write_all(&mark).await.is_err() || session.stream.flush().await.is_err() {
+        let told = async {
+            session.stream.write_all(&mark).await?;
+            session.stream.flush().await
+        };
+        if told.await.is_err() {
             return Ok(None);
         }
     }

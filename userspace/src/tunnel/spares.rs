@@ -43,6 +43,8 @@ pub const MAX_LIFE: Duration = Duration::from_secs(60);
 const MAX_PAIRS: usize = 256;
 /// Idle sessions a pair keeps (about its connections open at once); more are closed.
 const MAX_IDLE: usize = 8;
+/// Idle sessions a pod keeps in all (each holds a socket and its TLS state).
+const MAX_POD_IDLE: usize = 64;
 
 /// A handshaken session to a destination, between streams (no preamble pending).
 pub struct Session {
@@ -54,6 +56,8 @@ pub struct Session {
     pub handshaken: Instant,
     /// When it became idle (made, or kept after a stream).
     pub idle_since: Instant,
+    /// It carried a stream (a kept serial session, not a spare).
+    pub carried: bool,
 }
 
 impl Session {
@@ -131,24 +135,24 @@ impl Spares {
     pub fn made(&self, dst: IpAddr, peer: &SpiffeId, spare: Option<Session>) {
         let Some(spare) = spare else {
             METRICS.tunnel_spares.with_label_values(&["failed"]).inc();
-            return self.with_pair(dst, peer, |pair| pair.making = false);
+            return self.with_pair(dst, peer, |pair, _| pair.making = false);
         };
-        self.with_pair(dst, peer, |pair| {
+        self.with_pair(dst, peer, |pair, idle| {
             pair.making = false;
-            keep_in(pair, spare);
+            keep_in(pair, spare, idle);
         });
     }
 
     /// Keeps a serial session whose stream ended cleanly for the pair's next connection.
     pub fn keep(&self, dst: IpAddr, peer: &SpiffeId, session: Session) {
         METRICS.tunnel_spares.with_label_values(&["kept"]).inc();
-        self.with_pair(dst, peer, |pair| keep_in(pair, session));
+        self.with_pair(dst, peer, |pair, idle| keep_in(pair, session, idle));
     }
 
     /// Drops the session for `dst` as `peer` idle since `since` if still unused: it
     /// would be too old to use, and it holds a connection.
     pub fn expire(&self, dst: IpAddr, peer: &SpiffeId, since: Instant) {
-        self.with_pair(dst, peer, |pair| {
+        self.with_pair(dst, peer, |pair, _| {
             let before = pair.idle.len();
             pair.idle.retain(|s| s.idle_since != since);
             if pair.idle.len() < before {
@@ -157,11 +161,14 @@ impl Spares {
         });
     }
 
-    /// Runs `f` on the pair if it is still tracked (a dropped session is closed: its
-    /// server sees the session end before a preamble, and ends it quietly).
-    fn with_pair(&self, dst: IpAddr, peer: &SpiffeId, f: impl FnOnce(&mut Pair)) {
-        if let Some(pair) = self.lock().get_mut(&(dst, peer.clone())) {
-            f(pair);
+    /// Runs `f` on the pair if it is still tracked, with the pod's idle sessions in all (a
+    /// dropped session is closed: its server sees the session end before a preamble, and
+    /// ends it quietly).
+    fn with_pair(&self, dst: IpAddr, peer: &SpiffeId, f: impl FnOnce(&mut Pair, usize)) {
+        let mut pairs = self.lock();
+        let idle = pairs.values().map(|p| p.idle.len()).sum();
+        if let Some(pair) = pairs.get_mut(&(dst, peer.clone())) {
+            f(pair, idle);
         }
     }
 
@@ -170,8 +177,12 @@ impl Spares {
     }
 }
 
-/// Adds an idle session to `pair`, closing its oldest past `MAX_IDLE`.
-fn keep_in(pair: &mut Pair, session: Session) {
+/// Adds an idle session to `pair`, closing its oldest past `MAX_IDLE`; closes it instead
+/// when the pod keeps `MAX_POD_IDLE` (`idle` now) already.
+fn keep_in(pair: &mut Pair, session: Session, idle: usize) {
+    if idle >= MAX_POD_IDLE {
+        return METRICS.tunnel_spares.with_label_values(&["surplus"]).inc();
+    }
     pair.idle.push(session);
     if pair.idle.len() > MAX_IDLE {
         pair.idle.remove(0);
@@ -191,13 +202,19 @@ fn usable(
         "stale"
     } else if now - session.idle_since >= MAX_AGE || now - session.handshaken >= MAX_LIFE {
         "expired"
-    } else if !established(session.stream.get_ref().0.tcp()) {
+    } else if !established(session.stream.get_ref().0.tcp()) || said_something(&session) {
         "closed"
     } else {
         "used"
     };
     METRICS.tunnel_spares.with_label_values(&[outcome]).inc();
     (outcome == "used").then_some(session)
+}
+
+/// Whether the server sent anything since the session's last stream ended: it sends
+/// nothing between streams but a going-away mark (a spare may hold session tickets).
+fn said_something(session: &Session) -> bool {
+    session.carried && session.stream.get_ref().0.has_unread()
 }
 
 /// Whether the kernel still has the connection open both ways (a FIN or a reset from the
