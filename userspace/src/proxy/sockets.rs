@@ -153,14 +153,17 @@ const FREE_PORT_TRIES: usize = 16;
 /// TIME_WAIT for a minute: a busy client sending to one app fills the range. The kernel's
 /// own choice (port 0) then slows down badly, as it scans the odd ports it prefers for a
 /// bind one by one before it gives up (at about 14 000 of them in TIME_WAIT each bind
-/// took ~6 ms here). A random odd port of the namespace's local range, not reserved, is
-/// free at the first tries until the range is nearly full; the kernel chooses after that.
-/// (Odd, as the kernel's choice for a bind: `connect` prefers even ones.)
+/// took ~6 ms here). A random port of the namespace's local range, not reserved, is free
+/// at the first tries until the range is nearly full; the kernel chooses after that. Odd
+/// ones first, as the kernel's choice for a bind (a client's `connect` prefers even ones,
+/// and a delivery must not take the port of a live connection of the same client), then
+/// any.
 fn bind_free_port(socket: &Socket, source: SocketAddr) -> io::Result<()> {
     let ports = LocalPorts::current();
     let mut addr = source; // keeps a link-local address's interface
-    for _ in 0..FREE_PORT_TRIES {
-        let port = rand::random_range(ports.range.clone()) | 1;
+    for tries in 0..FREE_PORT_TRIES {
+        let odd = tries < FREE_PORT_TRIES / 2;
+        let port = rand::random_range(ports.range.clone()) | u16::from(odd);
         if !ports.range.contains(&port) || ports.is_reserved(port) || port == source.port() {
             continue;
         }
@@ -250,7 +253,8 @@ mod tests {
         assert!(LocalPorts::ports_of("").is_none());
     }
 
-    /// A delivery never takes its client's own port, nor a reserved one, nor an even one.
+    /// A delivery never takes its client's own port, nor a reserved one, and an odd one
+    /// while odd ones are free.
     #[test]
     fn a_free_port_is_odd_unreserved_and_not_the_sources_own() {
         let source: SocketAddr = "127.0.0.1:40001".parse().unwrap();
