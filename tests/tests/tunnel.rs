@@ -220,12 +220,15 @@ fn impostor_cert(m: &Mesh, identity: &str) -> Result<(String, String)> {
     ))
 }
 
-/// Istio YAML, as a user would apply it, in the daemons' configuration directory.
+/// Istio YAML, as a user would apply it, in the daemons' configuration directory; waits
+/// until both daemons read it (a reload more than before).
 fn apply_policy(m: &Mesh, yaml: &str) -> Result<()> {
+    let reloaded = "workload configuration reloaded";
+    let before = [&m.d1, &m.d2].map(|d| d.count(reloaded));
     hawser_testbed::write_atomically(&m.bed.config_dir().join("policies.yaml"), yaml)?;
-    for d in [&m.d1, &m.d2] {
+    for (d, before) in [&m.d1, &m.d2].into_iter().zip(before) {
         d.wait_for("the policy", Duration::from_secs(10), |log| {
-            log.matches("workload configuration reloaded").count() >= 1
+            log.matches(reloaded).count() > before
         })?;
     }
     Ok(())
@@ -793,11 +796,8 @@ fn a_serial_session_carries_a_pods_connections_one_after_another() -> Result<()>
 
     // A deny for a, applied at b's daemon only: the next connection takes the kept session
     // and is refused there.
-    let policies = m.bed.config_dir().join("policies.yaml");
-    let reloads = || m.d2.lines_with(&["workload configuration reloaded"]).len();
-    let before = reloads();
-    hawser_testbed::write_atomically(
-        &policies,
+    apply_policy(
+        &m,
         r#"
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -810,11 +810,6 @@ spec:
     - source: {principals: ["cluster.local/ns/default/sa/a"]}
 "#,
     )?;
-    wait_until(
-        Duration::from_secs(5),
-        "b's daemon to read the policy",
-        || reloads() > before,
-    )?;
     assert!(curl(&m.a, &url).is_err());
     assert_eq!(spares(&m.node1, "used")?, 5, "it went on the kept session");
     assert_eq!(nginx.requests().len(), 5);
@@ -826,13 +821,7 @@ spec:
     );
 
     // Allowed again: on a new session (and a spare beside it: the pair is busy).
-    let before = reloads();
-    hawser_testbed::write_atomically(&policies, "")?;
-    wait_until(
-        Duration::from_secs(5),
-        "b's daemon to drop the policy",
-        || reloads() > before,
-    )?;
+    apply_policy(&m, "")?;
     assert_eq!(curl(&m.a, &url)?, nginx.body);
     assert!(settled_handshakes(&m)? > 1);
 
