@@ -30,6 +30,11 @@ impl Mesh {
 
     /// The mesh with `extra` arguments for both node daemons.
     pub fn with_node_args(extra: &[&str]) -> Result<Self> {
+        Self::with_args(extra, extra)
+    }
+
+    /// The mesh with extra arguments for each node's daemon.
+    pub fn with_args(node1_extra: &[&str], node2_extra: &[&str]) -> Result<Self> {
         let bed = Testbed::new()?;
         let node1 = bed.node("node1", 1)?;
         let node2 = bed.node("node2", 2)?;
@@ -38,8 +43,8 @@ impl Mesh {
         let b = bed.pod(&node2, "b")?;
         bed.enroll(&[&a, &b])?;
         let (ca_service, ca) = bed.start_ca(&node1, &[&node1, &node2])?;
-        let d1 = bed.start_node_with(&node1, Some(&ca), extra)?;
-        let d2 = bed.start_node_with(&node2, Some(&ca), extra)?;
+        let d1 = bed.start_node_with(&node1, Some(&ca), node1_extra)?;
+        let d2 = bed.start_node_with(&node2, Some(&ca), node2_extra)?;
         for d in [&d1, &d2] {
             d.wait_for(
                 "the pod's SVID and the bundle",

@@ -606,6 +606,50 @@ fn spares(node: &hawser_testbed::Node, outcome: &str) -> Result<u64> {
     )
 }
 
+/// Serial sessions need both daemons to keep tunnels in userspace. Beside a daemon whose
+/// kernel takes the TLS over, `--tunnel-reuse` falls back to a session per connection,
+/// whichever side the kernel-TLS daemon is on, and every connection arrives.
+#[test]
+fn serial_sessions_fall_back_to_one_per_connection_beside_a_kernel_tls_daemon() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    if hawser_testbed::expected_tls_path() != "ktls" {
+        eprintln!("SKIPPED: needs a kernel with TLS (`cargo xtask vm-test` runs it)");
+        return Ok(());
+    }
+    let (userspace, kernel) = (
+        &["--tunnel-reuse", "--no-ktls"][..],
+        &["--tunnel-reuse"][..],
+    );
+    for (node1, node2) in [(userspace, kernel), (kernel, userspace)] {
+        let m = Mesh::with_args(node1, node2)?;
+        let nginx = Nginx::start(&m.bed, &m.b)?;
+        let url = format!("http://{}/hello.txt", m.b.ip);
+        for _ in 0..3 {
+            assert_eq!(curl(&m.a, &url)?, nginx.body);
+        }
+        assert_eq!(spares(&m.node1, "kept")?, 0, "a session was kept");
+        assert!(settled_handshakes(&m)? >= 3, "a handshake per connection");
+        for (d, args) in [(&m.d1, node1), (&m.d2, node2)] {
+            let path = if args.contains(&"--no-ktls") {
+                "userspace"
+            } else {
+                "ktls"
+            };
+            let closed = [
+                "connection closed",
+                "security=\"mtls\"",
+                &format!("tls=\"{path}\""),
+            ];
+            wait_until(Duration::from_secs(5), "3 connections logged", || {
+                d.lines_with(&closed).len() == 3
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// A counter of a node daemon's metrics (0 until it counted anything).
 fn counter(node: &hawser_testbed::Node, series: &str) -> Result<u64> {
     let (_, metrics) = node.http_get("http://127.0.0.1:15020/metrics")?;

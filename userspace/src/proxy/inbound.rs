@@ -93,19 +93,25 @@ async fn serial_streams(
     mut session: tunnel::server::Verified,
 ) {
     let path = TlsPath::Userspace;
-    for first in std::iter::once(true).chain(std::iter::repeat(false)) {
+    let mut first = true;
+    loop {
         let next = tunnel::server::next_stream(&mut session, dialed.ip(), pod, first);
         let dst = match Box::pin(next).await {
             Ok(Some(dst)) => dst,
             Ok(None) if first => return unused(pod, peer, &session.client),
             Ok(None) => return,
             Err(e) => {
+                // The first stream's preamble completes the tunnel, as on any tunnel.
+                let refusal = if first {
+                    Refusal::Handshake(e)
+                } else {
+                    Refusal::Session(e)
+                };
                 let record = Connection::new(Direction::Tunnel, pod, peer, dialed);
-                return record
-                    .mtls(&session.client, path)
-                    .refuse(Refusal::Handshake(e));
+                return record.mtls(&session.client, path).refuse(refusal);
             }
         };
+        first = false;
         let caller = Caller {
             src: peer,
             dst,

@@ -17,6 +17,9 @@ pub enum Refusal {
     TooManyHandshakes(String),
     /// The client did not complete an acceptable TLS handshake (or preamble).
     Handshake(Failure),
+    /// A stream on an established serial session the session may not carry: past the
+    /// session's life, the client's chain expired or no longer trusted, a bad preamble.
+    Session(Failure),
     /// PeerAuthentication or AuthorizationPolicy does not admit the caller.
     Policy(String),
     /// The caller's identity or certificate is revoked.
@@ -43,6 +46,7 @@ impl Refusal {
             Refusal::NotSteered => "not_steered",
             Refusal::TooManyHandshakes(_) => "too_many_handshakes",
             Refusal::Handshake(_) => "handshake",
+            Refusal::Session(_) => "session",
             Refusal::Policy(_) => "policy",
             Refusal::Revoked(_) => "revoked",
             Refusal::Untrusted(_) => "untrusted_domain",
@@ -68,7 +72,10 @@ impl fmt::Display for Refusal {
             | Refusal::Untrusted(why)
             | Refusal::NoRoute(why) => f.write_str(why),
             Refusal::Policy(why) => write!(f, "policy: {why}"),
-            Refusal::Handshake(e) | Refusal::Tunnel(e) | Refusal::Connect(e) => {
+            Refusal::Handshake(e)
+            | Refusal::Session(e)
+            | Refusal::Tunnel(e)
+            | Refusal::Connect(e) => {
                 write!(f, "{e}")
             }
             Refusal::Origination { rule, error } => write!(f, "DestinationRule {rule}: {error}"),
@@ -87,6 +94,7 @@ mod tests {
             Refusal::NotSteered,
             Refusal::TooManyHandshakes("32 from 10.0.0.1".into()),
             Refusal::Handshake(Failure::Peer("bad certificate".into())),
+            Refusal::Session(Failure::Peer("a serial session too old".into())),
             Refusal::Policy("DENY policy default/no-a".into()),
             Refusal::Revoked("the peer identity spiffe://x is revoked".into()),
             Refusal::Untrusted("no trust bundle for trust domain td1".into()),
@@ -100,8 +108,8 @@ mod tests {
         ];
         let labels: std::collections::BTreeSet<&str> = all.iter().map(Refusal::reason).collect();
         assert_eq!(labels.len(), all.len());
-        assert_eq!(all[9].to_string(), "DestinationRule shop/api: unknown CA");
-        assert_eq!(all[10].to_string(), "connect 10.0.0.2:80: timed out");
+        assert_eq!(all[10].to_string(), "DestinationRule shop/api: unknown CA");
+        assert_eq!(all[11].to_string(), "connect 10.0.0.2:80: timed out");
         assert!(all.iter().all(|r| !r.to_string().is_empty()));
     }
 }

@@ -140,15 +140,10 @@ pub fn session_peer<'s>(
     if session.handshake_kind() != Some(HandshakeKind::Resumed) {
         return Ok((id, leaf));
     }
-    for cert in chain {
-        let pem = pem::encode(&pem::Pem::new("CERTIFICATE", cert.as_ref().to_vec()));
-        let info = certs::info(&pem).map_err(|e| Failure::Peer(format!("{e:#}")))?;
-        if info.not_after <= time::OffsetDateTime::now_utc() {
-            return Err(Failure::Peer(format!(
-                "the resumed session of {id}: {} has expired",
-                info.subject
-            )));
-        }
+    if chain_expiry(chain)? <= time::OffsetDateTime::now_utc() {
+        return Err(Failure::Peer(format!(
+            "the resumed session of {id}: its chain has expired"
+        )));
     }
     match expected {
         Some(expected) if *expected != id => Err(Failure::Peer(format!(
@@ -156,6 +151,19 @@ pub fn session_peer<'s>(
         ))),
         _ => Ok((id, leaf)),
     }
+}
+
+/// When the first certificate of a peer's `chain` expires: a session outliving its
+/// handshake (resumed, or carrying streams one after another) trusts the peer no longer.
+pub fn chain_expiry(chain: &[CertificateDer<'_>]) -> Result<time::OffsetDateTime> {
+    let mut expiries = chain.iter().map(|cert| {
+        let info = certs::info_der(cert).map_err(|e| Failure::Peer(format!("{e:#}")))?;
+        Ok(info.not_after)
+    });
+    let first = expiries
+        .next()
+        .ok_or_else(|| Failure::Peer("no peer certificate".into()))?;
+    expiries.try_fold(first?, |earliest, next: Result<_>| Ok(earliest.min(next?)))
 }
 
 /// The client `chain` of an established session checked again against `bundle` (a serial
@@ -455,6 +463,25 @@ mod tests {
         let provider = crate::tls::configs::provider();
         let usage = webpki::KeyUsage::client_auth();
         anchors.prove(usage, leaf, &[], &provider, UnixTime::now())
+    }
+
+    /// A session trusts its peer until the first certificate of the chain expires, an
+    /// intermediate's too.
+    #[test]
+    fn a_chain_expires_with_its_first_certificate_to_expire() {
+        let (_, root_ca) = root();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let soon = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        params.not_after = soon;
+        let key = KeyPair::generate().unwrap();
+        let intermediate = params.signed_by(&key, &root_ca).unwrap().der().clone();
+        let leaf = leaf("spiffe://td/ns/default/sa/a", &Issuer::new(params, key));
+        let chain = [leaf, intermediate];
+        let expiry = chain_expiry(&chain).unwrap();
+        assert_eq!(expiry.unix_timestamp(), soon.unix_timestamp());
+        assert!(chain_expiry(&chain[..1]).unwrap() > soon, "the leaf alone");
+        assert!(chain_expiry(&[]).is_err());
     }
 
     /// A serial session's client under a new bundle: still trusted while its root is, and

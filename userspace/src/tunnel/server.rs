@@ -7,6 +7,7 @@ use std::{
 };
 
 use hawser_common::{INBOUND_PORT, OUTBOUND_PORT, TUNNEL_PORT};
+use time::OffsetDateTime;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +38,8 @@ pub struct Verified {
     /// The bundle the client's chain was last checked against.
     bundle: Arc<TrustBundle>,
     handshaken: Instant,
+    /// When the first certificate of the client's chain expires.
+    valid_until: OffsetDateTime,
     /// The client was told the session takes no further stream (the daemon drains).
     told_going_away: bool,
 }
@@ -70,12 +73,14 @@ pub async fn handshake(pod: &PodContext, conn: TcpStream) -> Result<Verified> {
     let session = stream.get_ref().1;
     let (client, leaf) = session_peer(session, &bundle, None)?;
     let certificate = client_certificate(leaf, session)?;
+    let valid_until = verify::chain_expiry(session.peer_certificates().unwrap_or_default())?;
     Ok(Verified {
         stream,
         client,
         certificate,
         bundle,
         handshaken: Instant::now(),
+        valid_until,
         told_going_away: false,
     })
 }
@@ -142,11 +147,7 @@ pub async fn next_stream(
     let Some(port) = port_of(rest.map(|read| read.map(Some)))? else {
         return Ok(None);
     };
-    if session.handshaken.elapsed() >= MAX_LIFE + HANDSHAKE_TIMEOUT {
-        return Err(Failure::Peer(format!(
-            "a stream on a serial session older than {MAX_LIFE:?}"
-        )));
-    }
+    still_trusted(session.handshaken.elapsed(), session.valid_until)?;
     let (_, bundle) = pod.credentials()?;
     if !Arc::ptr_eq(&bundle, &session.bundle) {
         let provider = pod.shared.offload.provider();
@@ -155,6 +156,22 @@ pub async fn next_stream(
         session.bundle = bundle;
     }
     Ok(Some(SocketAddr::new(dialed, port)))
+}
+
+/// Whether a serial session whose handshake was `age` ago may carry a stream now: within
+/// its life (and the client's grace), with the client's chain unexpired.
+fn still_trusted(age: Duration, valid_until: OffsetDateTime) -> Result<()> {
+    if age >= MAX_LIFE + HANDSHAKE_TIMEOUT {
+        return Err(Failure::Peer(format!(
+            "a stream on a serial session older than {MAX_LIFE:?}"
+        )));
+    }
+    if OffsetDateTime::now_utc() >= valid_until {
+        return Err(Failure::Peer(format!(
+            "a stream on a serial session whose client chain expired at {valid_until}"
+        )));
+    }
+    Ok(())
 }
 
 /// How long a session told that the daemon goes away still waits for a preamble the
@@ -222,4 +239,21 @@ fn port_of(
         )));
     }
     Ok(Some(preamble.port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_needs_a_young_session_and_an_unexpired_client_chain() {
+        let soon = OffsetDateTime::now_utc() + time::Duration::minutes(5);
+        let past = OffsetDateTime::now_utc() - time::Duration::seconds(1);
+        assert!(still_trusted(Duration::from_secs(1), soon).is_ok());
+        assert!(still_trusted(MAX_LIFE, soon).is_ok(), "the client's grace");
+        let old = still_trusted(MAX_LIFE + HANDSHAKE_TIMEOUT, soon).unwrap_err();
+        assert!(old.to_string().contains("older than"), "{old}");
+        let expired = still_trusted(Duration::from_secs(1), past).unwrap_err();
+        assert!(expired.to_string().contains("chain expired"), "{expired}");
+    }
 }

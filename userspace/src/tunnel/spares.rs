@@ -10,8 +10,8 @@
 //! address and the identity proven there: never shared across identities. It is handed
 //! out only with the SVID and trust bundle it was made with still current, idle for less
 //! than `MAX_AGE` (the server waits `HANDSHAKE_TIMEOUT` for a preamble) and within
-//! `MAX_LIFE` of its handshake; the revocation and trust-domain checks of an opened tunnel
-//! run each time it is used, as for a fresh one.
+//! `MAX_LIFE` of its handshake, with the server's chain unexpired; the revocation and
+//! trust-domain checks of an opened tunnel run each time it is used, as for a fresh one.
 
 use std::{
     collections::HashMap,
@@ -54,6 +54,8 @@ pub struct Session {
     pub svid: Arc<Svid>,
     pub bundle: Arc<TrustBundle>,
     pub handshaken: Instant,
+    /// When the first certificate of the server's chain expires.
+    pub valid_until: time::OffsetDateTime,
     /// When it became idle (made, or kept after a stream).
     pub idle_since: Instant,
     /// It carried a stream (a kept serial session, not a spare).
@@ -190,8 +192,9 @@ fn keep_in(pair: &mut Pair, session: Session, idle: usize) {
     }
 }
 
-/// `session` if it may carry a connection now: made with these credentials, young enough,
-/// and not closed by the other side (its daemon restarted, say).
+/// `session` if it may carry a connection now: made with these credentials, young enough
+/// (with the server's chain unexpired), and not closed by the other side (its daemon
+/// restarted, say).
 fn usable(
     session: Session,
     svid: &Arc<Svid>,
@@ -200,7 +203,10 @@ fn usable(
 ) -> Option<Session> {
     let outcome = if !Arc::ptr_eq(&session.svid, svid) || !Arc::ptr_eq(&session.bundle, bundle) {
         "stale"
-    } else if now - session.idle_since >= MAX_AGE || now - session.handshaken >= MAX_LIFE {
+    } else if now - session.idle_since >= MAX_AGE
+        || now - session.handshaken >= MAX_LIFE
+        || time::OffsetDateTime::now_utc() >= session.valid_until
+    {
         "expired"
     } else if !established(session.stream.get_ref().0.tcp()) || said_something(&session) {
         "closed"
