@@ -9,20 +9,21 @@
 use std::{
     future::Future,
     io,
-    sync::atomic::{AtomicU64, Ordering},
+    pin::Pin,
+    task::{Context, Poll, ready},
 };
 
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::TcpStream,
 };
 
 use super::splice::{self, unless_gone};
 use crate::tls::offload::Stream;
 
-/// A direction's buffer starts small, so an idle connection holds little, and grows
-/// sixteenfold each time a read fills it, up to `MAX_BUFFER`: a bulk flow then moves in
-/// few, large reads and writes (a full 16 KiB TLS record at the second step).
+/// A direction reads this much at first (onto the stack, see `Half`), and its buffer
+/// grows sixteenfold each time a read fills it, up to `MAX_BUFFER`: a bulk flow then
+/// moves in few, large reads and writes (a full 16 KiB TLS record at the second step).
 pub(super) const FIRST_BUFFER: usize = 1024;
 const MAX_BUFFER: usize = 256 * 1024;
 const GROWTH: usize = 16;
@@ -59,58 +60,181 @@ pub async fn bidirectional(
     mut server: impl Endpoint,
     cut: impl Future<Output = String>,
 ) -> Outcome {
-    let (request, response) = (AtomicU64::new(0), AtomicU64::new(0));
-    let result = {
-        let (mut client_read, mut client_write) = tokio::io::split(&mut client);
-        let (mut server_read, mut server_write) = tokio::io::split(&mut server);
-        both_ways(
-            one_way(&mut client_read, &mut server_write, &request),
-            one_way(&mut server_read, &mut client_write, &response),
-            cut,
-        )
-        .await
-    };
+    let (mut there, mut back) = (Half::default(), Half::default());
+    let result = Relay {
+        client: &mut client,
+        server: &mut server,
+        there: &mut there,
+        back: &mut back,
+        cut: std::pin::pin!(cut),
+    }
+    .await;
     let error = result.err();
     if error.is_some() {
         client.reset();
         server.reset();
     }
     Outcome {
-        request: request.into_inner(),
-        response: response.into_inner(),
+        request: there.moved,
+        response: back.moved,
         error,
     }
 }
 
-/// Runs a connection's two directions until both are done or one fails, or until `cut`
-/// resolves (with the reason, the error).
-pub(super) async fn both_ways(
-    there: impl Future<Output = io::Result<()>>,
-    back: impl Future<Output = io::Result<()>>,
-    cut: impl Future<Output = String>,
-) -> io::Result<()> {
-    tokio::select! {
-        copied = async { tokio::try_join!(there, back) } => copied.map(|_| ()),
-        why = cut => Err(io::Error::other(why)),
+/// Both directions of a connection and what may cut it, polled by hand: nested async fns
+/// (a future per direction, joined, raced against the cut) would keep a copy of each
+/// future they are handed in the connection's task, a kilobyte or more per idle
+/// connection.
+struct Relay<'a, A, B, C> {
+    client: &'a mut A,
+    server: &'a mut B,
+    there: &'a mut Half,
+    back: &'a mut Half,
+    cut: Pin<&'a mut C>,
+}
+
+impl<A: Endpoint, B: Endpoint, C: Future<Output = String>> Future for Relay<'_, A, B, C> {
+    type Output = io::Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Poll::Ready(why) = this.cut.as_mut().poll(cx) {
+            return Poll::Ready(Err(io::Error::other(why)));
+        }
+        let there = this.there.poll_copy(cx, this.client, this.server)?;
+        let back = this.back.poll_copy(cx, this.server, this.client)?;
+        if there.is_ready() && back.is_ready() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
     }
 }
 
-/// `from` to `to` until `from` ends, then passes the end on.
-async fn one_way(
-    from: &mut (impl AsyncRead + Unpin),
-    to: &mut (impl AsyncWrite + Unpin),
-    moved: &AtomicU64,
-) -> io::Result<()> {
-    let mut buffer = vec![0; FIRST_BUFFER];
-    loop {
-        let n = from.read(&mut buffer).await?;
-        if n == 0 {
-            return unless_gone(to.shutdown().await);
+/// One direction of a relayed connection.
+#[derive(Default)]
+struct Half {
+    /// Bytes read and not yet written: `buffer[written..filled]`. A direction whose last
+    /// read was small has none between reads (an idle connection holds no buffer); a
+    /// bulk flow keeps one, grown with it (see `FIRST_BUFFER`).
+    buffer: Vec<u8>,
+    written: usize,
+    filled: usize,
+    /// The size of the last read: under `FIRST_BUFFER`, the flow is not bulk.
+    last_read: usize,
+    step: Step,
+    moved: u64,
+}
+
+#[derive(Default)]
+enum Step {
+    #[default]
+    Read,
+    Write,
+    Flush,
+    Shutdown,
+    Done,
+}
+
+impl Half {
+    /// Copies `from` to `to` until `from` ends, then passes the end on.
+    fn poll_copy(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut (impl AsyncRead + Unpin),
+        to: &mut (impl AsyncWrite + Unpin),
+    ) -> Poll<io::Result<()>> {
+        loop {
+            match self.step {
+                Step::Read => ready!(self.poll_read(cx, from, to))?,
+                Step::Write => {
+                    let n = write_now(cx, to, &self.buffer[self.written..self.filled])?;
+                    self.written += n;
+                    self.moved += n as u64;
+                    if self.written < self.filled {
+                        return Poll::Pending;
+                    }
+                    self.step = Step::Flush;
+                }
+                // A TLS stream may take bytes while its records still wait for the
+                // socket; only a flush waits until they are out (see `send`).
+                Step::Flush => {
+                    ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                    self.rebuffer();
+                    self.step = Step::Read;
+                }
+                Step::Shutdown => {
+                    unless_gone(ready!(Pin::new(&mut *to).poll_shutdown(cx)))?;
+                    self.step = Step::Done;
+                }
+                Step::Done => return Poll::Ready(Ok(())),
+            }
         }
-        send(to, &buffer[..n]).await?;
-        moved.fetch_add(n as u64, Ordering::Relaxed);
-        buffer.resize(grown(buffer.len(), n), 0);
     }
+
+    /// Reads the next bytes: into the buffer of a bulk flow, else onto the stack, written
+    /// from there at once as far as `to` takes them, so that only what waits for `to`
+    /// goes to the heap.
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut (impl AsyncRead + Unpin),
+        to: &mut (impl AsyncWrite + Unpin),
+    ) -> Poll<io::Result<()>> {
+        if !self.buffer.is_empty() {
+            let mut read = ReadBuf::new(&mut self.buffer);
+            ready!(Pin::new(from).poll_read(cx, &mut read))?;
+            let n = read.filled().len();
+            (self.written, self.filled, self.last_read) = (0, n, n);
+            self.step = if n == 0 { Step::Shutdown } else { Step::Write };
+            return Poll::Ready(Ok(()));
+        }
+        let mut stack = [0; FIRST_BUFFER];
+        let mut read = ReadBuf::new(&mut stack);
+        ready!(Pin::new(from).poll_read(cx, &mut read))?;
+        let n = read.filled().len();
+        self.last_read = n;
+        if n == 0 {
+            self.step = Step::Shutdown;
+            return Poll::Ready(Ok(()));
+        }
+        let written = write_now(cx, to, &stack[..n])?;
+        self.moved += written as u64;
+        self.buffer = stack[written..n].to_vec();
+        (self.written, self.filled) = (0, n - written);
+        self.step = Step::Write;
+        Poll::Ready(Ok(()))
+    }
+
+    /// After a write: no buffer for a flow whose last read was small, a larger one for a
+    /// flow that filled its buffer.
+    fn rebuffer(&mut self) {
+        if self.last_read < FIRST_BUFFER {
+            self.buffer = Vec::new();
+        } else {
+            let len = grown(self.buffer.len().max(FIRST_BUFFER), self.last_read);
+            self.buffer.resize(len, 0);
+        }
+    }
+}
+
+/// Writes `bytes` to `to` as far as it takes them without waiting: how many it took
+/// (fewer than all: `to` wakes the task when it takes more).
+fn write_now(
+    cx: &mut Context<'_>,
+    to: &mut (impl AsyncWrite + Unpin),
+    bytes: &[u8],
+) -> io::Result<usize> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match Pin::new(&mut *to).poll_write(cx, &bytes[written..]) {
+            Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => written += n,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => break,
+        }
+    }
+    Ok(written)
 }
 
 /// Writes all of `bytes` and flushes: a TLS stream may accept bytes while its records
@@ -127,5 +251,120 @@ pub(super) fn grown(len: usize, n: usize) -> usize {
         (len * GROWTH).min(MAX_BUFFER)
     } else {
         len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    /// Two ends of a loopback TCP connection.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap());
+        let (near, far) = tokio::join!(near, listener.accept());
+        (near.unwrap(), far.unwrap().0)
+    }
+
+    /// Polls `half` from `from` to `to` until `done` says so after a poll.
+    async fn copy_until(
+        half: &mut Half,
+        (from, to): (&mut TcpStream, &mut TcpStream),
+        mut done: impl FnMut(&Half) -> bool,
+    ) {
+        std::future::poll_fn(|cx| match half.poll_copy(cx, from, to) {
+            Poll::Ready(result) => Poll::Ready(result),
+            Poll::Pending if done(half) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Small messages cross without a buffer kept between them; a bulk flow gets one that
+    /// grows, and gives it up once its reads are small again. Every byte arrives in order.
+    #[tokio::test]
+    async fn only_a_bulk_flow_keeps_a_buffer_between_reads() {
+        let ((mut app, mut from), (mut to, mut peer)) = (pair().await, pair().await);
+        let mut half = Half::default();
+        app.write_all(b"hello").await.unwrap();
+        copy_until(&mut half, (&mut from, &mut to), |h| h.moved == 5).await;
+        assert_eq!(
+            half.buffer.capacity(),
+            0,
+            "an idle direction holds a buffer"
+        );
+        let mut hello = [0; 5];
+        peer.read_exact(&mut hello).await.unwrap();
+        assert_eq!(&hello, b"hello");
+
+        let bulk: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = bulk.clone();
+        let writing = tokio::spawn(async move {
+            app.write_all(&sent).await.unwrap();
+            app
+        });
+        let reading = tokio::spawn(async move {
+            let mut received = vec![0; 3_000_000];
+            peer.read_exact(&mut received).await.unwrap();
+            (peer, received)
+        });
+        let mut largest = 0;
+        copy_until(&mut half, (&mut from, &mut to), |h| {
+            largest = largest.max(h.buffer.len());
+            h.moved == 5 + 3_000_000
+        })
+        .await;
+        let (mut peer, received) = reading.await.unwrap();
+        assert!(received == bulk, "the bulk flow arrived changed");
+        assert!(largest > FIRST_BUFFER, "the buffer never grew: {largest}");
+
+        let mut app = writing.await.unwrap();
+        app.write_all(b"bye").await.unwrap();
+        copy_until(&mut half, (&mut from, &mut to), |h| h.moved == 3_000_008).await;
+        assert_eq!(
+            half.buffer.capacity(),
+            0,
+            "a flow slowed down keeps its buffer"
+        );
+        drop(app);
+        copy_until(&mut half, (&mut from, &mut to), |_| false).await;
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"bye", "the end was not passed on");
+    }
+
+    /// A connection cut (a policy change, the drain window) resets both ends, and says
+    /// why.
+    #[tokio::test]
+    async fn a_cut_resets_both_ends() {
+        let ((mut app, client), (server, mut peer)) = (pair().await, pair().await);
+        let (cut, why) = tokio::sync::oneshot::channel::<()>();
+        let relay = tokio::spawn(bidirectional(client, server, async move {
+            why.await.unwrap();
+            "denied by policy".to_string()
+        }));
+        app.write_all(b"ping").await.unwrap();
+        let mut ping = [0; 4];
+        peer.read_exact(&mut ping).await.unwrap();
+        cut.send(()).unwrap();
+        let outcome = relay.await.unwrap();
+        assert_eq!((outcome.request, outcome.response), (4, 0));
+        assert!(
+            outcome
+                .error
+                .unwrap()
+                .to_string()
+                .contains("denied by policy")
+        );
+        for end in [&mut app, &mut peer] {
+            let read = end.read(&mut [0; 1]).await;
+            assert_eq!(read.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
+        }
     }
 }

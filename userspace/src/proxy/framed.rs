@@ -20,9 +20,22 @@ use tokio::{
 };
 
 use super::{
-    copy::{FIRST_BUFFER, both_ways, grown, send},
+    copy::{FIRST_BUFFER, grown, send},
     splice::{self, Moved, unless_gone},
 };
+
+/// Runs a stream's two directions until both are done or one fails, or until `cut`
+/// resolves (with the reason, the error).
+async fn both_ways(
+    there: impl Future<Output = io::Result<()>>,
+    back: impl Future<Output = io::Result<()>>,
+    cut: impl Future<Output = String>,
+) -> io::Result<()> {
+    tokio::select! {
+        copied = async { tokio::try_join!(there, back) } => copied.map(|_| ()),
+        why = cut => Err(io::Error::other(why)),
+    }
+}
 
 /// A stream relayed: what moved, and whether the session may carry the next stream.
 pub struct Relayed {
