@@ -66,7 +66,7 @@ async fn carry_on(pod: Arc<PodContext>, handed: Handed) {
             opened: false,
         },
     };
-    let record = match pod.admit_live(admitted) {
+    let mut record = match pod.admit_live(admitted) {
         Ok(ticket) => record.watched(ticket),
         Err(refusal) => return refuse(record, &app, refusal),
     };

@@ -20,7 +20,7 @@ use super::{
 use crate::{
     context::pod::PodContext,
     failure::{Failure, Result},
-    tls::offload::TlsPath,
+    tls::offload::{TlsPath, TunnelStream},
     tunnel,
 };
 use hawser_model::{
@@ -45,32 +45,62 @@ pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
 }
 
 async fn tunnel(conn: TcpStream, peer: SocketAddr, pod: &PodContext) {
+    // Boxed: the handshake, the preamble and the delivery need their state only until they
+    // end; inline, it would stay in the connection's task for the connection's life.
+    if let Some((mut record, app, stream)) = Box::pin(accept_tunnel(conn, peer, pod)).await {
+        record.relay_tunnel(app, stream).await;
+    }
+}
+
+/// A tunnel connection authenticated, admitted and delivered to the app, to relay. None:
+/// refused (logged), or a serial session, whose streams were served here to its end.
+async fn accept_tunnel(
+    conn: TcpStream,
+    peer: SocketAddr,
+    pod: &PodContext,
+) -> Option<(Connection, TcpStream, TunnelStream)> {
     let local = conn.local_addr().map_or(peer, sockets::canonical);
     let Some(dialed) = pod.net.dialed(local, peer) else {
-        return Connection::new(Direction::Tunnel, pod, peer, local).refuse(Refusal::NotSteered);
+        let record = Connection::new(Direction::Tunnel, pod, peer, local);
+        record.refuse(Refusal::NotSteered);
+        return None;
     };
     let record = Connection::new(Direction::Tunnel, pod, peer, dialed);
     let permit = match pod.unauthenticated.enter(peer.ip()) {
         Ok(permit) => permit,
-        Err(why) => return record.refuse_unauthenticated(Refusal::TooManyHandshakes(why), pod),
+        Err(why) => {
+            record.refuse_unauthenticated(Refusal::TooManyHandshakes(why), pod);
+            return None;
+        }
     };
-    // Boxed: see `outbound`, on handshakes.
+    // Boxed: a serial session's streams are served inside this future, which would
+    // otherwise keep the handshake's state for the session's life.
     let verified = match Box::pin(tunnel::server::handshake(pod, conn)).await {
         Ok(verified) => verified,
-        Err(e) => return record.refuse_unauthenticated(Refusal::Handshake(e), pod),
+        Err(e) => {
+            record.refuse_unauthenticated(Refusal::Handshake(e), pod);
+            return None;
+        }
     };
     // Authenticated: the preamble wait (a spare session waits here) is no handshake.
     drop(permit);
     if verified.serial() {
-        return serial_streams(pod, peer, dialed, verified).await;
+        serial_streams(pod, peer, dialed, verified).await;
+        return None;
     }
     let client = verified.client.clone();
     let path = pod.shared.offload.path();
     let preamble = tunnel::server::preamble(verified, dialed.ip(), &pod.shared.offload);
     let accepted = match Box::pin(preamble).await {
         Ok(Some(accepted)) => accepted,
-        Ok(None) => return unused(pod, peer, &client),
-        Err(e) => return record.mtls(&client, path).refuse(Refusal::Handshake(e)),
+        Ok(None) => {
+            unused(pod, peer, &client);
+            return None;
+        }
+        Err(e) => {
+            record.mtls(&client, path).refuse(Refusal::Handshake(e));
+            return None;
+        }
     };
     let caller = Caller {
         src: peer,
@@ -78,9 +108,8 @@ async fn tunnel(conn: TcpStream, peer: SocketAddr, pod: &PodContext) {
         principal: Some(accepted.client.clone().into()),
         certificate: Some(accepted.certificate),
     };
-    if let Some((record, app)) = open(pod, &accepted.client, caller, path).await {
-        record.relay_tunnel(app, accepted.stream).await;
-    }
+    let (record, app) = open(pod, &accepted.client, caller, path).await?;
+    Some((record, app, accepted.stream))
 }
 
 /// A serial session's streams, one after another, each admitted and delivered like a
@@ -119,7 +148,7 @@ async fn serial_streams(
             certificate: Some(session.certificate.clone()),
         };
         let client = session.client.clone();
-        let Some((record, app)) = open(pod, &client, caller, path).await else {
+        let Some((mut record, app)) = open(pod, &client, caller, path).await else {
             return;
         };
         if !record.relay_stream(app, session.stream()).await {

@@ -38,7 +38,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &Arc<PodContext>) {
     // The app's socket is on loopback (its connect was redirected to the daemon): the
     // log names the pod's own address, with the app's port.
     let src = pod.workload.ip_like(dst.ip()).unwrap_or(peer.ip());
-    let conn = Connection::new(
+    let mut conn = Connection::new(
         Direction::Outbound,
         pod,
         SocketAddr::new(src, peer.port()),
@@ -65,20 +65,24 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &Arc<PodContext>) {
                 Err(e) => return conn.refuse(Refusal::Tunnel(e)),
             };
             // Watched: a withdrawn trust domain or a revoked server cuts it.
-            let conn = match pod.admit_live(opened(&peer, dst, serial)) {
+            let mut conn = match pod.admit_live(opened(&peer, dst, serial)) {
                 Ok(ticket) => conn.watched(ticket),
                 Err(refusal) => return conn.refuse(refusal),
             };
             match upstream {
                 Opened::Single(stream) => conn.relay_tunnel(client, stream).await,
                 Opened::Serial(mut session) => {
-                    if conn.relay_stream(client, &mut session.stream).await {
+                    // Boxed: a framed relay's state is larger than a plain one's; inline,
+                    // every connection's task would be as large.
+                    let relayed = Box::pin(conn.relay_stream(client, &mut session.stream));
+                    if relayed.await {
                         tunnel::client::keep(pod, to.ip(), &peer, session);
                     }
                 }
             }
         }
-        Route::Egress(o) => egress(conn, client, pod, &o).await,
+        // Boxed: see the serial relay above.
+        Route::Egress(o) => Box::pin(egress(conn, client, pod, &o)).await,
         Route::Refused(why) => conn.refuse(Refusal::NoRoute(why)),
     }
 }
@@ -98,14 +102,14 @@ pub fn opened(peer: &SpiffeId, dst: SocketAddr, serial: String) -> Admitted {
 async fn egress(conn: Connection, client: TcpStream, pod: &PodContext, o: &Origination) {
     match &o.tls {
         None => {
-            let conn = conn.egress(o, None);
+            let mut conn = conn.egress(o, None);
             match originate::dial(pod, o).await {
                 Ok(upstream) => conn.relay(client, upstream).await,
                 Err(e) => conn.refuse(Refusal::Connect(e)),
             }
         }
         Some((rule, settings)) => {
-            let conn = conn.egress(o, Some((settings.mode, pod.shared.offload.path())));
+            let mut conn = conn.egress(o, Some((settings.mode, pod.shared.offload.path())));
             match Box::pin(originate::tls(pod, o, settings)).await {
                 Ok(upstream) => conn.relay_tunnel(client, upstream).await,
                 Err(error) => conn.refuse(Refusal::Origination {

@@ -61,7 +61,9 @@ pub struct Connection {
     wire: &'static str,
     /// Where the daemon connected, when not `dst` (an external service's target).
     upstream: Option<SocketAddr>,
-    labels: ConnectionLabels,
+    /// Boxed: a connection's record moves through several futures, and each would keep
+    /// a slot for all of it.
+    labels: Box<ConnectionLabels>,
     pub started: Instant,
     /// Its place among the pod's admitted connections, when a change can cut it.
     ticket: Option<Ticket>,
@@ -94,13 +96,13 @@ impl Connection {
                 Direction::Outbound | Direction::Inbound => "plaintext",
             },
             upstream: None,
-            labels: ConnectionLabels {
+            labels: Box::new(ConnectionLabels {
                 reporter,
                 source,
                 destination,
                 destination_service: service_of(pod, dst),
                 security: "none",
-            },
+            }),
             started: Instant::now(),
             ticket: None,
             deadline: pod.shared.drain.deadline(),
@@ -191,7 +193,7 @@ impl Connection {
 
     /// Copies both ways between the connection's client and server until both sides are
     /// done (a half-close is passed on) or it is cut (both reset), then logs.
-    pub async fn relay(mut self, client: impl Endpoint, server: impl Endpoint) {
+    pub async fn relay(&mut self, client: impl Endpoint, server: impl Endpoint) {
         METRICS.connection_opened(&self.labels);
         let mut ticket = self.ticket.take();
         let outcome =
@@ -201,7 +203,7 @@ impl Connection {
 
     /// Relays between the app-side socket and a tunnel: spliced when the kernel does the
     /// TLS, copied through rustls otherwise.
-    pub async fn relay_tunnel(mut self, app: TcpStream, tunnel: TunnelStream) {
+    pub async fn relay_tunnel(&mut self, app: TcpStream, tunnel: TunnelStream) {
         // What this connection's TLS ended up on (a session can stay in rustls where
         // the kernel has TLS, see `offload`).
         self.tls = match &tunnel {
@@ -222,7 +224,7 @@ impl Connection {
     /// Relays between the app-side socket and one stream of a serial tunnel session
     /// (userspace TLS); whether the session may carry the next stream.
     pub async fn relay_stream(
-        mut self,
+        &mut self,
         app: TcpStream,
         session: &mut (impl AsyncRead + AsyncWrite + Unpin),
     ) -> bool {
@@ -238,7 +240,7 @@ impl Connection {
 
     /// Splices between the app and a kernel-TLS socket until done; a tunnel connection
     /// paused for a successor daemon is offered to it, and goes on here if not taken.
-    async fn splice(mut self, mut app: TcpStream, mut tls: KernelTls) {
+    async fn splice(&mut self, mut app: TcpStream, mut tls: KernelTls) {
         METRICS.connection_opened(&self.labels);
         let mut ticket = self.ticket.take();
         let handoff = self.handoff.take();
