@@ -67,6 +67,7 @@ pub async fn bidirectional(
         there: &mut there,
         back: &mut back,
         cut: std::pin::pin!(cut),
+        back_first: false,
     }
     .await;
     let error = result.err();
@@ -91,6 +92,9 @@ struct Relay<'a, A, B, C> {
     there: &'a mut Half,
     back: &'a mut Half,
     cut: Pin<&'a mut C>,
+    /// Which direction this poll starts with: it alternates, or a direction that always
+    /// has bytes would spend the task's budget before the other is polled.
+    back_first: bool,
 }
 
 impl<A: Endpoint, B: Endpoint, C: Future<Output = String>> Future for Relay<'_, A, B, C> {
@@ -101,8 +105,14 @@ impl<A: Endpoint, B: Endpoint, C: Future<Output = String>> Future for Relay<'_, 
         if let Poll::Ready(why) = this.cut.as_mut().poll(cx) {
             return Poll::Ready(Err(io::Error::other(why)));
         }
-        let there = this.there.poll_copy(cx, this.client, this.server)?;
-        let back = this.back.poll_copy(cx, this.server, this.client)?;
+        this.back_first = !this.back_first;
+        let (there, back) = if this.back_first {
+            let back = this.back.poll_copy(cx, this.server, this.client)?;
+            (this.there.poll_copy(cx, this.client, this.server)?, back)
+        } else {
+            let there = this.there.poll_copy(cx, this.client, this.server)?;
+            (there, this.back.poll_copy(cx, this.server, this.client)?)
+        };
         if there.is_ready() && back.is_ready() {
             Poll::Ready(Ok(()))
         } else {
@@ -187,6 +197,9 @@ impl Half {
             let n = read.filled().len();
             (self.written, self.filled, self.last_read) = (0, n, n);
             self.step = if n == 0 { Step::Shutdown } else { Step::Write };
+            if n == 0 {
+                self.buffer = Vec::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let mut stack = [0; FIRST_BUFFER];
@@ -337,6 +350,37 @@ mod tests {
         let mut rest = Vec::new();
         peer.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"bye", "the end was not passed on");
+    }
+
+    /// A bulk flow that ends gives its buffer up with it (the other direction may go on
+    /// for long).
+    #[tokio::test]
+    async fn a_direction_that_ended_holds_no_buffer() {
+        let ((mut app, mut from), (mut to, mut peer)) = (pair().await, pair().await);
+        let reading = tokio::spawn(async move {
+            let mut all = Vec::new();
+            peer.read_to_end(&mut all).await.unwrap();
+            all.len()
+        });
+        let writing = tokio::spawn(async move {
+            app.write_all(&vec![7; 1_000_000]).await.unwrap();
+        });
+        let mut half = Half::default();
+        let mut largest = 0;
+        copy_until(&mut half, (&mut from, &mut to), |h| {
+            largest = largest.max(h.buffer.len());
+            false
+        })
+        .await;
+        writing.await.unwrap();
+        assert!(largest > FIRST_BUFFER, "the buffer never grew: {largest}");
+        assert_eq!(
+            half.buffer.capacity(),
+            0,
+            "an ended direction keeps its buffer"
+        );
+        drop(to);
+        assert_eq!(reading.await.unwrap(), 1_000_000);
     }
 
     /// A connection cut (a policy change, the drain window) resets both ends, and says

@@ -19,11 +19,7 @@ use crate::{
     failure::{Failure, Result},
     identity::certs,
     svid::{Svid, TrustBundle},
-    tls::{
-        self,
-        offload::TunnelStream,
-        verify::{self, session_peer},
-    },
+    tls::{self, offload::TunnelStream, verify::session_peer},
 };
 use hawser_model::SpiffeId;
 
@@ -113,8 +109,6 @@ async fn handshake(
     let stream = tls::connect("client", tunnel, tcp, config, name, offload).await?;
     let (_, leaf) = session_peer(stream.get_ref().1, &bundle, Some(peer))?;
     let server = certs::info_der(leaf.as_ref()).map_err(|e| Failure::Peer(format!("{e:#}")))?;
-    let valid_until =
-        verify::chain_expiry(stream.get_ref().1.peer_certificates().unwrap_or_default())?;
     let now = Instant::now();
     Ok(Session {
         stream,
@@ -122,7 +116,6 @@ async fn handshake(
         svid,
         bundle,
         handshaken: now,
-        valid_until,
         idle_since: now,
         carried: false,
     })

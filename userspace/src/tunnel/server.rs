@@ -38,8 +38,6 @@ pub struct Verified {
     /// The bundle the client's chain was last checked against.
     bundle: Arc<TrustBundle>,
     handshaken: Instant,
-    /// When the first certificate of the client's chain expires.
-    valid_until: OffsetDateTime,
     /// The client was told the session takes no further stream (the daemon drains).
     told_going_away: bool,
 }
@@ -73,14 +71,12 @@ pub async fn handshake(pod: &PodContext, conn: TcpStream) -> Result<Verified> {
     let session = stream.get_ref().1;
     let (client, leaf) = session_peer(session, &bundle, None)?;
     let certificate = client_certificate(leaf, session)?;
-    let valid_until = verify::chain_expiry(session.peer_certificates().unwrap_or_default())?;
     Ok(Verified {
         stream,
         client,
         certificate,
         bundle,
         handshaken: Instant::now(),
-        valid_until,
         told_going_away: false,
     })
 }
@@ -147,7 +143,9 @@ pub async fn next_stream(
     let Some(port) = port_of(rest.map(|read| read.map(Some)))? else {
         return Ok(None);
     };
-    still_trusted(session.handshaken.elapsed(), session.valid_until)?;
+    let chain = session.stream.get_ref().1.peer_certificates();
+    let valid_until = verify::chain_expiry(chain.unwrap_or_default())?;
+    still_trusted(session.handshaken.elapsed(), valid_until)?;
     let (_, bundle) = pod.credentials()?;
     if !Arc::ptr_eq(&bundle, &session.bundle) {
         let provider = pod.shared.offload.provider();

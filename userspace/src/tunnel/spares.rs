@@ -28,7 +28,7 @@ use tokio_rustls::client::TlsStream;
 use crate::{
     metrics::METRICS,
     svid::{Svid, TrustBundle},
-    tls::socket::Socket,
+    tls::{socket::Socket, verify},
 };
 use hawser_model::{SpiffeId, preamble::ALPN_SERIAL};
 
@@ -54,8 +54,6 @@ pub struct Session {
     pub svid: Arc<Svid>,
     pub bundle: Arc<TrustBundle>,
     pub handshaken: Instant,
-    /// When the first certificate of the server's chain expires.
-    pub valid_until: time::OffsetDateTime,
     /// When it became idle (made, or kept after a stream).
     pub idle_since: Instant,
     /// It carried a stream (a kept serial session, not a spare).
@@ -205,7 +203,7 @@ fn usable(
         "stale"
     } else if now - session.idle_since >= MAX_AGE
         || now - session.handshaken >= MAX_LIFE
-        || time::OffsetDateTime::now_utc() >= session.valid_until
+        || (session.carried && chain_expired(&session))
     {
         "expired"
     } else if !established(session.stream.get_ref().0.tcp()) || said_something(&session) {
@@ -215,6 +213,14 @@ fn usable(
     };
     METRICS.tunnel_spares.with_label_values(&[outcome]).inc();
     (outcome == "used").then_some(session)
+}
+
+/// Whether the first certificate of the server's chain has expired (or cannot be read):
+/// a kept session outlives its handshake's check of the chain.
+fn chain_expired(session: &Session) -> bool {
+    let chain = session.stream.get_ref().1.peer_certificates();
+    let expiry = verify::chain_expiry(chain.unwrap_or_default());
+    !expiry.is_ok_and(|expiry| expiry > time::OffsetDateTime::now_utc())
 }
 
 /// Whether the server sent anything since the session's last stream ended: it sends
