@@ -239,10 +239,13 @@ pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
         Some(pod) => proxy::adopt::adopt(pod.ctx.clone(), handed),
         None => handed.abort(),
     };
-    if let Some(previous) = previous
-        && let Err(e) = previous.take_over(&succession, adopt).await
-    {
-        tracing::warn!("taking over from the previous daemon: {e:#}");
+    if let Some(previous) = previous {
+        if config.ca.is_some() {
+            credentials_ready(&node.pods).await;
+        }
+        if let Err(e) = previous.take_over(&succession, adopt).await {
+            tracing::warn!("taking over from the previous daemon: {e:#}");
+        }
     }
     tracing::info!(node = %node.name, pods = node.pods.len(), "node ready");
     let ended = CancellationToken::new();
@@ -267,6 +270,25 @@ pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
         handed_over: succession.handed_over,
         running,
     })
+}
+
+/// Waits for every enrolled pod's SVID and the trust bundle (up to `SVID_WAIT`), before
+/// taking over: a connection handed over is admitted against this daemon's bundle, and
+/// new ones need the pods' SVIDs, so taking over without them would cut the one and
+/// refuse the others while the running daemon could still serve both.
+async fn credentials_ready(pods: &Pods) {
+    let waits = pods.values().map(|pod| pod.ctx.credentials_soon());
+    let missing = futures::future::join_all(waits)
+        .await
+        .iter()
+        .filter(|held| held.is_err())
+        .count();
+    if missing > 0 {
+        tracing::warn!(
+            pods = missing,
+            "taking over without the SVID or trust bundle of some pods"
+        );
+    }
 }
 
 /// How long a daemon taken over keeps accepting what was steered to it before the
