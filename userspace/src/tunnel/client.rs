@@ -19,7 +19,11 @@ use crate::{
     failure::{Failure, Result},
     identity::certs,
     svid::{Svid, TrustBundle},
-    tls::{self, offload::TunnelStream, verify::session_peer},
+    tls::{
+        self,
+        offload::TunnelStream,
+        verify::{ChainExpiry, session_peer},
+    },
 };
 use hawser_model::SpiffeId;
 
@@ -116,6 +120,7 @@ async fn handshake(
         svid,
         bundle,
         handshaken: now,
+        chain_expiry: ChainExpiry::default(),
         idle_since: now,
         carried: false,
     })

@@ -25,7 +25,7 @@ use crate::{
         self, HANDSHAKE_TIMEOUT,
         offload::TunnelStream,
         socket::Socket,
-        verify::{self, session_peer},
+        verify::{self, ChainExpiry, session_peer},
     },
 };
 use hawser_model::{SpiffeId, frames::Frame, preamble::ALPN_SERIAL, proxy_v2::ClientCertificate};
@@ -38,6 +38,8 @@ pub struct Verified {
     /// The bundle the client's chain was last checked against.
     bundle: Arc<TrustBundle>,
     handshaken: Instant,
+    /// When the client's chain expires (read at the first stream that asks).
+    chain_expiry: ChainExpiry,
     /// The client was told the session takes no further stream (the daemon drains).
     told_going_away: bool,
 }
@@ -77,6 +79,7 @@ pub async fn handshake(pod: &PodContext, conn: TcpStream) -> Result<Verified> {
         certificate,
         bundle,
         handshaken: Instant::now(),
+        chain_expiry: ChainExpiry::default(),
         told_going_away: false,
     })
 }
@@ -143,8 +146,7 @@ pub async fn next_stream(
     let Some(port) = port_of(rest.map(|read| read.map(Some)))? else {
         return Ok(None);
     };
-    let chain = session.stream.get_ref().1.peer_certificates();
-    let valid_until = verify::chain_expiry(chain.unwrap_or_default())?;
+    let valid_until = session.chain_expiry.of(session.stream.get_ref().1)?;
     still_trusted(session.handshaken.elapsed(), valid_until)?;
     let (_, bundle) = pod.credentials()?;
     if !Arc::ptr_eq(&bundle, &session.bundle) {

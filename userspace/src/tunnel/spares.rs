@@ -28,7 +28,7 @@ use tokio_rustls::client::TlsStream;
 use crate::{
     metrics::METRICS,
     svid::{Svid, TrustBundle},
-    tls::{socket::Socket, verify},
+    tls::{socket::Socket, verify::ChainExpiry},
 };
 use hawser_model::{SpiffeId, preamble::ALPN_SERIAL};
 
@@ -54,6 +54,8 @@ pub struct Session {
     pub svid: Arc<Svid>,
     pub bundle: Arc<TrustBundle>,
     pub handshaken: Instant,
+    /// When the server's chain expires (read at the first reuse).
+    pub chain_expiry: ChainExpiry,
     /// When it became idle (made, or kept after a stream).
     pub idle_since: Instant,
     /// It carried a stream (a kept serial session, not a spare).
@@ -194,7 +196,7 @@ fn keep_in(pair: &mut Pair, session: Session, idle: usize) {
 /// (with the server's chain unexpired), and not closed by the other side (its daemon
 /// restarted, say).
 fn usable(
-    session: Session,
+    mut session: Session,
     svid: &Arc<Svid>,
     bundle: &Arc<TrustBundle>,
     now: Instant,
@@ -203,7 +205,7 @@ fn usable(
         "stale"
     } else if now - session.idle_since >= MAX_AGE
         || now - session.handshaken >= MAX_LIFE
-        || (session.carried && chain_expired(&session))
+        || (session.carried && chain_expired(&mut session))
     {
         "expired"
     } else if !established(session.stream.get_ref().0.tcp()) || said_something(&session) {
@@ -217,9 +219,8 @@ fn usable(
 
 /// Whether the first certificate of the server's chain has expired (or cannot be read):
 /// a kept session outlives its handshake's check of the chain.
-fn chain_expired(session: &Session) -> bool {
-    let chain = session.stream.get_ref().1.peer_certificates();
-    let expiry = verify::chain_expiry(chain.unwrap_or_default());
+fn chain_expired(session: &mut Session) -> bool {
+    let expiry = session.chain_expiry.of(session.stream.get_ref().1);
     !expiry.is_ok_and(|expiry| expiry > time::OffsetDateTime::now_utc())
 }
 

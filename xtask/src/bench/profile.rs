@@ -1,6 +1,7 @@
 //! `cargo xtask bench --profile`: where the daemons' CPU goes under each load, sampled
 //! with `perf record` (both daemons, on-CPU, flat) while the load runs on this machine's
-//! userspace-TLS mesh. Summaries go to `target/bench/profile-<load>.txt`.
+//! userspace-TLS mesh, and new connections again on serial sessions (`--tunnel-reuse`).
+//! Summaries go to `target/bench/profile-<load>.txt`.
 
 use std::{
     os::unix::process::ExitStatusExt,
@@ -30,7 +31,17 @@ type Load<'a> = Box<dyn Fn() -> Result<String> + 'a>;
 pub fn run() -> Result<()> {
     let out_dir = cmd::workspace().join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
-    let t = Topology::new(Scenario::Userspace, &suite::PORTS)?;
+    profile(
+        Scenario::Userspace,
+        &["newconn", "keepalive", "bulk"],
+        &out_dir,
+    )?;
+    profile(Scenario::Serial, &["newconn"], &out_dir)
+}
+
+/// Profiles the daemons of `scenario` under each of `wanted` loads.
+fn profile(scenario: Scenario, wanted: &[&str], out_dir: &Path) -> Result<()> {
+    let t = Topology::new(scenario, &suite::PORTS)?;
     let _echo = suite::serve(
         &t,
         &[&tools::bench_tool(), "echo-server", &ECHO_PORT.to_string()],
@@ -65,7 +76,11 @@ pub fn run() -> Result<()> {
             }),
         ),
     ];
-    for (name, load) in loads {
+    for (name, load) in loads.into_iter().filter(|(name, _)| wanted.contains(name)) {
+        let name = match scenario {
+            Scenario::Userspace => name.to_string(),
+            _ => format!("{}-{name}", scenario.name()),
+        };
         cmd::step(&format!("profiling the daemons under the {name} load"));
         let data = out_dir.join(format!("perf-{name}.data"));
         let recorder = record(&t.proxy_pids(), &data)?;
