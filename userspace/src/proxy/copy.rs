@@ -269,6 +269,8 @@ pub(super) fn grown(len: usize, n: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::TcpListener,
@@ -381,6 +383,116 @@ mod tests {
         );
         drop(to);
         assert_eq!(reading.await.unwrap(), 1_000_000);
+    }
+
+    /// The client end of `a_sustained_upload_leaves_the_reply_its_turn`: it always has
+    /// bytes to send, and keeps what it is sent. Like a socket, each call spends the
+    /// task's budget.
+    struct Uploader(Arc<Mutex<Vec<u8>>>);
+
+    /// The server end: takes every byte, and replies once.
+    struct Replier(Option<&'static [u8]>);
+
+    /// Spends a unit of the task's budget, as a socket's calls do (Pending once spent).
+    fn budget(cx: &mut Context<'_>) -> Poll<()> {
+        tokio::task::coop::poll_proceed(cx).map(|unit| unit.made_progress())
+    }
+
+    impl AsyncRead for Uploader {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            ready!(budget(cx));
+            buf.put_slice(&vec![b'u'; buf.remaining()]);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Uploader {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bytes: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            ready!(budget(cx));
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Poll::Ready(Ok(bytes.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncRead for Replier {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            ready!(budget(cx));
+            match self.0.take() {
+                Some(reply) => {
+                    buf.put_slice(reply);
+                    Poll::Ready(Ok(()))
+                }
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    impl AsyncWrite for Replier {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bytes: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            ready!(budget(cx));
+            Poll::Ready(Ok(bytes.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Endpoint for Uploader {
+        fn reset(&self) {}
+    }
+
+    impl Endpoint for Replier {
+        fn reset(&self) {}
+    }
+
+    /// A direction that always has bytes (an upload faster than it can be read) spends
+    /// the task's budget at every poll; the other direction still gets its turn.
+    #[tokio::test]
+    async fn a_sustained_upload_leaves_the_reply_its_turn() {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let relay = tokio::spawn(bidirectional(
+            Uploader(received.clone()),
+            Replier(Some(b"reply")),
+            std::future::pending(),
+        ));
+        let replied = async {
+            while received.lock().unwrap().is_empty() {
+                tokio::task::yield_now().await;
+            }
+        };
+        let replied = tokio::time::timeout(std::time::Duration::from_secs(5), replied).await;
+        relay.abort();
+        assert!(replied.is_ok(), "the upload held the reply back");
+        assert_eq!(*received.lock().unwrap(), b"reply");
     }
 
     /// A connection cut (a policy change, the drain window) resets both ends, and says
