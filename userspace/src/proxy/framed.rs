@@ -16,7 +16,7 @@ use std::{
 use hawser_model::frames::{Frame, HEADER_LEN};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::TcpStream,
+    net::{TcpStream, tcp::ReadHalf},
 };
 
 use super::{
@@ -57,10 +57,10 @@ pub async fn relay(
         seen: AtomicBool::new(false),
     };
     let result = {
-        let (mut app_read, mut app_write) = app.split();
+        let (app_read, mut app_write) = app.split();
         let (mut session_read, mut session_write) = tokio::io::split(session);
         both_ways(
-            into_frames(&mut app_read, &mut session_write, &to_peer),
+            into_frames(&app_read, &mut session_write, &to_peer),
             out_of_frames(&mut session_read, &mut app_write, &to_app, &going_away),
             cut,
         )
@@ -86,42 +86,57 @@ struct Marks {
     seen: AtomicBool,
 }
 
-/// The app's bytes as frames until it half-closes, then the end frame.
+/// The app's bytes as frames until it half-closes, then the end frame. The buffer is
+/// allocated once the app has bytes, and kept between reads only by a bulk flow (as in
+/// `copy`): an idle stream holds none.
 async fn into_frames(
-    from: &mut (impl AsyncRead + Unpin),
+    from: &ReadHalf<'_>,
     to: &mut (impl AsyncWrite + Unpin),
     moved: &AtomicU64,
 ) -> io::Result<()> {
-    // The header goes in front of the bytes read, so each frame is one write.
-    let mut buffer = vec![0; HEADER_LEN + FIRST_BUFFER];
+    let mut buffer = Vec::new();
     loop {
-        let n = from.read(&mut buffer[HEADER_LEN..]).await?;
+        from.readable().await?;
+        if buffer.is_empty() {
+            // The header goes in front of the bytes read, so each frame is one write.
+            buffer = vec![0; HEADER_LEN + FIRST_BUFFER];
+        }
+        let n = match from.try_read(&mut buffer[HEADER_LEN..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
         buffer[..HEADER_LEN].copy_from_slice(&Frame::header(n));
         send(to, &buffer[..HEADER_LEN + n]).await?;
         if n == 0 {
             return Ok(());
         }
         moved.fetch_add(n as u64, Ordering::Relaxed);
-        buffer.resize(HEADER_LEN + grown(buffer.len() - HEADER_LEN, n), 0);
+        if n < FIRST_BUFFER {
+            buffer = Vec::new();
+        } else {
+            buffer.resize(HEADER_LEN + grown(buffer.len() - HEADER_LEN, n), 0);
+        }
     }
 }
 
 /// Frames to the app until the end frame, which half-closes it; a going-away mark is
 /// noted (an error from a client). Reads exactly the frames' bytes: whatever follows the
-/// end (the next stream's preamble) stays in the session.
+/// end (the next stream's preamble) stays in the session. Only a stream of large frames
+/// keeps its buffer between frames.
 async fn out_of_frames(
     from: &mut (impl AsyncRead + Unpin),
     to: &mut (impl AsyncWrite + Unpin),
     moved: &AtomicU64,
     going_away: &Marks,
 ) -> io::Result<()> {
-    let mut buffer = vec![0; FIRST_BUFFER];
+    let mut buffer = Vec::new();
     loop {
         let mut header = [0; HEADER_LEN];
         from.read_exact(&mut header).await?;
         let frame = Frame::decode(header);
         let frame = frame.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let mut left = match frame {
+        let len = match frame {
             Frame::Data(len) => len,
             Frame::End => return unless_gone(to.shutdown().await),
             Frame::GoingAway if going_away.allowed => {
@@ -133,7 +148,11 @@ async fn out_of_frames(
                 return Err(io::Error::new(io::ErrorKind::InvalidData, unasked));
             }
         };
+        let mut left = len;
         while left > 0 {
+            if buffer.is_empty() {
+                buffer = vec![0; FIRST_BUFFER];
+            }
             let want = left.min(buffer.len());
             let n = from.read(&mut buffer[..want]).await?;
             if n == 0 {
@@ -143,6 +162,9 @@ async fn out_of_frames(
             moved.fetch_add(n as u64, Ordering::Relaxed);
             left -= n;
             buffer.resize(grown(buffer.len(), n), 0);
+        }
+        if len < FIRST_BUFFER {
+            buffer = Vec::new();
         }
     }
 }

@@ -47,18 +47,33 @@ pub async fn serve_tunnel(listener: TcpListener, pod: Arc<PodContext>) {
 async fn tunnel(conn: TcpStream, peer: SocketAddr, pod: &PodContext) {
     // Boxed: the handshake, the preamble and the delivery need their state only until they
     // end; inline, it would stay in the connection's task for the connection's life.
-    if let Some((mut record, app, stream)) = Box::pin(accept_tunnel(conn, peer, pod)).await {
-        record.relay_tunnel(app, stream).await;
+    match Box::pin(accept_tunnel(conn, peer, pod)).await {
+        Some(Next::Relay(mut record, app, stream)) => record.relay_tunnel(app, stream).await,
+        // Boxed: a session's loop is larger than a single relay; inline, every tunnel's
+        // task would be as large.
+        Some(Next::Streams(session, dialed)) => {
+            Box::pin(serial_streams(pod, peer, dialed, session)).await;
+        }
+        None => {}
     }
 }
 
-/// A tunnel connection authenticated, admitted and delivered to the app, to relay. None:
-/// refused (logged), or a serial session, whose streams were served here to its end.
-async fn accept_tunnel(
-    conn: TcpStream,
-    peer: SocketAddr,
-    pod: &PodContext,
-) -> Option<(Connection, TcpStream, TunnelStream)> {
+/// What an accepted tunnel connection carries next.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "taken apart as soon as it is returned; boxing would cost an allocation"
+)]
+enum Next {
+    /// One stream, admitted and delivered to the app: to relay.
+    Relay(Connection, TcpStream, TunnelStream),
+    /// A serial session, authenticated, to the address the client dialed: its streams
+    /// come next.
+    Streams(Box<tunnel::server::Verified>, SocketAddr),
+}
+
+/// A tunnel connection authenticated, and either admitted and delivered to the app or
+/// found to be a serial session. None: refused (logged), or closed unused.
+async fn accept_tunnel(conn: TcpStream, peer: SocketAddr, pod: &PodContext) -> Option<Next> {
     let local = conn.local_addr().map_or(peer, sockets::canonical);
     let Some(dialed) = pod.net.dialed(local, peer) else {
         let record = Connection::new(Direction::Tunnel, pod, peer, local);
@@ -73,8 +88,7 @@ async fn accept_tunnel(
             return None;
         }
     };
-    // Boxed: a serial session's streams are served inside this future, which would
-    // otherwise keep the handshake's state for the session's life.
+    // Boxed: its state is needed only until it ends.
     let verified = match Box::pin(tunnel::server::handshake(pod, conn)).await {
         Ok(verified) => verified,
         Err(e) => {
@@ -85,8 +99,7 @@ async fn accept_tunnel(
     // Authenticated: the preamble wait (a spare session waits here) is no handshake.
     drop(permit);
     if verified.serial() {
-        serial_streams(pod, peer, dialed, verified).await;
-        return None;
+        return Some(Next::Streams(verified, dialed));
     }
     let client = verified.client.clone();
     let path = pod.shared.offload.path();
@@ -109,7 +122,7 @@ async fn accept_tunnel(
         certificate: Some(accepted.certificate),
     };
     let (record, app) = open(pod, &accepted.client, caller, path).await?;
-    Some((record, app, accepted.stream))
+    Some(Next::Relay(record, app, accepted.stream))
 }
 
 /// A serial session's streams, one after another, each admitted and delivered like a
@@ -119,7 +132,7 @@ async fn serial_streams(
     pod: &PodContext,
     peer: SocketAddr,
     dialed: SocketAddr,
-    mut session: tunnel::server::Verified,
+    mut session: Box<tunnel::server::Verified>,
 ) {
     let path = TlsPath::Userspace;
     let mut first = true;

@@ -64,8 +64,10 @@ pub struct Accepted {
     pub dst: SocketAddr,
 }
 
-/// Handshake (client certificate required), identity and revocation checks.
-pub async fn handshake(pod: &PodContext, conn: TcpStream) -> Result<Verified> {
+/// Handshake (client certificate required), identity and revocation checks. (Boxed: a
+/// serial session keeps it for its life, and every future it passes through would hold
+/// a copy of its 1.5 KiB.)
+pub async fn handshake(pod: &PodContext, conn: TcpStream) -> Result<Box<Verified>> {
     let (svid, bundle) = pod.credentials_soon().await?;
     let offload = &pod.shared.offload;
     let config = pod.tls_configs.server(&svid, &bundle, offload)?;
@@ -73,7 +75,7 @@ pub async fn handshake(pod: &PodContext, conn: TcpStream) -> Result<Verified> {
     let session = stream.get_ref().1;
     let (client, leaf) = session_peer(session, &bundle, None)?;
     let certificate = client_certificate(leaf, session)?;
-    Ok(Verified {
+    Ok(Box::new(Verified {
         stream,
         client,
         certificate,
@@ -81,7 +83,7 @@ pub async fn handshake(pod: &PodContext, conn: TcpStream) -> Result<Verified> {
         handshaken: Instant::now(),
         chain_expiry: ChainExpiry::default(),
         told_going_away: false,
-    })
+    }))
 }
 
 /// The preamble, then the session goes to the kernel where it can. The app is reached at
@@ -89,7 +91,7 @@ pub async fn handshake(pod: &PodContext, conn: TcpStream) -> Result<Verified> {
 /// closed the session before sending anything (a spare session it did not use, see
 /// `spares`).
 pub async fn preamble(
-    mut v: Verified,
+    mut v: Box<Verified>,
     dialed: IpAddr,
     offload: &tls::offload::Offload,
 ) -> Result<Option<Accepted>> {
@@ -101,7 +103,7 @@ pub async fn preamble(
         client,
         certificate,
         ..
-    } = v;
+    } = *v;
     // Bytes the client sent after the preamble may still sit in rustls: the offload
     // drains them into the stream it returns.
     let stream = offload.server(stream).await?;
