@@ -881,3 +881,38 @@ spec:
     );
     Ok(())
 }
+
+/// A kept session outlives its handshake's check of the server's chain: at each reuse the
+/// client checks that the chain has not expired since, and takes a fresh session once it
+/// has. b's daemon asks for 5-second SVIDs (renewed every 2 to 3 s, so its kept sessions'
+/// chains expire while a's connections keep them busy); a's SVID and bundle do not change.
+#[test]
+fn a_kept_session_is_not_used_past_the_server_chains_expiry() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let m = Mesh::with_args(
+        &["--tunnel-reuse"],
+        &["--tunnel-reuse", "--svid-ttl-secs", "5"],
+    )?;
+    let nginx = Nginx::start(&m.bed, &m.b)?;
+    let url = format!("http://{}/hello.txt", m.b.ip);
+    // A connection every half second for 12 s: no kept session idles near `MAX_AGE` (5 s),
+    // none lives near `MAX_LIFE` (60 s).
+    for _ in 0..24 {
+        assert_eq!(curl(&m.a, &url)?, nginx.body);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (used, expired) = (spares(&m.node1, "used")?, spares(&m.node1, "expired")?);
+    assert!(used >= 12, "connections went on kept sessions ({used})");
+    assert!(
+        expired >= 2,
+        "kept sessions dropped as the chain expired ({expired})"
+    );
+    assert_eq!(spares(&m.node1, "stale")?, 0, "a's credentials changed");
+    assert!(
+        settled_handshakes(&m)? >= 3,
+        "a handshake per expired chain"
+    );
+    Ok(())
+}
