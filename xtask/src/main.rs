@@ -8,7 +8,8 @@
 //! - `fuzz`: the parsers that take bytes from the network or from tenants, for longer;
 //! - `demo`: build (quietly), then two nodes on network namespaces with real curl and nginx:
 //!   mTLS across the link, a refusal by policy, the same-node path;
-//! - `vm-test`: the tunnel, egress, inbound-ports, capture-attack and kernel-TLS hand-off suites in a QEMU VM on Debian's stock kernel, with kernel TLS;
+//! - `vm-test`: the end-to-end tests that depend on kernel TLS or on the stock kernel, in a
+//!   QEMU VM on Debian's stock kernel;
 //! - `bench`: hawser against plain TCP, here and in the VM with kernel TLS (docs/BENCHMARKS.md).
 
 mod bench;
@@ -144,8 +145,6 @@ fn test(filter: Option<String>) -> Result<()> {
     }
     cmd::cargo(&args)?;
     fuzz::run(FUZZ_SECS, None)?;
-    cmd::step(
-        "running the tunnel, egress, inbound-ports, capture and upgrade hand-off tests in a VM with kernel TLS",
-    );
+    cmd::step("running the tests that depend on kernel TLS or the stock kernel in a VM");
     vm::run()
 }
