@@ -52,7 +52,7 @@ enum Command {
     },
     /// Build, then run the local mesh demo (needs root).
     Demo,
-    /// Build, then run the tunnel tests in a VM on Debian's stock kernel (kernel TLS).
+    /// Build, then run the tests that depend on kernel TLS in a VM on Debian's stock kernel.
     VmTest,
     /// Benchmarks (needs root): plain TCP, userspace TLS and, in the VM, kernel TLS.
     Bench {
