@@ -383,7 +383,8 @@ fn report(log: &Path) -> Result<()> {
     let serial = std::fs::read_to_string(log).with_context(|| format!("read {}", log.display()))?;
     if !serial.contains("VM-TEST-EXIT=0") {
         bail!(
-            "the tests failed inside the VM; the whole serial log is {}",
+            "the tests failed inside the VM:\n{}\nthe whole serial log is {}",
+            failures(&serial),
             log.display()
         );
     }
@@ -397,6 +398,27 @@ fn report(log: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Lines of each failed test's report: its header, and the first lines of its panic or
+/// error (a test's error may carry a daemon's whole log; the serial log has all of it).
+fn failures(serial: &str) -> String {
+    const LINES_AFTER: usize = 25;
+    let lines: Vec<&str> = serial.lines().map(|l| l.trim_end_matches('\r')).collect();
+    let mut shown = Vec::new();
+    let mut until = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if line.starts_with("---- ") {
+            shown.push(*line);
+            until = 0;
+        } else if line.starts_with("Error: ") || line.contains("panicked at") {
+            until = i + 1 + LINES_AFTER;
+            shown.push(*line);
+        } else if i < until {
+            shown.push(*line);
+        }
+    }
+    shown.join("\n")
+}
+
 /// The tests passed, summed over the suites' `test result:` lines.
 fn passed(serial: &str) -> usize {
     serial
@@ -408,7 +430,25 @@ fn passed(serial: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::passed;
+    use super::{failures, passed};
+
+    #[test]
+    fn a_failed_tests_report_shows_its_error_and_not_the_whole_log() {
+        let daemon_log: String = (0..100).map(|i| format!("daemon line {i}\n")).collect();
+        let serial = format!(
+            "test a ... FAILED\nfailures:\n\n---- a stdout ----\n\
+             Error: timed out waiting for records; log of d1:\n{daemon_log}\
+             ---- b stdout ----\nthread 'b' panicked at tests/tunnel.rs:9:5:\r\nbytes differ\n"
+        );
+        let shown = failures(&serial);
+        assert!(
+            shown.starts_with("---- a stdout ----\nError: timed out"),
+            "{shown}"
+        );
+        assert!(shown.contains("daemon line 24\n---- b stdout"), "{shown}");
+        assert!(!shown.contains("daemon line 25"), "{shown}");
+        assert!(shown.ends_with("tunnel.rs:9:5:\nbytes differ"), "{shown}");
+    }
 
     #[test]
     fn passed_tests_are_summed_over_suites_and_failures_count_none() {
