@@ -139,8 +139,6 @@ pub fn echo_server(pod: &Pod, port: u16) -> Result<Proc> {
     Ok(proc)
 }
 
-/// Waits until something in `pod` accepts connections on `port` (probed over the pod's
-/// loopback, which is never captured).
 /// A server on `port` of `pod` that greets each client with `hello` and then holds the
 /// connection open, silent, for ten minutes: a long-lived connection to cut or keep.
 pub fn quiet_server(pod: &Pod, port: u16) -> Result<Proc> {
@@ -150,6 +148,8 @@ pub fn quiet_server(pod: &Pod, port: u16) -> Result<Proc> {
     Ok(server)
 }
 
+/// Waits until something in `pod` accepts connections on `port` (probed over the pod's
+/// loopback, which is never captured).
 pub fn wait_listening(pod: &Pod, port: u16, what: &str) -> Result<()> {
     let target = format!("TCP:127.0.0.1:{port}");
     wait_until(Duration::from_secs(10), what, || {
