@@ -400,21 +400,25 @@ fn report(log: &Path) -> Result<()> {
 
 /// Lines of each failed test's report: its header, and the first lines of its panic or
 /// error (a test's error may carry a daemon's whole log; the serial log has all of it).
+/// Without any report (the guest failed before a test did), the log's last lines.
 fn failures(serial: &str) -> String {
-    const LINES_AFTER: usize = 25;
-    let lines: Vec<&str> = serial.lines().map(|l| l.trim_end_matches('\r')).collect();
+    const LINES: usize = 25;
     let mut shown = Vec::new();
     let mut until = 0;
-    for (i, line) in lines.iter().enumerate() {
+    for (i, line) in serial.lines().map(|l| l.trim_end_matches('\r')).enumerate() {
         if line.starts_with("---- ") {
-            shown.push(*line);
+            shown.push(line);
             until = 0;
         } else if line.starts_with("Error: ") || line.contains("panicked at") {
-            until = i + 1 + LINES_AFTER;
-            shown.push(*line);
+            until = i + 1 + LINES;
+            shown.push(line);
         } else if i < until {
-            shown.push(*line);
+            shown.push(line);
         }
+    }
+    if shown.is_empty() {
+        let lines: Vec<&str> = serial.lines().collect();
+        shown = lines[lines.len().saturating_sub(LINES)..].to_vec();
     }
     shown.join("\n")
 }
@@ -448,6 +452,15 @@ mod tests {
         assert!(shown.contains("daemon line 24\n---- b stdout"), "{shown}");
         assert!(!shown.contains("daemon line 25"), "{shown}");
         assert!(shown.ends_with("tunnel.rs:9:5:\nbytes differ"), "{shown}");
+    }
+
+    #[test]
+    fn a_guest_that_failed_before_any_test_shows_the_logs_end() {
+        let serial: String = (0..40).map(|i| format!("boot line {i}\n")).collect();
+        let serial = serial + "chroot: /host/usr/bin/env: No such file\nVM-TEST-EXIT=1\n";
+        let shown = failures(&serial);
+        assert!(shown.starts_with("boot line 17\n"), "{shown}");
+        assert!(shown.ends_with("No such file\nVM-TEST-EXIT=1"), "{shown}");
     }
 
     #[test]
