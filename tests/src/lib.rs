@@ -459,6 +459,15 @@ impl Pod {
         process::run(argv, &self.netns_path, &self.cgroup)
     }
 
+    /// Sets the pod's ephemeral port range, a sysctl any Kubernetes pod may set (a "safe"
+    /// one), as "LOW HIGH".
+    pub fn port_range(&self, range: &str) -> Result<()> {
+        let set = format!("net.ipv4.ip_local_port_range={range}");
+        let out = self.run(&["sysctl", "-qw", &set])?;
+        anyhow::ensure!(out.status.success(), "{set}: {out:?}");
+        Ok(())
+    }
+
     /// The pod as a hawser `Workload` document (service account = label app = pod name).
     pub fn workload_yaml(&self) -> String {
         format!(

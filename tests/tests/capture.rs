@@ -212,14 +212,6 @@ fn ports_squatted_while_the_daemon_is_down_receive_nothing_and_do_not_stop_enrol
     Ok(())
 }
 
-/// Sets `pod`'s ephemeral port range, a sysctl any Kubernetes pod may set (a "safe" one).
-fn port_range(pod: &Pod, range: &str) -> Result<()> {
-    let set = format!("net.ipv4.ip_local_port_range={range}");
-    let out = pod.run(&["sysctl", "-qw", &set])?;
-    ensure!(out.status.success(), "{set}: {out:?}");
-    Ok(())
-}
-
 #[test]
 fn a_pod_that_makes_its_enrollment_fail_stays_closed_until_it_succeeds() -> Result<()> {
     if !can_run() {
@@ -234,7 +226,7 @@ fn a_pod_that_makes_its_enrollment_fail_stays_closed_until_it_succeeds() -> Resu
     // While its daemon is down, a leaves no free port for the daemon's listeners: a
     // one-port-pair ephemeral range, both ports taken.
     m.d1.stop()?;
-    port_range(&m.a, "40000 40001")?;
+    m.a.port_range("40000 40001")?;
     let hogs = [
         Squatter::start(&m.bed, &m.a, "hog0", "TCP6-LISTEN:40000,ipv6only=0")?,
         Squatter::start(&m.bed, &m.a, "hog1", "TCP6-LISTEN:40001,ipv6only=0")?,
@@ -259,7 +251,7 @@ fn a_pod_that_makes_its_enrollment_fail_stays_closed_until_it_succeeds() -> Resu
 
     // a gives up: the daemon's retry enrolls it and its traffic is mTLS again.
     drop(hogs);
-    port_range(&m.a, "32768 60999")?;
+    m.a.port_range("32768 60999")?;
     m.d1.wait_for("a enrolled", Duration::from_secs(15), |log| {
         log.matches("pod enrolled").count() >= 2
     })?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use hawser_testbed::{
-    Pod, Service, can_run,
+    Pod, Proc, Service, can_run,
     mesh::Mesh,
     peers::{Capture, Nginx, Reader, curl, echo_server, quiet_server, wait_listening, wait_until},
     pki,
@@ -199,6 +199,55 @@ fn a_gibibyte_crosses_the_tunnel_intact() -> Result<()> {
             .count()
             == 8
     })?;
+    Ok(())
+}
+
+/// A client that closes first (an echo, a probe, a request-reply protocol) leaves each
+/// delivery's port in TIME_WAIT in the app's pod for a minute: the server daemon ends the
+/// delivery when the client ends its connection. Connections keep arriving when there are
+/// more of them within the minute than the pod's port range holds, as they do without the
+/// mesh (a client's own `connect` takes a port in TIME_WAIT over), and when live ones to
+/// the app hold all but one of its ports. Each is echoed: delivered, not refused.
+#[test]
+fn more_connections_within_a_minute_than_the_app_pods_port_range_holds_arrive() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let m = Mesh::new()?;
+    let bench = env!("CARGO_BIN_EXE_hawser-bench");
+    let _echo = m.b.spawn(&[bench, "echo-server", "7000"])?;
+    wait_listening(&m.b, 7000, "the echo server")?;
+    let to_b = format!("{}:7000", m.b.ip);
+    let refused = || m.d2.lines_with(&["connection refused"]).first().cloned();
+
+    // 15 live connections in a range of 16 ports: the last ones find the free ports left.
+    m.b.port_range("40100 40115")?;
+    let log = m.bed.dir().join("hold.log");
+    let argv = [bench, "hold", &to_b, "15"];
+    let mut hold = Proc::spawn_logged(&argv, &m.a.netns_path, &m.a.cgroup, &log)?;
+    let held = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(Duration::from_secs(20), "15 connections held", || {
+        held().contains("held 15") || hold.exited()
+    })?;
+    assert!(held().contains("held 15"), "{}\n{:?}", held(), refused());
+    drop(hold);
+
+    // Four clients at once through 64 ports, new connections as fast as they go (a few
+    // thousand in 3 s).
+    const PORTS: u32 = 64;
+    m.b.port_range(&format!("40000 {}", 40000 + PORTS - 1))?;
+    let out =
+        m.a.run(&[bench, "rr", &to_b, "1", "newconn", "0", "4", "3000"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let count = |field: &str| -> u32 {
+        let value = stdout
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(field));
+        value.and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(count("errors="), 0, "{stdout}\n{:?}", refused());
+    assert!(count("requests=") > 4 * PORTS, "{stdout}");
     Ok(())
 }
 

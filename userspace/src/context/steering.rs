@@ -31,12 +31,25 @@ pub trait Steering: Send + Sync {
     fn outbound_socket(&self, dst: SocketAddr, source: Option<IpAddr>) -> SocketFuture<'_>;
 
     /// An unconnected socket in the pod bound to the remote `client`'s address, to deliver
-    /// a connection to the app as that client.
-    fn delivery_socket(&self, client: SocketAddr) -> SocketFuture<'_>;
+    /// a connection to the app as that client, on a port `port` allows.
+    fn delivery_socket(&self, client: SocketAddr, port: DeliveryPort) -> SocketFuture<'_>;
 
     /// Lets the delivery from `bound` reach the app at `dst` instead of being steered
-    /// back to the daemon, until forgotten.
-    fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> Result<(), Failure>;
+    /// back to the daemon, until forgotten. False when another delivery holds this
+    /// 4-tuple's pass: this one must take another port.
+    fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> Result<bool, Failure>;
 
     fn forget_delivery(&self, bound: SocketAddr, dst: SocketAddr);
+}
+
+/// Which ports a delivery socket may bind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryPort {
+    /// One in TIME_WAIT too, or one a live delivery of the same client holds: connect
+    /// refuses the 4-tuple when that delivery goes to the same app (`AddrNotAvailable`),
+    /// and the caller tries again.
+    Shared,
+    /// Only one no socket holds: the kernel's choice once random ones are taken, so a
+    /// range full of live connections still yields its last free ports.
+    Free,
 }

@@ -15,7 +15,7 @@ use super::{
     drain::Drain,
     pod::PodContext,
     shared::Shared,
-    steering::{SocketFuture, Steering},
+    steering::{DeliveryPort, SocketFuture, Steering},
 };
 use crate::{
     credentials::{CredentialRoots, Credentials},
@@ -49,13 +49,13 @@ impl Steering for FakeSteering {
     }
 
     /// Without IP_TRANSPARENT (root): the app sees the test's address, not the client's.
-    fn delivery_socket(&self, client: SocketAddr) -> SocketFuture<'_> {
+    fn delivery_socket(&self, client: SocketAddr, _port: DeliveryPort) -> SocketFuture<'_> {
         Box::pin(async move { sockets::outbound(client, None) })
     }
 
-    fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> Result<(), Failure> {
+    fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> Result<bool, Failure> {
         self.announced.lock().unwrap().push((bound, dst));
-        Ok(())
+        Ok(true)
     }
 
     fn forget_delivery(&self, bound: SocketAddr, dst: SocketAddr) {

@@ -1,7 +1,7 @@
 //! Inbound: connections sk_lookup steered to a pod's inbound listener, delivered to the
 //! app inside the pod with the client's own address as the source.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{io, net::SocketAddr, sync::Arc};
 
 use hawser_common::{INBOUND_PORT, OUTBOUND_PORT, TUNNEL_PORT};
 use tokio::{
@@ -18,7 +18,7 @@ use super::{
     sockets, terminate,
 };
 use crate::{
-    context::pod::PodContext,
+    context::{pod::PodContext, steering::DeliveryPort},
     failure::{Failure, Result},
     tls::offload::{TlsPath, TunnelStream},
     tunnel,
@@ -293,16 +293,7 @@ async fn deliver(pod: &PodContext, caller: &Caller, settings: &PortSettings) -> 
             dst.port()
         )));
     }
-    let socket = pod.net.delivery_socket(client).await;
-    let socket = socket.map_err(|e| Failure::io("a delivery socket in the pod", e))?;
-    let bound = socket.local_addr();
-    let bound = bound.map_err(|e| Failure::io("the bound address", e))?;
-    // Announced, sk_lookup lets this connection through to the app instead of steering it
-    // back to us.
-    pod.net.announce_delivery(bound, dst)?;
-    let connected = sockets::connect(socket, dst, pod.shared.keepalive).await;
-    pod.net.forget_delivery(bound, dst);
-    let mut app = connected?;
+    let mut app = connect_as(pod, client, dst).await?;
     if settings.proxy_protocol {
         let header = caller.proxy_header();
         let header = header.map_err(|e| Failure::Peer(format!("PROXY header: {e}")))?;
@@ -310,4 +301,62 @@ async fn deliver(pod: &PodContext, caller: &Caller, settings: &PortSettings) -> 
         written.map_err(|e| Failure::io("PROXY header to the app", e))?;
     }
     Ok(app)
+}
+
+/// The ports a delivery tries, in order: random ones that may be shared (a port whose
+/// 4-tuple a live delivery of the same client to the same app holds comes up again only
+/// by chance), then a free one.
+const DELIVERY_PORTS: [DeliveryPort; 4] = [
+    DeliveryPort::Shared,
+    DeliveryPort::Shared,
+    DeliveryPort::Shared,
+    DeliveryPort::Free,
+];
+
+/// Connects to the app at `dst` from `client`'s address (`sockets::transparent`: its port
+/// may be one in TIME_WAIT, taken over); a port whose 4-tuple is in use is tried again
+/// elsewhere.
+async fn connect_as(pod: &PodContext, client: SocketAddr, dst: SocketAddr) -> Result<TcpStream> {
+    for port in DELIVERY_PORTS {
+        if let Some(app) = try_connect_as(pod, client, dst, port).await? {
+            return Ok(app);
+        }
+    }
+    let taken = io::Error::new(
+        io::ErrorKind::AddrNotAvailable,
+        format!(
+            "each of {} ports tried is in use to this app",
+            DELIVERY_PORTS.len()
+        ),
+    );
+    Err(Failure::io(
+        format!("connect {dst} from {}", client.ip()),
+        taken,
+    ))
+}
+
+/// One try of `connect_as`; None when its port's 4-tuple is in use.
+async fn try_connect_as(
+    pod: &PodContext,
+    client: SocketAddr,
+    dst: SocketAddr,
+    port: DeliveryPort,
+) -> Result<Option<TcpStream>> {
+    let socket = pod.net.delivery_socket(client, port).await;
+    let socket = socket.map_err(|e| Failure::io("a delivery socket in the pod", e))?;
+    let bound = socket.local_addr();
+    let bound = bound.map_err(|e| Failure::io("the bound address", e))?;
+    // Announced, sk_lookup lets this connection through to the app instead of steering it
+    // back to us.
+    if !pod.net.announce_delivery(bound, dst)? {
+        return Ok(None);
+    }
+    let connected = sockets::connect(socket, dst, pod.shared.keepalive).await;
+    pod.net.forget_delivery(bound, dst);
+    match connected {
+        Err(Failure::Io { error, .. }) if error.kind() == io::ErrorKind::AddrNotAvailable => {
+            Ok(None)
+        }
+        connected => connected.map(Some),
+    }
 }

@@ -13,7 +13,10 @@ use hawser_common::MARK_DELIVER;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::failure::{Failure, Result};
+use crate::{
+    context::steering::DeliveryPort,
+    failure::{Failure, Result},
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -128,7 +131,16 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 /// `bind_free_port`'s choosing), which is not the pod's: IP_TRANSPARENT allows the bind,
 /// and the mark routes the app's replies back. The port is bound here, not at connect,
 /// because the caller must announce the exact 4-tuple to sk_lookup before connecting.
-pub fn transparent(source: SocketAddr) -> io::Result<std::net::TcpStream> {
+///
+/// The daemon closes a delivery first when its client does, so each leaves its port in
+/// TIME_WAIT for a minute, and a client that closes first (an echo, a probe) would fill
+/// the pod's port range with them: about 28 000 connections a minute from one client to
+/// one app, where the client itself, whose `connect` takes such ports over, has no limit.
+/// SO_REUSEADDR, on every delivery socket (the one in TIME_WAIT must have it too), lets
+/// the bind take such a port (`DeliveryPort::Shared`), and the kernel's connect then takes
+/// its 4-tuple over as it does for a client's (timestamps keep the two connections'
+/// segments apart).
+pub fn transparent(source: SocketAddr, port: DeliveryPort) -> io::Result<std::net::TcpStream> {
     let socket = Socket::new(
         Domain::for_address(source),
         Type::STREAM,
@@ -139,7 +151,11 @@ pub fn transparent(source: SocketAddr) -> io::Result<std::net::TcpStream> {
         SocketAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
         SocketAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
     }
+    let shared = matches!(port, DeliveryPort::Shared);
+    socket.set_reuse_address(shared)?;
     bind_free_port(&socket, source)?;
+    // Set after the bind, so that a port in TIME_WAIT can be taken over later.
+    socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
@@ -149,11 +165,10 @@ const FREE_PORT_TRIES: usize = 16;
 /// Binds `socket` to `source`'s address on a free port, for a connection whose 4-tuple
 /// must be known before it exists (never `source`'s own port: a delivery from the
 /// client's address on the client's port would meet that client's own connection). The
-/// daemon closes such a connection first when its client does, so each leaves its port in
-/// TIME_WAIT for a minute: a busy client sending to one app fills the range. The kernel's
-/// own choice (port 0) then slows down badly, as it scans the odd ports it prefers for a
-/// bind one by one before it gives up (at about 14 000 of them in TIME_WAIT each bind
-/// took ~6 ms here). A random port of the namespace's local range, not reserved, is free
+/// kernel's own choice (port 0) avoids ports in TIME_WAIT and slows down badly when many
+/// are, as it scans the odd ports it prefers for a bind one by one before it gives up (at
+/// about 14 000 of them in TIME_WAIT each bind took ~6 ms here). A random port of the
+/// namespace's local range, not reserved, is free (or, with SO_REUSEADDR, in TIME_WAIT)
 /// at the first tries until the range is nearly full; the kernel chooses after that. Odd
 /// ones first, as the kernel's choice for a bind (a client's `connect` prefers even ones,
 /// and a delivery must not take the port of a live connection of the same client), then

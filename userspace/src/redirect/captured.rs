@@ -8,7 +8,7 @@ use std::{
 
 use super::dataplane::Dataplane;
 use crate::{
-    context::steering::{SocketFuture, Steering},
+    context::steering::{DeliveryPort, SocketFuture, Steering},
     failure::Failure,
     netns::Netns,
     proxy::sockets,
@@ -35,11 +35,11 @@ impl Steering for Captured {
         Box::pin(self.netns.run(move || sockets::outbound(dst, source)))
     }
 
-    fn delivery_socket(&self, client: SocketAddr) -> SocketFuture<'_> {
-        Box::pin(self.netns.run(move || sockets::transparent(client)))
+    fn delivery_socket(&self, client: SocketAddr, port: DeliveryPort) -> SocketFuture<'_> {
+        Box::pin(self.netns.run(move || sockets::transparent(client, port)))
     }
 
-    fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> Result<(), Failure> {
+    fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> Result<bool, Failure> {
         let announced = self.dataplane.announce_delivery(bound, dst);
         announced.map_err(|e| Failure::Steering(format!("the delivery pass: {e}")))
     }

@@ -47,6 +47,8 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
 const CGROUP_PROGRAMS: [&str; 3] = ["hawser_connect4", "hawser_connect6", "hawser_sockops"];
 const SK_LOOKUP: &str = "hawser_sk_lookup";
+/// A map update's flag: only a key not in the map yet.
+const BPF_NOEXIST: u64 = 1;
 
 /// The loaded programs and the maps the daemon writes.
 pub struct Dataplane {
@@ -173,14 +175,24 @@ impl Dataplane {
     }
 
     /// Tells sk_lookup that the connection `client` -> `app` about to be opened is the
-    /// daemon delivering to the app, to be let through.
+    /// daemon delivering to the app, to be let through. False when another delivery holds
+    /// the pass for this 4-tuple (two delivery sockets may take the same port, see
+    /// `proxy::sockets::transparent`): the pass is one connection's, never shared.
     pub fn announce_delivery(
         &self,
         client: SocketAddr,
         app: SocketAddr,
-    ) -> Result<(), aya::maps::MapError> {
+    ) -> Result<bool, aya::maps::MapError> {
         let key = delivery_key(client, app);
-        self.deliveries.lock().unwrap().insert(key, 1, 0)
+        match self.deliveries.lock().unwrap().insert(key, 1, BPF_NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Once connected (or failed), the delivery needs no pass any more.
