@@ -139,6 +139,17 @@ pub fn echo_server(pod: &Pod, port: u16) -> Result<Proc> {
     Ok(proc)
 }
 
+/// The exchanges that succeeded and those that failed, from `hawser-bench rr`'s report.
+pub fn rr_counts(report: &str) -> (u32, u32) {
+    let count = |field: &str| {
+        let value = report
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(field));
+        value.and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    (count("requests="), count("errors="))
+}
+
 /// A server on `port` of `pod` that greets each client with `hello` and then holds the
 /// connection open, silent, for ten minutes: a long-lived connection to cut or keep.
 pub fn quiet_server(pod: &Pod, port: u16) -> Result<Proc> {

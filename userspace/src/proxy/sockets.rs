@@ -135,8 +135,8 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 /// The daemon closes a delivery first when its client does, so each leaves its port in
 /// TIME_WAIT for a minute, and a client that closes first (an echo, a probe) would fill
 /// the pod's port range with them: about 28 000 connections a minute from one client to
-/// one app, where the client itself, whose `connect` takes such ports over, has no limit.
-/// SO_REUSEADDR, on every delivery socket (the one in TIME_WAIT must have it too), lets
+/// one app, fewer than the client itself may open where its pod lets `connect` take a
+/// port in TIME_WAIT over (`tcp_tw_reuse`). SO_REUSEADDR, on every delivery socket (the one in TIME_WAIT must have it too), lets
 /// the bind take such a port (`DeliveryPort::Shared`), and the kernel's connect then takes
 /// its 4-tuple over as it does for a client's (timestamps keep the two connections'
 /// segments apart).
