@@ -139,15 +139,16 @@ pub fn echo_server(pod: &Pod, port: u16) -> Result<Proc> {
     Ok(proc)
 }
 
-/// The exchanges that succeeded and those that failed, from `hawser-bench rr`'s report.
-pub fn rr_counts(report: &str) -> (u32, u32) {
+/// The exchanges that succeeded and those that failed, from `hawser-bench rr`'s report;
+/// None when it has no such counts.
+pub fn rr_counts(report: &str) -> Option<(u32, u32)> {
     let count = |field: &str| {
         let value = report
             .split_whitespace()
             .find_map(|w| w.strip_prefix(field));
-        value.and_then(|v| v.parse().ok()).unwrap_or(0)
+        value?.parse().ok()
     };
-    (count("requests="), count("errors="))
+    Some((count("requests=")?, count("errors=")?))
 }
 
 /// A server on `port` of `pod` that greets each client with `hello` and then holds the

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use hawser_testbed::{
     Pod, Proc, Service, can_run,
     mesh::Mesh,
@@ -224,6 +224,8 @@ fn more_connections_within_a_minute_than_the_app_pods_port_range_holds_arrive() 
     let refused = || m.d2.lines_with(&["connection refused"]).first().cloned();
 
     // 15 live connections in a range of 16 ports: the last ones find the free ports left.
+    // (The daemon reads a pod's range at its first delivery there, then every 10 s.)
+    let first = 40100..=40115;
     m.b.port_range("40100 40115")?;
     let log = m.bed.dir().join("hold.log");
     let argv = [bench, "hold", &to_b, "15"];
@@ -233,20 +235,44 @@ fn more_connections_within_a_minute_than_the_app_pods_port_range_holds_arrive() 
         held().contains("held 15") || hold.exited()
     })?;
     assert!(held().contains("held 15"), "{}\n{:?}", held(), refused());
+    let ports = delivery_ports(&m)?;
+    assert!(
+        ports.len() >= 15 && ports.iter().all(|p| first.contains(p)),
+        "{ports:?}"
+    );
     drop(hold);
 
     // Four clients at once through 64 ports, new connections as fast as they go (a few
-    // thousand in 3 s).
-    const PORTS: u32 = 64;
-    m.b.port_range(&format!("40000 {}", 40000 + PORTS - 1))?;
+    // thousand in 3 s), once the daemon reads the new range.
+    let second = 40000..=40063;
+    m.b.port_range("40000 40063")?;
+    std::thread::sleep(Duration::from_secs(11));
     let out =
         m.a.run(&[bench, "rr", &to_b, "1", "newconn", "0", "4", "3000"])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let (requests, errors) = rr_counts(&stdout);
+    let (requests, errors) = rr_counts(&stdout).context("no rr report")?;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(errors, 0, "{stdout}\n{:?}", refused());
-    assert!(requests > 4 * PORTS, "{stdout}");
+    assert!(requests > 4 * 64, "{stdout}");
+    let ports = delivery_ports(&m)?;
+    let in_second = ports.iter().filter(|&p| second.contains(p)).count();
+    let outside = ports
+        .iter()
+        .find(|p| !first.contains(p) && !second.contains(p));
+    assert!(in_second >= 32 && outside.is_none(), "{ports:?}");
     Ok(())
+}
+
+/// The ports of the deliveries in b (sockets bound to a's address there), in any state.
+fn delivery_ports(m: &Mesh) -> Result<Vec<u16>> {
+    let out = m.b.run(&["ss", "-Htan", "src", &m.a.ip])?;
+    let text = String::from_utf8(out.stdout)?;
+    let local = text.lines().filter_map(|l| l.split_whitespace().nth(3));
+    let ports = local.filter_map(|a| a.rsplit_once(':')?.1.parse().ok());
+    Ok(ports
+        .collect::<std::collections::BTreeSet<u16>>()
+        .into_iter()
+        .collect())
 }
 
 /// A certificate for `identity` signed by the mesh's root (the test can read the CA's key):

@@ -4,7 +4,10 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -32,6 +35,8 @@ pub struct FakeSteering {
     pub original: Mutex<HashMap<SocketAddr, SocketAddr>>,
     pub dialed: Mutex<HashMap<SocketAddr, SocketAddr>>,
     pub announced: Mutex<Vec<(SocketAddr, SocketAddr)>>,
+    /// How many announces to refuse next, as if another delivery held their pass.
+    pub passes_held: AtomicUsize,
     pub forgotten: Mutex<Vec<(SocketAddr, SocketAddr)>>,
 }
 
@@ -48,14 +53,18 @@ impl Steering for FakeSteering {
         Box::pin(async move { sockets::outbound(dst, source) })
     }
 
-    /// Without IP_TRANSPARENT (root): the app sees the test's address, not the client's.
+    /// Bound to the client's (loopback) address without IP_TRANSPARENT (root): each on a
+    /// port of its own, as in a pod.
     fn delivery_socket(&self, client: SocketAddr, _port: DeliveryPort) -> SocketFuture<'_> {
-        Box::pin(async move { sockets::outbound(client, None) })
+        Box::pin(async move { sockets::outbound(client, Some(client.ip())) })
     }
 
     fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> Result<bool, Failure> {
         self.announced.lock().unwrap().push((bound, dst));
-        Ok(true)
+        let held = self
+            .passes_held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        Ok(held.is_err())
     }
 
     fn forget_delivery(&self, bound: SocketAddr, dst: SocketAddr) {

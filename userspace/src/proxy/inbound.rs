@@ -18,7 +18,10 @@ use super::{
     sockets, terminate,
 };
 use crate::{
-    context::{pod::PodContext, steering::DeliveryPort},
+    context::{
+        pod::PodContext,
+        steering::{DeliveryPort, Steering},
+    },
     failure::{Failure, Result},
     tls::offload::{TlsPath, TunnelStream},
     tunnel,
@@ -349,14 +352,35 @@ async fn try_connect_as(
     // Announced, sk_lookup lets this connection through to the app instead of steering it
     // back to us.
     if !pod.net.announce_delivery(bound, dst)? {
+        tracing::debug!(%bound, %dst, "another delivery holds this 4-tuple's pass");
         return Ok(None);
     }
+    let pass = Pass {
+        net: &*pod.net,
+        bound,
+        dst,
+    };
     let connected = sockets::connect(socket, dst, pod.shared.keepalive).await;
-    pod.net.forget_delivery(bound, dst);
+    drop(pass);
     match connected {
         Err(Failure::Io { error, .. }) if error.kind() == io::ErrorKind::AddrNotAvailable => {
+            tracing::debug!(%bound, %dst, "a live connection holds this 4-tuple");
             Ok(None)
         }
         connected => connected.map(Some),
+    }
+}
+
+/// A delivery's sk_lookup pass, forgotten when dropped: also when the delivery is given up
+/// while it connects (its connection cut), so that no pass outlives its connect.
+struct Pass<'a> {
+    net: &'a dyn Steering,
+    bound: SocketAddr,
+    dst: SocketAddr,
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        self.net.forget_delivery(self.bound, self.dst);
     }
 }

@@ -104,12 +104,12 @@ pub fn steered_listener() -> io::Result<std::net::TcpListener> {
 }
 
 /// An unconnected socket for connecting onward from the pod to `dst`, bound to `source`
-/// (a free port, see `bind_free_port`) when given, so the caller knows the exact 4-tuple
+/// (a random port, see `bind_random_port`) when given, so the caller knows the exact 4-tuple
 /// before the connection exists.
 pub fn outbound(dst: SocketAddr, source: Option<IpAddr>) -> io::Result<std::net::TcpStream> {
     let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
     if let Some(ip) = source {
-        bind_free_port(&socket, SocketAddr::new(ip, 0))?;
+        bind_random_port(&socket, SocketAddr::new(ip, 0))?;
     }
     socket.set_nonblocking(true)?;
     Ok(socket.into())
@@ -127,8 +127,8 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// An unconnected socket bound to the remote client's address (`source`, a free port of
-/// `bind_free_port`'s choosing), which is not the pod's: IP_TRANSPARENT allows the bind,
+/// An unconnected socket bound to the remote client's address (`source`, a port of
+/// `bind_random_port`'s choosing), which is not the pod's: IP_TRANSPARENT allows the bind,
 /// and the mark routes the app's replies back. The port is bound here, not at connect,
 /// because the caller must announce the exact 4-tuple to sk_lookup before connecting.
 ///
@@ -136,10 +136,13 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 /// TIME_WAIT for a minute, and a client that closes first (an echo, a probe) would fill
 /// the pod's port range with them: about 28 000 connections a minute from one client to
 /// one app, fewer than the client itself may open where its pod lets `connect` take a
-/// port in TIME_WAIT over (`tcp_tw_reuse`). SO_REUSEADDR, on every delivery socket (the one in TIME_WAIT must have it too), lets
-/// the bind take such a port (`DeliveryPort::Shared`), and the kernel's connect then takes
-/// its 4-tuple over as it does for a client's (timestamps keep the two connections'
-/// segments apart).
+/// port in TIME_WAIT over (`tcp_tw_reuse`). SO_REUSEADDR, on every delivery socket (the
+/// one in TIME_WAIT must have it too), lets the bind take such a port
+/// (`DeliveryPort::Shared`), and the kernel's connect then takes its 4-tuple over: for an
+/// explicitly bound port it does so whenever the TIME_WAIT holds the app's timestamps
+/// (they keep the two connections' segments apart), whatever `tcp_tw_reuse` says. An app
+/// socket that a killed daemon left half-closed on that 4-tuple answers the new SYN with
+/// a challenge ACK, then a reset: that connect takes a second.
 pub fn transparent(source: SocketAddr, port: DeliveryPort) -> io::Result<std::net::TcpStream> {
     let socket = Socket::new(
         Domain::for_address(source),
@@ -153,31 +156,32 @@ pub fn transparent(source: SocketAddr, port: DeliveryPort) -> io::Result<std::ne
     }
     let shared = matches!(port, DeliveryPort::Shared);
     socket.set_reuse_address(shared)?;
-    bind_free_port(&socket, source)?;
-    // Set after the bind, so that a port in TIME_WAIT can be taken over later.
+    bind_random_port(&socket, source)?;
+    // A TIME_WAIT keeps its socket's SO_REUSEADDR from the close: set on a `Free` socket
+    // too (after its bind), or no later delivery could take its port over.
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
 
-const FREE_PORT_TRIES: usize = 16;
+const RANDOM_PORT_TRIES: usize = 16;
 
-/// Binds `socket` to `source`'s address on a free port, for a connection whose 4-tuple
+/// Binds `socket` to `source`'s address on a port its options allow (one no socket holds;
+/// with SO_REUSEADDR also one in TIME_WAIT or shared), for a connection whose 4-tuple
 /// must be known before it exists (never `source`'s own port: a delivery from the
 /// client's address on the client's port would meet that client's own connection). The
 /// kernel's own choice (port 0) avoids ports in TIME_WAIT and slows down badly when many
 /// are, as it scans the odd ports it prefers for a bind one by one before it gives up (at
 /// about 14 000 of them in TIME_WAIT each bind took ~6 ms here). A random port of the
-/// namespace's local range, not reserved, is free (or, with SO_REUSEADDR, in TIME_WAIT)
-/// at the first tries until the range is nearly full; the kernel chooses after that. Odd
-/// ones first, as the kernel's choice for a bind (a client's `connect` prefers even ones,
-/// and a delivery must not take the port of a live connection of the same client), then
-/// any.
-fn bind_free_port(socket: &Socket, source: SocketAddr) -> io::Result<()> {
+/// namespace's local range, not reserved, is taken at the first tries until the range is
+/// nearly full; the kernel chooses after that. Odd ones first, as the kernel's choice for
+/// a bind: a client's `connect` prefers even ones, so the ports of the client's own
+/// connections are met less often. Then any.
+fn bind_random_port(socket: &Socket, source: SocketAddr) -> io::Result<()> {
     let ports = LocalPorts::current();
     let mut addr = source; // keeps a link-local address's interface
-    for tries in 0..FREE_PORT_TRIES {
-        let odd = tries < FREE_PORT_TRIES / 2;
+    for tries in 0..RANDOM_PORT_TRIES {
+        let odd = tries < RANDOM_PORT_TRIES / 2;
         let port = rand::random_range(ports.range.clone()) | u16::from(odd);
         if !ports.range.contains(&port) || ports.is_reserved(port) || port == source.port() {
             continue;
@@ -271,11 +275,11 @@ mod tests {
     /// A delivery never takes its client's own port, nor a reserved one, and an odd one
     /// while odd ones are free.
     #[test]
-    fn a_free_port_is_odd_unreserved_and_not_the_sources_own() {
+    fn a_random_port_is_odd_unreserved_and_not_the_sources_own() {
         let source: SocketAddr = "127.0.0.1:40001".parse().unwrap();
         for _ in 0..200 {
             let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-            bind_free_port(&socket, source).unwrap();
+            bind_random_port(&socket, source).unwrap();
             let port = socket.local_addr().unwrap().as_socket().unwrap().port();
             let ports = LocalPorts::current();
             assert!(

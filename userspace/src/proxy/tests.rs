@@ -1,7 +1,11 @@
 //! The handlers' decisions, in-process: real sockets on loopback, steering faked (see
 //! `context::testing`). The end-to-end suite tests the same handlers on real steering.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use hawser_model::{Registry, config::parse_registry, egress::OutboundPolicy};
 use tokio::{
@@ -201,6 +205,21 @@ async fn inbound_delivers_a_steered_connection_announced_and_refuses_others() {
         announced,
         "and forgotten after"
     );
+
+    // Another delivery holds the first port's pass: the delivery takes another port, and
+    // leaves the other's pass alone.
+    reached.try_recv().unwrap();
+    net.passes_held.store(1, Ordering::SeqCst);
+    let conn = connect_from(at, |me| {
+        net.dialed.lock().unwrap().insert(me, app);
+    })
+    .await;
+    assert_eq!(exchange(conn, "pong").await, "pong");
+    let announced = net.announced.lock().unwrap()[1..].to_vec();
+    assert_eq!(announced.len(), 2, "{announced:?}");
+    assert_ne!(announced[0].0, announced[1].0, "a port of its own");
+    let forgotten = net.forgotten.lock().unwrap()[1..].to_vec();
+    assert_eq!(forgotten, announced[1..], "only its own pass forgotten");
 
     // Dialed at the daemon's listener from inside the pod: refused, the app sees nothing.
     reached.try_recv().unwrap();
