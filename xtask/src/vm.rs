@@ -403,9 +403,10 @@ fn report(log: &Path) -> Result<()> {
 /// Without any report (the guest failed before a test did), the log's last lines.
 fn failures(serial: &str) -> String {
     const LINES: usize = 25;
+    let lines: Vec<&str> = serial.lines().map(|l| l.trim_end_matches('\r')).collect();
     let mut shown = Vec::new();
     let mut until = 0;
-    for (i, line) in serial.lines().map(|l| l.trim_end_matches('\r')).enumerate() {
+    for (i, &line) in lines.iter().enumerate() {
         if line.starts_with("---- ") {
             shown.push(line);
             until = 0;
@@ -417,7 +418,6 @@ fn failures(serial: &str) -> String {
         }
     }
     if shown.is_empty() {
-        let lines: Vec<&str> = serial.lines().collect();
         shown = lines[lines.len().saturating_sub(LINES)..].to_vec();
     }
     shown.join("\n")

@@ -104,8 +104,8 @@ pub fn steered_listener() -> io::Result<std::net::TcpListener> {
 }
 
 /// An unconnected socket for connecting onward from the pod to `dst`, bound to `source`
-/// (a random port, see `bind_random_port`) when given, so the caller knows the exact 4-tuple
-/// before the connection exists.
+/// (a random port, see `bind_random_port`) when given, so the caller knows the exact
+/// 4-tuple before the connection exists.
 pub fn outbound(dst: SocketAddr, source: Option<IpAddr>) -> io::Result<std::net::TcpStream> {
     let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
     if let Some(ip) = source {
