@@ -9,7 +9,7 @@ use anyhow::{Context, Result, ensure};
 use hawser_testbed::{
     Pod, Testbed, can_run,
     mesh::Mesh,
-    peers::{Capture, Nginx, curl, echo_server, wait_until},
+    peers::{Capture, Nginx, curl, echo_server, wait_listening, wait_until},
     write_atomically,
 };
 
@@ -448,6 +448,142 @@ fn a_borrowed_pod_ip_carries_no_identity_and_revocation_reaches_same_node_caller
         })
     })?;
     Ok(())
+}
+
+/// An app that listens with room for one connection in its accept queue and accepts
+/// nothing until the file `go` exists; then it logs each connection's peer and first bytes
+/// to `log`.
+const GATED_APP: &str = "
+import os, socket, sys, time
+port, go, log = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+s = socket.socket()
+s.bind(('0.0.0.0', port))
+s.listen(0)
+while not os.path.exists(go):
+    time.sleep(0.05)
+while True:
+    c, peer = s.accept()
+    c.settimeout(2)
+    try:
+        data = c.recv(4096)
+    except OSError:
+        data = b''
+    with open(log, 'a') as f:
+        f.write(f'{peer[0]}:{peer[1]} {data!r}\\n')
+    c.close()
+";
+
+/// Connects from `ip`:`port` to `host`:`dport`, sends `text`, prints what comes back.
+const BOUND_CLIENT: &str = "
+import socket, sys
+ip, port, host, dport, text = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((ip, port))
+s.settimeout(5)
+s.connect((host, dport))
+s.sendall(text.encode())
+sys.stdout.write(s.recv(4096).decode(errors='replace'))
+";
+
+/// A daemon killed while it connects to an app leaves that connection's sk_lookup pass
+/// behind (its cleanup never runs). The next daemon forgets it: a pod that borrows the
+/// client's address and the delivery's port reaches the daemon, not the app.
+#[test]
+fn a_delivery_pass_left_by_a_killed_daemon_lets_no_borrowed_address_around_the_mesh() -> Result<()>
+{
+    if !can_run() {
+        return Ok(());
+    }
+    let mut m = Mesh::new()?;
+    let evil = m.bed.pod(&m.node1, "evil")?; // not enrolled
+    write_atomically(
+        &m.bed.config_dir().join("policy.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+         metadata: {name: strict, namespace: default}\nspec: {mtls: {mode: STRICT}}\n",
+    )?;
+    m.d2.wait_for("the policy", Duration::from_secs(10), |log| {
+        log.contains("workload configuration reloaded")
+    })?;
+    let go = m.bed.dir().join("go");
+    let received = m.bed.dir().join("received");
+    let (go_path, received_path) = (go.display().to_string(), received.display().to_string());
+    let _app =
+        m.b.spawn(&["python3", "-c", GATED_APP, "7500", &go_path, &received_path])?;
+    // The probe's connection, never accepted, fills the app's accept queue: the daemon's
+    // delivery of the next one hangs connecting (its SYNs dropped).
+    wait_listening(&m.b, 7500, "the gated app")?;
+    let dst = format!("TCP:{}:7500", m.b.ip);
+    let _client =
+        m.a.spawn(&["sh", "-c", &format!("sleep 60 | socat - {dst}")])?;
+    let mut port = None;
+    wait_until(Duration::from_secs(10), "the delivery connecting", || {
+        port = syn_sent_port(&m.b, &m.a.ip, 7500);
+        port.is_some()
+    })?;
+    let port = port.expect("waited for");
+
+    m.d2.kill();
+    m.d2.restart()?;
+    m.d2.wait_for_line(
+        Duration::from_secs(5),
+        &["forgetting delivery passes of an earlier run", "passes=1"],
+    )?;
+    let (_, metrics) = m.node2.http_get("http://127.0.0.1:15020/metrics")?;
+    let none = "hawser_ebpf_map_entries{map=\"DELIVERIES\"} 0";
+    assert!(metrics.contains(none), "{none} in\n{metrics}");
+
+    // evil takes a's address while a is off the bridge, and the delivery's port.
+    ip(&m.a, &["link", "set", "eth0", "down"])?;
+    ip(&evil, &["addr", "flush", "dev", "eth0"])?;
+    ip(
+        &evil,
+        &["addr", "add", &format!("{}/24", m.a.ip), "dev", "eth0"],
+    )?;
+    ip(
+        &evil,
+        &["route", "replace", "default", "via", &m.node1.gateway()],
+    )?;
+    let flushed = m.node1.run(&["ip", "neigh", "flush", "all"])?;
+    ensure!(flushed.status.success(), "ip neigh flush on node1");
+    std::fs::write(&go, "")?;
+    // The app writes what it received before it closes, and the client waits for the close.
+    evil.run(&[
+        "python3",
+        "-c",
+        BOUND_CLIENT,
+        &m.a.ip,
+        &port.to_string(),
+        &m.b.ip,
+        "7500",
+        "around the mesh",
+    ])?;
+    let got = std::fs::read_to_string(&received).unwrap_or_default();
+    assert!(
+        !got.contains("around the mesh"),
+        "the app received the borrowed connection's bytes:\n{got}"
+    );
+    m.d2.wait_for_line(
+        Duration::from_secs(5),
+        &[
+            "connection refused",
+            &format!("src={}:{port}", m.a.ip),
+            "PeerAuthentication STRICT",
+        ],
+    )?;
+    Ok(())
+}
+
+/// The local port of a connection from `client_ip` to `port` that `pod` is opening.
+fn syn_sent_port(pod: &Pod, client_ip: &str, port: u16) -> Option<u16> {
+    let filter = format!("dport = :{port}");
+    let out = pod
+        .run(&["ss", "-Htn", "state", "syn-sent", &filter])
+        .ok()?;
+    let prefix = format!("{client_ip}:");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix(&prefix)?.parse().ok())
 }
 
 /// Opens `count` TCP connections to `host:port` and holds them idle, as fast as the

@@ -142,6 +142,10 @@ pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
     let (succession, previous) = takeover::claim(&config.pin_dir).await?;
     let shutdown = succession.shutdown.clone();
     let dataplane = Arc::new(Dataplane::load(&config.pin_dir, &config.cgroup)?);
+    // A cold start: no daemon is delivering, so each pass left is a dead daemon's.
+    if previous.is_none() {
+        dataplane.forget_all_deliveries();
+    }
     let source = workload::start(&config.source).await?;
     let cni_state = config
         .cni_socket

@@ -204,6 +204,24 @@ impl Dataplane {
             .remove(&delivery_key(client, app));
     }
 
+    /// Forgets every delivery pass: for a cold start, when no daemon is delivering. A pass
+    /// outlives its connect only when the daemon that announced it died connecting (its
+    /// drop guard never ran); left, it would let a connection with that 4-tuple from the
+    /// network (a spoofed or borrowed client address) around the mesh to the app.
+    pub fn forget_all_deliveries(&self) {
+        let mut deliveries = self.deliveries.lock().unwrap();
+        let stale: Vec<DeliveryKey> = deliveries.keys().filter_map(Result::ok).collect();
+        if !stale.is_empty() {
+            tracing::info!(
+                passes = stale.len(),
+                "forgetting delivery passes of an earlier run"
+            );
+        }
+        for key in stale {
+            let _ = deliveries.remove(&key);
+        }
+    }
+
     /// Releases pods enrolled by an earlier run that are no longer configured. Pods still
     /// configured stay captured even when enrolling them failed: they stay closed.
     pub fn prune(&self, keep_netns: &[u64]) {
