@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use hawser_testbed::{
-    Testbed, can_run,
+    Proc, Testbed, can_run,
     peers::{Nginx, curl, echo_server, wait_until},
 };
 
@@ -388,5 +388,73 @@ fn same_node_pods_are_identified_and_policed_without_a_tunnel() -> Result<()> {
         })
     })?;
     assert_eq!(nginx_b.clients(), vec![a.ip.clone()]);
+    Ok(())
+}
+
+/// A server that binds its port as servers do (SO_REUSEADDR), says whether it could, and
+/// greets every connection (which it holds) with its argument.
+const GREETER: &str = "
+import socket, sys
+port, greeting = int(sys.argv[1]), sys.argv[2]
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(('0.0.0.0', port))
+except OSError as e:
+    print(f'bind: {e}', flush=True)
+    sys.exit(1)
+s.listen(16)
+print('listening', flush=True)
+held = []
+while True:
+    c, _ = s.accept()
+    c.sendall(greeting.encode() + b'\\n')
+    held.append(c)
+    print('accepted', flush=True)
+";
+
+/// An app that restarts in its pod (a crash, a container restart) binds its port again at
+/// once, while the connections the daemon delivered to it wind down: the daemon's side of
+/// a connection steered to its inbound listener keeps the address the client dialled, so
+/// it sits on the app's port too, and must not hold it against the app's bind.
+#[test]
+fn an_app_restarting_in_its_pod_binds_its_port_while_its_mesh_connections_end() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let bed = Testbed::new()?;
+    let node = bed.node("node1", 1)?;
+    let a = bed.pod(&node, "a")?;
+    let b = bed.pod(&node, "b")?;
+    bed.enroll(&[&a, &b])?;
+    let _daemon = bed.start_daemon(&node)?;
+    let start = |greeting: &str| -> Result<(Proc, std::path::PathBuf)> {
+        let log = bed.dir().join(format!("greeter-{greeting}.log"));
+        let argv = ["python3", "-c", GREETER, "7600", greeting];
+        let app = Proc::spawn_logged(&argv, &b.netns_path, &b.cgroup, &log)?;
+        wait_until(Duration::from_secs(10), "the greeter's bind", || {
+            std::fs::read_to_string(&log).is_ok_and(|l| !l.is_empty())
+        })?;
+        Ok((app, log))
+    };
+    let read = |log: &std::path::Path| std::fs::read_to_string(log).unwrap_or_default();
+
+    let (first, first_log) = start("one")?;
+    assert_eq!(read(&first_log).trim(), "listening");
+    let dst = format!("TCP:{}:7600", b.ip);
+    let _held = a.spawn(&["sh", "-c", &format!("sleep 30 | socat - {dst}")])?;
+    wait_until(Duration::from_secs(10), "the held connection", || {
+        read(&first_log).contains("accepted")
+    })?;
+
+    drop(first); // killed: its connection ends, the daemon closes its side
+    let (_second, second_log) = start("two")?;
+    assert_eq!(
+        read(&second_log).trim(),
+        "listening",
+        "the restarted app could not bind its port"
+    );
+    let greeting = a.run(&["socat", "-T", "2", "-", &dst])?;
+    assert_eq!(String::from_utf8_lossy(&greeting.stdout).trim(), "two");
     Ok(())
 }

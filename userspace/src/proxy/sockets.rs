@@ -82,20 +82,26 @@ pub fn tune(stream: &TcpStream, keepalive: Keepalive) {
 /// connections of both families, which needs the wildcard address (binding ::1 makes a
 /// socket IPv6-only). Nothing reaches it from the network unsteered: sk_lookup steers
 /// every connection arriving there; the handlers refuse direct ones from the pod itself.
+///
+/// A connection it accepts keeps the address the client dialled, so it sits on the app's
+/// port (until its TIME_WAIT ends): SO_REUSEADDR, which accepted sockets inherit, lets an
+/// app that restarts bind its port meanwhile, as its own connections' would. A squatter
+/// still cannot bind this listener's port: a listening socket is never shared that way.
 pub fn steered_listener() -> io::Result<std::net::TcpListener> {
-    let dual = || -> io::Result<Socket> {
-        let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_only_v6(false)?;
-        socket.bind(&SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0).into())?;
+    let bound = |domain, address: IpAddr| -> io::Result<Socket> {
+        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        if domain == Domain::IPV6 {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.bind(&SocketAddr::new(address, 0).into())?;
         Ok(socket)
     };
-    let socket = match dual() {
+    let socket = match bound(Domain::IPV6, Ipv6Addr::UNSPECIFIED.into()) {
         Ok(socket) => socket,
         Err(e) => {
             tracing::debug!("no IPv6 in the pod ({e}): IPv4 listener");
-            let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-            socket.bind(&SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0).into())?;
-            socket
+            bound(Domain::IPV4, Ipv4Addr::LOCALHOST.into())?
         }
     };
     socket.set_nonblocking(true)?;
