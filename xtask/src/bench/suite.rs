@@ -31,6 +31,8 @@ pub struct Scale {
     pub idle: &'static [usize],
     pub idle_repeats: usize,
     pub idle_timeout: Duration,
+    /// Whether hawser without a CA runs too (`relay`: the relays' cost without TLS).
+    pub relay: bool,
 }
 
 pub const HOST: Scale = Scale {
@@ -42,6 +44,7 @@ pub const HOST: Scale = Scale {
     idle: &[1_000, 10_000],
     idle_repeats: 2,
     idle_timeout: Duration::from_secs(300),
+    relay: true,
 };
 
 pub const VM: Scale = Scale {
@@ -53,6 +56,8 @@ pub const VM: Scale = Scale {
     idle: &[100, 400],
     idle_repeats: 2,
     idle_timeout: Duration::from_secs(600),
+    // Emulated, the relays' cost beside TLS's is not worth the VM's time.
+    relay: false,
 };
 
 pub const ECHO_PORT: u16 = 7000;
@@ -70,6 +75,9 @@ pub fn run(scale: &Scale) -> Result<()> {
     let mut scenarios = vec![Scenario::Plain, Scenario::Userspace, Scenario::Serial];
     if ktls {
         scenarios.push(Scenario::Kernel);
+    }
+    if scale.relay {
+        scenarios.push(Scenario::Relay);
     }
     scenarios.push(Scenario::Haproxy);
     // Each repeat measures every scenario, so that a drift of the machine (another
@@ -151,6 +159,7 @@ fn measure(
         Scenario::Plain | Scenario::Haproxy => Ok(()),
         Scenario::Userspace | Scenario::Serial => t.expect_tls_path("userspace"),
         Scenario::Kernel => t.expect_tls_path("ktls"),
+        Scenario::Relay => t.expect_tls_path("none"),
     }
 }
 

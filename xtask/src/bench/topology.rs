@@ -1,6 +1,6 @@
 //! The benchmarked network: two nodes joined by a link, client pod a on node1, server
-//! pod b on node2 — plain (no hawser), the mesh with a daemon on each node, or a pair of
-//! HAProxy mTLS relays in the pods.
+//! pod b on node2 — plain (no hawser), the mesh with a daemon on each node (with a CA, or
+//! without one: relays only), or a pair of HAProxy mTLS relays in the pods.
 
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ pub enum Scenario {
     Serial,
     /// hawser's tunnel with kernel TLS and splice.
     Kernel,
+    /// hawser without a CA: the same capture and the same relays through both daemons,
+    /// plaintext between them. What the relays cost, TLS aside.
+    Relay,
     /// A pair of HAProxy relays: mTLS (TLS 1.3, OpenSSL) between the pods.
     Haproxy,
 }
@@ -31,6 +34,7 @@ impl Scenario {
             Scenario::Userspace => "userspace",
             Scenario::Serial => "serial",
             Scenario::Kernel => "ktls",
+            Scenario::Relay => "relay",
             Scenario::Haproxy => "haproxy",
         }
     }
@@ -49,6 +53,9 @@ impl Scenario {
 pub enum Topology {
     Plain(Box<PlainNet>),
     Mesh(Box<Mesh>),
+    /// The plain network with a daemon on each node and no CA (client side first); they
+    /// stop before the network goes.
+    Relayed(Box<[Service; 2]>, Box<PlainNet>),
     /// The plain network with the relays in its pods (client side first); they stop
     /// before the network goes.
     Relays(Box<Relays>, Box<PlainNet>),
@@ -58,7 +65,7 @@ pub struct PlainNet {
     a: Pod,
     b: Pod,
     /// Kept for the pods' lifetime.
-    _nodes: (Node, Node),
+    nodes: (Node, Node),
     /// Last: removes the namespaces after everything in them stopped.
     bed: Testbed,
 }
@@ -71,6 +78,7 @@ impl Topology {
             Scenario::Userspace => mesh(&["--no-ktls"])?,
             Scenario::Serial => mesh(&["--no-ktls", "--tunnel-reuse"])?,
             Scenario::Kernel => mesh(&[])?,
+            Scenario::Relay => relayed()?,
             Scenario::Haproxy => {
                 let net = plain()?;
                 let relays = relays::start(&net.bed, &net.a, &net.b, ports)?;
@@ -85,14 +93,14 @@ impl Topology {
 
     pub fn client(&self) -> &Pod {
         match self {
-            Topology::Plain(p) | Topology::Relays(_, p) => &p.a,
+            Topology::Plain(p) | Topology::Relays(_, p) | Topology::Relayed(_, p) => &p.a,
             Topology::Mesh(m) => &m.a,
         }
     }
 
     pub fn server(&self) -> &Pod {
         match self {
-            Topology::Plain(p) | Topology::Relays(_, p) => &p.b,
+            Topology::Plain(p) | Topology::Relays(_, p) | Topology::Relayed(_, p) => &p.b,
             Topology::Mesh(m) => &m.b,
         }
     }
@@ -108,7 +116,7 @@ impl Topology {
     /// The test bed: its scratch directory, for peers that need one.
     pub fn bed(&self) -> &Testbed {
         match self {
-            Topology::Plain(p) | Topology::Relays(_, p) => &p.bed,
+            Topology::Plain(p) | Topology::Relays(_, p) | Topology::Relayed(_, p) => &p.bed,
             Topology::Mesh(m) => &m.bed,
         }
     }
@@ -117,6 +125,7 @@ impl Topology {
     pub fn daemons(&self) -> Vec<&Service> {
         match self {
             Topology::Mesh(m) => vec![&m.d1, &m.d2],
+            Topology::Relayed(daemons, _) => daemons.iter().collect(),
             _ => vec![],
         }
     }
@@ -136,6 +145,9 @@ impl Topology {
         let m = match self {
             Topology::Mesh(m) => m,
             Topology::Relays(relays, _) => return relays.restart(),
+            Topology::Relayed(daemons, _) => {
+                return daemons.iter_mut().try_for_each(Service::restart);
+            }
             Topology::Plain(_) => return Ok(()),
         };
         for d in [&mut m.d1, &mut m.d2] {
@@ -149,8 +161,9 @@ impl Topology {
         Ok(())
     }
 
-    /// Checks that the daemons' access log names `path` (`ktls`/`userspace`) for the
-    /// connections so far, and no other: a benchmark of the wrong path is worthless.
+    /// Checks that the daemons' access log names `path` (`ktls`/`userspace`, `none`
+    /// without a CA) for the connections so far, and no other: a benchmark of the wrong
+    /// path is worthless.
     pub fn expect_tls_path(&self, path: &str) -> Result<()> {
         for d in self.daemons() {
             let expected = format!("tls=\"{path}\"");
@@ -179,9 +192,23 @@ fn plain() -> Result<Box<PlainNet>> {
     Ok(Box::new(PlainNet {
         a,
         b,
-        _nodes: (node1, node2),
+        nodes: (node1, node2),
         bed,
     }))
+}
+
+/// The plain network, its pods enrolled, a daemon without a CA on each node.
+fn relayed() -> Result<Topology> {
+    let net = plain()?;
+    net.bed.enroll(&[&net.a, &net.b])?;
+    let start = |node| -> Result<Service> {
+        let mut daemon = net.bed.start_node_with(node, None, &[])?;
+        // Thousands of connections make long logs: not worth printing at the end.
+        daemon.echo_log_on_drop(false);
+        Ok(daemon)
+    };
+    let daemons = [start(&net.nodes.0)?, start(&net.nodes.1)?];
+    Ok(Topology::Relayed(Box::new(daemons), net))
 }
 
 fn mesh(node_args: &[&str]) -> Result<Topology> {
