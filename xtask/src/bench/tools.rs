@@ -53,7 +53,13 @@ pub fn iperf3(pod: &Pod, server: &(String, u16), streams: u32, secs: u32) -> Res
     let received = json
         .rfind("\"sum_received\"")
         .map(|at| &json[at..])
-        .context("iperf3 reported no sum_received")?;
+        .with_context(|| {
+            // Its JSON still says why (a refused connection, a server gone).
+            let error = json
+                .find("\"error\":")
+                .map_or("", |at| json[at..].lines().next().unwrap_or(""));
+            format!("iperf3 reported no sum_received {error}")
+        })?;
     Ok(Transfer {
         bytes: number_after(received, "\"bytes\":").context("iperf3 bytes")?,
         gbit_per_s: number_after(received, "\"bits_per_second\":").context("iperf3 rate")? / 1e9,
