@@ -3,11 +3,14 @@
 //! declared one, a borrowed IP), proven to fail by what crosses the node link and what
 //! the app receives, never by a connection failing.
 
-use std::time::Duration;
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, ensure};
 use hawser_testbed::{
-    Pod, Testbed, can_run,
+    Pod, Proc, Service, Testbed, can_run,
     mesh::Mesh,
     peers::{Capture, Nginx, curl, echo_server, wait_listening, wait_until},
     write_atomically,
@@ -486,17 +489,22 @@ s.sendall(text.encode())
 sys.stdout.write(s.recv(4096).decode(errors='replace'))
 ";
 
-/// A daemon killed while it connects to an app leaves that connection's sk_lookup pass
-/// behind (its cleanup never runs). The next daemon forgets it: a pod that borrows the
-/// client's address and the delivery's port reaches the daemon, not the app.
-#[test]
-fn a_delivery_pass_left_by_a_killed_daemon_lets_no_borrowed_address_around_the_mesh() -> Result<()>
-{
-    if !can_run() {
-        return Ok(());
-    }
-    let mut m = Mesh::new()?;
-    let evil = m.bed.pod(&m.node1, "evil")?; // not enrolled
+/// A delivery node2's daemon hangs on, connecting to a gated app in b under STRICT mTLS.
+struct HungDelivery {
+    /// The delivery socket's port (the client's address is a's).
+    port: u16,
+    /// When the delivery was seen connecting: its pass was announced before.
+    seen: Instant,
+    go: PathBuf,
+    received: PathBuf,
+    _app: Proc,
+    _client: Proc,
+}
+
+/// Sets b's mesh to STRICT and has a connect to the gated app in b: the probe's
+/// connection, never accepted, fills the app's accept queue, so the daemon's delivery of
+/// the client's connection hangs connecting (its SYNs dropped), its pass in the map.
+fn hang_a_delivery(m: &Mesh) -> Result<HungDelivery> {
     write_atomically(
         &m.bed.config_dir().join("policy.yaml"),
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
@@ -508,32 +516,41 @@ fn a_delivery_pass_left_by_a_killed_daemon_lets_no_borrowed_address_around_the_m
     let go = m.bed.dir().join("go");
     let received = m.bed.dir().join("received");
     let (go_path, received_path) = (go.display().to_string(), received.display().to_string());
-    let _app =
+    let app =
         m.b.spawn(&["python3", "-c", GATED_APP, "7500", &go_path, &received_path])?;
-    // The probe's connection, never accepted, fills the app's accept queue: the daemon's
-    // delivery of the next one hangs connecting (its SYNs dropped).
     wait_listening(&m.b, 7500, "the gated app")?;
     let dst = format!("TCP:{}:7500", m.b.ip);
-    let _client =
+    let client =
         m.a.spawn(&["sh", "-c", &format!("sleep 60 | socat - {dst}")])?;
     let mut port = None;
     wait_until(Duration::from_secs(10), "the delivery connecting", || {
         port = syn_sent_port(&m.b, &m.a.ip, 7500);
         port.is_some()
     })?;
-    let port = port.expect("waited for");
+    Ok(HungDelivery {
+        port: port.expect("waited for"),
+        seen: Instant::now(),
+        go,
+        received,
+        _app: app,
+        _client: client,
+    })
+}
 
-    m.d2.kill();
-    m.d2.restart()?;
-    m.d2.wait_for_line(
-        Duration::from_secs(5),
-        &["forgetting delivery passes of an earlier run", "passes=1"],
-    )?;
+/// The number of delivery passes in the map, as node2's daemon reports it.
+fn delivery_passes(m: &Mesh) -> Result<String> {
     let (_, metrics) = m.node2.http_get("http://127.0.0.1:15020/metrics")?;
-    let none = "hawser_ebpf_map_entries{map=\"DELIVERIES\"} 0";
-    assert!(metrics.contains(none), "{none} in\n{metrics}");
+    let gauge = "hawser_ebpf_map_entries{map=\"DELIVERY_PASSES\"} ";
+    let line = metrics.lines().find_map(|l| l.strip_prefix(gauge));
+    Ok(line
+        .with_context(|| format!("{gauge} in\n{metrics}"))?
+        .to_string())
+}
 
-    // evil takes a's address while a is off the bridge, and the delivery's port.
+/// A pod on node1 takes a's address (a off the bridge) and the hung delivery's port and
+/// sends to b's app: the app must receive nothing, and `daemon` refuses the connection.
+fn borrow_the_delivery(m: &Mesh, hung: &HungDelivery, daemon: &Service) -> Result<()> {
+    let evil = m.bed.pod(&m.node1, "evil")?; // not enrolled
     ip(&m.a, &["link", "set", "eth0", "down"])?;
     ip(&evil, &["addr", "flush", "dev", "eth0"])?;
     ip(
@@ -546,32 +563,80 @@ fn a_delivery_pass_left_by_a_killed_daemon_lets_no_borrowed_address_around_the_m
     )?;
     let flushed = m.node1.run(&["ip", "neigh", "flush", "all"])?;
     ensure!(flushed.status.success(), "ip neigh flush on node1");
-    std::fs::write(&go, "")?;
+    std::fs::write(&hung.go, "")?;
     // The app writes what it received before it closes, and the client waits for the close.
     evil.run(&[
         "python3",
         "-c",
         BOUND_CLIENT,
         &m.a.ip,
-        &port.to_string(),
+        &hung.port.to_string(),
         &m.b.ip,
         "7500",
         "around the mesh",
     ])?;
-    let got = std::fs::read_to_string(&received).unwrap_or_default();
+    let got = std::fs::read_to_string(&hung.received).unwrap_or_default();
     assert!(
         !got.contains("around the mesh"),
         "the app received the borrowed connection's bytes:\n{got}"
     );
-    m.d2.wait_for_line(
+    daemon.wait_for_line(
         Duration::from_secs(5),
         &[
             "connection refused",
-            &format!("src={}:{port}", m.a.ip),
+            &format!("src={}:{}", m.a.ip, hung.port),
             "PeerAuthentication STRICT",
         ],
+    )
+}
+
+/// A daemon killed while it connects to an app leaves that connection's sk_lookup pass
+/// behind (its cleanup never runs). The next daemon, on a cold start, forgets it at once:
+/// a pod that borrows the client's address and the delivery's port reaches the daemon, not
+/// the app.
+#[test]
+fn a_delivery_pass_left_by_a_killed_daemon_lets_no_borrowed_address_around_the_mesh() -> Result<()>
+{
+    if !can_run() {
+        return Ok(());
+    }
+    let mut m = Mesh::new()?;
+    let hung = hang_a_delivery(&m)?;
+    m.d2.kill();
+    m.d2.restart()?;
+    m.d2.wait_for_line(
+        Duration::from_secs(5),
+        &["forgetting delivery passes of an earlier run", "passes=1"],
     )?;
-    Ok(())
+    assert_eq!(delivery_passes(&m)?, "0");
+    borrow_the_delivery(&m, &hung, &m.d2)
+}
+
+/// The same pass left by a daemon killed while it drained after a hand-over: its successor
+/// cannot tell that pass from a live delivery's and keeps it, but the pass expires shortly
+/// after the connect would have timed out, and then a borrowed 4-tuple reaches the
+/// successor, not the app.
+#[test]
+fn a_delivery_pass_left_by_a_daemon_killed_while_draining_expires() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    const DRAIN: &[&str] = &["--drain-secs", "60"];
+    let mut m = Mesh::with_args(&[], DRAIN)?;
+    let hung = hang_a_delivery(&m)?;
+    let successor = m
+        .bed
+        .start_node_generation(&m.node2, Some(&m.ca), DRAIN, 2)?;
+    m.d2.wait_for("the hand-over", Duration::from_secs(10), |log| {
+        log.contains("a new daemon takes over")
+    })?;
+    m.d2.kill();
+    // Within the delivery's connect timeout (10 s): the pass is the dead daemon's.
+    assert_eq!(delivery_passes(&m)?, "1", "the killed daemon's pass");
+    // The pass's lifetime is the connect timeout and a second.
+    let expired = hung.seen + Duration::from_secs(12);
+    std::thread::sleep(expired.saturating_duration_since(Instant::now()));
+    borrow_the_delivery(&m, &hung, &successor)
 }
 
 /// The local port of a connection from `client_ip` to `port` that `pod` is opening.

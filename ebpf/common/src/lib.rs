@@ -55,6 +55,16 @@ pub struct DeliveryKey {
     pub app: SockAddr,
 }
 
+/// Value of a delivery pass: the pass lets its connection through until `expires_ns`
+/// (CLOCK_MONOTONIC, as `bpf_ktime_get_ns` reads it), a little after the daemon's connect
+/// would have timed out. The daemon removes the pass once connected; the deadline bounds
+/// the pass of a daemon that died connecting, which no one else can tell from a live one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DeliveryPass {
+    pub expires_ns: u64,
+}
+
 /// Which of the daemon's per-pod listeners a connection goes to.
 pub const LISTENER_INBOUND: u32 = 0;
 pub const LISTENER_TUNNEL: u32 = 1;
@@ -91,7 +101,9 @@ pub mod maps {
     pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
     pub const ORIG_BY_CLIENT: &str = "ORIG_BY_CLIENT";
     pub const LISTENERS: &str = "LISTENERS";
-    pub const DELIVERIES: &str = "DELIVERIES";
+    /// Named for its value's layout: a map whose layout changes takes a new name, so that
+    /// a daemon never opens a pin of the old layout.
+    pub const DELIVERY_PASSES: &str = "DELIVERY_PASSES";
 }
 
 #[cfg(feature = "user")]
@@ -101,5 +113,6 @@ mod pod {
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::DeliveryKey {}
+    unsafe impl aya::Pod for super::DeliveryPass {}
     unsafe impl aya::Pod for super::Enrollment {}
 }

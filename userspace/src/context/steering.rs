@@ -9,6 +9,7 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     pin::Pin,
+    time::Duration,
 };
 
 use crate::failure::Failure;
@@ -35,9 +36,14 @@ pub trait Steering: Send + Sync {
     fn delivery_socket(&self, client: SocketAddr, port: DeliveryPort) -> SocketFuture<'_>;
 
     /// Lets the delivery from `bound` reach the app at `dst` instead of being steered
-    /// back to the daemon, until forgotten. False when another delivery holds this
+    /// back to the daemon, until forgotten or `lifetime` has passed. False when another delivery holds this
     /// 4-tuple's pass: this one must take another port.
-    fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> Result<bool, Failure>;
+    fn announce_delivery(
+        &self,
+        bound: SocketAddr,
+        dst: SocketAddr,
+        lifetime: Duration,
+    ) -> Result<bool, Failure>;
 
     fn forget_delivery(&self, bound: SocketAddr, dst: SocketAddr);
 }

@@ -59,7 +59,12 @@ impl Steering for FakeSteering {
         Box::pin(async move { sockets::outbound(client, Some(client.ip())) })
     }
 
-    fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> Result<bool, Failure> {
+    fn announce_delivery(
+        &self,
+        bound: SocketAddr,
+        dst: SocketAddr,
+        _lifetime: Duration,
+    ) -> Result<bool, Failure> {
         self.announced.lock().unwrap().push((bound, dst));
         let held = self
             .passes_held

@@ -1,7 +1,7 @@
 //! Inbound: connections sk_lookup steered to a pod's inbound listener, delivered to the
 //! app inside the pod with the client's own address as the source.
 
-use std::{io, net::SocketAddr, sync::Arc};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use hawser_common::{INBOUND_PORT, OUTBOUND_PORT, TUNNEL_PORT};
 use tokio::{
@@ -316,6 +316,11 @@ const DELIVERY_PORTS: [DeliveryPort; 4] = [
     DeliveryPort::Free,
 ];
 
+/// How long a delivery's pass lets its SYNs through: past the connect's own timeout, so
+/// that a live delivery never loses it, and bounded, so that the pass of a daemon killed
+/// while it connected does not stay a way around the mesh.
+const PASS_LIFETIME: Duration = Duration::from_secs(sockets::CONNECT_TIMEOUT.as_secs() + 1);
+
 /// Connects to the app at `dst` from `client`'s address (`sockets::transparent`: its port
 /// may be one in TIME_WAIT, taken over); a port whose 4-tuple is in use is tried again
 /// elsewhere.
@@ -351,7 +356,7 @@ async fn try_connect_as(
     let bound = bound.map_err(|e| Failure::io("the bound address", e))?;
     // Announced, sk_lookup lets this connection through to the app instead of steering it
     // back to us.
-    if !pod.net.announce_delivery(bound, dst)? {
+    if !pod.net.announce_delivery(bound, dst, PASS_LIFETIME)? {
         tracing::debug!(%bound, %dst, "another delivery holds this 4-tuple's pass");
         return Ok(None);
     }

@@ -18,7 +18,7 @@ use crate::{
     failure::{Failure, Result},
 };
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects a socket made by one of the functions below, within a bounded time.
 pub async fn connect(

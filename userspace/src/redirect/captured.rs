@@ -4,6 +4,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
+    time::Duration,
 };
 
 use super::dataplane::Dataplane;
@@ -39,8 +40,13 @@ impl Steering for Captured {
         Box::pin(self.netns.run(move || sockets::transparent(client, port)))
     }
 
-    fn announce_delivery(&self, bound: SocketAddr, dst: SocketAddr) -> Result<bool, Failure> {
-        let announced = self.dataplane.announce_delivery(bound, dst);
+    fn announce_delivery(
+        &self,
+        bound: SocketAddr,
+        dst: SocketAddr,
+        lifetime: Duration,
+    ) -> Result<bool, Failure> {
+        let announced = self.dataplane.announce_delivery(bound, dst, lifetime);
         announced.map_err(|e| Failure::Steering(format!("the delivery pass: {e}")))
     }
 

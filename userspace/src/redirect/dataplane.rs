@@ -24,6 +24,7 @@ use std::{
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
     sync::Mutex,
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -36,7 +37,7 @@ use aya::{
     },
 };
 use hawser_common::{
-    AF_INET, AF_INET6, ConnKey, DeliveryKey, ENROLLED, Enrollment, LISTENER_INBOUND,
+    AF_INET, AF_INET6, ConnKey, DeliveryKey, DeliveryPass, ENROLLED, Enrollment, LISTENER_INBOUND,
     LISTENER_OUTBOUND, LISTENER_TUNNEL, ListenerKey, POD_NETNS_COOKIE, SockAddr, maps,
 };
 
@@ -49,6 +50,9 @@ const CGROUP_PROGRAMS: [&str; 3] = ["hawser_connect4", "hawser_connect6", "hawse
 const SK_LOOKUP: &str = "hawser_sk_lookup";
 /// A map update's flag: only a key not in the map yet.
 const BPF_NOEXIST: u64 = 1;
+/// Pinned maps of earlier layouts (renamed since): unpinned on load, so that each is freed
+/// once the daemon and programs of the earlier run that still use it are gone.
+const RETIRED_MAPS: [&str; 1] = ["DELIVERIES"];
 
 /// The loaded programs and the maps the daemon writes.
 pub struct Dataplane {
@@ -56,7 +60,7 @@ pub struct Dataplane {
     enrolled_netns: Mutex<HashMap<MapData, u64, Enrollment>>,
     listeners: Mutex<SockHash<MapData, ListenerKey>>,
     orig_by_client: Mutex<HashMap<MapData, ConnKey, SockAddr>>,
-    deliveries: Mutex<HashMap<MapData, DeliveryKey, u8>>,
+    deliveries: Mutex<HashMap<MapData, DeliveryKey, DeliveryPass>>,
 }
 
 impl Dataplane {
@@ -101,7 +105,8 @@ impl Dataplane {
         // program: each pod gets its own copy of the program (see `attach_steering`).
         let mut steer = load_steer(pin_dir, 0)?;
         let listeners = SockHash::try_from(take_map(&mut steer, maps::LISTENERS)?)?;
-        let deliveries = HashMap::try_from(take_map(&mut steer, maps::DELIVERIES)?)?;
+        let deliveries = HashMap::try_from(take_map(&mut steer, maps::DELIVERY_PASSES)?)?;
+        unpin_retired_maps(&pin_dir.join("maps"));
         tracing::info!(pin_dir = %pin_dir.display(), cgroup = %cgroup.display(), "eBPF programs attached");
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
@@ -175,16 +180,26 @@ impl Dataplane {
     }
 
     /// Tells sk_lookup that the connection `client` -> `app` about to be opened is the
-    /// daemon delivering to the app, to be let through. False when another delivery holds
-    /// the pass for this 4-tuple (two delivery sockets may take the same port, see
-    /// `proxy::sockets::transparent`): the pass is one connection's, never shared.
+    /// daemon delivering to the app, to be let through for at most `lifetime`. False when
+    /// another delivery holds the pass for this 4-tuple (two delivery sockets may take the
+    /// same port, see `proxy::sockets::transparent`): the pass is one connection's, never
+    /// shared.
     pub fn announce_delivery(
         &self,
         client: SocketAddr,
         app: SocketAddr,
+        lifetime: Duration,
     ) -> Result<bool, aya::maps::MapError> {
         let key = delivery_key(client, app);
-        match self.deliveries.lock().unwrap().insert(key, 1, BPF_NOEXIST) {
+        let pass = DeliveryPass {
+            expires_ns: monotonic_ns().saturating_add(lifetime.as_nanos() as u64),
+        };
+        match self
+            .deliveries
+            .lock()
+            .unwrap()
+            .insert(key, pass, BPF_NOEXIST)
+        {
             Ok(()) => Ok(true),
             Err(aya::maps::MapError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
@@ -206,8 +221,8 @@ impl Dataplane {
 
     /// Forgets every delivery pass: for a cold start, when no daemon is delivering. A pass
     /// outlives its connect only when the daemon that announced it died connecting (its
-    /// drop guard never ran); left, it would let a connection with that 4-tuple from the
-    /// network (a spoofed or borrowed client address) around the mesh to the app.
+    /// drop guard never ran); until it expires it lets a connection with that 4-tuple
+    /// from the network (a spoofed or borrowed client address) around the mesh to the app.
     pub fn forget_all_deliveries(&self) {
         let mut deliveries = self.deliveries.lock().unwrap();
         let stale: Vec<DeliveryKey> = deliveries.keys().filter_map(Result::ok).collect();
@@ -274,7 +289,7 @@ impl Dataplane {
                 count(self.orig_by_client.lock().unwrap().keys()),
             ),
             (
-                maps::DELIVERIES,
+                maps::DELIVERY_PASSES,
                 count(self.deliveries.lock().unwrap().keys()),
             ),
         ]
@@ -399,6 +414,22 @@ fn replace_pin(link: FdLink, path: &Path) -> Result<()> {
         .pin(path)
         .with_context(|| format!("pin {}", path.display()))?;
     Ok(())
+}
+
+/// Now on the clock sk_lookup reads (`bpf_ktime_get_ns`). The daemon runs in the initial
+/// time namespace, as a DaemonSet does: a namespace's offset would shift every deadline.
+fn monotonic_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always there");
+    Duration::from(now).as_nanos() as u64
+}
+
+fn unpin_retired_maps(maps_dir: &Path) {
+    for name in RETIRED_MAPS {
+        if std::fs::remove_file(maps_dir.join(name)).is_ok() {
+            tracing::info!(map = name, "unpinned a map of an earlier layout");
+        }
+    }
 }
 
 fn delivery_key(client: SocketAddr, app: SocketAddr) -> DeliveryKey {

@@ -12,8 +12,8 @@
 //! - without the listener (daemon down, enrollment failed) the connection is refused.
 //!
 //! Passed untouched: other loopback connections (the pod talking to itself), and the
-//! daemon's own deliveries to the app, which it announces in `DELIVERIES` before
-//! connecting (by address they look like remote clients).
+//! daemon's own deliveries to the app, which it announces in `DELIVERY_PASSES` before
+//! connecting (by address they look like remote clients), until the pass expires.
 #![no_std]
 #![no_main]
 
@@ -22,6 +22,7 @@ mod ctx;
 
 use aya_ebpf::{
     Global,
+    helpers::bpf_ktime_get_ns,
     macros::{map, sk_lookup},
     maps::{LruHashMap, SockHash},
     programs::SkLookupContext,
@@ -29,8 +30,8 @@ use aya_ebpf::{
 
 use ctx::{ctx_read, ctx_read_ip6};
 use hawser_common::{
-    AF_INET, DeliveryKey, LISTENER_INBOUND, LISTENER_OUTBOUND, LISTENER_TUNNEL, ListenerKey,
-    OUTBOUND_PORT, SockAddr, TUNNEL_PORT,
+    AF_INET, DeliveryKey, DeliveryPass, LISTENER_INBOUND, LISTENER_OUTBOUND, LISTENER_TUNNEL,
+    ListenerKey, OUTBOUND_PORT, SockAddr, TUNNEL_PORT,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -49,7 +50,7 @@ static LISTENERS: SockHash<ListenerKey> = SockHash::pinned(16384, 0);
 
 /// Connections the daemon is opening to apps; written and removed by the daemon.
 #[map]
-static DELIVERIES: LruHashMap<DeliveryKey, u8> = LruHashMap::pinned(65536, 0);
+static DELIVERY_PASSES: LruHashMap<DeliveryKey, DeliveryPass> = LruHashMap::pinned(65536, 0);
 
 #[sk_lookup]
 pub fn hawser_sk_lookup(ctx: SkLookupContext) -> u32 {
@@ -111,7 +112,10 @@ fn is_delivery(lookup: &aya_ebpf::bindings::bpf_sk_lookup) -> bool {
             family: family as u16,
         },
     };
-    unsafe { DELIVERIES.get(&delivery) }.is_some()
+    match unsafe { DELIVERY_PASSES.get(&delivery) } {
+        Some(pass) => pass.expires_ns > unsafe { bpf_ktime_get_ns() },
+        None => false,
+    }
 }
 
 #[cfg(not(test))]
