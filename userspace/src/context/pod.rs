@@ -113,18 +113,14 @@ impl PodContext {
 
     /// An unconnected socket in the pod's namespace for `dst`, bound to `source` when
     /// given.
-    pub async fn socket(
-        &self,
-        dst: SocketAddr,
-        source: Option<IpAddr>,
-    ) -> Result<std::net::TcpStream> {
-        let socket = self.net.outbound_socket(dst, source).await;
+    pub fn socket(&self, dst: SocketAddr, source: Option<IpAddr>) -> Result<std::net::TcpStream> {
+        let socket = self.net.outbound_socket(dst, source);
         socket.map_err(|e| Failure::io(format!("a socket in {} for {dst}", self.key), e))
     }
 
     /// Connects from inside the pod's namespace to `dst`.
     pub async fn connect(&self, dst: SocketAddr) -> Result<TcpStream> {
-        let socket = self.socket(dst, None).await?;
+        let socket = self.socket(dst, None)?;
         sockets::connect(socket, dst, self.shared.keepalive).await
     }
 

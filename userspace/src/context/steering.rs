@@ -5,18 +5,12 @@
 //! handlers put one of their own in its place, without eBPF or root.
 
 use std::{
-    future::Future,
     io,
     net::{IpAddr, SocketAddr},
-    pin::Pin,
     time::Duration,
 };
 
 use crate::failure::Failure;
-
-/// A socket being made (in the pod's namespace, on its own thread).
-pub type SocketFuture<'a> =
-    Pin<Box<dyn Future<Output = io::Result<std::net::TcpStream>> + Send + 'a>>;
 
 pub trait Steering: Send + Sync {
     /// Where the captured outbound connection from `peer` was going (asked once: taken).
@@ -29,11 +23,19 @@ pub trait Steering: Send + Sync {
 
     /// An unconnected socket in the pod for `dst`, bound to `source` when given (so the
     /// 4-tuple is known before the connection exists).
-    fn outbound_socket(&self, dst: SocketAddr, source: Option<IpAddr>) -> SocketFuture<'_>;
+    fn outbound_socket(
+        &self,
+        dst: SocketAddr,
+        source: Option<IpAddr>,
+    ) -> io::Result<std::net::TcpStream>;
 
     /// An unconnected socket in the pod bound to the remote `client`'s address, to deliver
     /// a connection to the app as that client, on a port `port` allows.
-    fn delivery_socket(&self, client: SocketAddr, port: DeliveryPort) -> SocketFuture<'_>;
+    fn delivery_socket(
+        &self,
+        client: SocketAddr,
+        port: DeliveryPort,
+    ) -> io::Result<std::net::TcpStream>;
 
     /// Lets the delivery from `bound` reach the app at `dst` instead of being steered
     /// back to the daemon, until forgotten or `lifetime` has passed. False when another delivery holds this

@@ -3,6 +3,7 @@
 
 use std::{
     collections::HashMap,
+    io,
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
@@ -18,7 +19,7 @@ use super::{
     drain::Drain,
     pod::PodContext,
     shared::Shared,
-    steering::{DeliveryPort, SocketFuture, Steering},
+    steering::{DeliveryPort, Steering},
 };
 use crate::{
     credentials::{CredentialRoots, Credentials},
@@ -49,14 +50,22 @@ impl Steering for FakeSteering {
         self.dialed.lock().unwrap().remove(&peer)
     }
 
-    fn outbound_socket(&self, dst: SocketAddr, source: Option<IpAddr>) -> SocketFuture<'_> {
-        Box::pin(async move { sockets::outbound(dst, source) })
+    fn outbound_socket(
+        &self,
+        dst: SocketAddr,
+        source: Option<IpAddr>,
+    ) -> io::Result<std::net::TcpStream> {
+        sockets::outbound(dst, source)
     }
 
     /// Bound to the client's (loopback) address without IP_TRANSPARENT (root): each on a
     /// port of its own, as in a pod.
-    fn delivery_socket(&self, client: SocketAddr, _port: DeliveryPort) -> SocketFuture<'_> {
-        Box::pin(async move { sockets::outbound(client, Some(client.ip())) })
+    fn delivery_socket(
+        &self,
+        client: SocketAddr,
+        _port: DeliveryPort,
+    ) -> io::Result<std::net::TcpStream> {
+        sockets::outbound(client, Some(client.ip()))
     }
 
     fn announce_delivery(

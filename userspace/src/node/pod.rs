@@ -59,7 +59,6 @@ impl EnrolledPod {
         let netns = Netns::open(&path).map_err(|e| fail(None, e.into()))?;
         let netns_cookie = netns
             .cookie()
-            .await
             .context("read the netns cookie")
             .map_err(|e| fail(None, e))?;
         // Closed first: from here on, whatever fails, the pod's traffic goes to the daemon

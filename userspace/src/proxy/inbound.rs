@@ -350,7 +350,7 @@ async fn try_connect_as(
     dst: SocketAddr,
     port: DeliveryPort,
 ) -> Result<Option<TcpStream>> {
-    let socket = pod.net.delivery_socket(client, port).await;
+    let socket = pod.net.delivery_socket(client, port);
     let socket = socket.map_err(|e| Failure::io("a delivery socket in the pod", e))?;
     let bound = socket.local_addr();
     let bound = bound.map_err(|e| Failure::io("the bound address", e))?;

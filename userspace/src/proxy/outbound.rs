@@ -128,7 +128,7 @@ async fn connect_local(pod: &PodContext, dst: SocketAddr) -> Result<(TcpStream, 
     // The pod's address of the destination's family; without one (an address not yet
     // known, a dual-stack pod declared with one family) it goes unauthenticated.
     let source = pod.workload.ip_like(dst.ip());
-    let socket = pod.socket(dst, source).await?;
+    let socket = pod.socket(dst, source)?;
     let bound = socket.local_addr();
     let bound = bound.map_err(|e| Failure::io("the bound address", e))?;
     let origin = || Origin {

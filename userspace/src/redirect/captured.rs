@@ -2,6 +2,7 @@
 //! that record and steer its connections, and sockets made inside its namespace.
 
 use std::{
+    io,
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Duration,
@@ -9,7 +10,7 @@ use std::{
 
 use super::dataplane::Dataplane;
 use crate::{
-    context::steering::{DeliveryPort, SocketFuture, Steering},
+    context::steering::{DeliveryPort, Steering},
     failure::Failure,
     netns::Netns,
     proxy::sockets,
@@ -32,12 +33,20 @@ impl Steering for Captured {
         (!local.ip().is_loopback()).then_some(local)
     }
 
-    fn outbound_socket(&self, dst: SocketAddr, source: Option<IpAddr>) -> SocketFuture<'_> {
-        Box::pin(self.netns.run(move || sockets::outbound(dst, source)))
+    fn outbound_socket(
+        &self,
+        dst: SocketAddr,
+        source: Option<IpAddr>,
+    ) -> io::Result<std::net::TcpStream> {
+        self.netns.enter(|| sockets::outbound(dst, source))
     }
 
-    fn delivery_socket(&self, client: SocketAddr, port: DeliveryPort) -> SocketFuture<'_> {
-        Box::pin(self.netns.run(move || sockets::transparent(client, port)))
+    fn delivery_socket(
+        &self,
+        client: SocketAddr,
+        port: DeliveryPort,
+    ) -> io::Result<std::net::TcpStream> {
+        self.netns.enter(|| sockets::transparent(client, port))
     }
 
     fn announce_delivery(

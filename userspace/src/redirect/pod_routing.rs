@@ -15,7 +15,7 @@
 //!   table: marked packets are delivered locally; the same for IPv6 (`local ::/0`) where
 //!   the pod has IPv6 (without it, IPv6 deliveries fail: refused, never bypassed).
 //!
-//! Everything here runs on the pod's netns worker thread (see `netns`).
+//! Everything here runs inside the pod's namespace (`Netns::run`).
 
 use std::io;
 
