@@ -130,6 +130,23 @@ pub fn netns_cookie(socket: &impl AsRawFd) -> io::Result<u64> {
     }
 }
 
+/// Namespaces for tests of code that runs inside them.
+#[cfg(test)]
+pub mod testing {
+    use super::*;
+
+    /// A fresh network namespace (root only), alive while the `Netns` is.
+    pub fn new_netns() -> Netns {
+        let unshared = std::thread::spawn(|| {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare");
+            File::open("/proc/thread-self/ns/net").expect("own netns")
+        });
+        let file = unshared.join().expect("the unsharing thread");
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        Netns::open(&path).expect("open the namespace")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,30 +156,13 @@ mod tests {
         netns_cookie(&probe)
     }
 
-    /// A namespace of its own: a thread that unshared one, held until dropped.
-    fn new_netns_path() -> (PathBuf, std::sync::mpsc::Sender<()>) {
-        let (path_tx, path_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare");
-            let file = File::open("/proc/thread-self/ns/net").expect("own netns");
-            let _ = path_tx.send(file);
-            let _ = stop_rx.recv();
-        });
-        let file = path_rx.recv().expect("the namespace's thread");
-        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        std::mem::forget(file); // stays open for the test's life
-        (path, stop_tx)
-    }
-
     #[test]
     fn entering_makes_sockets_in_the_pod_and_the_thread_returns_home_whatever_happens() {
         if !nix::unistd::Uid::effective().is_root() {
             eprintln!("SKIPPED: needs root to create a network namespace");
             return;
         }
-        let (path, _held) = new_netns_path();
-        let pod = Netns::open(&path).unwrap();
+        let pod = testing::new_netns();
         let home = socket_cookie().unwrap();
         let inside = pod.enter(socket_cookie).unwrap();
         assert_ne!(inside, home);

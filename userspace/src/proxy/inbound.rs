@@ -316,9 +316,10 @@ const DELIVERY_PORTS: [DeliveryPort; 4] = [
     DeliveryPort::Free,
 ];
 
-/// How long a delivery's pass lets its SYNs through: past the connect's own timeout, so
-/// that a live delivery never loses it, and bounded, so that the pass of a daemon killed
-/// while it connected does not stay a way around the mesh.
+/// How long a delivery's pass lets its SYNs through: past the connect's own timeout and
+/// the delivery socket's last SYN (`sockets::transparent`), so that a live delivery never
+/// loses it, and bounded, so that the pass of a daemon killed while it connected does not
+/// stay a way around the mesh.
 const PASS_LIFETIME: Duration = Duration::from_secs(sockets::CONNECT_TIMEOUT.as_secs() + 1);
 
 /// Connects to the app at `dst` from `client`'s address (`sockets::transparent`: its port

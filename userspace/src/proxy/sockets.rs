@@ -3,9 +3,11 @@
 
 use std::{
     cell::RefCell,
+    collections::HashMap,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::RangeInclusive,
+    os::fd::AsRawFd,
     time::{Duration, Instant},
 };
 
@@ -16,6 +18,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use crate::{
     context::steering::DeliveryPort,
     failure::{Failure, Result},
+    netns::netns_cookie,
 };
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -160,6 +163,7 @@ pub fn transparent(source: SocketAddr, port: DeliveryPort) -> io::Result<std::ne
         SocketAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
         SocketAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
     }
+    set_syn_retries(&socket, DELIVERY_SYN_RETRIES)?;
     let shared = matches!(port, DeliveryPort::Shared);
     socket.set_reuse_address(shared)?;
     bind_random_port(&socket, source)?;
@@ -168,6 +172,29 @@ pub fn transparent(source: SocketAddr, port: DeliveryPort) -> io::Result<std::ne
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+/// A delivery's SYNs go out at 0, 1, 3 and 7 s, and no later: its sk_lookup pass lets
+/// them through for the connect's timeout and a second (`proxy::inbound`), which even a
+/// runtime too stalled to time the connect out cannot stretch.
+const DELIVERY_SYN_RETRIES: libc::c_int = 3;
+
+fn set_syn_retries(socket: &Socket, retries: libc::c_int) -> io::Result<()> {
+    // SAFETY: the value and its length describe a valid c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_SYNCNT,
+            (&raw const retries).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 const RANDOM_PORT_TRIES: usize = 16;
@@ -184,7 +211,7 @@ const RANDOM_PORT_TRIES: usize = 16;
 /// a bind: a client's `connect` prefers even ones, so the ports of the client's own
 /// connections are met less often. Then any.
 fn bind_random_port(socket: &Socket, source: SocketAddr) -> io::Result<()> {
-    let ports = LocalPorts::current();
+    let ports = LocalPorts::of(socket)?;
     let mut addr = source; // keeps a link-local address's interface
     for tries in 0..RANDOM_PORT_TRIES {
         let odd = tries < RANDOM_PORT_TRIES / 2;
@@ -202,9 +229,10 @@ fn bind_random_port(socket: &Socket, source: SocketAddr) -> io::Result<()> {
     socket.bind(&addr.into())
 }
 
-/// The namespace's `ip_local_port_range` and `ip_local_reserved_ports`, as the thread that
-/// reads them sees them: sockets are made on the pod namespace's own thread (`netns`), so
-/// each keeps its namespace's, read again after `LocalPorts::FRESH`.
+/// A namespace's `ip_local_port_range` and `ip_local_reserved_ports`. Read by a thread
+/// inside the socket's namespace (`netns::Netns::enter`; sysctls follow the thread), cached
+/// per thread and namespace (any thread enters any pod), read again after
+/// `LocalPorts::FRESH`.
 #[derive(Clone)]
 struct LocalPorts {
     range: RangeInclusive<u16>,
@@ -213,17 +241,26 @@ struct LocalPorts {
 }
 
 thread_local! {
-    static LOCAL_PORTS: RefCell<Option<LocalPorts>> = const { RefCell::new(None) };
+    /// By netns cookie; only namespaces used within `LocalPorts::FRESH` are kept.
+    static LOCAL_PORTS: RefCell<HashMap<u64, LocalPorts>> = RefCell::new(HashMap::new());
 }
 
 impl LocalPorts {
     const FRESH: Duration = Duration::from_secs(10);
 
-    fn current() -> Self {
-        LOCAL_PORTS.with_borrow_mut(|cached| match cached {
-            Some(ports) if ports.read.elapsed() < Self::FRESH => ports.clone(),
-            _ => cached.insert(Self::read()).clone(),
-        })
+    /// Those of `socket`'s namespace, which must be the calling thread's.
+    fn of(socket: &Socket) -> io::Result<Self> {
+        let netns = netns_cookie(socket)?;
+        Ok(LOCAL_PORTS.with_borrow_mut(|cached| {
+            if let Some(ports) = cached
+                .get(&netns)
+                .filter(|p| p.read.elapsed() < Self::FRESH)
+            {
+                return ports.clone();
+            }
+            cached.retain(|_, p| p.read.elapsed() < Self::FRESH);
+            cached.entry(netns).insert_entry(Self::read()).get().clone()
+        }))
     }
 
     fn read() -> Self {
@@ -287,12 +324,37 @@ mod tests {
             let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
             bind_random_port(&socket, source).unwrap();
             let port = socket.local_addr().unwrap().as_socket().unwrap().port();
-            let ports = LocalPorts::current();
+            let ports = LocalPorts::of(&socket).unwrap();
             assert!(
                 port % 2 == 1 && port != 40001 && !ports.is_reserved(port),
                 "{port}"
             );
             assert!(ports.range.contains(&port), "{port}");
+        }
+    }
+
+    /// Any thread makes sockets in any pod: each bound port comes from the range of the
+    /// socket's own namespace, never from one cached for another.
+    #[test]
+    fn each_namespace_binds_within_its_own_port_range() {
+        use crate::netns::testing::new_netns;
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED: needs root to create a network namespace");
+            return;
+        }
+        let (a, b) = (new_netns(), new_netns());
+        let range_file = "/proc/sys/net/ipv4/ip_local_port_range";
+        a.enter(|| std::fs::write(range_file, "40000 40099"))
+            .unwrap();
+        b.enter(|| std::fs::write(range_file, "50000 50099"))
+            .unwrap();
+        let dst: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for _ in 0..5 {
+            for (netns, range) in [(&a, 40000..=40099), (&b, 50000..=50099)] {
+                let socket = netns.enter(|| outbound(dst, Some(Ipv4Addr::UNSPECIFIED.into())));
+                let port = socket.unwrap().local_addr().unwrap().port();
+                assert!(range.contains(&port), "{port} outside {range:?}");
+            }
         }
     }
 }

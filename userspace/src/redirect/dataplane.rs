@@ -192,7 +192,8 @@ impl Dataplane {
     ) -> Result<bool, aya::maps::MapError> {
         let key = delivery_key(client, app);
         let pass = DeliveryPass {
-            expires_ns: monotonic_ns().saturating_add(lifetime.as_nanos() as u64),
+            expires_ns: monotonic_ns()
+                .saturating_add(u64::try_from(lifetime.as_nanos()).unwrap_or(u64::MAX)),
         };
         match self
             .deliveries
@@ -426,8 +427,10 @@ fn monotonic_ns() -> u64 {
 
 fn unpin_retired_maps(maps_dir: &Path) {
     for name in RETIRED_MAPS {
-        if std::fs::remove_file(maps_dir.join(name)).is_ok() {
-            tracing::info!(map = name, "unpinned a map of an earlier layout");
+        match std::fs::remove_file(maps_dir.join(name)) {
+            Ok(()) => tracing::info!(map = name, "unpinned a map of an earlier layout"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(map = name, error = %e, "cannot unpin a retired map"),
         }
     }
 }
