@@ -38,8 +38,8 @@ pub trait Steering: Send + Sync {
     ) -> io::Result<std::net::TcpStream>;
 
     /// Lets the delivery from `bound` reach the app at `dst` instead of being steered
-    /// back to the daemon, until forgotten or `lifetime` has passed. False when another delivery holds this
-    /// 4-tuple's pass: this one must take another port.
+    /// back to the daemon, until forgotten or `lifetime` has passed. False when another
+    /// delivery holds this 4-tuple's pass: this one must take another port.
     fn announce_delivery(
         &self,
         bound: SocketAddr,

@@ -357,4 +357,36 @@ mod tests {
             }
         }
     }
+
+    /// A delivery stops sending SYNs well before its pass expires: the kernel's default
+    /// would retry for two minutes.
+    #[test]
+    fn a_delivery_socket_sends_its_last_syn_within_its_pass() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED: needs root for IP_TRANSPARENT in a network namespace");
+            return;
+        }
+        let pod = crate::netns::testing::new_netns();
+        let client: SocketAddr = "192.0.2.7:0".parse().unwrap();
+        let socket = pod
+            .enter(|| transparent(client, DeliveryPort::Free))
+            .unwrap();
+        let mut retries: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: the buffer and its length describe a valid c_int.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_SYNCNT,
+                (&raw mut retries).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        // SYNs at 0, 1, 3 and 7 s: the last one 4 s before the pass ends.
+        assert_eq!(retries, DELIVERY_SYN_RETRIES);
+        let last_syn = Duration::from_secs((1 << retries) - 1);
+        assert!(last_syn < CONNECT_TIMEOUT, "{last_syn:?}");
+    }
 }
