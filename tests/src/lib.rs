@@ -6,6 +6,7 @@
 //! the daemon's eBPF hooks see a pod's processes. Everything a `Testbed` made is removed
 //! when it is dropped, also when a test panics.
 
+pub mod copies;
 pub mod demo;
 pub mod fake_api;
 mod host;

@@ -21,6 +21,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // Debian's /usr/bin/python3: the hostile and reading clients of the capture and
     // tunnel tests (a socket mark set before connect, an idle flood, a reset seen).
     "python3",
+    // Counts what the daemons copy through userspace (the tunnel test under kernel TLS).
+    "strace",
     // Benchmarks (cargo xtask bench) and their profiles.
     "iperf3",
     "haproxy",

@@ -46,6 +46,8 @@ const SUITES: &[(&str, &[&str])] = &[
             "traffic_between_nodes_is_mtls_on_the_wire",
             // Splice in bulk.
             "a_gibibyte_crosses_the_tunnel_intact",
+            // Nor does the payload enter the daemons.
+            "the_payload_enters_the_daemons_only_without_kernel_tls",
             // A splice that fails reaches the app as a reset.
             "a_stream_cut_by_a_dead_peer_daemon",
             // Policy and revocation cut connections the kernel encrypts.
