@@ -133,6 +133,7 @@ fn unit(measure: &str) -> (&str, &str) {
         ("_gbps", "Gbit/s"),
         ("_s_per_gib", "CPU s/GiB"),
         ("_s_per_1000_newconn", "CPU s/1000 conns"),
+        ("_bytes_per_byte", "B copied/B moved"),
         ("_kib_per_conn", "KiB/conn"),
         ("_rps", "req/s"),
         ("_us", "µs"),

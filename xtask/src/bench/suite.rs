@@ -6,6 +6,7 @@ use std::{io::Write, time::Duration};
 use anyhow::Result;
 use hawser_testbed::{
     Proc,
+    copies::CopyWatch,
     peers::{Nginx, wait_listening},
 };
 
@@ -199,6 +200,32 @@ fn throughput(t: &Topology, scale: &Scale, out: Out) -> Result<()> {
     }
     let eight = tools::iperf3(t.client(), &server, 8, scale.secs)?;
     out("throughput_8_streams_gbps", eight.gbit_per_s);
+    copies(t, &server, out)
+}
+
+/// Seconds of the stream whose copies are counted.
+const COPIES_SECS: u32 = 3;
+
+/// What the daemons (or relays) copy through userspace per byte one stream moves: each
+/// byte once in and once out of each relay on the userspace path, none with kernel TLS
+/// and `splice`. strace counts the copying system calls; it slows the relays it watches,
+/// so this load is short and timed by nothing else.
+fn copies(t: &Topology, server: &(String, u16), out: Out) -> Result<()> {
+    let pids = t.proxy_pids();
+    if pids.is_empty() {
+        return Ok(());
+    }
+    let dir = t.bed().dir();
+    let watches: Vec<CopyWatch> = pids
+        .iter()
+        .map(|&pid| CopyWatch::attach(pid, dir))
+        .collect::<Result<_>>()?;
+    let moved = tools::iperf3(t.client(), server, 1, COPIES_SECS)?;
+    let copied: u64 = watches
+        .into_iter()
+        .map(|w| w.finish().map(|c| c.read + c.written))
+        .sum::<Result<_>>()?;
+    out("copied_daemons_bytes_per_byte", copied as f64 / moved.bytes);
     Ok(())
 }
 
