@@ -27,6 +27,8 @@ pub struct Running {
 
 /// Starts the node daemon; it runs until `Running::stop`.
 pub fn start(config: NodeConfig) -> Result<Running> {
+    // Before any runtime thread exists, so none can have entered a pod yet.
+    crate::netns::record_home().context("record the daemon's network namespace")?;
     let data = runtime("hawser-data", Builder::new_multi_thread())?;
     let mut one = Builder::new_multi_thread();
     one.worker_threads(1);

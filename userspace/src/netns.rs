@@ -27,14 +27,19 @@ pub struct Netns {
     file: Arc<File>,
 }
 
+/// Records the calling thread's namespace as the daemon's own, where every thread
+/// returns after `enter`. Called once at start-up, before any thread can have entered a
+/// pod; later calls change nothing.
+pub fn record_home() -> io::Result<()> {
+    if HOME.get().is_none() {
+        let _ = HOME.set(File::open("/proc/thread-self/ns/net")?);
+    }
+    Ok(())
+}
+
 impl Netns {
-    /// Opens the namespace at `path` and checks that the daemon may enter it. Called from
-    /// the daemon's own namespace (never from inside `enter`), which it records first.
+    /// Opens the namespace at `path` and checks that the daemon may enter it.
     pub fn open(path: &Path) -> io::Result<Self> {
-        if HOME.get().is_none() {
-            let home = File::open("/proc/thread-self/ns/net")?;
-            let _ = HOME.set(home);
-        }
         let file = File::open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("open netns {}: {e}", path.display())))?;
         let netns = Self {
@@ -77,7 +82,9 @@ impl Netns {
 }
 
 fn enter<T>(netns: &File, path: &Path, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-    let home = HOME.get().expect("recorded by Netns::open");
+    let home = HOME
+        .get()
+        .ok_or_else(|| io::Error::other("the daemon's own netns was not recorded at start-up"))?;
     setns(netns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
         io::Error::other(format!(
             "setns into {}: {e} (needs CAP_SYS_ADMIN)",
@@ -137,6 +144,7 @@ pub mod testing {
 
     /// A fresh network namespace (root only), alive while the `Netns` is.
     pub fn new_netns() -> Netns {
+        record_home().expect("the test thread's netns");
         let unshared = std::thread::spawn(|| {
             nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare");
             File::open("/proc/thread-self/ns/net").expect("own netns")

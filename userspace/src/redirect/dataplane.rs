@@ -552,6 +552,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_map_of_an_earlier_layout_is_unpinned_and_the_current_ones_stay() {
+        let maps = tempfile::tempdir().unwrap();
+        for name in RETIRED_MAPS
+            .iter()
+            .chain(&[maps::DELIVERY_PASSES, maps::LISTENERS])
+        {
+            std::fs::write(maps.path().join(name), b"").unwrap();
+        }
+        unpin_retired_maps(maps.path());
+        let mut left: Vec<String> = std::fs::read_dir(maps.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [maps::DELIVERY_PASSES, maps::LISTENERS]);
+        // Again, with nothing to unpin: no error, nothing else touched.
+        unpin_retired_maps(maps.path());
+        assert_eq!(std::fs::read_dir(maps.path()).unwrap().count(), 2);
+    }
+
+    #[test]
     fn addresses_round_trip_through_map_layout() {
         for text in ["10.1.2.3:80", "[fd00::1]:443", "[::1]:15001"] {
             let addr: SocketAddr = text.parse().unwrap();
