@@ -28,7 +28,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::tls::kernel_tls::{KernelTls, close_write, read_control_record};
+use crate::tls::kernel_tls::{Control, KernelTls, close_write, read_control_record};
 
 /// Bytes asked of the kernel per splice.
 const CHUNK: usize = 256 * 1024;
@@ -250,7 +250,10 @@ async fn pump(
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if from_tls && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO)) => {
-                return read_control_record(src).map(|()| Pumped::Ended);
+                match read_control_record(src)? {
+                    Control::CloseNotify => return Ok(Pumped::Ended),
+                    Control::Tickets => {}
+                }
             }
             Err(e) => return Err(e),
         }

@@ -11,7 +11,7 @@ use std::{collections::HashMap, sync::Arc, sync::Mutex};
 use rustls::{ClientConfig, ServerConfig};
 
 use super::{
-    configs::{self, Resume},
+    configs,
     offload::{Offload, TlsPath},
     verify::Anchors,
 };
@@ -53,8 +53,7 @@ impl TlsConfigs {
         }
         let anchors = built.anchors()?;
         let serial = offload.path() == TlsPath::Userspace;
-        let (provider, resume) = (offload.provider(), resume(offload));
-        let server = configs::mesh_server(svid, &anchors, provider, resume, serial)?;
+        let server = configs::mesh_server(svid, &anchors, offload.provider(), serial)?;
         let server = Arc::new(server);
         built.server = Some(server.clone());
         Ok(server)
@@ -75,9 +74,9 @@ impl TlsConfigs {
         if let Some(client) = built.clients.get(peer) {
             return Ok(client.clone());
         }
-        let (provider, resume) = (offload.provider(), resume(offload));
         let anchors = built.anchors()?;
-        let client = configs::mesh_client(svid, &anchors, peer.clone(), provider, resume, serial)?;
+        let provider = offload.provider();
+        let client = configs::mesh_client(svid, &anchors, peer.clone(), provider, serial)?;
         let client = Arc::new(client);
         if built.clients.len() >= MAX_PEERS {
             built.clients.clear();
@@ -118,13 +117,5 @@ impl Built {
         let anchors = Arc::new(Anchors::of(&self.bundle)?);
         self.anchors = Some(anchors.clone());
         Ok(anchors)
-    }
-}
-
-/// Sessions resume where they stay in userspace (see `configs`).
-fn resume(offload: &Offload) -> Resume {
-    match offload.path() {
-        TlsPath::Userspace => Resume::Tickets,
-        TlsPath::Kernel => Resume::Never,
     }
 }

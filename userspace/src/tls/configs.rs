@@ -42,7 +42,6 @@ pub fn mesh_client(
     anchors: &Arc<Anchors>,
     expected: SpiffeId,
     provider: Arc<CryptoProvider>,
-    resume: Resume,
     serial: bool,
 ) -> Result<ClientConfig> {
     anchors.of_domain(&expected.trust_domain)?;
@@ -58,23 +57,15 @@ pub fn mesh_client(
         true => vec![ALPN_SERIAL.to_vec(), ALPN.to_vec()],
         false => vec![ALPN.to_vec()],
     };
-    if resume == Resume::Tickets {
-        config.resumption = rustls::client::Resumption::in_memory_sessions(SESSIONS);
-        // Tickets only on request (RFC 9149): a client whose session goes to the kernel
-        // asks for none, and must get none (kTLS cannot take a handshake record).
-        config.send_ticket_request = Some(rustls::client::TicketRequest {
-            new_session_count: TICKETS as u8,
-            resumption_count: 1,
-        });
-    }
+    config.resumption = rustls::client::Resumption::in_memory_sessions(SESSIONS);
+    // Tickets on request (RFC 9149). A session in rustls reads them whenever they come;
+    // one handed to the kernel reads them before the hand-off where it can wait (a spare
+    // session, `tunnel::client`), and its relay passes over those that come later.
+    config.send_ticket_request = Some(rustls::client::TicketRequest {
+        new_session_count: TICKETS as u8,
+        resumption_count: 1,
+    });
     Ok(config)
-}
-
-/// Whether the tunnel resumes sessions (only where they stay in userspace).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Resume {
-    Tickets,
-    Never,
 }
 
 /// Tickets a client keeps per peer identity (one per connection resumed at once).
@@ -91,7 +82,6 @@ pub fn mesh_server(
     svid: &Svid,
     anchors: &Arc<Anchors>,
     provider: Arc<CryptoProvider>,
-    resume: Resume,
     serial: bool,
 ) -> Result<ServerConfig> {
     let clients = Arc::new(MeshClients {
@@ -103,11 +93,10 @@ pub fn mesh_server(
         true => vec![ALPN_SERIAL.to_vec(), ALPN.to_vec()],
         false => vec![ALPN.to_vec()],
     };
-    if resume == Resume::Tickets {
-        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
-        config.send_tls13_tickets = 0;
-        config.max_tls13_tickets = TICKETS;
-    }
+    // Sent before the session goes to the kernel: the handshake flushes them.
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    config.send_tls13_tickets = 0;
+    config.max_tls13_tickets = TICKETS;
     Ok(config)
 }
 

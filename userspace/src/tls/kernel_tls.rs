@@ -43,18 +43,33 @@ impl KernelTls {
     }
 }
 
-/// Reads the non-data record at the head of a kTLS socket's queue: Ok for `close_notify`
-/// (the peer is done sending), an error for anything else.
-pub fn read_control_record(io: &TcpStream) -> io::Result<()> {
+/// A non-data record the peer may send once the kernel has the session.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Control {
+    /// `close_notify`: the peer is done sending.
+    CloseNotify,
+    /// Session tickets the server sent after the session went to the kernel. They are
+    /// passed over: the client keeps those it read before the hand-off. (From a client
+    /// they would break the protocol, but passing over them changes nothing: no side
+    /// is told apart for it.)
+    Tickets,
+}
+
+/// Reads the non-data record at the head of a kTLS socket's queue: `close_notify` or
+/// session tickets; an error for anything else (another alert; a key update, which
+/// the kernel could not follow).
+pub fn read_control_record(io: &TcpStream) -> io::Result<Control> {
     let fd = io.as_raw_fd();
-    let mut payload = [0u8; 64];
+    // A record's plaintext is at most 2^14 bytes: a ticket record is read whole.
+    let mut payload = vec![0u8; 1 << 14];
     let (record, len) = io.try_io(Interest::READABLE, || recv_record(fd, &mut payload))?;
     match (record, &payload[..len]) {
-        (TlsGetRecordType::Alert, [_, CLOSE_NOTIFY]) => Ok(()),
+        (TlsGetRecordType::Alert, [_, CLOSE_NOTIFY]) => Ok(Control::CloseNotify),
         (TlsGetRecordType::Alert, [level, description]) => Err(io::Error::new(
             io::ErrorKind::ConnectionAborted,
             format!("peer sent TLS alert {description} (level {level})"),
         )),
+        (TlsGetRecordType::Handshake, messages) if only_tickets(messages) => Ok(Control::Tickets),
         (other, _) => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
@@ -62,6 +77,22 @@ pub fn read_control_record(io: &TcpStream) -> io::Result<()> {
             ),
         )),
     }
+}
+
+/// Whether a handshake record holds whole NewSessionTicket messages and nothing else.
+fn only_tickets(mut messages: &[u8]) -> bool {
+    const NEW_SESSION_TICKET: u8 = 4;
+    if messages.is_empty() {
+        return false;
+    }
+    while let [kind, a, b, c, rest @ ..] = messages {
+        let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
+        if *kind != NEW_SESSION_TICKET || rest.len() < len {
+            return false;
+        }
+        messages = &rest[len..];
+    }
+    messages.is_empty()
 }
 
 /// `close_notify` then FIN on a kTLS socket, waiting for room in the send buffer.
@@ -120,4 +151,24 @@ fn send_close_notify(fd: RawFd) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_whole_session_tickets_pass() {
+        let ticket = |body: &[u8]| {
+            let len = (body.len() as u32).to_be_bytes();
+            [&[4, len[1], len[2], len[3]][..], body].concat()
+        };
+        assert!(only_tickets(&ticket(b"one")));
+        assert!(only_tickets(&[ticket(b"one"), ticket(b"two")].concat()));
+        // A key update (24), a message cut short, trailing bytes, nothing at all.
+        assert!(!only_tickets(&[24, 0, 0, 1, 0]));
+        assert!(!only_tickets(&ticket(b"one")[..5]));
+        assert!(!only_tickets(&[ticket(b"one"), vec![4, 0]].concat()));
+        assert!(!only_tickets(&[]));
+    }
 }

@@ -139,7 +139,13 @@ async fn make_spare(
     let Some(pod) = pod.upgrade() else {
         return;
     };
-    let spare = match handshake(&pod, dst, &peer, svid, bundle).await {
+    let spare = async {
+        let mut spare = handshake(&pod, dst, &peer, svid, bundle).await?;
+        let tickets = pod.shared.offload.read_tickets(&mut spare.stream).await;
+        tickets.map_err(|e| Failure::io(format!("session tickets from {dst}"), e))?;
+        Ok::<_, Failure>(spare)
+    };
+    let spare = match spare.await {
         Ok(spare) => spare,
         Err(e) => {
             tracing::debug!(pod = %pod.key, %dst, "no spare tunnel session: {e}");
