@@ -28,7 +28,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::tls::kernel_tls::{Control, KernelTls, close_write, read_control_record};
+use crate::tls::kernel_tls::{Control, KernelTls, TicketFlight, close_write, read_control_record};
 
 /// Bytes asked of the kernel per splice.
 const CHUNK: usize = 256 * 1024;
@@ -225,6 +225,7 @@ async fn pump(
 ) -> io::Result<Pumped> {
     let from_tls = tls.is_some();
     let pipe = Pipe::new()?;
+    let mut tickets = TicketFlight::default();
     let mut resumed = false;
     loop {
         // The pipe is empty here: the one safe point to stop at.
@@ -244,13 +245,14 @@ async fn pump(
                 return Err(truncated());
             }
             Ok(0) => return Ok(Pumped::Ended),
+            Ok(_) if tickets.is_open() => return Err(cut_ticket()),
             Ok(n) => {
                 pipe.drain_into(dst, n).await?;
                 moved.fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if from_tls && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO)) => {
-                match read_control_record(src)? {
+                match read_control_record(src, &mut tickets)? {
                     Control::CloseNotify => return Ok(Pumped::Ended),
                     Control::Tickets => {}
                 }
@@ -258,6 +260,13 @@ async fn pump(
             Err(e) => return Err(e),
         }
     }
+}
+
+fn cut_ticket() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "a data record within a session ticket",
+    )
 }
 
 fn truncated() -> io::Error {

@@ -4,12 +4,13 @@
 //! peer presents, and both ends of the CA's gRPC connection. The data-path ones may hand
 //! their session to the kernel (secrets extractable).
 //!
-//! Resumption: tunnels that stay in userspace resume TLS 1.3 sessions from tickets (no
-//! signatures, no chain checks: most of a handshake's cost), and `verify::session_peer`
-//! checks the peer's identity, revocation and expiry on every resumed session. The
-//! configurations are rebuilt, with a fresh ticket key and session store, whenever the SVID
-//! or the trust bundle changes, so no session outlives the roots and revocations it was
-//! checked against. Nothing else resumes: kernel TLS would have to carry the tickets.
+//! Resumption: tunnels resume TLS 1.3 sessions from tickets (no signatures, no chain
+//! checks: most of a handshake's cost), and `verify::session_peer` checks the peer's
+//! identity, revocation and expiry on every resumed session. The configurations are
+//! rebuilt, with a fresh ticket key and session store, whenever the SVID or the trust
+//! bundle changes, so no session outlives the roots and revocations it was checked
+//! against. A tunnel the kernel takes over keeps only the tickets it read before (see
+//! `offload::Offload::read_tickets`). Nothing else resumes.
 
 use std::sync::Arc;
 
@@ -63,11 +64,14 @@ pub fn mesh_client(
     // session, `tunnel::client`), and its relay passes over those that come later.
     config.send_ticket_request = Some(rustls::client::TicketRequest {
         new_session_count: TICKETS as u8,
-        resumption_count: 1,
+        resumption_count: RESUMED_TICKETS,
     });
     Ok(config)
 }
 
+/// Tickets a client asks for on a resumed handshake: more than the one it used, since
+/// a connection handed to the kernel at once keeps none of its own.
+const RESUMED_TICKETS: u8 = 2;
 /// Tickets a client keeps per peer identity (one per connection resumed at once).
 const SESSIONS: usize = 64;
 /// Tickets a client asks for on a full handshake (one back on each resumption), so that

@@ -48,28 +48,30 @@ impl KernelTls {
 pub enum Control {
     /// `close_notify`: the peer is done sending.
     CloseNotify,
-    /// Session tickets the server sent after the session went to the kernel. They are
-    /// passed over: the client keeps those it read before the hand-off. (From a client
-    /// they would break the protocol, but passing over them changes nothing: no side
-    /// is told apart for it.)
+    /// (Part of) session tickets the server sent after the session went to the kernel.
+    /// They are passed over: the client keeps those it read before the hand-off.
     Tickets,
 }
 
 /// Reads the non-data record at the head of a kTLS socket's queue: `close_notify` or
-/// session tickets; an error for anything else (another alert; a key update, which
-/// the kernel could not follow).
-pub fn read_control_record(io: &TcpStream) -> io::Result<Control> {
+/// session tickets (followed across records by `flight`); an error for anything else
+/// (another alert; a key update, which the kernel could not follow).
+pub fn read_control_record(io: &TcpStream, flight: &mut TicketFlight) -> io::Result<Control> {
     let fd = io.as_raw_fd();
-    // A record's plaintext is at most 2^14 bytes: a ticket record is read whole.
-    let mut payload = vec![0u8; 1 << 14];
+    // A record's plaintext is at most 2^14 bytes; a longer one is read on by the next call.
+    let mut payload = [0u8; 1 << 14];
     let (record, len) = io.try_io(Interest::READABLE, || recv_record(fd, &mut payload))?;
     match (record, &payload[..len]) {
-        (TlsGetRecordType::Alert, [_, CLOSE_NOTIFY]) => Ok(Control::CloseNotify),
+        (TlsGetRecordType::Alert, [_, CLOSE_NOTIFY]) if !flight.is_open() => {
+            Ok(Control::CloseNotify)
+        }
         (TlsGetRecordType::Alert, [level, description]) => Err(io::Error::new(
             io::ErrorKind::ConnectionAborted,
             format!("peer sent TLS alert {description} (level {level})"),
         )),
-        (TlsGetRecordType::Handshake, messages) if only_tickets(messages) => Ok(Control::Tickets),
+        (TlsGetRecordType::Handshake, messages) if flight.pass_over(messages) => {
+            Ok(Control::Tickets)
+        }
         (other, _) => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
@@ -79,20 +81,62 @@ pub fn read_control_record(io: &TcpStream) -> io::Result<Control> {
     }
 }
 
-/// Whether a handshake record holds whole NewSessionTicket messages and nothing else.
-fn only_tickets(mut messages: &[u8]) -> bool {
-    const NEW_SESSION_TICKET: u8 = 4;
-    if messages.is_empty() {
-        return false;
-    }
-    while let [kind, a, b, c, rest @ ..] = messages {
-        let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
-        if *kind != NEW_SESSION_TICKET || rest.len() < len {
+/// The session tickets passed over on one kTLS socket. A flight of NewSessionTicket
+/// messages may span records (rustls cuts a flight at 16 KiB; a ticket carries the
+/// client's chain), so each message is followed across them; at most
+/// `MAX_TICKET_BYTES` in all, so that a peer cannot keep a relay busy with them. (From a
+/// client they would break the protocol, but passing over them changes nothing.)
+#[derive(Debug, Default)]
+pub struct TicketFlight {
+    /// The current message's header, as far as it has come.
+    header: [u8; 4],
+    header_len: usize,
+    /// What is left of the current message's body.
+    body_left: usize,
+    passed: usize,
+}
+
+/// What a connection's ticket records may hold in all: rustls' own bound on a handshake
+/// message.
+const MAX_TICKET_BYTES: usize = 64 * 1024;
+const NEW_SESSION_TICKET: u8 = 4;
+
+impl TicketFlight {
+    /// Passes over one handshake record: false when it holds anything but (parts of)
+    /// NewSessionTicket messages, or the bound is passed.
+    fn pass_over(&mut self, mut record: &[u8]) -> bool {
+        self.passed += record.len();
+        if record.is_empty() || self.passed > MAX_TICKET_BYTES {
             return false;
         }
-        messages = &rest[len..];
+        while !record.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(record.len());
+                self.body_left -= n;
+                record = &record[n..];
+                continue;
+            }
+            let n = (self.header.len() - self.header_len).min(record.len());
+            self.header[self.header_len..][..n].copy_from_slice(&record[..n]);
+            self.header_len += n;
+            record = &record[n..];
+            if self.header_len == self.header.len() {
+                let [kind, a, b, c] = self.header;
+                if kind != NEW_SESSION_TICKET {
+                    return false;
+                }
+                self.body_left = u32::from_be_bytes([0, a, b, c]) as usize;
+                self.header_len = 0;
+            }
+        }
+        true
     }
-    messages.is_empty()
+
+    /// Whether a message goes on in the next record, which must then be a handshake
+    /// record: TLS 1.3 interleaves no other record within a handshake message.
+    pub fn is_open(&self) -> bool {
+        self.header_len > 0 || self.body_left > 0
+    }
 }
 
 /// `close_notify` then FIN on a kTLS socket, waiting for room in the send buffer.
@@ -157,18 +201,47 @@ fn send_close_notify(fd: RawFd) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    fn ticket(body: &[u8]) -> Vec<u8> {
+        let len = (body.len() as u32).to_be_bytes();
+        [&[NEW_SESSION_TICKET, len[1], len[2], len[3]][..], body].concat()
+    }
+
     #[test]
-    fn only_whole_session_tickets_pass() {
-        let ticket = |body: &[u8]| {
-            let len = (body.len() as u32).to_be_bytes();
-            [&[4, len[1], len[2], len[3]][..], body].concat()
-        };
-        assert!(only_tickets(&ticket(b"one")));
-        assert!(only_tickets(&[ticket(b"one"), ticket(b"two")].concat()));
-        // A key update (24), a message cut short, trailing bytes, nothing at all.
-        assert!(!only_tickets(&[24, 0, 0, 1, 0]));
-        assert!(!only_tickets(&ticket(b"one")[..5]));
-        assert!(!only_tickets(&[ticket(b"one"), vec![4, 0]].concat()));
-        assert!(!only_tickets(&[]));
+    fn whole_session_tickets_pass_and_anything_else_does_not() {
+        let flight = |record: &[u8]| TicketFlight::default().pass_over(record);
+        assert!(flight(&ticket(b"one")));
+        assert!(flight(&[ticket(b"one"), ticket(b"two")].concat()));
+        // A key update (24), a ticket then a key update, nothing at all.
+        assert!(!flight(&[24, 0, 0, 1, 0]));
+        assert!(!flight(&[ticket(b"one"), vec![24, 0, 0, 0]].concat()));
+        assert!(!flight(&[]));
+    }
+
+    #[test]
+    fn a_flight_cut_into_records_anywhere_passes_and_must_go_on() {
+        let (first, second) = (ticket(&[7; 300]), ticket(&[8; 5]));
+        let whole = [first.clone(), second].concat();
+        for cut in 1..whole.len() {
+            let mut flight = TicketFlight::default();
+            assert!(flight.pass_over(&whole[..cut]), "cut at {cut}");
+            // Open unless the cut falls between the two messages.
+            assert_eq!(flight.is_open(), cut != first.len(), "cut at {cut}");
+            assert!(flight.pass_over(&whole[cut..]), "cut at {cut}");
+            assert!(!flight.is_open(), "cut at {cut}");
+        }
+        // A record that ends the ticket it went on with, then brings a key update.
+        let mut flight = TicketFlight::default();
+        assert!(flight.pass_over(&first[..100]));
+        assert!(!flight.pass_over(&[&first[100..], &[24, 0, 0, 0][..]].concat()));
+    }
+
+    #[test]
+    fn tickets_pass_up_to_their_bound() {
+        let mut flight = TicketFlight::default();
+        let record = ticket(&[0; 16 * 1024 - 4]);
+        for _ in 0..MAX_TICKET_BYTES / record.len() {
+            assert!(flight.pass_over(&record));
+        }
+        assert!(!flight.pass_over(&record));
     }
 }

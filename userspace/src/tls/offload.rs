@@ -15,6 +15,7 @@ use std::{
     io,
     os::fd::{AsRawFd, RawFd},
     sync::Arc,
+    time::Duration,
 };
 
 use ktls::{CompatibleCiphers, CryptoInfo};
@@ -129,19 +130,25 @@ impl Offload {
     }
 
     /// Reads the server's session tickets before the kernel can take the session over
-    /// (the kernel cannot keep them), for at most `TICKET_WAIT`: for a session made ahead
-    /// of its connection (a spare), which has the time. A connection's own session hands
-    /// off at once; its relay passes over the tickets that come after. Ok also when none
-    /// came in time; an error when the server sent anything else.
-    pub async fn read_tickets(&self, stream: &mut client::TlsStream<Socket>) -> io::Result<()> {
+    /// (the kernel cannot keep them), for at most `wait` (and `MAX_TICKET_WAIT`): for a
+    /// session made ahead of its connection (a spare), which has the time. A connection's
+    /// own session hands off at once; its relay passes over the tickets that come after.
+    /// Ok also when none came in time (a server that sends none); an error when the
+    /// server sent anything else.
+    pub async fn read_tickets(
+        &self,
+        stream: &mut client::TlsStream<Socket>,
+        wait: Duration,
+    ) -> io::Result<()> {
         if !matches!(stream.get_ref().0, Socket::Corked(_)) {
             return Ok(());
         }
+        let wait = wait.min(MAX_TICKET_WAIT);
         let tickets = std::future::poll_fn(|cx| poll_tickets(stream, cx));
-        match tokio::time::timeout(TICKET_WAIT, tickets).await {
+        match tokio::time::timeout(wait, tickets).await {
             Ok(read) => read,
             Err(_) => {
-                tracing::debug!("no session ticket within {TICKET_WAIT:?}");
+                tracing::debug!("no session ticket within {wait:?}");
                 Ok(())
             }
         }
@@ -180,13 +187,13 @@ impl Offload {
     }
 }
 
-/// How long a spare session waits for its tickets (they come a round trip after the
+/// The longest a spare session waits for its tickets (they come a round trip after the
 /// handshake).
-const TICKET_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+const MAX_TICKET_WAIT: Duration = Duration::from_secs(1);
 
 /// Lets rustls read what the server sent after the handshake until a ticket has come.
-/// (Reading stops at a record's end, where the kernel can take over, whenever the wait
-/// ends: the socket is corked before the hand-off, see `hand_off`.)
+/// (A record the wait leaves half read is read to its end at the hand-off, see
+/// `hand_off`: the kernel takes over at a record's end.)
 fn poll_tickets(
     stream: &mut client::TlsStream<Socket>,
     cx: &mut std::task::Context<'_>,
@@ -195,19 +202,22 @@ fn poll_tickets(
     let mut byte = [0u8; 1];
     let mut buf = tokio::io::ReadBuf::new(&mut byte);
     let polled = std::pin::Pin::new(&mut *stream).poll_read(cx, &mut buf);
+    // A byte read is a byte taken: such a session is never used (it fails here first).
+    if !buf.filled().is_empty() {
+        return Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the server sent data before the session carried a stream",
+        )));
+    }
     if stream.get_ref().1.tls13_tickets_received() > 0 {
         return Poll::Ready(Ok(()));
     }
     match polled {
         Poll::Pending => Poll::Pending,
         Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Err(io::Error::new(
+        Poll::Ready(Ok(())) => Poll::Ready(Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "the server closed the session before its tickets",
-        ))),
-        Poll::Ready(Ok(())) => Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the server sent data before the session carried a stream",
         ))),
     }
 }
