@@ -231,7 +231,9 @@ async fn pump(
         // The pipe is empty here: the one safe point to stop at.
         tokio::select! {
             biased;
-            () = stopping.pause.stop.cancelled(), if !resumed => {
+            // Not within a ticket cut across records: the successor's relay would start
+            // in the middle of it.
+            () = stopping.pause.stop.cancelled(), if !resumed && !tickets.is_open() => {
                 if stopping.both_wait().await {
                     return Ok(Pumped::Paused);
                 }

@@ -72,10 +72,20 @@ pub fn mesh_client(
 /// Tickets a client asks for on a resumed handshake: more than the one it used, since
 /// a connection handed to the kernel at once keeps none of its own.
 const RESUMED_TICKETS: u8 = 2;
+/// The tickets a tunnel client asks for, after a resumed handshake or a full one: all a
+/// server of this mesh sends it, in one flight.
+pub fn tickets_asked(resumed: bool) -> u32 {
+    if resumed {
+        u32::from(RESUMED_TICKETS)
+    } else {
+        TICKETS as u32
+    }
+}
+
 /// Tickets a client keeps per peer identity (one per connection resumed at once).
 const SESSIONS: usize = 64;
-/// Tickets a client asks for on a full handshake (one back on each resumption), so that
-/// parallel connections resume too; a server hands out no more.
+/// Tickets a client asks for on a full handshake (`RESUMED_TICKETS` on a resumed one), so
+/// that parallel connections resume too; a server hands out no more.
 const TICKETS: usize = 4;
 
 /// The tunnel's server end: present `svid`, require a client chaining to the roots of its

@@ -96,8 +96,9 @@ pub struct TicketFlight {
     passed: usize,
 }
 
-/// What a connection's ticket records may hold in all: rustls' own bound on a handshake
-/// message.
+/// What a connection's ticket records may hold in all (as much as rustls allows one
+/// handshake message): four tickets of a client whose chain passes 16 KB would pass it,
+/// and that connection would be reset.
 const MAX_TICKET_BYTES: usize = 64 * 1024;
 const NEW_SESSION_TICKET: u8 = 4;
 

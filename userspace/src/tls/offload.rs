@@ -191,9 +191,11 @@ impl Offload {
 /// handshake).
 const MAX_TICKET_WAIT: Duration = Duration::from_secs(1);
 
-/// Lets rustls read what the server sent after the handshake until a ticket has come.
-/// (A record the wait leaves half read is read to its end at the hand-off, see
-/// `hand_off`: the kernel takes over at a record's end.)
+/// Lets rustls read what the server sent after the handshake until every ticket asked
+/// for has come. Those come in one flight, which rustls may cut into records anywhere,
+/// even within a ticket: only its last byte ends it, so the kernel never starts inside a
+/// ticket. (A record left half read when the wait times out is read to its end at the
+/// hand-off, see `hand_off`.)
 fn poll_tickets(
     stream: &mut client::TlsStream<Socket>,
     cx: &mut std::task::Context<'_>,
@@ -202,6 +204,9 @@ fn poll_tickets(
     let mut byte = [0u8; 1];
     let mut buf = tokio::io::ReadBuf::new(&mut byte);
     let polled = std::pin::Pin::new(&mut *stream).poll_read(cx, &mut buf);
+    if let Poll::Ready(Err(e)) = polled {
+        return Poll::Ready(Err(e));
+    }
     // A byte read is a byte taken: such a session is never used (it fails here first).
     if !buf.filled().is_empty() {
         return Poll::Ready(Err(io::Error::new(
@@ -209,13 +214,14 @@ fn poll_tickets(
             "the server sent data before the session carried a stream",
         )));
     }
-    if stream.get_ref().1.tls13_tickets_received() > 0 {
+    let session = stream.get_ref().1;
+    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    if session.tls13_tickets_received() >= super::configs::tickets_asked(resumed) {
         return Poll::Ready(Ok(()));
     }
     match polled {
         Poll::Pending => Poll::Pending,
-        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        Poll::Ready(Ok(())) => Poll::Ready(Err(io::Error::new(
+        _ => Poll::Ready(Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "the server closed the session before its tickets",
         ))),
