@@ -131,7 +131,9 @@ impl Nginx {
 /// socat echoing every connection on `port` back to its sender.
 pub fn echo_server(pod: &Pod, port: u16) -> Result<Proc> {
     let listen = format!("TCP-LISTEN:{port},fork,reuseaddr,backlog=1024");
-    let proc = pod.spawn(&["socat", &listen, "EXEC:cat"])?;
+    // Once the client half-closes, socat waits only 0.5 s (its default) for cat's last
+    // bytes and then drops them: not enough for a bulk echo under emulation.
+    let proc = pod.spawn(&["socat", "-t", "30", &listen, "EXEC:cat"])?;
     wait_until(Duration::from_secs(10), "socat to listen", || {
         pod.run(&["socat", "-u", "/dev/null", &format!("TCP:127.0.0.1:{port}")])
             .is_ok_and(|o| o.status.success())
