@@ -239,9 +239,11 @@ impl Capture {
     }
 
     /// tshark's dissection of the capture so far: one line per packet that has `field`
-    /// (e.g. `proxy.v2.tlv.ssl.cn`), with the values of `fields`, tab-separated.
+    /// (e.g. `proxy.v2.tlv.ssl.cn`), with the values of `fields`, tab-separated. The
+    /// tunnel port is dissected as TLS.
     pub fn fields(&self, field: &str, fields: &[&str]) -> Result<Vec<String>> {
-        let mut args = vec!["-r", self.file.to_str().unwrap_or(""), "-Y", field];
+        let file = self.file.to_str().unwrap_or("");
+        let mut args = vec!["-r", file, "-d", "tcp.port==15008,tls", "-Y", field];
         args.extend(["-T", "fields"]);
         for f in fields {
             args.extend(["-e", f]);

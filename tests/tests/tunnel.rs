@@ -176,6 +176,107 @@ fn a_revoked_client_is_refused() -> Result<()> {
     Ok(())
 }
 
+/// What the app sent before its tunnel was up crosses the link in the preamble's record:
+/// the server daemon has it when it reaches the app (not a record later), and the
+/// connection costs one record less. Both daemons count it.
+#[test]
+fn an_apps_first_bytes_cross_in_the_preambles_record() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let m = Mesh::new()?;
+    let _echo = echo_server(&m.b, 7000)?;
+    let capture = Capture::start(&m.bed, &m.node1, &m.link)?;
+    // Written at once: the first connection between the pods waits for a handshake, so
+    // the request is there when its daemon reads.
+    let request = "r".repeat(100);
+    let send = format!("printf {request} | socat -t 5 - TCP:{}:7000", m.b.ip);
+    let out = m.a.run(&["sh", "-c", &send])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), request);
+    let tunnel_end = format!("{}.15008 > {}", m.b.ip, m.a.ip);
+    wait_until(
+        Duration::from_secs(30),
+        "the tunnel's end on the wire",
+        || {
+            let wire = capture.read();
+            wire.lines()
+                .any(|l| l.contains(&tunnel_end) && l.contains("[F"))
+        },
+    )?;
+    // TLS 1.3 application-data records from a to b: plaintext + content type + 16-byte
+    // tag. The preamble is 10 bytes.
+    let from_a = format!("tls.record.opaque_type == 23 && ip.src == {}", m.a.ip);
+    let lengths: Vec<usize> = capture
+        .fields(&from_a, &["tls.record.length"])?
+        .iter()
+        .flat_map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
+        .map(|n| n.parse())
+        .collect::<Result<_, _>>()?;
+    let record = |plaintext: usize| plaintext + 1 + 16;
+    assert!(
+        lengths.contains(&record(10 + 100)),
+        "no record of the preamble and the request: {lengths:?}"
+    );
+    for alone in [record(10), record(100)] {
+        assert!(
+            !lengths.contains(&alone),
+            "a record of {alone}: {lengths:?}"
+        );
+    }
+    let counted = "bytes_sent=100 bytes_received=100";
+    for d in [&m.d1, &m.d2] {
+        d.wait_for("the connection's record", Duration::from_secs(5), |log| {
+            log.lines()
+                .any(|l| l.contains("connection closed") && l.contains(counted))
+        })?;
+    }
+    Ok(())
+}
+
+/// An app that resets its connection before sending anything: the daemon finds the reset
+/// where it reads the first bytes, and the connection ends there, logged as cut; the
+/// server's app is never reached (a reset read there would look like a clean end later).
+#[test]
+fn a_connection_the_app_resets_at_once_reaches_no_server() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let m = Mesh::new()?;
+    let accepted = m.bed.dir().join("accepted");
+    let listen = "TCP-LISTEN:7200,reuseaddr,fork";
+    let note = format!("SYSTEM:echo accepted >> {}", accepted.display());
+    let _server = m.b.spawn(&["socat", listen, &note])?;
+    wait_listening(&m.b, 7200, "socat")?;
+    // The check's own connection.
+    wait_until(Duration::from_secs(10), "the check's note", || {
+        accepted.exists()
+    })?;
+    std::fs::remove_file(&accepted)?;
+    let reset = "import socket, struct, sys\n\
+        s = socket.create_connection((sys.argv[1], 7200))\n\
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n\
+        s.close()";
+    let out = m.a.run(&["python3", "-c", reset, &m.b.ip])?;
+    assert!(out.status.success(), "{out:?}");
+    m.d1.wait_for("the cut record", Duration::from_secs(10), |log| {
+        log.lines().any(|l| {
+            l.contains("connection cut")
+                && l.contains("direction=\"outbound\"")
+                && l.contains("bytes_sent=0")
+                && l.to_lowercase().contains("reset")
+        })
+    })?;
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!accepted.exists(), "the server's app was reached");
+    // The witness: a connection that stays reaches it.
+    let send = format!("printf x | socat -t 5 - TCP:{}:7200", m.b.ip);
+    assert!(m.a.run(&["sh", "-c", &send])?.status.success());
+    wait_until(Duration::from_secs(10), "the app to accept", || {
+        accepted.exists()
+    })?;
+    Ok(())
+}
+
 #[test]
 fn a_gibibyte_crosses_the_tunnel_intact() -> Result<()> {
     if !can_run() {

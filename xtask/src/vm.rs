@@ -44,6 +44,9 @@ const SUITES: &[(&str, &[&str])] = &[
         &[
             // kTLS records on the wire, the kernel's TLS counters.
             "traffic_between_nodes_is_mtls_on_the_wire",
+            // The app's first bytes go with the preamble (rustls), then the kernel's
+            // records; the server hands them to the app before the socket's.
+            "an_apps_first_bytes_cross_in_the_preambles_record",
             // Splice in bulk.
             "a_gibibyte_crosses_the_tunnel_intact",
             // Nor does the payload enter the daemons.

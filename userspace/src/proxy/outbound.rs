@@ -1,7 +1,7 @@
 //! Outbound: connections the connect hooks captured in a pod, relayed to where the app
 //! meant to go, from inside the pod's namespace so the pod's own address is the source.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{io::Read, net::SocketAddr, sync::Arc};
 
 use tokio::net::{TcpListener, TcpStream};
 
@@ -11,7 +11,7 @@ use super::{
     refusal::Refusal,
     relay::{Connection, Direction},
     same_node::{Origin, Record},
-    sockets,
+    sockets, splice,
 };
 use crate::{
     context::pod::PodContext,
@@ -59,16 +59,32 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &Arc<PodContext>) {
             // Boxed, like every handshake on a connection's path: its state is large and
             // needed only until it ends, but inline it would stay in the connection's task
             // for the connection's life (kilobytes per idle connection).
-            let connected = Box::pin(tunnel::client::connect(pod, to, &peer)).await;
-            let (upstream, serial) = match connected {
-                Ok(connected) => connected,
+            let session = match Box::pin(tunnel::client::open(pod, to.ip(), &peer)).await {
+                Ok(session) => session,
                 Err(e) => return conn.refuse(Refusal::Tunnel(e)),
             };
-            // Watched: a withdrawn trust domain or a revoked server cuts it.
+            // Admitted before any of the app's bytes leave; watched: a withdrawn trust
+            // domain or a revoked server cuts it.
+            let serial = session.server_serial.clone();
             let mut conn = match pod.admit_live(opened(&peer, dst, serial)) {
                 Ok(ticket) => conn.watched(ticket),
                 Err(refusal) => return conn.refuse(refusal),
             };
+            let first = match waiting(&client) {
+                Ok(first) => first,
+                Err(e) => return conn.failed_at_start(e),
+            };
+            let sent_first = first.len();
+            let started = tunnel::client::start(pod, session, dst, first);
+            let upstream = match Box::pin(started).await {
+                Ok(upstream) => upstream,
+                Err(e) => {
+                    // Its first bytes were read: a close would look like a clean end.
+                    splice::reset(&client);
+                    return conn.refuse(Refusal::Tunnel(e));
+                }
+            };
+            conn.sent_first(sent_first);
             match upstream {
                 Opened::Single(stream) => conn.relay_tunnel(client, stream).await,
                 Opened::Serial(mut session) => {
@@ -84,6 +100,17 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &Arc<PodContext>) {
         // Boxed: see the serial relay above.
         Route::Egress(o) => Box::pin(egress(conn, client, pod, &o)).await,
         Route::Refused(why) => conn.refuse(Refusal::NoRoute(why)),
+    }
+}
+
+/// What the app sent already, read without waiting (see `tunnel::client::start`). An
+/// error ends the connection here: read again later, a reset would look like a clean end.
+fn waiting(client: &TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut bytes = [0; tunnel::client::FIRST_BYTES];
+    match (&*socket2::SockRef::from(client)).read(&mut bytes) {
+        Ok(n) => Ok(bytes[..n].to_vec()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Vec::new()),
+        Err(e) => Err(e),
     }
 }
 

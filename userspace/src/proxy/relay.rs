@@ -71,6 +71,8 @@ pub struct Connection {
     deadline: CancellationToken,
     /// Where a paused kernel-TLS splice is offered to a successor, when it may be.
     handoff: Option<Arc<Handoff>>,
+    /// The client's bytes sent before the relay began (with a tunnel's preamble).
+    sent_first: u64,
 }
 
 impl Connection {
@@ -107,6 +109,7 @@ impl Connection {
             ticket: None,
             deadline: pod.shared.drain.deadline(),
             handoff: None,
+            sent_first: 0,
         }
     }
 
@@ -157,6 +160,11 @@ impl Connection {
     pub fn handable(mut self, pod: &PodContext) -> Self {
         self.handoff = Some(pod.shared.handoff.clone());
         self
+    }
+
+    /// Counts `n` bytes of the client's sent before the relay began.
+    pub fn sent_first(&mut self, n: usize) {
+        self.sent_first = n as u64;
     }
 
     /// Names the caller of a same-node connection the daemon proved it opened.
@@ -335,6 +343,7 @@ impl Connection {
 
     /// Counts and logs a connection passed to the successor daemon, which logs its end.
     fn handed_over(&self, outcome: Outcome) {
+        let outcome = self.with_first(outcome);
         METRICS.connection_closed(&self.labels, outcome.request, outcome.response);
         let duration_ms = self.started.elapsed().as_millis() as u64;
         let (l, direction) = (&self.labels, self.direction.as_str());
@@ -364,9 +373,28 @@ impl Connection {
     /// Counts and logs the end of a relayed connection: the bytes that moved (client→
     /// server, server→client), and the error when it was cut short.
     fn closed(&self, outcome: Outcome) {
+        let outcome = self.with_first(outcome);
         METRICS.connection_closed(&self.labels, outcome.request, outcome.response);
         let cut = outcome.error.map(|e| format!("cut short: {e}"));
         self.log(outcome.request, outcome.response, cut.as_deref(), None);
+    }
+
+    /// What moved, with the client's bytes sent before the relay.
+    fn with_first(&self, outcome: Outcome) -> Outcome {
+        Outcome {
+            request: outcome.request + self.sent_first,
+            ..outcome
+        }
+    }
+
+    /// Counts and logs a connection whose client failed before the relay began.
+    pub fn failed_at_start(self, error: std::io::Error) {
+        METRICS.connection_opened(&self.labels);
+        self.closed(Outcome {
+            request: 0,
+            response: 0,
+            error: Some(error),
+        });
     }
 
     /// Counts and logs a connection that was refused before any byte moved.

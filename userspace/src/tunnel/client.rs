@@ -25,7 +25,7 @@ use crate::{
         verify::{ChainExpiry, session_peer},
     },
 };
-use hawser_model::SpiffeId;
+use hawser_model::{SpiffeId, frames::Frame};
 
 /// A spare waits at least this long for its session tickets (see `make_spare`).
 const MIN_TICKET_WAIT: Duration = Duration::from_millis(50);
@@ -34,6 +34,10 @@ const MIN_TICKET_WAIT: Duration = Duration::from_millis(50);
 /// its CPU, on both daemons, would otherwise compete with that connection's start
 /// (measured here: p50 of a new connection 1.3 ms without the wait, 1.1 ms with it).
 const SPARE_DELAY: Duration = Duration::from_millis(5);
+
+/// At most this much of what the app sent already goes with the preamble: with it, one
+/// TLS record (16 KiB of plaintext).
+pub const FIRST_BYTES: usize = 16 * 1024 - 64;
 
 /// An opened tunnel to a destination, its preamble sent.
 pub enum Opened {
@@ -45,42 +49,53 @@ pub enum Opened {
     Serial(Box<Session>),
 }
 
-/// Opens the tunnel to `dst`'s pod (or takes an idle session there), proves `peer` is
-/// there and names the port. Returns it with the serial of the server's certificate (for
-/// revocation).
-pub async fn connect(
-    pod: &Arc<PodContext>,
-    dst: SocketAddr,
-    peer: &SpiffeId,
-) -> Result<(Opened, String)> {
+/// A session with `dst`'s pod in which `peer` proved itself: an idle one of the pair's,
+/// or a new handshake. Nothing of the connection is sent on it yet: the caller admits the
+/// connection first (the server's serial, `server_serial`, for revocation), then `start`s
+/// it.
+pub async fn open(pod: &Arc<PodContext>, dst: IpAddr, peer: &SpiffeId) -> Result<Box<Session>> {
     let (svid, bundle) = pod.credentials_soon().await?;
-    let taken = pod.spares.take(dst.ip(), peer, &svid, &bundle);
+    let taken = pod.spares.take(dst, peer, &svid, &bundle);
     if taken.make_next {
         let (pod, peer) = (Arc::downgrade(pod), peer.clone());
-        tokio::spawn(make_spare(
-            pod,
-            dst.ip(),
-            peer,
-            (svid.clone(), bundle.clone()),
-        ));
+        tokio::spawn(make_spare(pod, dst, peer, (svid.clone(), bundle.clone())));
     }
-    let mut session = match taken.session {
+    Ok(Box::new(match taken.session {
         Some(session) => session,
-        None => handshake(pod, dst.ip(), peer, svid, bundle).await?,
-    };
-    let preamble = Preamble { port: dst.port() }.encode();
-    let sent = async {
-        session.stream.write_all(&preamble).await?;
+        None => handshake(pod, dst, peer, svid, bundle).await?,
+    }))
+}
+
+/// Names `dst`'s port to the server, with `first`: what the app sent already (at most
+/// `FIRST_BYTES`), in the same record, so that the server has it when it reaches the app
+/// instead of a record later (and the connection costs one record and one packet less).
+/// Then the session goes to the kernel where it can.
+pub async fn start(
+    pod: &PodContext,
+    mut session: Box<Session>,
+    dst: SocketAddr,
+    first: Vec<u8>,
+) -> Result<Opened> {
+    let serial = session.serial();
+    let mut sent = Preamble { port: dst.port() }.encode();
+    if !first.is_empty() {
+        if serial {
+            sent.extend(Frame::header(first.len()));
+        }
+        sent.extend(first);
+    }
+    let written = async {
+        session.stream.write_all(&sent).await?;
         session.stream.flush().await
     };
-    sent.await
+    written
+        .await
         .map_err(|e| Failure::io(format!("preamble to {dst}"), e))?;
-    let serial = session.server_serial.clone();
-    if session.serial() {
-        return Ok((Opened::Serial(Box::new(session)), serial));
+    if serial {
+        return Ok(Opened::Serial(session));
     }
     let stream = pod.shared.offload.client(session.stream).await?;
-    Ok((Opened::Single(stream), serial))
+    Ok(Opened::Single(stream))
 }
 
 /// Keeps a serial session whose stream ended cleanly for the next connection of its pod
