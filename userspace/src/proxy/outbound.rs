@@ -59,13 +59,13 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &Arc<PodContext>) {
             // Boxed, like every handshake on a connection's path: its state is large and
             // needed only until it ends, but inline it would stay in the connection's task
             // for the connection's life (kilobytes per idle connection).
-            let session = match Box::pin(tunnel::client::open(pod, to.ip(), &peer)).await {
-                Ok(session) => session,
+            let opening = match Box::pin(tunnel::client::open(pod, to, &peer)).await {
+                Ok(opening) => opening,
                 Err(e) => return conn.refuse(Refusal::Tunnel(e)),
             };
             // Admitted before any of the app's bytes leave; watched: a withdrawn trust
             // domain or a revoked server cuts it.
-            let serial = session.server_serial.clone();
+            let serial = opening.server_serial().to_string();
             let mut conn = match pod.admit_live(opened(&peer, dst, serial)) {
                 Ok(ticket) => conn.watched(ticket),
                 Err(refusal) => return conn.refuse(refusal),
@@ -75,7 +75,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, pod: &Arc<PodContext>) {
                 Err(e) => return conn.failed_at_start(e),
             };
             let sent_first = first.len();
-            let started = tunnel::client::start(pod, session, dst, first);
+            let started = tunnel::client::start(pod, opening, first);
             let upstream = match Box::pin(started).await {
                 Ok(upstream) => upstream,
                 Err(e) => {

@@ -74,10 +74,14 @@ pub async fn relay(
 ) -> Ended {
     let (to_peer, to_app) = (AtomicU64::new(0), AtomicU64::new(0));
     let closed_ours = AtomicBool::new(false);
-    let (tls, drained) = tls.into_parts();
+    let (tls, mut drained) = tls.into_parts();
     let result = async {
-        app.write_all(&drained).await?;
-        to_app.fetch_add(drained.len() as u64, Ordering::Relaxed);
+        // Freed once written: it holds the app's first bytes, and would otherwise stay
+        // for the connection's life.
+        let first = std::mem::take(&mut drained);
+        app.write_all(&first).await?;
+        to_app.fetch_add(first.len() as u64, Ordering::Relaxed);
+        drop(first);
         let stopping = Stopping {
             pause,
             directions: watch::Sender::new(Directions::default()),

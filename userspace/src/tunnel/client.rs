@@ -49,35 +49,53 @@ pub enum Opened {
     Serial(Box<Session>),
 }
 
-/// A session with `dst`'s pod in which `peer` proved itself: an idle one of the pair's,
-/// or a new handshake. Nothing of the connection is sent on it yet: the caller admits the
-/// connection first (the server's serial, `server_serial`, for revocation), then `start`s
-/// it.
-pub async fn open(pod: &Arc<PodContext>, dst: IpAddr, peer: &SpiffeId) -> Result<Box<Session>> {
-    let (svid, bundle) = pod.credentials_soon().await?;
-    let taken = pod.spares.take(dst, peer, &svid, &bundle);
-    if taken.make_next {
-        let (pod, peer) = (Arc::downgrade(pod), peer.clone());
-        tokio::spawn(make_spare(pod, dst, peer, (svid.clone(), bundle.clone())));
-    }
-    Ok(Box::new(match taken.session {
-        Some(session) => session,
-        None => handshake(pod, dst, peer, svid, bundle).await?,
-    }))
+/// A session opened for one connection to `to` (the pod's address and the app's port,
+/// a Service's resolved), nothing of the connection sent on it yet.
+pub struct Opening {
+    session: Box<Session>,
+    to: SocketAddr,
 }
 
-/// Names `dst`'s port to the server, with `first`: what the app sent already (at most
-/// `FIRST_BYTES`), in the same record, so that the server has it when it reaches the app
-/// instead of a record later (and the connection costs one record and one packet less).
-/// Then the session goes to the kernel where it can.
-pub async fn start(
-    pod: &PodContext,
-    mut session: Box<Session>,
-    dst: SocketAddr,
-    first: Vec<u8>,
-) -> Result<Opened> {
+impl Opening {
+    /// The serial of the server's certificate (for revocation).
+    pub fn server_serial(&self) -> &str {
+        &self.session.server_serial
+    }
+}
+
+/// A session with `to`'s pod in which `peer` proved itself: an idle one of the pair's, or
+/// a new handshake. The caller admits the connection (`server_serial`) before it
+/// `start`s it.
+pub async fn open(pod: &Arc<PodContext>, to: SocketAddr, peer: &SpiffeId) -> Result<Opening> {
+    let (svid, bundle) = pod.credentials_soon().await?;
+    let taken = pod.spares.take(to.ip(), peer, &svid, &bundle);
+    if taken.make_next {
+        let (pod, peer) = (Arc::downgrade(pod), peer.clone());
+        tokio::spawn(make_spare(
+            pod,
+            to.ip(),
+            peer,
+            (svid.clone(), bundle.clone()),
+        ));
+    }
+    let session = match taken.session {
+        Some(session) => session,
+        None => handshake(pod, to.ip(), peer, svid, bundle).await?,
+    };
+    Ok(Opening {
+        session: Box::new(session),
+        to,
+    })
+}
+
+/// Names the port the session was opened to, with `first`: what the app sent already (at
+/// most `FIRST_BYTES`), in the same record, so that the server has it when it reaches the
+/// app instead of a record later (and the connection costs one record and one packet
+/// less). Then the session goes to the kernel where it can.
+pub async fn start(pod: &PodContext, opening: Opening, first: Vec<u8>) -> Result<Opened> {
+    let Opening { mut session, to } = opening;
     let serial = session.serial();
-    let mut sent = Preamble { port: dst.port() }.encode();
+    let mut sent = Preamble { port: to.port() }.encode();
     if !first.is_empty() {
         if serial {
             sent.extend(Frame::header(first.len()));
@@ -90,7 +108,7 @@ pub async fn start(
     };
     written
         .await
-        .map_err(|e| Failure::io(format!("preamble to {dst}"), e))?;
+        .map_err(|e| Failure::io(format!("preamble to {to}"), e))?;
     if serial {
         return Ok(Opened::Serial(session));
     }
