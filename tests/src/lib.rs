@@ -281,17 +281,19 @@ impl Testbed {
     }
 
     /// Starts `hawser node` for `node` with the API server of `kubeconfig` as its
-    /// workload source, taking CNI hand-offs on `cni_socket`.
+    /// workload source, taking CNI hand-offs on `cni_socket`, with identities from `ca`
+    /// when given.
     pub fn start_node_in_cluster(
         &self,
         node: &Node,
         kubeconfig: &Path,
         cni_socket: &Path,
+        ca: Option<&CaInfo>,
     ) -> Result<Service> {
         let socket = cni_socket.display().to_string();
         let args = ["--workload-source", "kubernetes", "--cni-socket", &socket];
         let env = [format!("KUBECONFIG={}", kubeconfig.display())];
-        Service::node(self, node, None, &args, &env)
+        Service::node(self, node, ca, &args, &env)
     }
 
     /// Joins two nodes with a veth link and routes each node's pod subnet over it: the

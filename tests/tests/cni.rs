@@ -4,6 +4,7 @@
 
 use std::{
     io::Write,
+    path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -12,7 +13,7 @@ use anyhow::Result;
 use hawser_testbed::{
     Pod, Service, Testbed, can_run, cni_bin,
     fake_api::FakeApi,
-    peers::{Nginx, curl},
+    peers::{Nginx, curl, echo_server},
     write_atomically,
 };
 
@@ -225,7 +226,7 @@ fn a_new_kubernetes_pod_is_captured_from_its_first_connection_and_waits_for_the_
     )?;
     let socket = bed.dir().join("run/cni.sock");
     let socket_arg = socket.display().to_string();
-    let mut daemon = bed.start_node_in_cluster(&node, &kubeconfig, &socket)?;
+    let mut daemon = bed.start_node_in_cluster(&node, &kubeconfig, &socket, None)?;
     let url = format!("http://{}/hello.txt", b.ip);
 
     // The runtime creates a's sandbox while the API server has no address for it: ADD
@@ -267,5 +268,89 @@ fn a_new_kubernetes_pod_is_captured_from_its_first_connection_and_waits_for_the_
                 .is_empty()
         },
     )?;
+    Ok(())
+}
+
+/// `pod` running on its node with its address, as the API server has it.
+fn running_pod(pod: &Pod) -> serde_json::Value {
+    let mut running = new_pod(pod);
+    running["status"] = serde_json::json!({"phase": "Running", "podIP": pod.ip});
+    running
+}
+
+/// A kubeconfig in the bed naming the API server at `server`.
+fn kubeconfig(bed: &Testbed, name: &str, server: std::net::SocketAddr) -> Result<PathBuf> {
+    let path = bed.dir().join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters: [{{name: fake, cluster: {{server: \"http://{server}\"}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+/// A Service whose port is not its targetPort, dialed from a pod on another node than
+/// its endpoint: the connection crosses in the tunnel (mTLS, both identities) and
+/// reaches the endpoint's targetPort, the one the EndpointSlice names.
+#[test]
+fn a_service_reaches_its_target_port_on_another_node_through_the_tunnel() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    let bed = Testbed::new()?;
+    let (node1, node2) = (bed.node("node1", 1)?, bed.node("node2", 2)?);
+    bed.connect_nodes(&node1, &node2)?;
+    let (a, b) = (bed.pod(&node1, "a")?, bed.pod(&node2, "b")?);
+    // The CA learns which node runs which identity from the bed's configuration; the
+    // daemons, from the API server.
+    bed.enroll(&[&a, &b])?;
+    let (_ca, info) = bed.start_ca(&node1, &[&node1, &node2])?;
+    let _echo = echo_server(&b, 8080)?;
+    let mut recorded = cluster();
+    recorded["/api/v1/pods"] = serde_json::json!([running_pod(&a), running_pod(&b)]);
+    recorded["/api/v1/services"] = serde_json::json!([{"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "echo", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+            "ports": [{"name": "tcp", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}}]);
+    recorded["/apis/discovery.k8s.io/v1/endpointslices"] = serde_json::json!([{
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "echo-1", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "echo"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [b.ip], "conditions": {"ready": true}}],
+        "ports": [{"name": "tcp", "port": 8080, "protocol": "TCP"}]}]);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let _in_runtime = runtime.enter();
+    let api = FakeApi::new(&recorded);
+    let mut daemons = Vec::new();
+    for (node, pod) in [(&node1, &a), (&node2, &b)] {
+        let server = api.serve(node.listen_on_loopback()?)?;
+        let config = kubeconfig(&bed, &format!("kubeconfig-{}", node.name), server)?;
+        let socket = bed.dir().join(format!("run/cni-{}.sock", node.name));
+        let daemon = bed.start_node_in_cluster(node, &config, &socket, Some(&info))?;
+        let add = cni("ADD", pod, &socket.display().to_string(), true)?;
+        assert!(add.ok, "{}{}", add.stdout, add.stderr);
+        daemons.push(daemon);
+    }
+    let send = "printf request | socat -t 5 - TCP:10.96.0.10:80";
+    let out = a.run(&["sh", "-c", send])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "request", "{out:?}");
+    let tunnel = [
+        "direction=\"tunnel\"",
+        "connection closed",
+        "src_identity=\"spiffe://cluster.local/ns/default/sa/a\"",
+        "security=\"mtls\"",
+    ];
+    let delivered = format!("dst={}:8080", b.ip);
+    daemons[1].wait_for("the tunnel's record", Duration::from_secs(10), |_| {
+        daemons[1]
+            .lines_with(&tunnel)
+            .iter()
+            .any(|l| l.contains(&delivered))
+    })?;
     Ok(())
 }
