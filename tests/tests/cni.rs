@@ -214,16 +214,7 @@ fn a_new_kubernetes_pod_is_captured_from_its_first_connection_and_waits_for_the_
     let _in_runtime = runtime.enter();
     let api = FakeApi::new(&cluster());
     let server = api.serve(node.listen_on_loopback()?)?;
-    let kubeconfig = bed.dir().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters: [{{name: fake, cluster: {{server: \"http://{server}\"}}}}]\n\
-             users: [{{name: fake, user: {{}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n"
-        ),
-    )?;
+    let kubeconfig = kubeconfig(&bed, "kubeconfig", server)?;
     let socket = bed.dir().join("run/cni.sock");
     let socket_arg = socket.display().to_string();
     let mut daemon = bed.start_node_in_cluster(&node, &kubeconfig, &socket, None)?;
