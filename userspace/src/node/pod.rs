@@ -9,7 +9,10 @@ use tokio::task::JoinHandle;
 use crate::{
     context::{pod::PodContext, shared::Shared},
     netns::Netns,
-    proxy::{inbound, outbound, sockets},
+    proxy::{
+        inbound, outbound,
+        sockets::{self, Keepalive},
+    },
     redirect::{Dataplane, captured::Captured, pod_routing},
     tls::cache::TlsConfigs,
 };
@@ -66,7 +69,9 @@ impl EnrolledPod {
         close(dataplane, &netns, netns_cookie).map_err(|e| fail(None, e))?;
         let opened = async {
             netns.run(pod_routing::install).await?;
-            netns.run(open_listeners).await.map_err(anyhow::Error::from)
+            let keepalive = shared.keepalive;
+            let listeners = netns.run(move || open_listeners(keepalive)).await;
+            listeners.map_err(anyhow::Error::from)
         };
         let listeners = opened.await.map_err(|e| fail(Some(netns_cookie), e))?;
         // A local workload declaring another trust domain is refused its SVID by the CA
@@ -193,10 +198,10 @@ impl Listeners {
     }
 }
 
-fn open_listeners() -> std::io::Result<Listeners> {
+fn open_listeners(keepalive: Keepalive) -> std::io::Result<Listeners> {
     Ok(Listeners {
-        outbound: sockets::steered_listener()?,
-        inbound: sockets::steered_listener()?,
-        tunnel: sockets::steered_listener()?,
+        outbound: sockets::steered_listener(keepalive)?,
+        inbound: sockets::steered_listener(keepalive)?,
+        tunnel: sockets::steered_listener(keepalive)?,
     })
 }

@@ -40,7 +40,7 @@ where
     loop {
         match listener.accept().await {
             Ok((conn, peer)) => {
-                sockets::tune(&conn, pod.shared.keepalive);
+                // Tuned already: `sockets::steered_listener`.
                 let handled = handle(conn, sockets::canonical(peer), pod.clone());
                 pod.shared.drain.spawn(handled);
             }

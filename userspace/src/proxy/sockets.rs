@@ -7,7 +7,7 @@ use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::RangeInclusive,
-    os::fd::AsRawFd,
+    os::fd::{AsFd, AsRawFd},
     time::{Duration, Instant},
 };
 
@@ -63,15 +63,17 @@ impl Keepalive {
 /// Options of every relayed socket: no Nagle (the daemon relays what the app already chose
 /// to send: holding a small segment back for an ACK the peer delays costs 40 ms where a
 /// handshake's last flight is followed by the preamble or a request) and keep-alives.
-pub fn tune(stream: &TcpStream, keepalive: Keepalive) {
-    if let Err(e) = stream.set_nodelay(true) {
+/// Set on a listener, they hold for every connection it accepts (the kernel copies them
+/// to each), without six system calls per connection.
+pub fn tune(socket: &impl AsFd, keepalive: Keepalive) {
+    let socket = socket2::SockRef::from(socket);
+    if let Err(e) = socket.set_tcp_nodelay(true) {
         tracing::debug!("TCP_NODELAY: {e}");
     }
     let probes = socket2::TcpKeepalive::new()
         .with_time(keepalive.idle)
         .with_interval(keepalive.interval())
         .with_retries(Keepalive::PROBES);
-    let socket = socket2::SockRef::from(stream);
     let tuned = socket
         .set_tcp_keepalive(&probes)
         .and_then(|()| socket.set_tcp_user_timeout(Some(keepalive.user_timeout())));
@@ -90,7 +92,8 @@ pub fn tune(stream: &TcpStream, keepalive: Keepalive) {
 /// port (until its TIME_WAIT ends): SO_REUSEADDR, which accepted sockets inherit, lets an
 /// app that restarts bind its port meanwhile, as its own connections' would. A squatter
 /// still cannot bind this listener's port: a listening socket is never shared that way.
-pub fn steered_listener() -> io::Result<std::net::TcpListener> {
+/// Tuned (`tune`): so are the connections it accepts.
+pub fn steered_listener(keepalive: Keepalive) -> io::Result<std::net::TcpListener> {
     let bound = |domain, address: IpAddr| -> io::Result<Socket> {
         let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
         if domain == Domain::IPV6 {
@@ -108,6 +111,7 @@ pub fn steered_listener() -> io::Result<std::net::TcpListener> {
         }
     };
     socket.set_nonblocking(true)?;
+    tune(&socket, keepalive);
     socket.listen(1024)?;
     Ok(socket.into())
 }
@@ -116,11 +120,14 @@ pub fn steered_listener() -> io::Result<std::net::TcpListener> {
 /// (a random port, see `bind_random_port`) when given, so the caller knows the exact
 /// 4-tuple before the connection exists.
 pub fn outbound(dst: SocketAddr, source: Option<IpAddr>) -> io::Result<std::net::TcpStream> {
-    let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(dst),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
     if let Some(ip) = source {
         bind_random_port(&socket, SocketAddr::new(ip, 0))?;
     }
-    socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
 
@@ -155,7 +162,7 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 pub fn transparent(source: SocketAddr, port: DeliveryPort) -> io::Result<std::net::TcpStream> {
     let socket = Socket::new(
         Domain::for_address(source),
-        Type::STREAM,
+        Type::STREAM.nonblocking(),
         Some(Protocol::TCP),
     )?;
     socket.set_mark(MARK_DELIVER)?;
@@ -164,13 +171,16 @@ pub fn transparent(source: SocketAddr, port: DeliveryPort) -> io::Result<std::ne
         SocketAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
     }
     set_syn_retries(&socket, DELIVERY_SYN_RETRIES)?;
+    // A TIME_WAIT keeps its socket's SO_REUSEADDR from the close: a `Free` socket binds
+    // without it, then sets it too, or no later delivery could take its port over.
     let shared = matches!(port, DeliveryPort::Shared);
-    socket.set_reuse_address(shared)?;
+    if shared {
+        socket.set_reuse_address(true)?;
+    }
     bind_random_port(&socket, source)?;
-    // A TIME_WAIT keeps its socket's SO_REUSEADDR from the close: set on a `Free` socket
-    // too (after its bind), or no later delivery could take its port over.
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
+    if !shared {
+        socket.set_reuse_address(true)?;
+    }
     Ok(socket.into())
 }
 
@@ -358,6 +368,35 @@ mod tests {
         }
     }
 
+    /// Every connection a pod's listener accepts has its options from the start (no
+    /// Nagle, keep-alive probes, the user timeout), set once on the listener: a relayed
+    /// connection whose peer vanished is found by the probes, and a small segment goes at
+    /// once.
+    #[tokio::test]
+    async fn a_steered_listeners_connections_are_tuned_as_they_arrive() {
+        let keepalive = Keepalive {
+            idle: Duration::from_secs(80),
+        };
+        let listener = tokio::net::TcpListener::from_std(steered_listener(keepalive).unwrap());
+        let listener = listener.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let accepted = socket2::SockRef::from(&accepted);
+        assert!(accepted.tcp_nodelay().unwrap());
+        assert!(accepted.keepalive().unwrap());
+        assert_eq!(accepted.tcp_keepalive_time().unwrap(), keepalive.idle);
+        assert_eq!(
+            accepted.tcp_keepalive_interval().unwrap(),
+            keepalive.interval()
+        );
+        assert_eq!(accepted.tcp_keepalive_retries().unwrap(), Keepalive::PROBES);
+        assert_eq!(
+            accepted.tcp_user_timeout().unwrap(),
+            Some(keepalive.user_timeout())
+        );
+    }
+
     /// A delivery stops sending SYNs well before its pass expires: the kernel's default
     /// would retry for two minutes.
     #[test]
@@ -384,6 +423,7 @@ mod tests {
             )
         };
         assert_eq!(rc, 0);
+        assert!(Socket::from(socket).nonblocking().unwrap(), "made blocking");
         // SYNs at 0, 1, 3 and 7 s: the last one 4 s before the pass ends.
         assert_eq!(retries, DELIVERY_SYN_RETRIES);
         let last_syn = Duration::from_secs((1 << retries) - 1);
