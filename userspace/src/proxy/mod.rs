@@ -31,7 +31,8 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::context::pod::PodContext;
 
 /// Accepts until stopped, one task per connection (tracked, for the drain at shutdown). Accept errors (e.g. EMFILE) are logged and
-/// retried after a pause rather than ending the listener.
+/// retried after a pause rather than ending the listener. The listener is tuned
+/// (`sockets::steered_listener`): its connections have their options from the start.
 pub async fn accept_loop<F, Fut>(listener: TcpListener, pod: Arc<PodContext>, handle: F)
 where
     F: Fn(TcpStream, SocketAddr, Arc<PodContext>) -> Fut,
@@ -40,7 +41,6 @@ where
     loop {
         match listener.accept().await {
             Ok((conn, peer)) => {
-                // Tuned already: `sockets::steered_listener`.
                 let handled = handle(conn, sockets::canonical(peer), pod.clone());
                 pod.shared.drain.spawn(handled);
             }

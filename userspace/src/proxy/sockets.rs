@@ -34,7 +34,9 @@ pub async fn connect(
         .await
         .map_err(|_| Failure::TimedOut(format!("connect {dst}")))?
         .map_err(|e| Failure::io(format!("connect {dst}"), e))?;
-    tune(&stream, keepalive);
+    if let Err(e) = tune(&stream, keepalive) {
+        tracing::debug!(%dst, "TCP options: {e}");
+    }
     Ok(stream)
 }
 
@@ -65,21 +67,15 @@ impl Keepalive {
 /// handshake's last flight is followed by the preamble or a request) and keep-alives.
 /// Set on a listener, they hold for every connection it accepts (the kernel copies them
 /// to each), without six system calls per connection.
-pub fn tune(socket: &impl AsFd, keepalive: Keepalive) {
+pub fn tune(socket: &impl AsFd, keepalive: Keepalive) -> io::Result<()> {
     let socket = socket2::SockRef::from(socket);
-    if let Err(e) = socket.set_tcp_nodelay(true) {
-        tracing::debug!("TCP_NODELAY: {e}");
-    }
     let probes = socket2::TcpKeepalive::new()
         .with_time(keepalive.idle)
         .with_interval(keepalive.interval())
         .with_retries(Keepalive::PROBES);
-    let tuned = socket
-        .set_tcp_keepalive(&probes)
-        .and_then(|()| socket.set_tcp_user_timeout(Some(keepalive.user_timeout())));
-    if let Err(e) = tuned {
-        tracing::debug!("TCP keep-alive: {e}");
-    }
+    socket.set_tcp_nodelay(true)?;
+    socket.set_tcp_keepalive(&probes)?;
+    socket.set_tcp_user_timeout(Some(keepalive.user_timeout()))
 }
 
 /// A listener for connections steered to it by sk_lookup, on a free port (its address
@@ -111,7 +107,9 @@ pub fn steered_listener(keepalive: Keepalive) -> io::Result<std::net::TcpListene
         }
     };
     socket.set_nonblocking(true)?;
-    tune(&socket, keepalive);
+    if let Err(e) = tune(&socket, keepalive) {
+        tracing::warn!("the pod's connections go without TCP keep-alives or TCP_NODELAY: {e}");
+    }
     socket.listen(1024)?;
     Ok(socket.into())
 }
@@ -362,7 +360,9 @@ mod tests {
         for _ in 0..5 {
             for (netns, range) in [(&a, 40000..=40099), (&b, 50000..=50099)] {
                 let socket = netns.enter(|| outbound(dst, Some(Ipv4Addr::UNSPECIFIED.into())));
-                let port = socket.unwrap().local_addr().unwrap().port();
+                let socket = Socket::from(socket.unwrap());
+                assert!(socket.nonblocking().unwrap(), "made blocking");
+                let port = socket.local_addr().unwrap().as_socket().unwrap().port();
                 assert!(range.contains(&port), "{port} outside {range:?}");
             }
         }
@@ -423,7 +423,12 @@ mod tests {
             )
         };
         assert_eq!(rc, 0);
-        assert!(Socket::from(socket).nonblocking().unwrap(), "made blocking");
+        let socket = Socket::from(socket);
+        assert!(socket.nonblocking().unwrap(), "made blocking");
+        assert!(
+            socket.reuse_address().unwrap(),
+            "its port could not be taken over"
+        );
         // SYNs at 0, 1, 3 and 7 s: the last one 4 s before the pass ends.
         assert_eq!(retries, DELIVERY_SYN_RETRIES);
         let last_syn = Duration::from_secs((1 << retries) - 1);
