@@ -91,7 +91,7 @@ pub fn tune(socket: &impl AsFd, keepalive: Keepalive) -> io::Result<()> {
 /// Tuned (`tune`): so are the connections it accepts.
 pub fn steered_listener(keepalive: Keepalive) -> io::Result<std::net::TcpListener> {
     let bound = |domain, address: IpAddr| -> io::Result<Socket> {
-        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
         if domain == Domain::IPV6 {
             socket.set_only_v6(false)?;
         }
@@ -106,7 +106,6 @@ pub fn steered_listener(keepalive: Keepalive) -> io::Result<std::net::TcpListene
             bound(Domain::IPV4, Ipv4Addr::LOCALHOST.into())?
         }
     };
-    socket.set_nonblocking(true)?;
     if let Err(e) = tune(&socket, keepalive) {
         tracing::warn!("the pod's connections go without TCP keep-alives or TCP_NODELAY: {e}");
     }
@@ -377,8 +376,9 @@ mod tests {
         let keepalive = Keepalive {
             idle: Duration::from_secs(80),
         };
-        let listener = tokio::net::TcpListener::from_std(steered_listener(keepalive).unwrap());
-        let listener = listener.unwrap();
+        let listener = steered_listener(keepalive).unwrap();
+        assert!(socket2::SockRef::from(&listener).nonblocking().unwrap());
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let port = listener.local_addr().unwrap().port();
         let _client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
