@@ -642,6 +642,76 @@ fn a_stream_cut_by_a_dead_peer_daemon_reaches_the_app_as_a_reset() -> Result<()>
     Ok(())
 }
 
+/// A kernel-TLS key seals a bounded number of records (2^24 for AES-GCM, or the
+/// operator's lower `--tls-records-per-key`). The kernel cannot update keys as rustls
+/// does: a connection that would send more under one key is ended with a reset, and the
+/// wire carries no more records under it. In userspace rustls updates its keys, and the
+/// same stream arrives whole.
+#[test]
+fn a_stream_longer_than_a_kernel_tls_key_may_seal_is_cut_before_it() -> Result<()> {
+    if !can_run() {
+        return Ok(());
+    }
+    const LIMIT: usize = 64;
+    const LINES: usize = 200;
+    let m = Mesh::with_node_args(&["--tls-records-per-key", &LIMIT.to_string()])?;
+    // One line per write, one write per record: many more records than the key may seal.
+    let talker = m.bed.dir().join("talker.sh");
+    let script = format!("for i in $(seq {LINES}); do echo tick; sleep 0.02; done\n");
+    std::fs::write(&talker, script)?;
+    let exec = format!("EXEC:sh {}", talker.display());
+    let _talker =
+        m.b.spawn(&["socat", "TCP-LISTEN:7100,reuseaddr,fork", &exec])?;
+    wait_listening(&m.b, 7100, "the talker")?;
+    let capture = Capture::start(&m.bed, &m.node1, &m.link)?;
+    let said = Reader::start(&m.bed, &m.a, &m.b.ip, 7100)?.outcome()?;
+    // The server daemon's encrypted records on the link (from the tunnel port): its
+    // handshake flight (under the handshake key, at most four), then the tickets and the
+    // stream under the traffic key.
+    let records = || -> Result<usize> {
+        // TLS 1.3 names an encrypted record's outer type its opaque type.
+        let fields = ["tcp.srcport", "tls.record.opaque_type"];
+        let packets = capture.fields("tls.record.opaque_type == 23", &fields)?;
+        Ok(packets
+            .iter()
+            .filter_map(|l| l.strip_prefix("15008\t"))
+            .map(|types| types.split(',').filter(|t| *t == "23").count())
+            .sum())
+    };
+    if hawser_testbed::expected_tls_path() != "ktls" {
+        assert_eq!(
+            said.trim(),
+            format!("EOF {}", LINES * 5),
+            "rustls updates its keys"
+        );
+        let records = records()?;
+        assert!(records > LIMIT * 2, "{records} records from b's daemon");
+        return Ok(());
+    }
+    assert!(
+        said.starts_with("ERROR ECONNRESET"),
+        "the app read {said:?}"
+    );
+    m.d2.wait_for(
+        "the cut in the access log",
+        Duration::from_secs(10),
+        |log| {
+            log.lines().any(|l| {
+                l.contains("connection cut")
+                    && l.contains("direction=\"tunnel\"")
+                    && l.contains(&format!("of the {LIMIT} records it may"))
+            })
+        },
+    )?;
+    let records = records()?;
+    assert!(
+        records <= LIMIT + 4,
+        "{records} records from b's daemon, {LIMIT} allowed under its key"
+    );
+    assert!(records >= LIMIT - 8, "cut early: {records} records");
+    Ok(())
+}
+
 #[test]
 fn a_peer_that_vanishes_without_a_word_is_found_by_keepalives() -> Result<()> {
     if !can_run() {

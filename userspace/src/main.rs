@@ -178,6 +178,12 @@ struct NodeArgs {
     /// Keep tunnel TLS in userspace even where the kernel has kTLS (to compare the two).
     #[arg(long, env = "HAWSER_NO_KTLS")]
     no_ktls: bool,
+    /// The most TLS records a connection whose TLS the kernel does may send under one
+    /// key; the connection is ended (reset) before. The kernel cannot update keys as
+    /// rustls does, so a cipher's own limit always applies too: 2^24 records for
+    /// AES-GCM (RFC 8446, section 5.5). Default: that limit.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
+    tls_records_per_key: Option<u64>,
     /// Reuse a tunnel session for a pod's next connection to the same destination and
     /// identity once a connection on it ended cleanly (no handshake, no new tunnel
     /// connection); only where tunnels use userspace TLS. Off by default while it is new.
@@ -439,6 +445,7 @@ fn node_config(args: NodeArgs, log_level: logging::LogLevel) -> Result<NodeConfi
         pin_dir: args.bpf.pin_dir,
         cgroup: args.cgroup,
         kernel_tls: !args.no_ktls,
+        tls_records_per_key: args.tls_records_per_key.unwrap_or(u64::MAX),
         tunnel_reuse: args.tunnel_reuse,
         keepalive: Keepalive {
             idle: Duration::from_secs(args.keepalive_secs),

@@ -54,6 +54,7 @@ fn config(bed: &Testbed, node: &hawser_testbed::Node, log_level: logging::LogLev
         cni_socket: None,
         dns_server: None,
         kernel_tls: false,
+        tls_records_per_key: u64::MAX,
         tunnel_reuse: false,
         keepalive: Keepalive {
             idle: Duration::from_secs(120),

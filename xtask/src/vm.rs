@@ -53,6 +53,8 @@ const SUITES: &[(&str, &[&str])] = &[
             "the_payload_enters_the_daemons_only_without_kernel_tls",
             // A splice that fails reaches the app as a reset.
             "a_stream_cut_by_a_dead_peer_daemon",
+            // A key that may seal no more records ends its connection.
+            "a_stream_longer_than_a_kernel_tls_key_may_seal",
             // Policy and revocation cut connections the kernel encrypts.
             "open_connections_are_cut_when_policy",
             // Session tickets are read before the hand-off to the kernel.

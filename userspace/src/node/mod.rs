@@ -59,6 +59,9 @@ pub struct NodeConfig {
     pub dns_server: Option<std::net::SocketAddr>,
     /// Whether tunnels may offload to kernel TLS (off: always rustls in userspace).
     pub kernel_tls: bool,
+    /// The most records a kernel-TLS socket may send under one key (below the cipher's
+    /// own limit, which always applies).
+    pub tls_records_per_key: u64,
     /// Whether tunnel sessions carry a pair's connections one after another where they
     /// stay in userspace (`--tunnel-reuse`).
     pub tunnel_reuse: bool,
@@ -164,7 +167,7 @@ pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
         );
     }
     let offload = match config.ca {
-        Some(_) if config.kernel_tls => Offload::probe().await,
+        Some(_) if config.kernel_tls => Offload::probe(config.tls_records_per_key).await,
         Some(_) => {
             tracing::info!("kernel TLS disabled (--no-ktls); tunnels use userspace TLS");
             Offload::userspace()

@@ -72,9 +72,8 @@ async fn carry_on(pod: Arc<PodContext>, handed: Handed) {
     };
     relay::closing_normally(&app, &tls);
     tracing::info!(pod = %meta.pod, src = %meta.src, dst = %meta.dst, "connection adopted from the previous daemon");
-    record
-        .relay_tunnel(app, TunnelStream::Kernel(KernelTls::new(tls, None)))
-        .await;
+    let tls = KernelTls::new(tls, None, pod.shared.offload.records_per_key());
+    record.relay_tunnel(app, TunnelStream::Kernel(tls)).await;
 }
 
 /// Ends an adopted connection that may not go on (a reset, never a clean close).

@@ -257,6 +257,7 @@ impl Connection {
             None => splice::Pause::default(),
         };
         let mut before = (0, 0);
+        let records_per_key = tls.records_per_key();
         loop {
             let cut = Self::cut(&mut ticket, &self.deadline);
             let ended = splice::relay(app, tls, cut, &pause).await;
@@ -289,7 +290,7 @@ impl Connection {
                     return self.handed_over(self.outcome(moved));
                 }
                 // Not taken: on here, never paused again.
-                Ok(Err(back)) => resume(*back),
+                Ok(Err(back)) => resume(*back, records_per_key),
                 Err(e) => Err(e),
             };
             match resumed {
@@ -497,10 +498,10 @@ fn remote_peer(pod: &PodContext, addr: SocketAddr, destination: bool) -> Peer {
 }
 
 /// A connection no successor took: its sockets, back on this runtime.
-fn resume(handed: Handed) -> std::io::Result<(TcpStream, KernelTls)> {
+fn resume(handed: Handed, records_per_key: u64) -> std::io::Result<(TcpStream, KernelTls)> {
     let (app, tls) = sockets(handed)?;
     closing_normally(&app, &tls);
-    Ok((app, KernelTls::new(tls, None)))
+    Ok((app, KernelTls::new(tls, None, records_per_key)))
 }
 
 /// A handed connection's two sockets, registered with the current runtime (still

@@ -28,7 +28,9 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::tls::kernel_tls::{Control, KernelTls, TicketFlight, close_write, read_control_record};
+use crate::tls::kernel_tls::{
+    Control, KernelTls, SendBudget, TicketFlight, close_write, read_control_record,
+};
 
 /// Bytes asked of the kernel per splice.
 const CHUNK: usize = 256 * 1024;
@@ -74,8 +76,10 @@ pub async fn relay(
 ) -> Ended {
     let (to_peer, to_app) = (AtomicU64::new(0), AtomicU64::new(0));
     let closed_ours = AtomicBool::new(false);
+    let budget = tls.send_budget();
     let (tls, mut drained) = tls.into_parts();
     let result = async {
+        let mut budget = budget?;
         // Freed once written: it holds the app's first bytes, and would otherwise stay
         // for the connection's life.
         let first = std::mem::take(&mut drained);
@@ -87,7 +91,8 @@ pub async fn relay(
             directions: watch::Sender::new(Directions::default()),
         };
         let upstream = async {
-            if pump(&app, &tls, None, &to_peer, &stopping).await? == Pumped::Paused {
+            let sent = pump(&app, &tls, None, Some(&mut budget), &to_peer, &stopping);
+            if sent.await? == Pumped::Paused {
                 return Ok::<_, io::Error>(Pumped::Paused);
             }
             stopping.ended();
@@ -96,7 +101,8 @@ pub async fn relay(
             Ok(Pumped::Ended)
         };
         let downstream = async {
-            if pump(&tls, &app, Some(&closed_ours), &to_app, &stopping).await? == Pumped::Paused {
+            let received = pump(&tls, &app, Some(&closed_ours), None, &to_app, &stopping);
+            if received.await? == Pumped::Paused {
                 return Ok::<_, io::Error>(Pumped::Paused);
             }
             stopping.ended();
@@ -219,11 +225,13 @@ pub fn unless_gone(result: io::Result<()>) -> io::Result<()> {
 /// `src` to `dst` until `src`'s end, counting into `moved`. A kTLS source (`tls`: whether
 /// our own `close_notify` went out) ends with `close_notify`, a record splice cannot
 /// carry (it fails with EINVAL or EIO and recvmsg reads it); a kTLS source that ends
-/// without one while our side was still open was cut short.
+/// without one while our side was still open was cut short. A kTLS destination sends
+/// only what its key's `budget` allows.
 async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
     tls: Option<&AtomicBool>,
+    mut budget: Option<&mut SendBudget>,
     moved: &AtomicU64,
     stopping: &Stopping<'_>,
 ) -> io::Result<Pumped> {
@@ -253,7 +261,7 @@ async fn pump(
             Ok(0) => return Ok(Pumped::Ended),
             Ok(_) if tickets.is_open() => return Err(cut_ticket()),
             Ok(n) => {
-                pipe.drain_into(dst, n).await?;
+                pipe.drain_into(dst, n, budget.as_deref_mut()).await?;
                 moved.fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -299,17 +307,30 @@ impl Pipe {
         splice(src, None, self.write.as_fd(), None, CHUNK, flags).map_err(io::Error::from)
     }
 
-    /// Pipe → socket, all `len` bytes.
-    async fn drain_into(&self, dst: &TcpStream, mut len: usize) -> io::Result<()> {
+    /// Pipe → socket, all `len` bytes, each splice within the socket's `budget`.
+    async fn drain_into(
+        &self,
+        dst: &TcpStream,
+        mut len: usize,
+        mut budget: Option<&mut SendBudget>,
+    ) -> io::Result<()> {
         let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
         while len > 0 {
             dst.writable().await?;
+            if let Some(budget) = budget.as_deref_mut() {
+                budget.reserve(dst, len)?;
+            }
             let moved = dst.try_io(Interest::WRITABLE, || {
                 splice(self.read.as_fd(), None, dst.as_fd(), None, len, flags)
                     .map_err(io::Error::from)
             });
             match moved {
-                Ok(n) => len -= n,
+                Ok(n) => {
+                    len -= n;
+                    if let Some(budget) = budget.as_deref_mut() {
+                        budget.spend(n);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
@@ -349,7 +370,7 @@ pub(super) mod tests {
         let never = std::future::pending::<String>();
         let running = tokio::spawn({
             let pause = pause.clone();
-            async move { relay(app, KernelTls::new(tls, None), never, &pause).await }
+            async move { relay(app, KernelTls::plain(tls), never, &pause).await }
         });
         client.write_all(b"before").await.unwrap();
         assert_eq!(read_n(&mut peer, 6).await, b"before");
@@ -367,7 +388,7 @@ pub(super) mod tests {
                     .await
                     .map_or_else(|_| "dropped".into(), |()| "cut".into())
             };
-            relay(app, KernelTls::new(tls, None), cut, &Pause::default()).await
+            relay(app, KernelTls::plain(tls), cut, &Pause::default()).await
         });
         assert_eq!(read_n(&mut client, 5).await, b"while");
         client.write_all(b"after").await.unwrap();
@@ -394,7 +415,7 @@ pub(super) mod tests {
                         .await
                         .map_or_else(|_| "dropped".into(), |()| "cut".into())
                 };
-                relay(app, KernelTls::new(tls, None), cut, &pause).await
+                relay(app, KernelTls::plain(tls), cut, &pause).await
             }
         });
         // The peer sends more than the sockets hold while the client reads nothing.

@@ -61,11 +61,15 @@ impl TlsPath {
 pub struct Offload {
     /// Cipher suites the kernel can take over; None when it has no kTLS.
     kernel: Option<Vec<SupportedCipherSuite>>,
+    /// The most records a kTLS socket may send under one key, below its cipher's limit
+    /// (`kernel_tls::SendBudget`).
+    records_per_key: u64,
 }
 
 impl Offload {
-    /// Probes the kernel (needs a tokio runtime).
-    pub async fn probe() -> Self {
+    /// Probes the kernel (needs a tokio runtime); a kTLS socket's key sends at most
+    /// `records_per_key` records.
+    pub async fn probe(records_per_key: u64) -> Self {
         let ciphers = match CompatibleCiphers::new().await {
             Ok(ciphers) => ciphers,
             Err(e) => {
@@ -90,11 +94,20 @@ impl Offload {
         tracing::info!(suites = ?names, "kernel TLS available; tunnels offload to the kernel");
         Self {
             kernel: Some(suites),
+            records_per_key,
         }
     }
 
     pub fn userspace() -> Self {
-        Self { kernel: None }
+        Self {
+            kernel: None,
+            records_per_key: u64::MAX,
+        }
+    }
+
+    /// The operator's bound on records per key of a kTLS socket.
+    pub fn records_per_key(&self) -> u64 {
+        self.records_per_key
     }
 
     pub fn path(&self) -> TlsPath {
@@ -183,7 +196,7 @@ impl Offload {
                 (io, session.into())
             }
         };
-        offloaded(io.into_tcp(), drained, session)
+        offloaded(io.into_tcp(), drained, session, self.records_per_key)
     }
 }
 
@@ -319,12 +332,13 @@ fn offloaded(
     io: TcpStream,
     drained: io::Result<Vec<u8>>,
     session: rustls::Connection,
+    records_per_key: u64,
 ) -> Result<TunnelStream> {
     match give_keys(&io, drained, session) {
         Ok(drained) => {
             let drained = (!drained.is_empty()).then_some(drained);
             Ok(counted(
-                TunnelStream::Kernel(KernelTls::new(io, drained)),
+                TunnelStream::Kernel(KernelTls::new(io, drained, records_per_key)),
                 "",
             ))
         }
