@@ -98,7 +98,7 @@ pub fn pod(
         svids: None,
         trust_domain: "cluster.local".into(),
         registry: watch::channel(Arc::new(registry)).1,
-        offload: Offload::userspace(),
+        offload: Offload::userspace(u64::MAX),
         serial_tunnels: false,
         credentials: Credentials::new("/nonexistent".into(), CredentialRoots::default()),
         outbound_policy,

@@ -170,9 +170,9 @@ pub async fn start(config: NodeConfig, data: Handle) -> Result<Bound> {
         Some(_) if config.kernel_tls => Offload::probe(config.tls_records_per_key).await,
         Some(_) => {
             tracing::info!("kernel TLS disabled (--no-ktls); tunnels use userspace TLS");
-            Offload::userspace()
+            Offload::userspace(config.tls_records_per_key)
         }
-        None => Offload::userspace(),
+        None => Offload::userspace(config.tls_records_per_key),
     };
     let serial_tunnels = config.tunnel_reuse && offload.path() == TlsPath::Userspace;
     if config.tunnel_reuse && !serial_tunnels {

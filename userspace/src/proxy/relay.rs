@@ -260,7 +260,8 @@ impl Connection {
         let records_per_key = tls.records_per_key();
         loop {
             let cut = Self::cut(&mut ticket, &self.deadline);
-            let ended = splice::relay(app, tls, cut, &pause).await;
+            let budget = tls.send_budget();
+            let ended = splice::relay(app, tls, budget, cut, &pause).await;
             let (paused, mut moved) = match ended {
                 splice::Ended::Done(moved) => (None, moved),
                 splice::Ended::Paused { app, tls, moved } => (Some((app, tls)), moved),

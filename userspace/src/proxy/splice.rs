@@ -68,15 +68,17 @@ pub struct Pause {
 /// towards the peer, FIN towards the app). When either direction fails, or `cut` says why
 /// the connection may not go on, the app's socket is reset. With `pause` the sockets come
 /// back whole, both directions stopped at a safe point.
+/// What `tls`'s key may still send is `budget` (`KernelTls::send_budget`): the connection
+/// ends before it has sent more.
 pub async fn relay(
     mut app: TcpStream,
     tls: KernelTls,
+    budget: io::Result<SendBudget>,
     cut: impl std::future::Future<Output = String>,
     pause: &Pause,
 ) -> Ended {
     let (to_peer, to_app) = (AtomicU64::new(0), AtomicU64::new(0));
     let closed_ours = AtomicBool::new(false);
-    let budget = tls.send_budget();
     let (tls, mut drained) = tls.into_parts();
     let result = async {
         let mut budget = budget?;
@@ -96,6 +98,7 @@ pub async fn relay(
                 return Ok::<_, io::Error>(Pumped::Paused);
             }
             stopping.ended();
+            budget.reserve_close(&tls)?;
             unless_gone(close_write(&tls).await)?;
             closed_ours.store(true, Ordering::Release);
             Ok(Pumped::Ended)
@@ -317,11 +320,12 @@ impl Pipe {
         let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
         while len > 0 {
             dst.writable().await?;
-            if let Some(budget) = budget.as_deref_mut() {
-                budget.reserve(dst, len)?;
-            }
+            let allowed = match budget.as_deref_mut() {
+                Some(budget) => budget.reserve(dst, len)?,
+                None => len,
+            };
             let moved = dst.try_io(Interest::WRITABLE, || {
-                splice(self.read.as_fd(), None, dst.as_fd(), None, len, flags)
+                splice(self.read.as_fd(), None, dst.as_fd(), None, allowed, flags)
                     .map_err(io::Error::from)
             });
             match moved {
@@ -344,6 +348,11 @@ pub(super) mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
+
+    /// A plain TCP socket in the place of a kTLS one (splicing data is the same).
+    fn plain(tls: TcpStream) -> KernelTls {
+        KernelTls::new(tls, None, u64::MAX)
+    }
 
     /// A connected loopback pair: (ours, the far end).
     pub(in crate::proxy) async fn tcp_pair() -> (TcpStream, TcpStream) {
@@ -370,7 +379,7 @@ pub(super) mod tests {
         let never = std::future::pending::<String>();
         let running = tokio::spawn({
             let pause = pause.clone();
-            async move { relay(app, KernelTls::plain(tls), never, &pause).await }
+            async move { relay(app, plain(tls), Ok(SendBudget::unlimited()), never, &pause).await }
         });
         client.write_all(b"before").await.unwrap();
         assert_eq!(read_n(&mut peer, 6).await, b"before");
@@ -388,7 +397,14 @@ pub(super) mod tests {
                     .await
                     .map_or_else(|_| "dropped".into(), |()| "cut".into())
             };
-            relay(app, KernelTls::plain(tls), cut, &Pause::default()).await
+            relay(
+                app,
+                plain(tls),
+                Ok(SendBudget::unlimited()),
+                cut,
+                &Pause::default(),
+            )
+            .await
         });
         assert_eq!(read_n(&mut client, 5).await, b"while");
         client.write_all(b"after").await.unwrap();
@@ -415,7 +431,7 @@ pub(super) mod tests {
                         .await
                         .map_or_else(|_| "dropped".into(), |()| "cut".into())
                 };
-                relay(app, KernelTls::plain(tls), cut, &pause).await
+                relay(app, plain(tls), Ok(SendBudget::unlimited()), cut, &pause).await
             }
         });
         // The peer sends more than the sockets hold while the client reads nothing.

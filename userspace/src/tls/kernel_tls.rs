@@ -26,17 +26,9 @@ pub struct KernelTls {
     io: TcpStream,
     /// Plaintext rustls had already decrypted when the kernel took over.
     drained: Vec<u8>,
-    /// Where the send key's record budget comes from.
-    budget: Budget,
-}
-
-enum Budget {
-    /// The kernel's count and the cipher's limit, or `records_per_key` if lower (the
-    /// operator's `--tls-records-per-key`).
-    Kernel { records_per_key: u64 },
-    /// A plain TCP socket standing in for a kTLS one in tests: no key to wear out.
-    #[cfg(test)]
-    Unlimited,
+    /// The most records the operator lets one key send (`--tls-records-per-key`), below
+    /// the cipher's own limit (see `SendBudget`).
+    records_per_key: u64,
 }
 
 impl KernelTls {
@@ -44,39 +36,27 @@ impl KernelTls {
         Self {
             io,
             drained: drained.unwrap_or_default(),
-            budget: Budget::Kernel { records_per_key },
+            records_per_key,
         }
     }
 
-    /// A plain TCP socket in the place of a kTLS one (splicing data is the same).
-    #[cfg(test)]
-    pub fn plain(io: TcpStream) -> Self {
-        Self {
-            io,
-            drained: Vec::new(),
-            budget: Budget::Unlimited,
-        }
-    }
-
-    /// The operator's bound on records per key, for a socket made anew from this one's.
     pub fn records_per_key(&self) -> u64 {
-        match self.budget {
-            Budget::Kernel { records_per_key } => records_per_key,
-            #[cfg(test)]
-            Budget::Unlimited => u64::MAX,
-        }
+        self.records_per_key
     }
 
-    /// How many more records the socket's send key may seal.
+    /// How many more records the socket's send key may seal, as the kernel says.
     pub fn send_budget(&self) -> io::Result<SendBudget> {
-        match self.budget {
-            Budget::Kernel { records_per_key } => SendBudget::of(&self.io, records_per_key),
-            #[cfg(test)]
-            Budget::Unlimited => Ok(SendBudget {
-                limit: u64::MAX,
-                spent: 0,
-            }),
-        }
+        let fd = self.io.as_raw_fd();
+        let mut header = [0u8; size_of::<libc::tls_crypto_info>()];
+        let &[_, _, a, b] = get_send_info(fd, &mut header)? else {
+            return Err(short_info());
+        };
+        let (info_size, limit) = cipher(u16::from_ne_bytes([a, b]))?;
+        Ok(SendBudget {
+            limit: limit.min(self.records_per_key),
+            spent: sealed(fd, info_size)?,
+            info_size,
+        })
     }
 
     /// The socket, and the plaintext rustls decrypted before the hand-off (which comes
@@ -86,71 +66,90 @@ impl KernelTls {
     }
 }
 
-/// The largest record payload (see `records`).
-const MAX_RECORD: u64 = 1 << 14;
-
 /// How many more records a kTLS socket may send under its key. An AES-GCM key may seal
-/// only so many records before its confidentiality bound no longer holds (2^24, RFC 8446
-/// 5.5, as rustls counts it); rustls updates the key there (TLS 1.3) or closes (TLS 1.2),
-/// but the kernel does neither and rustls no longer has the session. So the relay ends
-/// the connection before the key has sent its last allowed record, keeping one for
-/// `close_notify`. Sends are counted from above (records per send: see `MAX_RECORD`);
-/// the kernel's own count, its record sequence number, is read when that estimate reaches
-/// the limit (a relay of one-byte writes, which the estimate counts twice, reads it about
-/// 24 times in a key's life).
+/// only so many records before its confidentiality bound no longer holds (RFC 8446 5.5
+/// allows 2^24.5 full records; rustls stops at 2^24); rustls updates the key there (TLS
+/// 1.3) or closes (TLS 1.2), but the kernel does neither and rustls no longer has the
+/// session. So the relay ends the connection before the key has sealed its last allowed
+/// record, keeping one for `close_notify`.
+///
+/// Sends are counted from above without relying on how the kernel cuts records (by size,
+/// by fragments, or where a send stopped): every record a send seals holds at least one
+/// of its bytes, except a record a send before it left open, so a send of n bytes seals
+/// at most n + 1. The kernel's own count, its record sequence number, is read when that
+/// estimate reaches the limit: about once per 16 MiB of bulk early in a key's life, more
+/// often as the limit nears, where each send is cut to what the key has left.
 #[derive(Debug)]
 pub struct SendBudget {
     limit: u64,
-    /// Records sent, counted from above since the kernel's count was last read.
+    /// Records sealed: the kernel's count when last read, plus the sends since, counted
+    /// from above.
     spent: u64,
+    /// The size of the socket's crypto-info struct (its cipher's), to read the count.
+    info_size: usize,
 }
 
 impl SendBudget {
-    /// The budget of `io`'s send key: its cipher's limit (or `records_per_key`, if lower)
-    /// and what it has sent so far, as the kernel says.
-    fn of(io: &TcpStream, records_per_key: u64) -> io::Result<Self> {
-        let (limit, sent) = send_state(io.as_raw_fd())?;
-        Ok(Self {
-            limit: limit.min(records_per_key),
-            spent: sent,
-        })
+    /// No limit: for a plain TCP socket standing in for a kTLS one in tests.
+    #[cfg(test)]
+    pub fn unlimited() -> Self {
+        Self {
+            limit: u64::MAX,
+            spent: 0,
+            info_size: 0,
+        }
     }
 
-    /// Before a send of up to `len` bytes (and a `close_notify` after it): Ok while the
-    /// key may still seal them, an error that ends the connection once it may not.
-    pub fn reserve(&mut self, io: &TcpStream, len: usize) -> io::Result<()> {
-        self.reserve_with(len, || Ok(send_state(io.as_raw_fd())?.1))
+    /// Before a send of up to `len` bytes (and a `close_notify` after): how many of them
+    /// the key may still seal (at least one), or an error that ends the connection.
+    pub fn reserve(&mut self, io: &TcpStream, len: usize) -> io::Result<usize> {
+        let info_size = self.info_size;
+        self.reserve_with(len, || sealed(io.as_raw_fd(), info_size))
+    }
+
+    /// Before the `close_notify`: an error when the key may not seal it.
+    pub fn reserve_close(&mut self, io: &TcpStream) -> io::Result<()> {
+        let info_size = self.info_size;
+        self.left(1, 1, || sealed(io.as_raw_fd(), info_size))
+            .map(drop)
     }
 
     fn reserve_with(
         &mut self,
         len: usize,
         sent: impl FnOnce() -> io::Result<u64>,
-    ) -> io::Result<()> {
-        let needed = records(len) + 1;
-        if self.spent.saturating_add(needed) <= self.limit {
-            return Ok(());
+    ) -> io::Result<usize> {
+        // A send of n bytes seals at most n + 1 records, and close_notify one more.
+        let left = self.left(3, len as u64 + 2, sent)?;
+        Ok(usize::try_from(left - 2).map_or(len, |n| n.min(len)))
+    }
+
+    /// The records left, up to `wanted`: from the estimate while it allows `wanted`, else
+    /// from the kernel's count; an error when fewer than `at_least` are left.
+    fn left(
+        &mut self,
+        at_least: u64,
+        wanted: u64,
+        sent: impl FnOnce() -> io::Result<u64>,
+    ) -> io::Result<u64> {
+        if self.limit.saturating_sub(self.spent) >= wanted {
+            return Ok(wanted);
         }
         self.spent = sent()?;
-        if self.spent.saturating_add(needed) <= self.limit {
-            return Ok(());
+        let left = self.limit.saturating_sub(self.spent);
+        if left < at_least {
+            return Err(io::Error::other(format!(
+                "the TLS session's key has sealed {} of the {} records it may (a new connection gets a new key)",
+                self.spent, self.limit
+            )));
         }
-        Err(io::Error::other(format!(
-            "the TLS session's key has sent {} of the {} records it may (a new connection gets a new key)",
-            self.spent, self.limit
-        )))
+        Ok(left.min(wanted))
     }
 
     /// Counts a send of `len` bytes.
     pub fn spend(&mut self, len: usize) {
-        self.spent = self.spent.saturating_add(records(len));
+        self.spent = self.spent.saturating_add(len as u64 + 1);
     }
-}
-
-/// The most records a send of `len` bytes makes (a record left open by the send before
-/// may be closed by this one).
-fn records(len: usize) -> u64 {
-    len as u64 / MAX_RECORD + 2
 }
 
 /// The size of the kernel's crypto-info struct for `cipher`, and how many records one
@@ -181,19 +180,19 @@ const _: () = assert!(
         <= size_of::<libc::tls12_crypto_info_aes_gcm_256>()
 );
 
-/// The send key's record limit and the records it has sealed (the kernel's record
-/// sequence number, the last field of the cipher's crypto-info struct).
-fn send_state(fd: RawFd) -> io::Result<(u64, u64)> {
-    let mut info = [0u8; size_of::<libc::tls12_crypto_info_aes_gcm_256>()];
-    let short = || io::Error::other("kernel TLS: a short crypto-info struct");
-    let header = get_send_info(fd, &mut info[..size_of::<libc::tls_crypto_info>()])?;
-    let &[_, _, a, b] = header else {
-        return Err(short());
-    };
-    let (size, limit) = cipher(u16::from_ne_bytes([a, b]))?;
-    let full = get_send_info(fd, &mut info[..size])?;
-    let seq = full.last_chunk::<8>().filter(|_| full.len() == size);
-    Ok((limit, u64::from_be_bytes(*seq.ok_or_else(short)?)))
+/// The records the send key has sealed: the kernel's record sequence number, the last
+/// field of the cipher's crypto-info struct (`info_size` bytes), which holds the key too:
+/// wiped once read.
+fn sealed(fd: RawFd, info_size: usize) -> io::Result<u64> {
+    let mut info = zeroize::Zeroizing::new([0u8; size_of::<libc::tls12_crypto_info_aes_gcm_256>()]);
+    let info = info.get_mut(..info_size).ok_or_else(short_info)?;
+    let full = get_send_info(fd, info)?;
+    let seq = full.last_chunk::<8>().filter(|_| full.len() == info_size);
+    Ok(u64::from_be_bytes(*seq.ok_or_else(short_info)?))
+}
+
+fn short_info() -> io::Error {
+    io::Error::other("kernel TLS: a short crypto-info struct")
 }
 
 /// `getsockopt(SOL_TLS, TLS_TX)` into `buf`, whose length selects what the kernel
@@ -206,7 +205,8 @@ fn get_send_info(fd: RawFd, buf: &mut [u8]) -> io::Result<&[u8]> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(&buf[..len as usize])
+    buf.get(..len as usize)
+        .ok_or_else(|| io::Error::other("kernel TLS: a long crypto-info struct"))
 }
 
 /// A non-data record the peer may send once the kernel has the session.
@@ -402,33 +402,70 @@ mod tests {
         assert!(!flight.pass_over(&[&first[100..], &[24, 0, 0, 0][..]].concat()));
     }
 
-    /// Sends through a budget of `limit` records to a stand-in kernel that seals
-    /// `per_send` records per send of `len` bytes: (records sealed when the budget
-    /// stopped the sends, kernel reads).
-    fn send_until_stopped(limit: u64, len: usize, per_send: u64) -> (u64, u64) {
-        let mut budget = SendBudget { limit, spent: 0 };
-        let (sealed, reads) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
-        let kernel = || {
-            reads.set(reads.get() + 1);
-            Ok(sealed.get())
+    /// Sends up to `len` bytes at a time through a budget of `limit` records to a
+    /// stand-in kernel that seals `seal(n)` records for a send of n bytes, until the
+    /// budget stops them: (records sealed then, bytes sent, reads of the kernel's count).
+    fn send_until_stopped(limit: u64, len: usize, seal: impl Fn(u64) -> u64) -> (u64, u64, u64) {
+        let mut budget = SendBudget {
+            limit,
+            spent: 0,
+            info_size: 0,
         };
-        while budget.reserve_with(len, kernel).is_ok() {
-            sealed.set(sealed.get() + per_send);
-            budget.spend(len);
+        let (sealed, reads) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+        let mut bytes = 0;
+        loop {
+            let kernel = || {
+                reads.set(reads.get() + 1);
+                Ok(sealed.get())
+            };
+            let Ok(n) = budget.reserve_with(len, kernel) else {
+                break;
+            };
+            assert!((1..=len).contains(&n), "{n} of {len} bytes");
+            sealed.set(sealed.get() + seal(n as u64));
+            bytes += n as u64;
+            budget.spend(n);
         }
-        (sealed.get(), reads.get())
+        // close_notify still fits.
+        assert!(budget.left(1, 1, || Ok(sealed.get())).is_ok());
+        (sealed.get(), bytes, reads.get())
     }
 
     #[test]
     fn a_key_stops_sending_before_its_limit_with_room_for_close_notify() {
-        // One-byte sends, one record each: counted twice from above, read at the limit.
-        let (sealed, reads) = send_until_stopped(1 << 24, 1, 1);
-        // The last send may need two records (one left open before), and close_notify one.
+        // One record per one-byte send: counted twice from above, read at the limit.
+        let (sealed, _, reads) = send_until_stopped(1 << 24, 1, |_| 1);
         assert_eq!(sealed, (1 << 24) - 2);
         assert!(reads <= 26, "{reads} reads of the kernel's count");
-        // Full records: a 64 KiB send seals 4, the estimate allows for 6 and close_notify.
-        let (sealed, _) = send_until_stopped(1000, 64 << 10, 4);
-        assert_eq!(sealed, 996);
+        // The worst a kernel could do: a record per byte, and one left open before.
+        let (sealed, _, _) = send_until_stopped(1000, 100, |n| n + 1);
+        assert!((997..1000).contains(&sealed), "{sealed}");
+        // Bulk: full records; near the limit the sends are cut to what is left.
+        let full = |n: u64| n.div_ceil(1 << 14);
+        let (sealed, _, _) = send_until_stopped(1 << 20, 64 << 10, full);
+        assert!(((1 << 20) - 3..(1 << 20)).contains(&sealed), "{sealed}");
+    }
+
+    #[test]
+    fn far_from_its_limit_a_key_is_read_once_per_16_mib() {
+        let mut budget = SendBudget {
+            limit: 1 << 24,
+            spent: 0,
+            info_size: 0,
+        };
+        let (mut sealed, mut reads) = (0, 0);
+        // A gibibyte in 64 KiB sends of full records.
+        for _ in 0..1 << 14 {
+            let kernel = || {
+                reads += 1;
+                Ok(sealed)
+            };
+            let n = budget.reserve_with(64 << 10, kernel).unwrap();
+            assert_eq!(n, 64 << 10);
+            sealed += 4;
+            budget.spend(n);
+        }
+        assert!((60..=70).contains(&reads), "{reads} reads");
     }
 
     #[test]
@@ -436,17 +473,24 @@ mod tests {
         let mut budget = SendBudget {
             limit: 10,
             spent: 0,
+            info_size: 0,
         };
-        for _ in 0..4 {
-            assert!(budget.reserve_with(1, || Ok(0)).is_ok());
-            budget.spend(1);
-        }
+        assert_eq!(budget.reserve_with(100, || Ok(0)).unwrap(), 8);
+        budget.spend(8);
         let refused = budget.reserve_with(1, || Ok(8)).unwrap_err();
         assert!(
             refused.to_string().contains("8 of the 10 records"),
             "{refused}"
         );
         assert!(budget.reserve_with(1, || Ok(8)).is_err());
+        // Room for close_notify alone, then none.
+        assert!(budget.left(1, 1, || Ok(9)).is_ok());
+        let mut spent = SendBudget {
+            limit: 10,
+            spent: 10,
+            info_size: 0,
+        };
+        assert!(spent.left(1, 1, || Ok(10)).is_err());
         // The kernel's count unreadable: no send.
         let unreadable = || Err(io::Error::other("getsockopt"));
         assert!(budget.reserve_with(1, unreadable).is_err());

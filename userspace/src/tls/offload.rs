@@ -62,7 +62,8 @@ pub struct Offload {
     /// Cipher suites the kernel can take over; None when it has no kTLS.
     kernel: Option<Vec<SupportedCipherSuite>>,
     /// The most records a kTLS socket may send under one key, below its cipher's limit
-    /// (`kernel_tls::SendBudget`).
+    /// (`kernel_tls::SendBudget`); also for kTLS sockets adopted from a predecessor
+    /// daemon when this one has no kTLS of its own.
     records_per_key: u64,
 }
 
@@ -74,7 +75,7 @@ impl Offload {
             Ok(ciphers) => ciphers,
             Err(e) => {
                 tracing::warn!("kernel TLS probe failed ({e}); tunnels use userspace TLS");
-                return Self::userspace();
+                return Self::userspace(records_per_key);
             }
         };
         // TLS 1.2 suites stay for originated TLS (external servers may not speak 1.3);
@@ -88,7 +89,7 @@ impl Offload {
             tracing::warn!(
                 "the kernel has no TLS offload (no `tls` module?); tunnels use userspace TLS"
             );
-            return Self::userspace();
+            return Self::userspace(records_per_key);
         }
         let names: Vec<String> = suites.iter().map(|s| format!("{:?}", s.suite())).collect();
         tracing::info!(suites = ?names, "kernel TLS available; tunnels offload to the kernel");
@@ -98,10 +99,11 @@ impl Offload {
         }
     }
 
-    pub fn userspace() -> Self {
+    /// No kTLS of its own; `records_per_key` for the kTLS sockets it adopts.
+    pub fn userspace(records_per_key: u64) -> Self {
         Self {
             kernel: None,
-            records_per_key: u64::MAX,
+            records_per_key,
         }
     }
 
