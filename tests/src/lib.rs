@@ -11,6 +11,7 @@ pub mod demo;
 pub mod fake_api;
 mod host;
 pub mod mesh;
+pub mod metrics;
 pub mod peers;
 pub mod pki;
 mod process;

@@ -13,6 +13,7 @@ use anyhow::Result;
 use hawser_testbed::{
     Pod, Service, Testbed, can_run, cni_bin,
     fake_api::FakeApi,
+    metrics::{sample, scrape},
     peers::{Nginx, curl, echo_server},
     write_atomically,
 };
@@ -343,5 +344,18 @@ fn a_service_reaches_its_target_port_on_another_node_through_the_tunnel() -> Res
             .iter()
             .any(|l| l.contains(&delivered))
     })?;
+    // Both ends name the Service in their metrics: the client's daemon by the address
+    // dialed, the server's by the port the preamble names (the tunnel's own names none).
+    for (node, reporter) in [(&node1, "source"), (&node2, "destination")] {
+        let labels = [
+            ("reporter", reporter),
+            ("destination_service", "echo.default.svc.cluster.local"),
+            ("destination_service_name", "echo"),
+            ("destination_service_namespace", "default"),
+        ];
+        let text = scrape(node)?;
+        let closed = sample(&text, "istio_tcp_connections_closed_total", &labels);
+        assert_eq!(closed, Some(1.0), "{}:\n{text}", node.name);
+    }
     Ok(())
 }

@@ -8,33 +8,14 @@ use anyhow::{Context, Result};
 use hawser_testbed::{
     Testbed, can_run, hawser_bin,
     mesh::Mesh,
+    metrics::{sample, scrape},
     peers::{echo_server, wait_until},
     write_atomically,
 };
 
 const A: &str = "spiffe://cluster.local/ns/default/sa/a";
 const B: &str = "spiffe://cluster.local/ns/default/sa/b";
-const METRICS: &str = "http://127.0.0.1:15020/metrics";
 const ADMIN: &str = "http://127.0.0.1:15000";
-
-/// The value of the sample of `metric` whose labels include every one of `labels`.
-fn sample(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")))
-        .find(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn scrape(node: &hawser_testbed::Node) -> Result<String> {
-    let (code, body) = node.http_get(METRICS)?;
-    anyhow::ensure!(code == 200, "/metrics answered {code}");
-    Ok(body)
-}
 
 #[test]
 fn metrics_count_every_byte_with_istio_labels_on_both_ends() -> Result<()> {

@@ -113,6 +113,15 @@ impl Connection {
         }
     }
 
+    /// The stream a tunnel carries goes to `dst` (the port its preamble names); its
+    /// duration counts from here, as a spare session may have waited long for it.
+    pub fn to(mut self, pod: &PodContext, dst: SocketAddr) -> Self {
+        self.dst = dst;
+        self.labels.destination_service = service_of(pod, dst);
+        self.started = Instant::now();
+        self
+    }
+
     /// Cut the connection when a change no longer allows it (see `live`).
     pub fn watched(mut self, ticket: Ticket) -> Self {
         self.ticket = Some(ticket);
@@ -202,10 +211,10 @@ impl Connection {
     /// Copies both ways between the connection's client and server until both sides are
     /// done (a half-close is passed on) or it is cut (both reset), then logs.
     pub async fn relay(&mut self, client: impl Endpoint, server: impl Endpoint) {
-        METRICS.connection_opened(&self.labels);
         let mut ticket = self.ticket.take();
-        let outcome =
-            copy::bidirectional(client, server, Self::cut(&mut ticket, &self.deadline)).await;
+        let cut = Self::cut(&mut ticket, &self.deadline);
+        let copying = copy::bidirectional(client, server, cut);
+        let outcome = opened_once_started(copying, &self.labels).await;
         self.closed(outcome);
     }
 
@@ -237,11 +246,11 @@ impl Connection {
         session: &mut (impl AsyncRead + AsyncWrite + Unpin),
     ) -> bool {
         self.tls = TlsPath::Userspace.as_str();
-        METRICS.connection_opened(&self.labels);
         let mut ticket = self.ticket.take();
         let cut = Self::cut(&mut ticket, &self.deadline);
         let client = matches!(self.direction, Direction::Outbound);
-        let relayed = framed::relay(app, session, cut, client).await;
+        let relaying = framed::relay(app, session, cut, client);
+        let relayed = opened_once_started(relaying, &self.labels).await;
         self.closed(self.outcome(relayed.moved));
         relayed.reusable
     }
@@ -447,6 +456,22 @@ impl Connection {
             },
         }
     }
+}
+
+/// Runs `relay`, counting the connection as opened once it has first run: bytes that
+/// came with the connection (a tunnel's first bytes) reach the app before the count's
+/// bookkeeping (its series, under a lock), which is then off the exchange's path.
+async fn opened_once_started<T>(relay: impl Future<Output = T>, labels: &ConnectionLabels) -> T {
+    let mut relay = std::pin::pin!(relay);
+    let mut opened = false;
+    std::future::poll_fn(|cx| {
+        let polled = relay.as_mut().poll(cx);
+        if !std::mem::replace(&mut opened, true) {
+            METRICS.connection_opened(labels);
+        }
+        polled
+    })
+    .await
 }
 
 /// The Kubernetes Service a connection to `dst` is for: the Service at that virtual
