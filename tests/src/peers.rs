@@ -271,6 +271,47 @@ impl Capture {
     }
 }
 
+/// A client that connects, sends its text at once (the same process, no pipe to wait
+/// for), half-closes and prints the echo; with a fourth argument, it marks its socket
+/// before connecting (socat sets its options after). Debian's python3.
+const ECHO_CLIENT: &str = "
+import socket, sys
+host, port, text = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.socket()
+if len(sys.argv) > 4:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, int(sys.argv[4]))
+s.settimeout(10)
+s.connect((host, port))
+s.sendall(text.encode())
+s.shutdown(socket.SHUT_WR)
+echo = b''
+while chunk := s.recv(4096):
+    echo += chunk
+sys.stdout.write(echo.decode())
+";
+
+/// Sends `text` from `pod` to `host:port` and returns what came back (`ECHO_CLIENT`), run
+/// under `wrapper` (e.g. `setpriv ... --`) and with the socket `mark`, when given.
+pub fn echo_once(
+    pod: &Pod,
+    (host, port): (&str, u16),
+    text: &str,
+    wrapper: &[&str],
+    mark: Option<u32>,
+) -> Result<String> {
+    let (port, mark) = (port.to_string(), mark.map(|m| m.to_string()));
+    let mut argv = wrapper.to_vec();
+    argv.extend(["/usr/bin/python3", "-c", ECHO_CLIENT, host, &port, text]);
+    argv.extend(mark.as_deref());
+    let out = pod.run(&argv)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// A client reading from a server until the end or an error, which says which at the end
 /// (`EOF n` or `ERROR ECONNRESET n`): a truncated stream must not look like `EOF`.
 pub struct Reader {

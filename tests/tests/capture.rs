@@ -12,7 +12,7 @@ use anyhow::{Context, Result, ensure};
 use hawser_testbed::{
     Pod, Proc, Service, Testbed, can_run,
     mesh::Mesh,
-    peers::{Capture, Nginx, curl, echo_server, wait_listening, wait_until},
+    peers::{Capture, Nginx, curl, echo_once, echo_server, wait_listening, wait_until},
     write_atomically,
 };
 
@@ -42,23 +42,6 @@ const NOBODY_WITH_NET_RAW: [&str; 8] = [
     "--",
 ];
 
-/// A client that marks its socket before connecting (socat sets its options after),
-/// sends its argument and prints the echo. Debian's python3, readable by nobody.
-const MARKED_CLIENT: &str = "
-import socket, sys
-host, port, mark, text = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
-s.settimeout(10)
-s.connect((host, port))
-s.sendall(text.encode())
-s.shutdown(socket.SHUT_WR)
-echo = b''
-while chunk := s.recv(4096):
-    echo += chunk
-sys.stdout.write(echo.decode())
-";
-
 #[test]
 fn a_socket_mark_does_not_exempt_a_pod_from_capture() -> Result<()> {
     if !can_run() {
@@ -74,24 +57,8 @@ fn a_socket_mark_does_not_exempt_a_pod_from_capture() -> Result<()> {
         for wrapper in [&NOBODY_WITH_NET_RAW[..], &[]] {
             let capture = Capture::start(&m.bed, &m.node1, &m.link)?;
             let marker = format!("MARKED-{mark:x}-{}-BYPASS", wrapper.len());
-            let mut argv: Vec<&str> = wrapper.to_vec();
-            let mark = mark.to_string();
-            argv.extend([
-                "/usr/bin/python3",
-                "-c",
-                MARKED_CLIENT,
-                &m.b.ip,
-                "7000",
-                &mark,
-                &marker,
-            ]);
-            let out = m.a.run(&argv)?;
-            ensure!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert_eq!(String::from_utf8(out.stdout)?, marker, "the echo came back");
+            let echo = echo_once(&m.a, (&m.b.ip, 7000), &marker, wrapper, Some(mark))?;
+            assert_eq!(echo, marker, "the echo came back");
             let tunnel = format!("{}.15008 > {}", m.b.ip, m.a.ip);
             let wire = capture.stop_once("the tunnel on the wire", |wire| {
                 wire.lines()

@@ -9,8 +9,8 @@ use hawser_testbed::{
     copies::{Copied, CopyWatch},
     mesh::Mesh,
     peers::{
-        Capture, Nginx, Reader, curl, echo_server, quiet_server, rr_counts, wait_listening,
-        wait_until,
+        Capture, Nginx, Reader, curl, echo_once, echo_server, quiet_server, rr_counts,
+        wait_listening, wait_until,
     },
     pki,
 };
@@ -200,22 +200,12 @@ fn first_bytes_cross_with_the_preamble(args: &[&str], frame: usize) -> Result<()
     let m = Mesh::with_node_args(args)?;
     let _echo = echo_server(&m.b, 7000)?;
     let capture = Capture::start(&m.bed, &m.node1, &m.link)?;
-    // Written as soon as the connection is up, by the process that connected (no pipe
-    // to wait for): the first connection between the pods waits for a handshake, so the
-    // request is there when its daemon reads.
+    // Written as soon as the connection is up, by the process that connected: the first
+    // connection between the pods waits for a handshake, so the request is there when
+    // its daemon reads.
     let request = "r".repeat(100);
-    let send = format!(
-        "import socket\n\
-         s = socket.create_connection(('{}', 7000), timeout=10)\n\
-         s.sendall(b'{request}')\n\
-         s.shutdown(socket.SHUT_WR)\n\
-         echo = b''\n\
-         while chunk := s.recv(4096):\n    echo += chunk\n\
-         print(echo.decode(), end='')\n",
-        m.b.ip
-    );
-    let out = m.a.run(&["/usr/bin/python3", "-c", &send])?;
-    assert_eq!(String::from_utf8_lossy(&out.stdout), request, "{out:?}");
+    let echo = echo_once(&m.a, (&m.b.ip, 7000), &request, &[], None)?;
+    assert_eq!(echo, request);
     // TLS 1.3 application-data records from a to b: plaintext + content type + 16-byte
     // tag. The preamble is 10 bytes.
     let from_a = format!("tls.record.opaque_type == 23 && ip.src == {}", m.a.ip);

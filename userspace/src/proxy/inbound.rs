@@ -118,16 +118,13 @@ async fn accept_tunnel(conn: TcpStream, peer: SocketAddr, pod: &PodContext) -> O
             return None;
         }
     };
-    // The record made while the handshake and the preamble were awaited: only the
-    // stream's port is new (the preamble is on the path to the app, the record is not).
-    let record = record.to(pod, accepted.dst).mtls(&accepted.client, path);
     let caller = Caller {
         src: peer,
         dst: accepted.dst,
-        principal: Some(accepted.client.into()),
+        principal: Some(accepted.client.clone().into()),
         certificate: Some(accepted.certificate),
     };
-    let (record, app) = open(pod, record, caller).await?;
+    let (record, app) = open(pod, &accepted.client, caller, path).await?;
     Some(Next::Relay(record, app, accepted.stream))
 }
 
@@ -166,8 +163,8 @@ async fn serial_streams(
             principal: Some(session.client.clone().into()),
             certificate: Some(session.certificate.clone()),
         };
-        let record = Connection::new(Direction::Tunnel, pod, peer, dst).mtls(&session.client, path);
-        let Some((mut record, app)) = open(pod, record, caller).await else {
+        let client = session.client.clone();
+        let Some((mut record, app)) = open(pod, &client, caller, path).await else {
             return;
         };
         if !record.relay_stream(app, session.stream()).await {
@@ -182,14 +179,17 @@ fn unused(pod: &PodContext, peer: SocketAddr, client: &SpiffeId) {
     tracing::debug!(pod = %pod.key, %peer, %client, "{unused}");
 }
 
-/// Admits a tunnel stream of `caller` (policy, revocation: watched from then on) and
-/// connects it to the app; refusals are logged in `record`.
+/// Admits a tunnel stream of `client` (policy, revocation: watched from then on) and
+/// connects it to the app; refusals are logged.
 async fn open(
     pod: &PodContext,
-    record: Connection,
+    client: &SpiffeId,
     caller: Caller,
+    path: TlsPath,
 ) -> Option<(Connection, TcpStream)> {
-    let record = record.handable(pod);
+    let record = Connection::new(Direction::Tunnel, pod, caller.src, caller.dst)
+        .mtls(client, path)
+        .handable(pod);
     let ticket = match pod.admit_live(caller.admitted()) {
         Ok(ticket) => ticket,
         Err(refusal) => {

@@ -1,7 +1,12 @@
 //! Moving bytes between the two halves of a proxied connection, and the access log line
 //! that closes every connection.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    pin::{Pin, pin},
+    sync::Arc,
+    time::Instant,
+};
 
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -113,15 +118,6 @@ impl Connection {
         }
     }
 
-    /// The stream a tunnel carries goes to `dst` (the port its preamble names); its
-    /// duration counts from here, as a spare session may have waited long for it.
-    pub fn to(mut self, pod: &PodContext, dst: SocketAddr) -> Self {
-        self.dst = dst;
-        self.labels.destination_service = service_of(pod, dst);
-        self.started = Instant::now();
-        self
-    }
-
     /// Cut the connection when a change no longer allows it (see `live`).
     pub fn watched(mut self, ticket: Ticket) -> Self {
         self.ticket = Some(ticket);
@@ -213,8 +209,8 @@ impl Connection {
     pub async fn relay(&mut self, client: impl Endpoint, server: impl Endpoint) {
         let mut ticket = self.ticket.take();
         let cut = Self::cut(&mut ticket, &self.deadline);
-        let copying = copy::bidirectional(client, server, cut);
-        let outcome = opened_once_started(copying, &self.labels).await;
+        let copying = pin!(copy::bidirectional(client, server, cut));
+        let outcome = opened_once_started(copying, Some(&*self.labels)).await;
         self.closed(outcome);
     }
 
@@ -249,8 +245,8 @@ impl Connection {
         let mut ticket = self.ticket.take();
         let cut = Self::cut(&mut ticket, &self.deadline);
         let client = matches!(self.direction, Direction::Outbound);
-        let relaying = framed::relay(app, session, cut, client);
-        let relayed = opened_once_started(relaying, &self.labels).await;
+        let relaying = pin!(framed::relay(app, session, cut, client));
+        let relayed = opened_once_started(relaying, Some(&*self.labels)).await;
         self.closed(self.outcome(relayed.moved));
         relayed.reusable
     }
@@ -258,7 +254,6 @@ impl Connection {
     /// Splices between the app and a kernel-TLS socket until done; a tunnel connection
     /// paused for a successor daemon is offered to it, and goes on here if not taken.
     async fn splice(&mut self, mut app: TcpStream, mut tls: KernelTls) {
-        METRICS.connection_opened(&self.labels);
         let mut ticket = self.ticket.take();
         let handoff = self.handoff.take();
         let mut pause = match &handoff {
@@ -267,10 +262,15 @@ impl Connection {
         };
         let mut before = (0, 0);
         let records_per_key = tls.records_per_key();
+        // Counted once, by the first relay (not again when resumed after a pause).
+        let mut opening = Some(&*self.labels);
         loop {
             let cut = Self::cut(&mut ticket, &self.deadline);
             let budget = tls.send_budget();
-            let ended = splice::relay(app, tls, budget, cut, &pause).await;
+            let ended = {
+                let splicing = pin!(splice::relay(app, tls, budget, cut, &pause));
+                opened_once_started(splicing, opening.take()).await
+            };
             let (paused, mut moved) = match ended {
                 splice::Ended::Done(moved) => (None, moved),
                 splice::Ended::Paused { app, tls, moved } => (Some((app, tls)), moved),
@@ -458,20 +458,22 @@ impl Connection {
     }
 }
 
-/// Runs `relay`, counting the connection as opened once it has first run: bytes that
-/// came with the connection (a tunnel's first bytes) reach the app before the count's
-/// bookkeeping (its series, under a lock), which is then off the exchange's path.
-async fn opened_once_started<T>(relay: impl Future<Output = T>, labels: &ConnectionLabels) -> T {
-    let mut relay = std::pin::pin!(relay);
-    let mut opened = false;
-    std::future::poll_fn(|cx| {
+/// Runs `relay`, counting the connection as opened with `labels` (when given) once the
+/// relay has first run: bytes that came with the connection (a tunnel's first bytes) reach
+/// the app before the count's bookkeeping (its series, under a lock), which is then off
+/// the exchange's path. The relay is borrowed pinned, so that no second copy of it is kept
+/// in the connection's task.
+fn opened_once_started<'a, F: Future>(
+    mut relay: Pin<&'a mut F>,
+    mut labels: Option<&'a ConnectionLabels>,
+) -> impl Future<Output = F::Output> + 'a {
+    std::future::poll_fn(move |cx| {
         let polled = relay.as_mut().poll(cx);
-        if !std::mem::replace(&mut opened, true) {
+        if let Some(labels) = labels.take() {
             METRICS.connection_opened(labels);
         }
         polled
     })
-    .await
 }
 
 /// The Kubernetes Service a connection to `dst` is for: the Service at that virtual

@@ -40,6 +40,8 @@ impl KernelTls {
         }
     }
 
+    /// The operator's bound, for a socket made anew from this one's (resumed after a
+    /// hand-over nobody took).
     pub fn records_per_key(&self) -> u64 {
         self.records_per_key
     }
