@@ -67,9 +67,8 @@ pub struct Pause {
 /// Relays until both directions are done; a half-close is passed on (`close_notify` + FIN
 /// towards the peer, FIN towards the app). When either direction fails, or `cut` says why
 /// the connection may not go on, the app's socket is reset. With `pause` the sockets come
-/// back whole, both directions stopped at a safe point.
-/// What `tls`'s key may still send is `budget` (`KernelTls::send_budget`): the connection
-/// ends before it has sent more.
+/// back whole, both directions stopped at a safe point. `budget` is what `tls`'s key may
+/// still send (`KernelTls::send_budget`): the connection ends before it has sent more.
 pub async fn relay(
     mut app: TcpStream,
     tls: KernelTls,

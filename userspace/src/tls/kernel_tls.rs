@@ -16,8 +16,6 @@ use std::{
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, TlsGetRecordType, recvmsg};
 use tokio::{io::Interest, net::TcpStream};
 
-const SOL_TLS: libc::c_int = 282;
-const TLS_SET_RECORD_TYPE: libc::c_int = 1;
 const RECORD_ALERT: u8 = 21;
 const ALERT_WARNING: u8 = 1;
 const CLOSE_NOTIFY: u8 = 0;
@@ -202,8 +200,15 @@ fn short_info() -> io::Error {
 fn get_send_info(fd: RawFd, buf: &mut [u8]) -> io::Result<&[u8]> {
     let mut len = buf.len() as libc::socklen_t;
     // SAFETY: the kernel writes at most `len` bytes into `buf`, which outlives the call.
-    let rc =
-        unsafe { libc::getsockopt(fd, SOL_TLS, libc::TLS_TX, buf.as_mut_ptr().cast(), &mut len) };
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_TLS,
+            libc::TLS_TX,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -355,8 +360,8 @@ fn send_close_notify(fd: RawFd) -> io::Result<()> {
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = space;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = SOL_TLS;
-        (*cmsg).cmsg_type = TLS_SET_RECORD_TYPE;
+        (*cmsg).cmsg_level = libc::SOL_TLS;
+        (*cmsg).cmsg_type = libc::TLS_SET_RECORD_TYPE;
         (*cmsg).cmsg_len = libc::CMSG_LEN(1) as usize;
         *libc::CMSG_DATA(cmsg) = RECORD_ALERT;
         if libc::sendmsg(fd, &msg, 0) < 0 {

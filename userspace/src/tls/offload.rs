@@ -243,10 +243,6 @@ fn poll_tickets(
     }
 }
 
-const SOL_TLS: libc::c_int = 282;
-const TLS_TX: libc::c_int = 1;
-const TLS_RX: libc::c_int = 2;
-
 fn set_ulp(fd: RawFd) -> io::Result<()> {
     // SAFETY: the option value is the three bytes of "tls".
     let rc =
@@ -297,10 +293,11 @@ fn install_keys(
     suite: SupportedCipherSuite,
     secrets: rustls::ExtractedSecrets,
 ) -> Result<(), String> {
-    for (option, secrets) in [(TLS_TX, secrets.tx), (TLS_RX, secrets.rx)] {
+    for (option, secrets) in [(libc::TLS_TX, secrets.tx), (libc::TLS_RX, secrets.rx)] {
         let info = crypto_info(suite, secrets)?;
         // SAFETY: `info` points to the kernel's crypto-info struct of `info.size()` bytes.
-        let rc = unsafe { libc::setsockopt(fd, SOL_TLS, option, info.as_ptr(), info.size() as _) };
+        let rc =
+            unsafe { libc::setsockopt(fd, libc::SOL_TLS, option, info.as_ptr(), info.size() as _) };
         if rc != 0 {
             return Err(format!("set keys: {}", io::Error::last_os_error()));
         }
