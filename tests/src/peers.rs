@@ -216,7 +216,7 @@ impl Capture {
     fn spawn(file: PathBuf, iface: &str, spawn: impl Fn(&[&str]) -> Result<Proc>) -> Result<Self> {
         // Its closing statistics (on standard error) say nothing the capture does not.
         let tcpdump = format!(
-            "exec tcpdump -i {iface} -U -n -s 0 -w {} tcp 2>/dev/null",
+            "exec tcpdump -i {iface} --immediate-mode -U -n -s 0 -w {} tcp 2>/dev/null",
             file.display()
         );
         let proc = spawn(&["sh", "-c", &tcpdump])?;
@@ -259,13 +259,14 @@ impl Capture {
     }
 
     /// Waits until the capture shows what `done` looks for (tcpdump can lag behind on a
-    /// busy or emulated machine), then stops it and returns the whole capture.
+    /// busy or emulated machine).
+    pub fn wait_for(&self, what: &str, done: impl Fn(&str) -> bool) -> Result<()> {
+        wait_until(Duration::from_secs(30), what, || done(&self.read()))
+    }
+
+    /// `wait_for`, then stops the capture and returns all of it.
     pub fn stop_once(mut self, what: &str, done: impl Fn(&str) -> bool) -> Result<String> {
-        let mut wire = String::new();
-        wait_until(Duration::from_secs(30), what, || {
-            wire = self.read();
-            done(&wire)
-        })?;
+        self.wait_for(what, done)?;
         self.proc.terminate()?;
         Ok(self.read())
     }

@@ -178,11 +178,11 @@ struct NodeArgs {
     /// Keep tunnel TLS in userspace even where the kernel has kTLS (to compare the two).
     #[arg(long, env = "HAWSER_NO_KTLS")]
     no_ktls: bool,
-    /// The most TLS records a connection whose TLS the kernel does may send under one
-    /// key; the connection is ended (reset) before. The kernel cannot update keys as
-    /// rustls does, so a cipher's own limit always applies too: 2^24 records for
-    /// AES-GCM (rustls' figure, below RFC 8446 section 5.5's 2^24.5). Default: that
-    /// limit.
+    /// The most TLS records a TLS 1.3 connection out of rustls (in the kernel's TLS, or
+    /// the daemon's record layer) may send under one key; the connection is cut before.
+    /// Keys are not updated out of rustls, so a cipher's own limit always applies too:
+    /// 2^24 records for AES-GCM (rustls' figure, below RFC 8446 section 5.5's 2^24.5).
+    /// Default: that limit.
     #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
     tls_records_per_key: Option<u64>,
     /// Reuse a tunnel session for a pod's next connection to the same destination and

@@ -54,7 +54,7 @@ const SUITES: &[(&str, &[&str])] = &[
             // A splice that fails reaches the app as a reset.
             "a_stream_cut_by_a_dead_peer_daemon",
             // A key that may seal no more records ends its connection.
-            "a_stream_longer_than_a_kernel_tls_key_may_seal",
+            "a_stream_longer_than_a_tunnel_key_may_seal",
             // Policy and revocation cut connections the kernel encrypts.
             "open_connections_are_cut_when_policy",
             // Session tickets are read before the hand-off to the kernel.

@@ -278,7 +278,7 @@ const NEW_SESSION_TICKET: u8 = 4;
 impl TicketFlight {
     /// Passes over one handshake record: false when it holds anything but (parts of)
     /// NewSessionTicket messages, or the bound is passed.
-    fn pass_over(&mut self, mut record: &[u8]) -> bool {
+    pub(super) fn pass_over(&mut self, mut record: &[u8]) -> bool {
         self.passed += record.len();
         if record.is_empty() || self.passed > MAX_TICKET_BYTES {
             return false;

@@ -2,12 +2,14 @@
 //! alike: the configurations (`configs`, cached per SVID and bundle in `cache`), the
 //! checks on a peer's certificate (`verify`), handshakes bounded in time and timed in the
 //! handshake metric (here), and the hand-off of an established session to the kernel
-//! (`offload`, `kernel_tls`, over a socket read for the path the session takes: `socket`).
+//! or the daemon's record layer (`offload`, `kernel_tls`, `records`, over a socket read
+//! for the path the session takes: `socket`).
 
 pub mod cache;
 pub mod configs;
 pub mod kernel_tls;
 pub mod offload;
+pub mod records;
 pub mod socket;
 pub mod verify;
 

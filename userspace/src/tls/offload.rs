@@ -1,6 +1,8 @@
-//! Kernel TLS: after the handshake in rustls, the session's keys go to the kernel
+//! The hand-off after the handshake in rustls: the session's keys go to the kernel
 //! (`TCP_ULP "tls"`, `TLS_TX`/`TLS_RX`) and the kernel encrypts and decrypts. Where the
-//! kernel has no `tls` module, the same wire protocol runs with rustls in userspace.
+//! kernel has no `tls` module, a TLS 1.3 session goes to the daemon's own record layer
+//! (`records`), which works as the kernel does, and TLS 1.2 (originated for servers
+//! outside the mesh) stays in rustls.
 //!
 //! Which path a daemon takes is probed once at start-up (the `ktls` crate sets up each
 //! cipher on a loopback socket). Only cipher suites the kernel accepted are offered, so the
@@ -18,25 +20,30 @@ use std::{
     time::Duration,
 };
 
+use bytes::BytesMut;
 use ktls::{CompatibleCiphers, CryptoInfo};
-use rustls::{ConnectionTrafficSecrets, SupportedCipherSuite, crypto::CryptoProvider};
+use rustls::{
+    ConnectionTrafficSecrets, ProtocolVersion, SupportedCipherSuite, crypto::CryptoProvider,
+};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite},
     net::TcpStream,
 };
 use tokio_rustls::{TlsStream, client, server};
 
-use super::{kernel_tls::KernelTls, socket::Socket};
+use hawser_model::preamble::ALPN_SERIAL;
+
+use super::{kernel_tls::KernelTls, records::RecordStream, socket::Socket};
 use crate::{
     failure::{Failure, Result},
     metrics::METRICS,
 };
 
-/// A tunnel stream after the handshake in rustls.
+/// A tunnel stream after the handshake: the daemon's record layer, or rustls.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-/// An established tunnel: the kernel encrypts (bytes are spliced), or rustls does.
+/// An established tunnel: the kernel encrypts (bytes are spliced), or the daemon does.
 pub enum TunnelStream {
     Kernel(KernelTls),
     Userspace(Box<dyn Stream>),
@@ -130,7 +137,7 @@ impl Offload {
     }
 
     /// A connected socket ready for its handshake: with the kernel's TLS ULP where the
-    /// kernel has TLS (see the module's comment), read for rustls where it has not.
+    /// kernel has TLS (see the module's comment), read ahead where it has not.
     pub fn prepare(&self, tcp: TcpStream) -> Socket {
         if self.kernel.is_none() {
             return Socket::read_ahead(tcp);
@@ -144,18 +151,19 @@ impl Offload {
         }
     }
 
-    /// Reads the server's session tickets before the kernel can take the session over
-    /// (the kernel cannot keep them), for at most `wait` (and `MAX_TICKET_WAIT`): for a
-    /// session made ahead of its connection (a spare), which has the time. A connection's
-    /// own session hands off at once; its relay passes over the tickets that come after.
-    /// Ok also when none came in time (a server that sends none); an error when the
-    /// server sent anything else.
+    /// Reads the server's session tickets before the session leaves rustls, for the kernel
+    /// or the daemon's record layer (neither can keep them), for at most `wait` (and
+    /// `MAX_TICKET_WAIT`): for a session made ahead of its connection (a spare), which
+    /// has the time. A connection's own session hands off at once; its relay passes over
+    /// the tickets that come after. A serial session stays in rustls, which reads them
+    /// itself. Ok also when none came in time (a server that sends none); an error when
+    /// the server sent anything else.
     pub async fn read_tickets(
         &self,
         stream: &mut client::TlsStream<Socket>,
         wait: Duration,
     ) -> io::Result<()> {
-        if !matches!(stream.get_ref().0, Socket::Corked(_)) {
+        if stream.get_ref().1.alpn_protocol() == Some(ALPN_SERIAL) {
             return Ok(());
         }
         let wait = wait.min(MAX_TICKET_WAIT);
@@ -169,24 +177,26 @@ impl Offload {
         }
     }
 
-    /// Hands a client session to the kernel, or keeps it in rustls.
+    /// Hands a client session to the kernel or the record layer, or keeps it in rustls.
     pub async fn client(&self, stream: client::TlsStream<Socket>) -> Result<TunnelStream> {
         self.hand_off(stream.into()).await
     }
 
-    /// Hands a server session to the kernel, or keeps it in rustls.
+    /// Hands a server session to the kernel or the record layer, or keeps it in rustls.
     pub async fn server(&self, stream: server::TlsStream<Socket>) -> Result<TunnelStream> {
         self.hand_off(stream.into()).await
     }
 
     async fn hand_off(&self, mut stream: TlsStream<Socket>) -> Result<TunnelStream> {
-        let Socket::Corked(corked) = &mut stream.get_mut().0 else {
+        let tls13 = stream.get_ref().1.protocol_version() == Some(ProtocolVersion::TLSv1_3);
+        let kernel = matches!(stream.get_ref().0, Socket::Corked(_));
+        if !kernel && !tls13 {
             return Ok(counted(
                 TunnelStream::Userspace(Box::new(stream)),
                 "no_kernel_tls",
             ));
-        };
-        corked.corked = true;
+        }
+        stream.get_mut().0.cork();
         let drained = drain(&mut stream).await;
         let (io, session): (Socket, rustls::Connection) = match stream {
             TlsStream::Client(s) => {
@@ -198,7 +208,12 @@ impl Offload {
                 (io, session.into())
             }
         };
-        offloaded(io.into_tcp(), drained, session, self.records_per_key)
+        let (tcp, ahead) = io.into_parts();
+        if kernel {
+            offloaded(tcp, drained, session, self.records_per_key)
+        } else {
+            records(tcp, (drained, ahead), session, self.records_per_key)
+        }
     }
 }
 
@@ -357,6 +372,16 @@ fn give_keys(
     drained: io::Result<Vec<u8>>,
     session: rustls::Connection,
 ) -> Result<Vec<u8>, (&'static str, String)> {
+    let (drained, suite, secrets) = take_keys(drained, session)?;
+    install_keys(io.as_raw_fd(), suite, secrets).map_err(|e| ("keys", e))?;
+    Ok(drained)
+}
+
+/// The drained plaintext, the cipher suite and the keys of a session leaving rustls.
+fn take_keys(
+    drained: io::Result<Vec<u8>>,
+    session: rustls::Connection,
+) -> Result<(Vec<u8>, SupportedCipherSuite, rustls::ExtractedSecrets), (&'static str, String)> {
     let drained = drained.map_err(|e| ("drain", e.to_string()))?;
     let suite = session
         .negotiated_cipher_suite()
@@ -364,6 +389,32 @@ fn give_keys(
     let secrets = session
         .dangerous_extract_secrets()
         .map_err(|e| ("secrets", e.to_string()))?;
-    install_keys(io.as_raw_fd(), suite, secrets).map_err(|e| ("keys", e))?;
-    Ok(drained)
+    Ok((drained, suite, secrets))
+}
+
+/// A TLS 1.3 session from rustls to the daemon's own record layer (`records`): the same
+/// protocol as a kTLS socket's, without rustls' buffers and state.
+fn records(
+    tcp: TcpStream,
+    (drained, ahead): (io::Result<Vec<u8>>, BytesMut),
+    session: rustls::Connection,
+    records_per_key: u64,
+) -> Result<TunnelStream> {
+    let stream = take_keys(drained, session).and_then(|(drained, suite, secrets)| {
+        RecordStream::new(tcp, suite, secrets, (drained, ahead), records_per_key)
+            .map_err(|e| ("keys", e))
+    });
+    match stream {
+        Ok(stream) => Ok(counted(
+            TunnelStream::Userspace(Box::new(stream)),
+            "no_kernel_tls",
+        )),
+        Err((step, e)) => {
+            METRICS
+                .tls_offload
+                .with_label_values(&["failed", step])
+                .inc();
+            Err(Failure::Offload { step, error: e })
+        }
+    }
 }

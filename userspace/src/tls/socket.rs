@@ -1,12 +1,14 @@
 //! The TCP socket under a TLS session, read in the way its session needs.
 //!
 //! A session the kernel will take over is read record by record (`CorkStream`), so
-//! that rustls never holds bytes past the record where the kernel starts. A session that
-//! stays in rustls is read ahead in large chunks instead: rustls asks for at most 4 KiB at
-//! a time, which read from the socket directly would be several system calls per 16 KiB
-//! record. The read-ahead buffer is allocated when the socket is readable and freed when
-//! drained, so an idle connection holds none (one whose app stopped reading holds up to
-//! 64 KiB until it reads on).
+//! that rustls never holds bytes past the record where the kernel starts. Any other
+//! session is read ahead in large chunks instead: rustls asks for at most 4 KiB at a time,
+//! which read from the socket directly would be several system calls per 16 KiB record.
+//! The read-ahead buffer is allocated when the socket is readable and freed when drained,
+//! so an idle connection holds none (one whose app stopped reading holds up to 64 KiB
+//! until it reads on). rustls is never handed bytes past the end of the record it is in,
+//! so that a session can leave rustls for the daemon's own record layer
+//! (`records::RecordStream`) at a record boundary, taking the bytes read ahead with it.
 
 use std::{
     io::{self, IoSlice},
@@ -28,9 +30,25 @@ const READ_AHEAD: usize = 64 * 1024;
 pub enum Socket {
     /// Read record by record: the kernel's TLS may take over.
     Corked(CorkStream<TcpStream>),
-    /// Read ahead: the session stays in rustls.
-    ReadAhead { tcp: TcpStream, ahead: BytesMut },
+    /// Read ahead: the session stays in userspace.
+    ReadAhead {
+        tcp: TcpStream,
+        ahead: BytesMut,
+        record: RecordEdge,
+    },
 }
+
+/// Where the record rustls is reading ends, in the bytes read ahead.
+#[derive(Debug, Default)]
+pub struct RecordEdge {
+    /// Bytes of the current record not yet handed to rustls (0: at a record boundary).
+    left: usize,
+    /// Hand rustls no further record: the session is leaving it.
+    corked: bool,
+}
+
+/// A TLS record's header: type, version, length.
+const HEADER: usize = 5;
 
 impl Socket {
     pub fn corked(tcp: TcpStream) -> Self {
@@ -41,6 +59,16 @@ impl Socket {
         Self::ReadAhead {
             tcp,
             ahead: BytesMut::new(),
+            record: RecordEdge::default(),
+        }
+    }
+
+    /// Hands rustls nothing past the end of the record it is in (the kernel's TLS, or the
+    /// daemon's record layer, takes the session on from there).
+    pub fn cork(&mut self) {
+        match self {
+            Self::Corked(corked) => corked.corked = true,
+            Self::ReadAhead { record, .. } => record.corked = true,
         }
     }
 
@@ -64,16 +92,15 @@ impl Socket {
         rc != 0 || queued > 0
     }
 
-    /// The socket, for the kernel to take over: only a corked one, which holds no bytes
-    /// read ahead.
-    pub fn into_tcp(self) -> TcpStream {
-        debug_assert!(
-            matches!(self, Self::Corked(_)),
-            "bytes read ahead would be lost"
-        );
+    /// The socket and the bytes read ahead past the record where rustls stopped (none for
+    /// a socket read record by record).
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
         match self {
-            Self::Corked(corked) => corked.io,
-            Self::ReadAhead { tcp, .. } => tcp,
+            Self::Corked(corked) => (corked.io, BytesMut::new()),
+            Self::ReadAhead { tcp, ahead, record } => {
+                debug_assert_eq!(record.left, 0, "rustls holds part of a record");
+                (tcp, ahead)
+            }
         }
     }
 
@@ -93,36 +120,54 @@ impl AsyncRead for Socket {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Corked(corked) => Pin::new(corked).poll_read(cx, buf),
-            Self::ReadAhead { tcp, ahead } => poll_read_ahead(tcp, ahead, cx, buf),
+            Self::ReadAhead { tcp, ahead, record } => poll_read_ahead(tcp, ahead, record, cx, buf),
         }
     }
 }
 
-/// Serves `buf` from `ahead`, refilling it with one large read when it is empty.
+/// Serves `buf` from `ahead` up to the end of the current record, refilling `ahead` with
+/// one large read when it holds too little. Corked at a record boundary, serves nothing:
+/// rustls reads that as the end of the stream.
 fn poll_read_ahead(
     tcp: &TcpStream,
     ahead: &mut BytesMut,
+    record: &mut RecordEdge,
     cx: &mut Context<'_>,
     buf: &mut ReadBuf<'_>,
 ) -> Poll<io::Result<()>> {
-    while ahead.is_empty() {
+    loop {
+        if record.left == 0 && record.corked {
+            return Poll::Ready(Ok(()));
+        }
+        if record.left == 0 && ahead.len() >= HEADER {
+            record.left = HEADER + usize::from(u16::from_be_bytes([ahead[3], ahead[4]]));
+        }
+        if record.left > 0 && !ahead.is_empty() {
+            break;
+        }
         ready!(tcp.poll_read_ready(cx))?;
         ahead.reserve(READ_AHEAD);
         match tcp.try_read_buf(ahead) {
-            // The end of the stream: nothing put in `buf` says so.
-            Ok(0) => {
+            // The end of the stream: rustls gets a header cut short as it is, then nothing.
+            Ok(0) if ahead.is_empty() => {
                 *ahead = BytesMut::new();
                 return Poll::Ready(Ok(()));
             }
+            Ok(0) => record.left = ahead.len(),
             Ok(_) => {}
             // A spurious readiness: tokio cleared it, the next poll waits.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => *ahead = BytesMut::new(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if ahead.is_empty() {
+                    *ahead = BytesMut::new();
+                }
+            }
             Err(e) => return Poll::Ready(Err(e)),
         }
     }
-    let n = buf.remaining().min(ahead.len());
+    let n = buf.remaining().min(ahead.len()).min(record.left);
     buf.put_slice(&ahead[..n]);
     ahead.advance(n);
+    record.left -= n;
     if ahead.is_empty() {
         *ahead = BytesMut::new();
     }
