@@ -26,13 +26,22 @@ pub struct TlsServer<'a> {
     pub key: &'a std::path::Path,
     /// The CA client certificates must chain to.
     pub client_ca: &'a std::path::Path,
+    /// Speaks TLS 1.2 only, as some servers outside a mesh still do.
+    pub tls12_only: bool,
 }
 
 impl TlsServer<'_> {
     fn config(&self, root: &std::path::Path) -> String {
+        // Said in every server: nginx took one port's TLS 1.2 only for the other ports
+        // too, where they said nothing.
+        let protocols = if self.tls12_only {
+            "ssl_protocols TLSv1.2;"
+        } else {
+            "ssl_protocols TLSv1.2 TLSv1.3;"
+        };
         format!(
-            "server {{ listen {port} ssl default_server; ssl_reject_handshake on; }}
-             server {{ listen {port} ssl; server_name {name}; root {root};
+            "server {{ listen {port} ssl default_server; ssl_reject_handshake on; {protocols} }}
+             server {{ listen {port} ssl; server_name {name}; root {root}; {protocols}
                ssl_certificate {cert}; ssl_certificate_key {key};
                ssl_client_certificate {ca}; ssl_verify_client on; ssl_verify_depth 3; }}
 ",
@@ -73,7 +82,7 @@ impl Nginx {
         let conf = format!(
             "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
              events {{ worker_connections 1024; }}\n\
-             http {{\n  log_format peer '$remote_addr $server_port $status \"$ssl_server_name\" \"$ssl_client_s_dn\" $ssl_client_verify';\n\
+             http {{\n  log_format peer '$remote_addr $server_port $status \"$ssl_server_name\" \"$ssl_client_s_dn\" $ssl_protocol $ssl_client_verify';\n\
                log_format proxied '$proxy_protocol_addr $remote_addr $server_port $status';\n\
                access_log {log} peer;\n\
                client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\

@@ -82,6 +82,15 @@ fn scene(node_args: &[&str]) -> Result<Scene> {
                 cert: &common.cert,
                 key: &common.key,
                 client_ca: &ca.root,
+                tls12_only: false,
+            },
+            TlsServer {
+                port: 8444,
+                server_name: COMMON,
+                cert: &common.cert,
+                key: &common.key,
+                client_ca: &ca.root,
+                tls12_only: true,
             },
             TlsServer {
                 port: 9443,
@@ -89,6 +98,7 @@ fn scene(node_args: &[&str]) -> Result<Scene> {
                 cert: &diff.cert,
                 key: &diff.key,
                 client_ca: &company.cert,
+                tls12_only: false,
             },
         ],
     )?;
@@ -178,11 +188,13 @@ fn istio_mutual_reaches_an_external_nginx_that_trusts_the_mesh_root() -> Result<
     }
     let s = scene(&[])?;
     // The guide's "common CA" scenario: the app dials port 80 in plain HTTP.
+    // Port 81 reaches a server that speaks TLS 1.2 only.
     s.apply(&format!(
         "{}apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\n\
          metadata: {{name: common}}\nspec:\n  host: {COMMON}\n  trafficPolicy:\n    portLevelSettings:\n\
-         \x20   - port: {{number: 80}}\n      tls: {{mode: ISTIO_MUTUAL}}\n",
-        service_entry("common", COMMON, &s.ext, &[(80, 8443)])
+         \x20   - port: {{number: 80}}\n      tls: {{mode: ISTIO_MUTUAL}}\n\
+         \x20   - port: {{number: 81}}\n      tls: {{mode: ISTIO_MUTUAL}}\n",
+        service_entry("common", COMMON, &s.ext, &[(80, 8443), (81, 8444)])
     ))?;
     // The daemon shows what it loaded.
     let dump: serde_json::Value = serde_json::from_str(&s.node.hawser(&["workloads", "--json"])?)?;
@@ -197,7 +209,15 @@ fn istio_mutual_reaches_an_external_nginx_that_trusts_the_mesh_root() -> Result<
     assert_eq!(s.get(&s.a, COMMON, 80)?, s.nginx.body);
     let request = s.last_request();
     assert!(
-        request.contains(&format!("8443 200 \"{COMMON}\"")) && request.ends_with("SUCCESS"),
+        request.contains(&format!("8443 200 \"{COMMON}\"")) && request.ends_with("TLSv1.3 SUCCESS"),
+        "nginx saw: {request}"
+    );
+    // TLS 1.2 stays in rustls (or goes to the kernel's TLS), where 1.3 leaves it for
+    // the daemon's record layer: both carry the request.
+    assert_eq!(s.get(&s.a, COMMON, 81)?, s.nginx.body);
+    let request = s.last_request();
+    assert!(
+        request.contains(&format!("8444 200 \"{COMMON}\"")) && request.ends_with("TLSv1.2 SUCCESS"),
         "nginx saw: {request}"
     );
     let upstream = format!("upstream={}:8443", s.ext.ip);
@@ -260,11 +280,11 @@ fn mutual_uses_each_workloads_company_certificate_and_follows_a_secret_update() 
     };
     let from_a = subject(&s.a)?;
     assert!(
-        from_a.contains(&format!("9443 200 \"{DIFF}\" \"CN=app-a\" SUCCESS")),
+        from_a.contains(&format!("9443 200 \"{DIFF}\" \"CN=app-a\" TLSv1.3 SUCCESS")),
         "{from_a}"
     );
     let from_c = subject(&s.c)?;
-    assert!(from_c.contains("\"CN=app-c\" SUCCESS"), "{from_c}");
+    assert!(from_c.contains("\"CN=app-c\" TLSv1.3 SUCCESS"), "{from_c}");
 
     // The Secret is updated under the running daemon: the next connection uses it.
     mount_secret(
@@ -275,7 +295,7 @@ fn mutual_uses_each_workloads_company_certificate_and_follows_a_secret_update() 
     )?;
     let rotated = subject(&s.a)?;
     assert!(
-        rotated.contains("\"CN=app-a-rotated\" SUCCESS"),
+        rotated.contains("\"CN=app-a-rotated\" TLSv1.3 SUCCESS"),
         "{rotated}"
     );
     Ok(())

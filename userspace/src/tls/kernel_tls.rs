@@ -306,6 +306,12 @@ impl TicketFlight {
         true
     }
 
+    /// The bytes passed over so far.
+    #[cfg(test)]
+    pub(super) fn passed(&self) -> usize {
+        self.passed
+    }
+
     /// Whether a message goes on in the next record, which must then be a handshake
     /// record: TLS 1.3 interleaves no other record within a handshake message.
     pub fn is_open(&self) -> bool {

@@ -20,7 +20,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::BytesMut;
 use ktls::{CompatibleCiphers, CryptoInfo};
 use rustls::{
     ConnectionTrafficSecrets, ProtocolVersion, SupportedCipherSuite, crypto::CryptoProvider,
@@ -31,9 +30,13 @@ use tokio::{
 };
 use tokio_rustls::{TlsStream, client, server};
 
-use hawser_model::preamble::ALPN_SERIAL;
+use hawser_model::preamble::{ALPN, ALPN_SERIAL};
 
-use super::{kernel_tls::KernelTls, records::RecordStream, socket::Socket};
+use super::{
+    kernel_tls::KernelTls,
+    records::{RecordStream, Taken},
+    socket::Socket,
+};
 use crate::{
     failure::{Failure, Result},
     metrics::METRICS,
@@ -188,9 +191,8 @@ impl Offload {
     }
 
     async fn hand_off(&self, mut stream: TlsStream<Socket>) -> Result<TunnelStream> {
-        let tls13 = stream.get_ref().1.protocol_version() == Some(ProtocolVersion::TLSv1_3);
         let kernel = matches!(stream.get_ref().0, Socket::Corked(_));
-        if !kernel && !tls13 {
+        if !kernel && !leaves_rustls(stream.get_ref().1) {
             return Ok(counted(
                 TunnelStream::Userspace(Box::new(stream)),
                 "no_kernel_tls",
@@ -208,13 +210,31 @@ impl Offload {
                 (io, session.into())
             }
         };
-        let (tcp, ahead) = io.into_parts();
-        if kernel {
-            offloaded(tcp, drained, session, self.records_per_key)
+        let step = if kernel {
+            kernel_tls(io, drained, session, self.records_per_key)
         } else {
-            records(tcp, (drained, ahead), session, self.records_per_key)
+            records(io, drained, session, self.records_per_key)
+        };
+        match step {
+            Ok(stream) => Ok(counted(stream, "no_kernel_tls")),
+            Err((step, e)) => {
+                METRICS
+                    .tls_offload
+                    .with_label_values(&["failed", step])
+                    .inc();
+                Err(Failure::Offload { step, error: e })
+            }
         }
     }
+}
+
+/// Without kernel TLS, which sessions leave rustls for the daemon's record layer: the
+/// mesh's TLS 1.3 tunnels, whose peers are daemons that do not update keys either. TLS
+/// with peers outside the mesh (originated, terminated) stays in rustls, which follows a
+/// peer's key update; so do serial sessions, whose frames rustls carries.
+fn leaves_rustls(session: &rustls::CommonState) -> bool {
+    session.protocol_version() == Some(ProtocolVersion::TLSv1_3)
+        && session.alpn_protocol() == Some(ALPN)
 }
 
 /// The longest a spare session waits for its tickets (they come a round trip after the
@@ -287,16 +307,18 @@ pub fn has_tls_ulp(fd: RawFd) -> bool {
 }
 
 /// The plaintext rustls decrypted beyond the handshake, up to a record boundary (the
-/// corked stream reads no further): it goes to the app before the socket's bytes.
-async fn drain(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Vec<u8>> {
+/// corked stream reads no further): it goes to the app before the socket's bytes. And
+/// whether rustls read the peer's `close_notify` (the end of the stream) meanwhile.
+async fn drain(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<(Vec<u8>, bool)> {
     let mut drained = Vec::new();
     let mut chunk = vec![0; 16 * 1024];
     loop {
         match stream.read(&mut chunk).await {
-            Ok(0) => return Ok(drained),
+            // rustls says a clean end only after close_notify.
+            Ok(0) => return Ok((drained, true)),
             Ok(n) => drained.extend_from_slice(&chunk[..n]),
-            // The peer's close was read already: what came before it is all there is.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(drained),
+            // The cork (or the peer's close) ends what rustls reads.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok((drained, false)),
             Err(e) => return Err(e),
         }
     }
@@ -340,81 +362,59 @@ fn counted(stream: TunnelStream, userspace_reason: &str) -> TunnelStream {
     stream
 }
 
-/// The outcome of a hand-off to the kernel; a failure is counted with the step that
-/// failed (a bounded set).
-fn offloaded(
-    io: TcpStream,
-    drained: io::Result<Vec<u8>>,
+/// A hand-off's failure: the step that failed (a bounded set, for the metric) and why.
+type StepFailure = (&'static str, String);
+
+/// A session to the kernel's TLS (the ULP is on since `prepare`), with what rustls
+/// decrypted already.
+fn kernel_tls(
+    io: Socket,
+    drained: io::Result<(Vec<u8>, bool)>,
     session: rustls::Connection,
     records_per_key: u64,
-) -> Result<TunnelStream> {
-    match give_keys(&io, drained, session) {
-        Ok(drained) => {
-            let drained = (!drained.is_empty()).then_some(drained);
-            Ok(counted(
-                TunnelStream::Kernel(KernelTls::new(io, drained, records_per_key)),
-                "",
-            ))
-        }
-        Err((step, e)) => {
-            METRICS
-                .tls_offload
-                .with_label_values(&["failed", step])
-                .inc();
-            Err(Failure::Offload { step, error: e })
-        }
-    }
+) -> Result<TunnelStream, StepFailure> {
+    let (drained, _) = drained.map_err(|e| ("drain", e.to_string()))?;
+    let (tcp, _) = io.into_parts().map_err(|e| ("boundary", e))?;
+    let (suite, secrets) = take_keys(session)?;
+    install_keys(tcp.as_raw_fd(), suite, secrets).map_err(|e| ("keys", e))?;
+    let drained = (!drained.is_empty()).then_some(drained);
+    Ok(TunnelStream::Kernel(KernelTls::new(
+        tcp,
+        drained,
+        records_per_key,
+    )))
 }
 
-/// The steps of a hand-off, each named for the metric; the drained plaintext on success.
-fn give_keys(
-    io: &TcpStream,
-    drained: io::Result<Vec<u8>>,
+/// A TLS 1.3 session to the daemon's own record layer (`records`): the same protocol as
+/// a kTLS socket's, without rustls' buffers and state.
+fn records(
+    io: Socket,
+    drained: io::Result<(Vec<u8>, bool)>,
     session: rustls::Connection,
-) -> Result<Vec<u8>, (&'static str, String)> {
-    let (drained, suite, secrets) = take_keys(drained, session)?;
-    install_keys(io.as_raw_fd(), suite, secrets).map_err(|e| ("keys", e))?;
-    Ok(drained)
+    records_per_key: u64,
+) -> Result<TunnelStream, StepFailure> {
+    let (plain, closed) = drained.map_err(|e| ("drain", e.to_string()))?;
+    let (tcp, ahead) = io.into_parts().map_err(|e| ("boundary", e))?;
+    let (suite, secrets) = take_keys(session)?;
+    let taken = Taken {
+        plain,
+        closed,
+        ahead,
+    };
+    let stream =
+        RecordStream::new(tcp, suite, secrets, taken, records_per_key).map_err(|e| ("keys", e))?;
+    Ok(TunnelStream::Userspace(Box::new(stream)))
 }
 
-/// The drained plaintext, the cipher suite and the keys of a session leaving rustls.
+/// The cipher suite and the keys of a session leaving rustls.
 fn take_keys(
-    drained: io::Result<Vec<u8>>,
     session: rustls::Connection,
-) -> Result<(Vec<u8>, SupportedCipherSuite, rustls::ExtractedSecrets), (&'static str, String)> {
-    let drained = drained.map_err(|e| ("drain", e.to_string()))?;
+) -> Result<(SupportedCipherSuite, rustls::ExtractedSecrets), StepFailure> {
     let suite = session
         .negotiated_cipher_suite()
         .ok_or(("cipher", "no negotiated cipher suite".to_string()))?;
     let secrets = session
         .dangerous_extract_secrets()
         .map_err(|e| ("secrets", e.to_string()))?;
-    Ok((drained, suite, secrets))
-}
-
-/// A TLS 1.3 session from rustls to the daemon's own record layer (`records`): the same
-/// protocol as a kTLS socket's, without rustls' buffers and state.
-fn records(
-    tcp: TcpStream,
-    (drained, ahead): (io::Result<Vec<u8>>, BytesMut),
-    session: rustls::Connection,
-    records_per_key: u64,
-) -> Result<TunnelStream> {
-    let stream = take_keys(drained, session).and_then(|(drained, suite, secrets)| {
-        RecordStream::new(tcp, suite, secrets, (drained, ahead), records_per_key)
-            .map_err(|e| ("keys", e))
-    });
-    match stream {
-        Ok(stream) => Ok(counted(
-            TunnelStream::Userspace(Box::new(stream)),
-            "no_kernel_tls",
-        )),
-        Err((step, e)) => {
-            METRICS
-                .tls_offload
-                .with_label_values(&["failed", step])
-                .inc();
-            Err(Failure::Offload { step, error: e })
-        }
-    }
+    Ok((suite, secrets))
 }

@@ -49,7 +49,16 @@ const SEAL_AT_ONCE: usize = 4 * MAX_FRAGMENT;
 
 const ALERT_WARNING: u8 = 1;
 const CLOSE_NOTIFY: u8 = 0;
-const USER_CANCELED: u8 = 90;
+
+/// What a session brings from rustls to the record layer.
+pub struct Taken {
+    /// What rustls decrypted already: it comes first.
+    pub plain: Vec<u8>,
+    /// rustls read the peer's `close_notify` already.
+    pub closed: bool,
+    /// Bytes read from the socket past the record where rustls stopped.
+    pub ahead: BytesMut,
+}
 
 /// A TLS 1.3 session sealed and opened by the daemon (see the module's comment).
 pub struct RecordStream {
@@ -59,14 +68,17 @@ pub struct RecordStream {
 }
 
 impl RecordStream {
-    /// Takes over a session at a record boundary: `plain`, what rustls decrypted already
-    /// (it comes first), then `ahead`, bytes read from the socket past the boundary. A
-    /// key seals at most `records_per_key` records (or its cipher's limit, if lower).
+    /// Takes over a session at a record boundary (see `Taken`). A key seals at most
+    /// `records_per_key` records (or its cipher's limit, if lower).
     pub fn new(
         tcp: TcpStream,
         suite: SupportedCipherSuite,
         secrets: ExtractedSecrets,
-        (plain, ahead): (Vec<u8>, BytesMut),
+        Taken {
+            plain,
+            closed,
+            ahead,
+        }: Taken,
         records_per_key: u64,
     ) -> Result<Self, String> {
         let SupportedCipherSuite::Tls13(suite) = suite else {
@@ -85,13 +97,15 @@ impl RecordStream {
                 record_len: plain.len(),
                 buf,
                 tickets: TicketFlight::default(),
-                closed: false,
+                closed,
+                failed: None,
             },
             tx: Sealer {
                 key: RecordKey::new(tx, tx_seq)?,
                 limit: suite.common.confidentiality_limit.min(records_per_key),
                 out: Vec::new(),
                 closed: false,
+                failed: None,
             },
         })
     }
@@ -147,10 +161,16 @@ impl RecordKey {
         out.extend_from_slice(fragment);
         out.push(u8::from(typ));
         let nonce = self.next_nonce();
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(nonce, Aad::from(header), &mut out[start + HEADER..])
-            .map_err(|_| io::Error::other("sealing a record failed"))?;
+        let sealed = self.key.seal_in_place_separate_tag(
+            nonce,
+            Aad::from(header),
+            &mut out[start + HEADER..],
+        );
+        let Ok(tag) = sealed else {
+            // Never on the wire: the plaintext was not sealed.
+            out.truncate(start);
+            return Err(io::Error::other("sealing a record failed"));
+        };
         out.extend_from_slice(tag.as_ref());
         Ok(())
     }
@@ -166,6 +186,9 @@ impl RecordKey {
         let Some(end) = inner.iter().rposition(|&b| b != 0) else {
             return Err(invalid("a record with no content type".into()));
         };
+        if end > MAX_FRAGMENT {
+            return Err(invalid(format!("a record of {end} bytes of content")));
+        }
         Ok((inner[end], end))
     }
 }
@@ -186,10 +209,43 @@ struct Opener {
     tickets: TicketFlight,
     /// The peer's `close_notify` came: the end of the stream.
     closed: bool,
+    /// The error that ended the stream, for every read after it.
+    failed: Option<Failed>,
+}
+
+/// An error that ended a direction: a stream is not read or written after one.
+#[derive(Clone, Copy)]
+struct Failed(io::ErrorKind);
+
+impl Failed {
+    /// Keeps `result`'s error, if any, for every later call.
+    fn latch<T>(slot: &mut Option<Failed>, result: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &result {
+            *slot = Some(Failed(e.kind()));
+        }
+        result
+    }
+
+    fn error(self) -> io::Error {
+        io::Error::new(self.0, "the TLS session failed before")
+    }
 }
 
 impl Opener {
     fn poll_read(
+        &mut self,
+        tcp: &TcpStream,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(failed) = self.failed {
+            return Poll::Ready(Err(failed.error()));
+        }
+        let read = ready!(self.poll_read_plain(tcp, cx, out));
+        Poll::Ready(Failed::latch(&mut self.failed, read))
+    }
+
+    fn poll_read_plain(
         &mut self,
         tcp: &TcpStream,
         cx: &mut Context<'_>,
@@ -217,8 +273,8 @@ impl Opener {
             match tcp.try_read_buf(&mut self.buf) {
                 Ok(0) => return Poll::Ready(Err(cut_short(self.buf.len()))),
                 Ok(_) => {}
-                // A spurious readiness: tokio cleared it, the next poll waits, with no
-                // buffer held for the wait.
+                // Nothing more for now: a wait between records holds no buffer (one
+                // within a record keeps it, as rustls' read-ahead would).
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if self.buf.is_empty() {
                         self.buf = BytesMut::new();
@@ -268,7 +324,10 @@ impl Opener {
         }
         match typ {
             ContentType::ApplicationData => self.plain = HEADER..HEADER + plain_len,
-            ContentType::Alert => self.closed = alert(payload)?,
+            ContentType::Alert => {
+                close_notify(payload)?;
+                self.closed = true;
+            }
             ContentType::Handshake if self.tickets.pass_over(payload) => {}
             ContentType::Handshake => {
                 return Err(invalid(
@@ -283,15 +342,15 @@ impl Opener {
     }
 }
 
-/// An alert: true for `close_notify` (the end of the stream), false for one that changes
-/// nothing, an error for any other.
-fn alert(alert: &[u8]) -> io::Result<bool> {
+/// An alert: `close_notify` ends the stream, any other ends it with an error (as a kTLS
+/// socket's relay takes them).
+fn close_notify(alert: &[u8]) -> io::Result<()> {
     match alert {
-        [_, CLOSE_NOTIFY] => Ok(true),
-        [ALERT_WARNING, USER_CANCELED] => Ok(false),
-        [level, description] => Err(invalid(format!(
-            "the peer sent alert {description} (level {level})"
-        ))),
+        [_, CLOSE_NOTIFY] => Ok(()),
+        [level, description] => Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            format!("the peer sent TLS alert {description} (level {level})"),
+        )),
         _ => Err(invalid("a malformed alert".into())),
     }
 }
@@ -305,6 +364,8 @@ struct Sealer {
     out: Vec<u8>,
     /// `close_notify` was sealed.
     closed: bool,
+    /// The error that ended sending, for every call after it.
+    failed: Option<Failed>,
 }
 
 impl Sealer {
@@ -314,7 +375,20 @@ impl Sealer {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        ready!(self.poll_flush(tcp, cx))?;
+        if let Some(failed) = self.failed {
+            return Poll::Ready(Err(failed.error()));
+        }
+        let written = ready!(self.poll_seal(tcp, cx, data));
+        Poll::Ready(Failed::latch(&mut self.failed, written))
+    }
+
+    fn poll_seal(
+        &mut self,
+        tcp: &TcpStream,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_flush_out(tcp, cx))?;
         if self.closed {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -346,6 +420,7 @@ impl Sealer {
     fn write_out(&mut self, tcp: &TcpStream) -> io::Result<()> {
         while !self.out.is_empty() {
             match tcp.try_write(&self.out) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => drop(self.out.drain(..n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
@@ -356,6 +431,14 @@ impl Sealer {
     }
 
     fn poll_flush(&mut self, tcp: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(failed) = self.failed {
+            return Poll::Ready(Err(failed.error()));
+        }
+        let flushed = ready!(self.poll_flush_out(tcp, cx));
+        Poll::Ready(Failed::latch(&mut self.failed, flushed))
+    }
+
+    fn poll_flush_out(&mut self, tcp: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.out.is_empty() {
             ready!(tcp.poll_write_ready(cx))?;
             self.write_out(tcp)?;
@@ -422,12 +505,12 @@ impl AsyncWrite for RecordStream {
     /// `close_notify`, then FIN.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.tx.poll_flush(&this.tcp, cx))?;
         if !this.tx.closed {
-            this.tx.close()?;
-            this.tx.write_out(&this.tcp)?;
             ready!(this.tx.poll_flush(&this.tcp, cx))?;
+            let closed = this.tx.close();
+            Failed::latch(&mut this.tx.failed, closed)?;
         }
+        ready!(this.tx.poll_flush(&this.tcp, cx))?;
         Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
 }
@@ -443,14 +526,23 @@ mod tests {
     };
     use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
+    use hawser_model::preamble::ALPN;
+
     use super::*;
     use crate::tls::{
         offload::{Offload, Stream, TunnelStream},
         socket::Socket,
     };
 
-    fn configs() -> (Arc<ClientConfig>, Arc<ServerConfig>) {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    /// A client and a server configuration with `suite`, speaking the mesh's tunnel
+    /// protocol (ALPN) when `tunnel`.
+    fn configs(
+        suite: SupportedCipherSuite,
+        tunnel: bool,
+    ) -> (Arc<ClientConfig>, Arc<ServerConfig>) {
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.cipher_suites = vec![suite];
+        let provider = Arc::new(provider);
         let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let mut roots = RootCertStore::empty();
         roots.add(key.cert.der().clone()).unwrap();
@@ -459,7 +551,6 @@ mod tests {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        client.enable_secret_extraction = true;
         let mut server = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
@@ -469,14 +560,30 @@ mod tests {
                 rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
             )
             .unwrap();
+        client.enable_secret_extraction = true;
         server.enable_secret_extraction = true;
+        if tunnel {
+            client.alpn_protocols = vec![ALPN.to_vec()];
+            server.alpn_protocols = vec![ALPN.to_vec()];
+        }
         (Arc::new(client), Arc::new(server))
     }
 
-    /// A session between a rustls client and server on loopback, each side read as the
-    /// daemon reads its sessions (`Offload::prepare`).
+    const DEFAULT_SUITE: SupportedCipherSuite =
+        rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384;
+
+    /// A tunnel session between a rustls client and server on loopback, each side read
+    /// as the daemon reads its sessions (`Offload::prepare`).
     async fn session(offload: &Offload) -> (client::TlsStream<Socket>, server::TlsStream<Socket>) {
-        let (client_config, server_config) = configs();
+        session_with(offload, DEFAULT_SUITE, true).await
+    }
+
+    async fn session_with(
+        offload: &Offload,
+        suite: SupportedCipherSuite,
+        tunnel: bool,
+    ) -> (client::TlsStream<Socket>, server::TlsStream<Socket>) {
+        let (client_config, server_config) = configs(suite, tunnel);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp = TcpStream::connect(listener.local_addr().unwrap())
             .await
@@ -569,16 +676,68 @@ mod tests {
         assert_eq!(received, sent);
     }
 
-    /// Both ends out of rustls: what two daemons without kernel TLS run.
+    /// Both ends out of rustls, what two daemons without kernel TLS run, with each TLS 1.3
+    /// cipher suite (each its key and IV sizes, and tag).
     #[tokio::test]
-    async fn two_sessions_out_of_rustls_talk_to_each_other() {
+    async fn two_sessions_out_of_rustls_talk_to_each_other_in_every_cipher() {
+        use rustls::crypto::aws_lc_rs::cipher_suite::{
+            TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+        };
         let offload = Offload::userspace(u64::MAX);
-        let (client, server) = session(&offload).await;
-        let (client, server) = tokio::join!(offload.client(client), offload.server(server));
-        let serving = tokio::spawn(echo(records(server.unwrap())));
-        let sent = pattern(1_000_000);
-        assert_eq!(round_trip(records(client.unwrap()), &sent).await, sent);
-        serving.await.unwrap();
+        for suite in [
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_AES_256_GCM_SHA384,
+            TLS13_CHACHA20_POLY1305_SHA256,
+        ] {
+            let (client, server) = session_with(&offload, suite, true).await;
+            assert_eq!(client.get_ref().1.negotiated_cipher_suite(), Some(suite));
+            let (client, server) = tokio::join!(offload.client(client), offload.server(server));
+            let serving = tokio::spawn(echo(records(server.unwrap())));
+            let sent = pattern(1_000_000);
+            assert_eq!(round_trip(records(client.unwrap()), &sent).await, sent);
+            serving.await.unwrap();
+        }
+    }
+
+    /// TLS with a peer outside the mesh (no tunnel ALPN) stays in rustls, which follows
+    /// the peer's key update.
+    #[tokio::test]
+    async fn a_session_outside_the_mesh_stays_in_rustls_and_follows_key_updates() {
+        let offload = Offload::userspace(u64::MAX);
+        let (mut client, server) = session_with(&offload, DEFAULT_SUITE, false).await;
+        let mut server = records(offload.server(server).await.unwrap());
+        client.write_all(b"old key").await.unwrap();
+        client.get_mut().1.refresh_traffic_keys().unwrap();
+        client.write_all(b", new key").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut read = Vec::new();
+        server.read_to_end(&mut read).await.unwrap();
+        assert_eq!(read, b"old key, new key");
+    }
+
+    /// The end of the stream without close_notify, between records or within one, is an
+    /// error (the relay resets the app), never a clean end; what came before is read.
+    #[tokio::test]
+    async fn a_stream_cut_without_close_notify_is_an_error_not_an_end() {
+        for within_a_record in [false, true] {
+            let offload = Offload::userspace(u64::MAX);
+            let (mut client, server) = session(&offload).await;
+            client.write_all(b"whole").await.unwrap();
+            client.flush().await.unwrap();
+            let tcp = client.get_ref().0.tcp();
+            if within_a_record {
+                tcp.writable().await.unwrap();
+                tcp.try_write(&[23, 3, 3, 0, 40, 1, 2, 3]).unwrap();
+            }
+            socket2::SockRef::from(tcp)
+                .shutdown(std::net::Shutdown::Write)
+                .unwrap();
+            let mut server = records(offload.server(server).await.unwrap());
+            let mut read = Vec::new();
+            let error = server.read_to_end(&mut read).await.unwrap_err();
+            assert_eq!(read, b"whole");
+            assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}");
+        }
     }
 
     /// A record that does not decrypt (written by someone on the path) ends the stream
@@ -606,6 +765,10 @@ mod tests {
         assert_eq!(read, b"before");
         assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
         assert!(error.to_string().contains("did not decrypt"), "{error}");
+        // Nor does a reader that tries again get what followed.
+        let again = server.read_to_end(&mut read).await.unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::InvalidData, "{again}");
+        assert_eq!(read, b"before");
     }
 
     /// A peer that updates its key (rustls does at its limit) cannot be followed: the
@@ -626,38 +789,49 @@ mod tests {
         assert!(error.to_string().contains("key update"), "{error}");
     }
 
-    /// A key seals at most its limit of records: writes fail once only close_notify's
-    /// record is left, and close_notify still goes, so the peer reads a clean end after
-    /// every byte that was sealed.
+    /// A key seals at most its limit of records. All but one may carry data, the last is
+    /// kept for close_notify: a stream that ends there ends cleanly. A write past them
+    /// fails and the stream with it: no close_notify follows, so the peer reads a cut,
+    /// never a clean end of a stream that had more to say.
     #[tokio::test]
     async fn a_key_seals_no_more_than_its_limit_with_a_record_kept_for_close_notify() {
         const LIMIT: u64 = 8;
         let offload = Offload::userspace(LIMIT);
-        let (client, mut server) = session(&offload).await;
-        let mut client = records(offload.client(client).await.unwrap());
-        let mut sealed = 0;
-        let error = loop {
-            match client.write_all(b"x").await {
-                Ok(()) => sealed += 1,
-                Err(e) => break e,
+        for past_the_limit in [false, true] {
+            let (client, mut server) = session(&offload).await;
+            let mut client = records(offload.client(client).await.unwrap());
+            // The client's first key sealed nothing before the hand-off.
+            for _ in 0..LIMIT - 1 {
+                client.write_all(b"x").await.unwrap();
             }
-            assert!(sealed < LIMIT, "the key sealed past its limit");
-        };
-        // The client's first key sealed nothing before: all but close_notify's record.
-        assert_eq!(sealed, LIMIT - 1);
-        assert!(error.to_string().contains("records it may"), "{error}");
-        client.shutdown().await.unwrap();
-        let mut read = Vec::new();
-        server.read_to_end(&mut read).await.unwrap();
-        assert_eq!(read, vec![b'x'; sealed as usize]);
+            let mut read = vec![0; LIMIT as usize - 1];
+            server.read_exact(&mut read).await.unwrap();
+            assert_eq!(read, vec![b'x'; LIMIT as usize - 1]);
+            if past_the_limit {
+                let error = client.write_all(b"y").await.unwrap_err();
+                assert!(error.to_string().contains("records it may"), "{error}");
+                client.shutdown().await.unwrap_err();
+                drop(client);
+                server.read_to_end(&mut read).await.unwrap_err();
+            } else {
+                client.shutdown().await.unwrap();
+                server.read_to_end(&mut read).await.unwrap();
+            }
+            assert_eq!(read, vec![b'x'; LIMIT as usize - 1], "more came");
+        }
     }
 
     /// A session taken out of rustls right after its handshake, as the hand-off does.
     fn out_of_rustls(socket: Socket, session: rustls::Connection) -> RecordStream {
         let suite = session.negotiated_cipher_suite().unwrap();
         let secrets = session.dangerous_extract_secrets().unwrap();
-        let (tcp, ahead) = socket.into_parts();
-        RecordStream::new(tcp, suite, secrets, (Vec::new(), ahead), u64::MAX).unwrap()
+        let (tcp, ahead) = socket.into_parts().unwrap();
+        let taken = Taken {
+            plain: Vec::new(),
+            closed: false,
+            ahead,
+        };
+        RecordStream::new(tcp, suite, secrets, taken, u64::MAX).unwrap()
     }
 
     /// A read that waits for more, as a relay's does between bursts.
@@ -684,6 +858,10 @@ mod tests {
         let mut server = out_of_rustls(server.0, server.1.into());
         tokio::time::sleep(Duration::from_millis(50)).await;
         wait_for_more(&mut client).await;
+        assert!(
+            client.rx.tickets.passed() > 0,
+            "no ticket came after the hand-off"
+        );
         assert_no_buffers(&client);
 
         let sent = pattern(300_000);

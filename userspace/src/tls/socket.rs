@@ -93,14 +93,16 @@ impl Socket {
     }
 
     /// The socket and the bytes read ahead past the record where rustls stopped (none for
-    /// a socket read record by record).
-    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+    /// a socket read record by record); an error when rustls stopped within a record (the
+    /// stream ended there).
+    pub fn into_parts(self) -> Result<(TcpStream, BytesMut), String> {
         match self {
-            Self::Corked(corked) => (corked.io, BytesMut::new()),
-            Self::ReadAhead { tcp, ahead, record } => {
-                debug_assert_eq!(record.left, 0, "rustls holds part of a record");
-                (tcp, ahead)
-            }
+            Self::Corked(corked) => Ok((corked.io, BytesMut::new())),
+            Self::ReadAhead { record, .. } if record.left > 0 => Err(format!(
+                "the stream ended within a record ({} bytes short)",
+                record.left
+            )),
+            Self::ReadAhead { tcp, ahead, .. } => Ok((tcp, ahead)),
         }
     }
 
@@ -249,5 +251,56 @@ mod tests {
         }
         writing.await.unwrap();
         assert_eq!(received, sent);
+    }
+
+    /// Records as the wire has them: a header with the body's length, then the body.
+    fn records(lengths: &[usize]) -> Vec<Vec<u8>> {
+        lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                let mut record = vec![23, 3, 3];
+                record.extend((len as u16).to_be_bytes());
+                record.extend(std::iter::repeat_n(i as u8, len));
+                record
+            })
+            .collect()
+    }
+
+    /// rustls is handed no byte past the record it is in, even from bytes that come a few
+    /// at a time (headers split too): corked within a record, reads end at its end, and
+    /// the bytes read ahead past it, with those still in the socket, are the next records
+    /// whole.
+    #[tokio::test]
+    async fn corked_within_a_record_reads_end_at_its_end_and_keep_what_follows() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut writer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut socket = Socket::read_ahead(listener.accept().await.unwrap().0);
+        let records = records(&[1000, 20, 5000]);
+        let wire = records.concat();
+        let writing = tokio::spawn(async move {
+            for piece in wire.chunks(3) {
+                writer.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+
+        let mut first = vec![0; 10];
+        let n = socket.read(&mut first).await.unwrap();
+        first.truncate(n);
+        socket.cork();
+        socket.read_to_end(&mut first).await.unwrap();
+        assert_eq!(
+            first, records[0],
+            "reads ended elsewhere than the record's end"
+        );
+
+        writing.await.unwrap();
+        let (mut tcp, ahead) = socket.into_parts().unwrap();
+        let mut rest = ahead.to_vec();
+        tcp.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, records[1..].concat());
     }
 }
