@@ -156,11 +156,9 @@ impl Offload {
 
     /// Reads the server's session tickets before the session leaves rustls, for the kernel
     /// or the daemon's record layer (neither can keep them), for at most `wait` (and
-    /// `MAX_TICKET_WAIT`): for a session made ahead of its connection (a spare), which
-    /// has the time. A connection's own session hands off at once; its relay passes over
-    /// the tickets that come after. A serial session stays in rustls, which reads them
-    /// itself. Ok also when none came in time (a server that sends none); an error when
-    /// the server sent anything else.
+    /// `MAX_TICKET_WAIT`): for a session made ahead of its connection (a spare). A serial
+    /// session stays in rustls, which reads them itself. Ok also when none came in time
+    /// (a server that sends none); an error when the server sent anything else.
     pub async fn read_tickets(
         &self,
         stream: &mut client::TlsStream<Socket>,
@@ -169,28 +167,50 @@ impl Offload {
         if stream.get_ref().1.alpn_protocol() == Some(ALPN_SERIAL) {
             return Ok(());
         }
-        let wait = wait.min(MAX_TICKET_WAIT);
-        let tickets = std::future::poll_fn(|cx| poll_tickets(stream, cx));
-        match tokio::time::timeout(wait, tickets).await {
-            Ok(read) => read,
-            Err(_) => {
-                tracing::debug!("no session ticket within {wait:?}");
-                Ok(())
-            }
+        match wait_for_tickets(stream, wait.min(MAX_TICKET_WAIT)).await? {
+            Waited::Tickets | Waited::TimedOut => Ok(()),
+            // A byte read is a byte taken: such a session is never used (it fails here).
+            Waited::Reply(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the server sent data before the session carried a stream",
+            )),
+            Waited::End => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the session before its tickets",
+            )),
         }
     }
 
     /// Hands a client session to the kernel or the record layer, or keeps it in rustls.
-    pub async fn client(&self, stream: client::TlsStream<Socket>) -> Result<TunnelStream> {
-        self.hand_off(stream.into()).await
+    /// A tunnel's session first reads its server's tickets, as a spare does: they come
+    /// before any reply (the server sends them as its handshake ends), so the wait costs
+    /// the reply nothing, and the connection's handshake brings the tickets the next one
+    /// resumes from. The wait ends at the first bytes of a reply (kept for the app), or
+    /// after `CONNECTION_TICKET_WAIT` (a server that sends none), which is as long as the
+    /// app's bytes after its first ones may wait.
+    pub async fn client(&self, mut stream: client::TlsStream<Socket>) -> Result<TunnelStream> {
+        let mut first = Vec::new();
+        if stream.get_ref().1.alpn_protocol() == Some(ALPN) {
+            let waited = wait_for_tickets(&mut stream, CONNECTION_TICKET_WAIT).await;
+            match waited.map_err(|e| Failure::io("the tunnel's session tickets", e))? {
+                Waited::Reply(reply) => first = reply,
+                Waited::Tickets | Waited::TimedOut | Waited::End => {}
+            }
+        }
+        self.hand_off(stream.into(), first).await
     }
 
     /// Hands a server session to the kernel or the record layer, or keeps it in rustls.
     pub async fn server(&self, stream: server::TlsStream<Socket>) -> Result<TunnelStream> {
-        self.hand_off(stream.into()).await
+        self.hand_off(stream.into(), Vec::new()).await
     }
 
-    async fn hand_off(&self, mut stream: TlsStream<Socket>) -> Result<TunnelStream> {
+    /// `first`: plaintext read from rustls already, before what it holds still.
+    async fn hand_off(
+        &self,
+        mut stream: TlsStream<Socket>,
+        first: Vec<u8>,
+    ) -> Result<TunnelStream> {
         let kernel = matches!(stream.get_ref().0, Socket::Corked(_));
         if !kernel && !leaves_rustls(stream.get_ref().1) {
             return Ok(counted(
@@ -199,7 +219,7 @@ impl Offload {
             ));
         }
         stream.get_mut().0.cork();
-        let drained = drain(&mut stream).await;
+        let drained = drain(&mut stream, first).await;
         let (io, session): (Socket, rustls::Connection) = match stream {
             TlsStream::Client(s) => {
                 let (io, session) = s.into_inner();
@@ -241,40 +261,62 @@ fn leaves_rustls(session: &rustls::CommonState) -> bool {
 /// handshake).
 const MAX_TICKET_WAIT: Duration = Duration::from_secs(1);
 
+/// The longest a connection's own session waits for its tickets before it leaves rustls.
+const CONNECTION_TICKET_WAIT: Duration = Duration::from_millis(50);
+
+/// How a wait for a server's tickets ended.
+enum Waited {
+    /// Every ticket asked for came.
+    Tickets,
+    /// The first bytes of the server's reply came (those rustls had decrypted up to then
+    /// at most; the rest stay in rustls).
+    Reply(Vec<u8>),
+    /// The server closed the session.
+    End,
+    TimedOut,
+}
+
+async fn wait_for_tickets(
+    stream: &mut client::TlsStream<Socket>,
+    wait: Duration,
+) -> io::Result<Waited> {
+    let tickets = std::future::poll_fn(|cx| poll_tickets(stream, cx));
+    match tokio::time::timeout(wait, tickets).await {
+        Ok(waited) => waited,
+        Err(_) => {
+            tracing::debug!("not every session ticket within {wait:?}");
+            Ok(Waited::TimedOut)
+        }
+    }
+}
+
 /// Lets rustls read what the server sent after the handshake until every ticket asked
-/// for has come. Those come in one flight, which rustls may cut into records anywhere,
-/// even within a ticket: only its last byte ends it, so the kernel never starts inside a
-/// ticket. (A record left half read when the wait times out is read to its end at the
-/// hand-off, see `hand_off`.)
+/// for has come, or something else. Tickets come in one flight, which rustls may cut into
+/// records anywhere, even within a ticket: only its last byte ends it, so the session
+/// never leaves rustls inside a ticket. (A record left half read when the wait times out
+/// is read to its end at the hand-off, see `hand_off`.)
 fn poll_tickets(
     stream: &mut client::TlsStream<Socket>,
     cx: &mut std::task::Context<'_>,
-) -> std::task::Poll<io::Result<()>> {
+) -> std::task::Poll<io::Result<Waited>> {
     use std::task::Poll;
-    let mut byte = [0u8; 1];
-    let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    let mut chunk = [0u8; 4096];
+    let mut buf = tokio::io::ReadBuf::new(&mut chunk);
     let polled = std::pin::Pin::new(&mut *stream).poll_read(cx, &mut buf);
     if let Poll::Ready(Err(e)) = polled {
         return Poll::Ready(Err(e));
     }
-    // A byte read is a byte taken: such a session is never used (it fails here first).
     if !buf.filled().is_empty() {
-        return Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the server sent data before the session carried a stream",
-        )));
+        return Poll::Ready(Ok(Waited::Reply(buf.filled().to_vec())));
     }
     let session = stream.get_ref().1;
     let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     if session.tls13_tickets_received() >= super::configs::tickets_asked(resumed) {
-        return Poll::Ready(Ok(()));
+        return Poll::Ready(Ok(Waited::Tickets));
     }
     match polled {
         Poll::Pending => Poll::Pending,
-        _ => Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the server closed the session before its tickets",
-        ))),
+        _ => Poll::Ready(Ok(Waited::End)),
     }
 }
 
@@ -307,10 +349,13 @@ pub fn has_tls_ulp(fd: RawFd) -> bool {
 }
 
 /// The plaintext rustls decrypted beyond the handshake, up to a record boundary (the
-/// corked stream reads no further): it goes to the app before the socket's bytes. And
+/// corked stream reads no further), after what was `drained` from it already: it goes to
+/// the app before the socket's bytes. And
 /// whether rustls read the peer's `close_notify` (the end of the stream) meanwhile.
-async fn drain(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<(Vec<u8>, bool)> {
-    let mut drained = Vec::new();
+async fn drain(
+    stream: &mut (impl AsyncRead + Unpin),
+    mut drained: Vec<u8>,
+) -> io::Result<(Vec<u8>, bool)> {
     let mut chunk = vec![0; 16 * 1024];
     loop {
         match stream.read(&mut chunk).await {

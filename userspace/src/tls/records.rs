@@ -699,6 +699,49 @@ mod tests {
         }
     }
 
+    /// A tunnel client's session waits for its server's tickets before it leaves rustls,
+    /// and keeps the reply that comes with or after them, ahead of the rest.
+    #[tokio::test]
+    async fn a_client_keeps_the_reply_that_ends_its_wait_for_tickets() {
+        let offload = Offload::userspace(u64::MAX);
+        let (client, mut server) = session(&offload).await;
+        let reply = pattern(100_000);
+        server.write_all(&reply).await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut client = records(offload.client(client).await.unwrap());
+        let mut read = Vec::new();
+        client.read_to_end(&mut read).await.unwrap();
+        assert_eq!(read, reply);
+    }
+
+    /// A server that sends no tickets and no reply holds a client's session up for a
+    /// bounded time only (the app's bytes after its first ones wait that long).
+    #[tokio::test]
+    async fn a_server_without_tickets_holds_a_client_up_briefly() {
+        let offload = Offload::userspace(u64::MAX);
+        let (client_config, server_config) = configs(DEFAULT_SUITE, true);
+        let mut server_config = (*server_config).clone();
+        server_config.send_tls13_tickets = 0;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let connecting = TlsConnector::from(client_config).connect(name, offload.prepare(tcp));
+        let accepting =
+            TlsAcceptor::from(Arc::new(server_config)).accept(offload.prepare(accepted));
+        let (client, server) = tokio::join!(connecting, accepting);
+        let _server = server.unwrap();
+        let started = std::time::Instant::now();
+        records(offload.client(client.unwrap()).await.unwrap());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
     /// TLS with a peer outside the mesh (no tunnel ALPN) stays in rustls, which follows
     /// the peer's key update.
     #[tokio::test]
