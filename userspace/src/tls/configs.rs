@@ -10,7 +10,7 @@
 //! rebuilt, with a fresh ticket key and session store, whenever the SVID or the trust
 //! bundle changes, so no session outlives the roots and revocations it was checked
 //! against. A tunnel that leaves rustls keeps only the tickets it read before (see
-//! `offload::Offload::client`). Nothing else resumes.
+//! `offload::Offload::client` and `read_tickets`). Nothing else resumes.
 
 use std::sync::Arc;
 
@@ -60,8 +60,8 @@ pub fn mesh_client(
     };
     config.resumption = rustls::client::Resumption::in_memory_sessions(SESSIONS);
     // Tickets on request (RFC 9149). A session in rustls reads them whenever they come;
-    // one that leaves rustls reads them before the hand-off (`offload`), and its relay
-    // passes over any that come later.
+    // one that leaves rustls reads them before the hand-off where it waits (`offload`),
+    // and its relay passes over any that come later.
     config.send_ticket_request = Some(rustls::client::TicketRequest {
         new_session_count: TICKETS as u8,
         resumption_count: RESUMED_TICKETS,
@@ -69,8 +69,8 @@ pub fn mesh_client(
     Ok(config)
 }
 
-/// Tickets a client asks for on a resumed handshake: more than the one it used, so that
-/// a connection whose wait for them ran out does not leave the pair short.
+/// Tickets a client asks for on a resumed handshake: more than the one it used, since
+/// a connection handed to the kernel at once keeps none of its own.
 const RESUMED_TICKETS: u8 = 2;
 /// The tickets a tunnel client asks for, after a resumed handshake or a full one: all a
 /// server of this mesh sends it, in one flight.

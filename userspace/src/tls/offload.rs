@@ -182,15 +182,19 @@ impl Offload {
     }
 
     /// Hands a client session to the kernel or the record layer, or keeps it in rustls.
-    /// A tunnel's session first reads its server's tickets, as a spare does: they come
-    /// before any reply (the server sends them as its handshake ends), so the wait costs
-    /// the reply nothing, and the connection's handshake brings the tickets the next one
-    /// resumes from. The wait ends at the first bytes of a reply (kept for the app), or
-    /// after `CONNECTION_TICKET_WAIT` (a server that sends none), which is as long as the
-    /// app's bytes after its first ones may wait.
+    /// A tunnel's session bound for the record layer first reads its server's tickets, as
+    /// a spare does: they come before any reply (the server sends them as its handshake
+    /// ends), so the wait costs the reply nothing, and the connection's handshake brings
+    /// the tickets the next one resumes from. The wait ends at the first bytes of a reply
+    /// (kept for the app), or after `CONNECTION_TICKET_WAIT` (a server that sends none),
+    /// which is as long as the app's bytes after its first ones may wait. One bound for
+    /// the kernel hands off at once: a successor daemon takes over a kTLS connection only
+    /// once its relay runs, and an upgrade during the wait cut connections (seen in the
+    /// VM's upgrade test); there only spares bring tickets.
     pub async fn client(&self, mut stream: client::TlsStream<Socket>) -> Result<TunnelStream> {
         let mut first = Vec::new();
-        if stream.get_ref().1.alpn_protocol() == Some(ALPN) {
+        let kernel = matches!(stream.get_ref().0, Socket::Corked(_));
+        if !kernel && stream.get_ref().1.alpn_protocol() == Some(ALPN) {
             let waited = wait_for_tickets(&mut stream, CONNECTION_TICKET_WAIT).await;
             match waited.map_err(|e| Failure::io("the tunnel's session tickets", e))? {
                 Waited::Reply(reply) => first = reply,
