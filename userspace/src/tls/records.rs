@@ -103,7 +103,7 @@ impl RecordStream {
             tx: Sealer {
                 key: RecordKey::new(tx, tx_seq)?,
                 limit: suite.common.confidentiality_limit.min(records_per_key),
-                out: Vec::new(),
+                out: BytesMut::new(),
                 closed: false,
                 failed: None,
             },
@@ -153,13 +153,13 @@ impl RecordKey {
     }
 
     /// A record of `typ` holding `fragment`, appended to `out`.
-    fn seal(&mut self, typ: ContentType, fragment: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    fn seal(&mut self, typ: ContentType, fragment: &[u8], out: &mut BytesMut) -> io::Result<()> {
         let body_len = fragment.len() + 1 + self.key.algorithm().tag_len();
         let start = out.len();
         let header = record_header(body_len);
         out.extend_from_slice(&header);
         out.extend_from_slice(fragment);
-        out.push(u8::from(typ));
+        out.extend_from_slice(&[u8::from(typ)]);
         let nonce = self.next_nonce();
         let sealed = self.key.seal_in_place_separate_tag(
             nonce,
@@ -217,17 +217,36 @@ struct Opener {
 #[derive(Clone, Copy)]
 struct Failed(io::ErrorKind);
 
-impl Failed {
-    /// Keeps `result`'s error, if any, for every later call.
-    fn latch<T>(slot: &mut Option<Failed>, result: io::Result<T>) -> io::Result<T> {
-        if let Err(e) = &result {
-            *slot = Some(Failed(e.kind()));
-        }
-        result
-    }
+/// A direction that fails for good at its first error.
+trait Latching: Sized {
+    fn failed(&mut self) -> &mut Option<Failed>;
 
-    fn error(self) -> io::Error {
-        io::Error::new(self.0, "the TLS session failed before")
+    /// Runs `poll` unless this direction failed before; keeps its error for every call
+    /// after.
+    fn latched<T>(
+        &mut self,
+        poll: impl FnOnce(&mut Self) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if let Some(Failed(kind)) = *self.failed() {
+            return Poll::Ready(Err(io::Error::new(kind, "the TLS session failed before")));
+        }
+        let result = ready!(poll(self));
+        if let Err(e) = &result {
+            *self.failed() = Some(Failed(e.kind()));
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl Latching for Opener {
+    fn failed(&mut self) -> &mut Option<Failed> {
+        &mut self.failed
+    }
+}
+
+impl Latching for Sealer {
+    fn failed(&mut self) -> &mut Option<Failed> {
+        &mut self.failed
     }
 }
 
@@ -238,11 +257,7 @@ impl Opener {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if let Some(failed) = self.failed {
-            return Poll::Ready(Err(failed.error()));
-        }
-        let read = ready!(self.poll_read_plain(tcp, cx, out));
-        Poll::Ready(Failed::latch(&mut self.failed, read))
+        self.latched(|this| this.poll_read_plain(tcp, cx, out))
     }
 
     fn poll_read_plain(
@@ -361,7 +376,8 @@ struct Sealer {
     key: RecordKey,
     /// Records this key may seal, `close_notify` included.
     limit: u64,
-    out: Vec<u8>,
+    /// Sealed records not yet written (written from the front: no bytes move).
+    out: BytesMut,
     /// `close_notify` was sealed.
     closed: bool,
     /// The error that ended sending, for every call after it.
@@ -375,11 +391,7 @@ impl Sealer {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if let Some(failed) = self.failed {
-            return Poll::Ready(Err(failed.error()));
-        }
-        let written = ready!(self.poll_seal(tcp, cx, data));
-        Poll::Ready(Failed::latch(&mut self.failed, written))
+        self.latched(|this| this.poll_seal(tcp, cx, data))
     }
 
     fn poll_seal(
@@ -421,21 +433,17 @@ impl Sealer {
         while !self.out.is_empty() {
             match tcp.try_write(&self.out) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => drop(self.out.drain(..n)),
+                Ok(n) => self.out.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
             }
         }
-        self.out = Vec::new();
+        self.out = BytesMut::new();
         Ok(())
     }
 
     fn poll_flush(&mut self, tcp: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Some(failed) = self.failed {
-            return Poll::Ready(Err(failed.error()));
-        }
-        let flushed = ready!(self.poll_flush_out(tcp, cx));
-        Poll::Ready(Failed::latch(&mut self.failed, flushed))
+        self.latched(|this| this.poll_flush_out(tcp, cx))
     }
 
     fn poll_flush_out(&mut self, tcp: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -507,8 +515,7 @@ impl AsyncWrite for RecordStream {
         let this = self.get_mut();
         if !this.tx.closed {
             ready!(this.tx.poll_flush(&this.tcp, cx))?;
-            let closed = this.tx.close();
-            Failed::latch(&mut this.tx.failed, closed)?;
+            ready!(this.tx.latched(|tx| Poll::Ready(tx.close())))?;
         }
         ready!(this.tx.poll_flush(&this.tcp, cx))?;
         Pin::new(&mut this.tcp).poll_shutdown(cx)
