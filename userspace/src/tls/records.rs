@@ -591,6 +591,14 @@ mod tests {
         tunnel: bool,
     ) -> (client::TlsStream<Socket>, server::TlsStream<Socket>) {
         let (client_config, server_config) = configs(suite, tunnel);
+        handshake(offload, client_config, server_config).await
+    }
+
+    async fn handshake(
+        offload: &Offload,
+        client_config: Arc<ClientConfig>,
+        server_config: Arc<ServerConfig>,
+    ) -> (client::TlsStream<Socket>, server::TlsStream<Socket>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp = TcpStream::connect(listener.local_addr().unwrap())
             .await
@@ -729,19 +737,9 @@ mod tests {
         let (client_config, server_config) = configs(DEFAULT_SUITE, true);
         let mut server_config = (*server_config).clone();
         server_config.send_tls13_tickets = 0;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let tcp = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let connecting = TlsConnector::from(client_config).connect(name, offload.prepare(tcp));
-        let accepting =
-            TlsAcceptor::from(Arc::new(server_config)).accept(offload.prepare(accepted));
-        let (client, server) = tokio::join!(connecting, accepting);
-        let _server = server.unwrap();
+        let (client, _server) = handshake(&offload, client_config, Arc::new(server_config)).await;
         let started = std::time::Instant::now();
-        records(offload.client(client.unwrap()).await.unwrap());
+        records(offload.client(client).await.unwrap());
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "{:?}",
